@@ -1,1 +1,98 @@
-fn main(){}
+//! `ten`: the tenement command line. `ten serve` runs the server; every other command talks to
+//! a running server through its control socket (`{data_dir}/ten.sock`) or, with `--server`,
+//! over HTTP.
+
+mod client;
+mod cmd;
+mod config_file;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ten", version, about = "tenement: cramped housing for your processes")]
+struct Cli {
+    /// Configuration file (default: $TENEMENT_CONFIG, then tenement.toml here or in a parent).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides [settings] data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Talk to a remote server over HTTP instead of the local control socket.
+    #[arg(long, global = true, env = "TENEMENT_SERVER")]
+    server: Option<String>,
+    /// Bearer token for --server.
+    #[arg(long, global = true, env = "TENEMENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: supervise instances and answer HTTP.
+    Serve(cmd::serve::Args),
+    /// Start an instance: `ten spawn api --id prod` or `ten spawn api:prod`.
+    Spawn(cmd::instance::SpawnArgs),
+    /// Stop an instance and forget it.
+    Stop(cmd::instance::KeyArg),
+    /// Restart an instance (also revives a failed one).
+    Restart(cmd::instance::KeyArg),
+    /// List instances.
+    Ps(cmd::ps::Args),
+    /// Health of every instance.
+    Health(cmd::ps::Args),
+    /// Captured output of an instance.
+    Logs(cmd::logs::Args),
+    /// Print the resolved configuration, or validate it with --check.
+    Config(cmd::config::Args),
+    /// Write a commented starter tenement.toml.
+    Init(cmd::init::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    // The shim must run before any thread exists: dispatch before clap and tokio.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if raw.get(1).is_some_and(|a| a == tenement_runtime::shim::SUBCOMMAND) {
+        tenement_runtime::shim::run(&raw[2..]);
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Config(args) => cmd::config::run(cli.config.as_deref(), args),
+        Command::Init(args) => cmd::init::run(args),
+        command => run_async(cli.config, cli.data_dir, cli.server, cli.token, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_async(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    server: Option<String>,
+    token: Option<String>,
+    command: Command,
+) -> anyhow::Result<std::process::ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        if let Command::Serve(args) = command {
+            return cmd::serve::run(config, data_dir, args).await;
+        }
+        let client = client::Client::resolve(config.as_deref(), data_dir, server, token)?;
+        match command {
+            Command::Spawn(a) => cmd::instance::spawn(&client, a).await,
+            Command::Stop(a) => cmd::instance::stop(&client, a).await,
+            Command::Restart(a) => cmd::instance::restart(&client, a).await,
+            Command::Ps(a) => cmd::ps::ps(&client, a).await,
+            Command::Health(a) => cmd::ps::health(&client, a).await,
+            Command::Logs(a) => cmd::logs::run(&client, a).await,
+            Command::Serve(_) | Command::Config(_) | Command::Init(_) => unreachable!("handled above"),
+        }
+    })
+}

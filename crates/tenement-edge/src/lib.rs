@@ -1,1 +1,33 @@
-//! placeholder
+//! The HTTP side of tenement: the management API (JSON) served on the local control socket and
+//! on the public listener.
+//!
+//! # Design
+//! Handlers are thin: parse and validate the request (an invalid instance id is refused here,
+//! before it reaches the supervisor), call the [`tenement::Supervisor`], map its error to a
+//! status in one place ([`error`]).
+//!
+//! # Limitations
+//! Subdomain routing and the reverse proxy arrive with the front-door work. Over TCP, `/api/`
+//! needs a bearer token; until token management lands every TCP API request is refused (the
+//! control socket, protected by its file mode, is the way in).
+
+mod api;
+mod error;
+
+pub use api::{Access, router};
+
+/// Serves the API on `listener` until `shutdown` is cancelled (in-flight requests finish).
+pub async fn serve<L>(
+    listener: L,
+    supervisor: tenement::Supervisor,
+    access: Access,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, router(supervisor, access))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,1 +1,129 @@
-//! placeholder
+//! Isolation backends for tenement instances, behind one trait.
+//!
+//! A [`Runtime`] turns a [`Spec`] (argv, environment, working directory) into a running
+//! [`Workload`]: a process tree that can be signalled as a whole and awaited. Every backend runs
+//! the app under a small supervisor of our own, the *shim* (`ten __shim`, see [`shim`]), which
+//! is what makes "nothing outlives its owner" hold: the shim notices when `ten serve` dies
+//! (`PR_SET_PDEATHSIG`) and kills the instance's whole process group.
+//!
+//! # Design
+//! Adding a backend adds a file and an entry in [`Runtimes::new`], not an arm in a central
+//! `match`. An unavailable backend is an error naming what is missing; there is never a silent
+//! fallback to weaker isolation.
+//!
+//! # Limitations
+//! Knows nothing about HTTP, restart policy or persistence. cgroups and storage quotas are not
+//! here yet (see the resource-limits work).
+
+mod command;
+mod process;
+pub mod shim;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitStatus;
+
+use tenement_core::InstanceKey;
+use tenement_core::config::Isolation;
+use tokio::process::{ChildStderr, ChildStdout};
+
+pub use command::argv_for;
+pub use process::ProcessRuntime;
+
+/// Everything a backend needs to start one instance.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub key: InstanceKey,
+    /// Program and arguments; `argv[0]` is looked up in the spec's `PATH`.
+    pub argv: Vec<String>,
+    /// The complete environment (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    pub workdir: PathBuf,
+}
+
+/// A started instance and its output pipes.
+pub struct Started {
+    pub workload: Box<dyn Workload>,
+    pub stdout: ChildStdout,
+    pub stderr: ChildStderr,
+}
+
+/// A running process tree.
+pub trait Workload: Send {
+    /// The process group id of the instance (the shim's pid).
+    fn pid(&self) -> u32;
+    /// Asks the whole instance to stop (SIGTERM to its process group).
+    fn terminate(&self);
+    /// Ends the whole instance now (SIGKILL to its process group).
+    fn kill(&self);
+    /// Resolves when the instance has exited; every process of it is gone afterwards.
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<ExitStatus>> + Send + '_>>;
+}
+
+/// An isolation backend.
+pub trait Runtime: Send + Sync {
+    fn isolation(&self) -> Isolation;
+    /// Whether this backend can run here; the error says what is missing and how to get it.
+    fn probe(&self) -> Result<(), Unavailable>;
+    fn start(&self, spec: &Spec) -> Result<Started, Error>;
+}
+
+/// Why an isolation level cannot be used on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("isolation `{isolation}` is not available: {reason}")]
+pub struct Unavailable {
+    pub isolation: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    #[error("cannot start {key} ({program}): {source}")]
+    Spawn {
+        key: InstanceKey,
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// The backends this build has, by isolation level.
+pub struct Runtimes {
+    by_level: HashMap<Isolation, Box<dyn Runtime>>,
+}
+
+impl Runtimes {
+    /// All backends of this build. `shim` is the `ten` executable that provides `ten __shim`.
+    pub fn new(shim: PathBuf) -> Self {
+        let backends: Vec<Box<dyn Runtime>> = vec![Box::new(ProcessRuntime::new(shim))];
+        Self {
+            by_level: backends.into_iter().map(|b| (b.isolation(), b)).collect(),
+        }
+    }
+
+    /// The backend for `level`, if it is built in and usable here.
+    pub fn get(&self, level: Isolation) -> Result<&dyn Runtime, Unavailable> {
+        let runtime = self.by_level.get(&level).ok_or_else(|| Unavailable {
+            isolation: level.name(),
+            reason: not_built_reason(level),
+        })?;
+        runtime.probe()?;
+        Ok(runtime.as_ref())
+    }
+}
+
+fn not_built_reason(level: Isolation) -> String {
+    let hint = "use isolation = \"process\" until it lands, or see docs/isolation.md";
+    match level {
+        Isolation::Namespace => format!("namespace isolation is not implemented in this build yet; {hint}"),
+        Isolation::Sandbox => format!("the gVisor sandbox backend is not implemented in this build yet; {hint}"),
+        Isolation::Wasm => format!("the wasmtime backend is not implemented in this build yet; {hint}"),
+        Isolation::Firecracker | Isolation::Qemu => {
+            format!("VM backends are not implemented in this build yet; {hint}")
+        }
+        Isolation::Process => "unreachable: always built".into(),
+    }
+}

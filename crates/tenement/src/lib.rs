@@ -1,1 +1,30 @@
-//! placeholder
+//! The building: the supervisor that owns every instance.
+//!
+//! [`Supervisor`] keeps a registry of instance handles; each instance is a tokio task (an
+//! *actor*, [`instance`]) that owns its lifecycle state machine, its process, its health probe
+//! and its log buffer. Desired state (which instances exist, their weights) lives in SQLite
+//! ([`store`]), so a restarted `ten serve` brings back what was running.
+//!
+//! # Design
+//! No shared mutable instance state: the registry maps keys to cheap handles (an mpsc sender
+//! plus a watch receiver of the instance's status). Everything that decides (restart or not,
+//! how long to back off) is the pure [`tenement_core::lifecycle`] state machine; the actor only
+//! performs its effects.
+//!
+//! # Limitations
+//! Knows nothing about HTTP routing (that is `tenement-edge`). Logs are an in-memory tail per
+//! instance for now.
+
+mod error;
+mod instance;
+mod logs;
+mod ports;
+pub mod probe;
+mod store;
+mod supervisor;
+
+pub use error::Error;
+pub use instance::{Health, InstanceStatus};
+pub use logs::{LogLine, Stream};
+pub use store::Store;
+pub use supervisor::Supervisor;

@@ -1,1 +1,268 @@
-//! placeholder
+//! Harness for tenement's integration tests: a temp directory with a `tenement.toml`, the real
+//! `ten serve` running on it, the `ten` CLI, the fixture app, and `/proc` inspection.
+//!
+//! Everything polls with generous deadlines (the CI machine is small and shared); nothing here
+//! asserts on timing.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::Value;
+
+/// Deadline for anything that should happen "soon".
+pub const SOON: Duration = Duration::from_secs(30);
+
+/// The `tenement-fixture` binary, built next to `ten` (`cargo build --workspace --bins`).
+pub fn fixture_bin(ten: &Path) -> PathBuf {
+    let path = ten.with_file_name("tenement-fixture");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline` naming `what`.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A test building: temp dir, config, and (once started) a running `ten serve`.
+pub struct Building {
+    pub dir: tempfile::TempDir,
+    pub ten: PathBuf,
+    pub fixture: PathBuf,
+    server: Option<Child>,
+}
+
+impl Building {
+    /// Writes `tenement.toml` from `config`, where `{dir}` is the temp directory and
+    /// `{fixture}` the fixture binary. `[settings] data_dir` defaults to `{dir}/data` unless
+    /// the config sets it.
+    pub fn new(ten: &str, config: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("ten-test-").tempdir().expect("tempdir");
+        let ten = PathBuf::from(ten);
+        let fixture = fixture_bin(&ten);
+        let b = Self {
+            dir,
+            ten,
+            fixture,
+            server: None,
+        };
+        b.write_config(config);
+        b
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path().join("tenement.toml")
+    }
+
+    pub fn write_config(&self, config: &str) {
+        let body = config
+            .replace("{dir}", &self.path().display().to_string())
+            .replace("{fixture}", &self.fixture.display().to_string());
+        let sets_data_dir = body.lines().any(|l| l.trim_start().starts_with("data_dir"));
+        let body = if sets_data_dir {
+            body
+        } else if body.contains("[settings]") {
+            body.replacen("[settings]", &format!("[settings]\ndata_dir = \"{}\"", self.data_dir().display()), 1)
+        } else {
+            format!("[settings]\ndata_dir = \"{}\"\n\n{body}", self.data_dir().display())
+        };
+        std::fs::write(self.config_path(), body).expect("write config");
+    }
+
+    /// A `ten` command with `--config` pointing at this building.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.ten);
+        c.args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(self.path())
+            .env_remove("TENEMENT_CONFIG")
+            .env_remove("TENEMENT_SERVER")
+            .env_remove("TENEMENT_TOKEN");
+        c
+    }
+
+    pub fn ten(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run ten")
+    }
+
+    /// Runs `ten ARGS`, panics unless it succeeds, returns stdout.
+    pub fn ten_ok(&self, args: &[&str]) -> String {
+        let out = self.ten(args);
+        assert!(
+            out.status.success(),
+            "ten {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `ten serve` on a free port and waits until its control socket answers.
+    pub fn start(&mut self) {
+        assert!(self.server.is_none(), "already started");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join("serve.log"))
+            .expect("serve.log");
+        let child = self
+            .cmd(&["serve", "--port", "0", "--bind", "127.0.0.1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .env("TENEMENT_LOG", "info,tenement=debug")
+            .env("NO_COLOR", "1")
+            .spawn()
+            .expect("spawn ten serve");
+        self.server = Some(child);
+        wait_for("ten serve to answer on its control socket", SOON, || {
+            self.assert_server_alive();
+            let out = self.ten(&["ps", "--json"]);
+            out.status.success().then_some(())
+        });
+    }
+
+    fn assert_server_alive(&mut self) {
+        if let Some(child) = self.server.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("ten serve exited early ({status}):\n{}", self.serve_log());
+        }
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().expect("server running").id()
+    }
+
+    pub fn serve_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// `kill -9` of `ten serve`; waits for it to be reaped.
+    pub fn kill9(&mut self) {
+        let mut child = self.server.take().expect("server running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM to `ten serve`; returns once it has exited, with its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.server.take().expect("server running");
+        // SAFETY: plain kill(2) on the pid of a child we have not reaped yet.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + SOON * 2;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < end, "ten serve did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// `ten ps --json`.
+    pub fn ps(&self) -> Vec<Value> {
+        serde_json::from_str(&self.ten_ok(&["ps", "--json"])).expect("ps --json is JSON")
+    }
+
+    pub fn instance(&self, key: &str) -> Option<Value> {
+        self.ps().into_iter().find(|i| i["instance"] == key)
+    }
+
+    /// Waits until `key` satisfies `pred`, returning its status.
+    pub fn wait_instance(&self, key: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("{key} {what}"), SOON, || self.instance(key).filter(|i| pred(i)))
+    }
+
+    /// Pids of live processes whose environment mentions this building's directory: every
+    /// tenant process (they get `HOME`/`SOCKET_PATH` under it), forked children included.
+    pub fn tenant_processes(&self) -> Vec<i32> {
+        let needle = self.path().as_os_str().as_encoded_bytes().to_vec();
+        let me = std::process::id() as i32;
+        let server = self.server.as_ref().map(|c| c.id() as i32);
+        let mut found = vec![];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me || Some(pid) == server {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if environ.windows(needle.len()).any(|w| w == needle.as_slice()) && !is_zombie(pid) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    pub fn socket(&self, key: &str) -> PathBuf {
+        PathBuf::from(self.instance(key).expect("instance exists")["socket"].as_str().expect("socket"))
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- serve.log ---\n{}", self.serve_log());
+        }
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Whether a process exists (zombies count as gone).
+pub fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+/// A minimal HTTP/1.1 GET over a Unix socket: (status, body).
+pub fn get_unix(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,63 @@
+//! `ten spawn`, `ten stop`, `ten restart`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use hyper::Method;
+use tenement_core::{InstanceId, InstanceKey, ServiceName};
+
+use crate::client::Client;
+
+#[derive(clap::Args)]
+pub struct SpawnArgs {
+    /// SERVICE (with --id) or SERVICE:ID.
+    target: String,
+    /// Instance id.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct KeyArg {
+    /// The instance, as SERVICE:ID.
+    instance: String,
+}
+
+impl SpawnArgs {
+    fn key(&self) -> anyhow::Result<InstanceKey> {
+        Ok(match (&self.id, self.target.contains(':')) {
+            (Some(id), false) => InstanceKey::new(self.target.parse::<ServiceName>()?, id.parse::<InstanceId>()?),
+            (None, true) => self.target.parse()?,
+            (Some(_), true) => bail!("give either SERVICE:ID or SERVICE --id ID, not both"),
+            (None, false) => bail!("which instance? use `ten spawn {} --id ID`", self.target),
+        })
+    }
+}
+
+impl KeyArg {
+    pub fn key(&self) -> anyhow::Result<InstanceKey> {
+        Ok(self.instance.parse()?)
+    }
+}
+
+pub async fn spawn(client: &Client, args: SpawnArgs) -> anyhow::Result<ExitCode> {
+    let key = args.key()?;
+    let body = serde_json::json!({ "service": key.service, "id": key.id });
+    let status: serde_json::Value = client.call(Method::POST, "/instances", Some(body)).await?;
+    println!("{key} {}", status["state"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stop(client: &Client, args: KeyArg) -> anyhow::Result<ExitCode> {
+    let key = args.key()?;
+    let _: serde_json::Value = client.call(Method::DELETE, &format!("/instances/{key}"), None).await?;
+    println!("{key} stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn restart(client: &Client, args: KeyArg) -> anyhow::Result<ExitCode> {
+    let key = args.key()?;
+    let status: serde_json::Value = client.call(Method::POST, &format!("/instances/{key}/restart"), None).await?;
+    println!("{key} {}", status["state"].as_str().unwrap_or("?"));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,8 @@
+//! One module per `ten` subcommand.
+
+pub mod config;
+pub mod init;
+pub mod instance;
+pub mod logs;
+pub mod ps;
+pub mod serve;

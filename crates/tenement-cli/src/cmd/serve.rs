@@ -1,0 +1,123 @@
+//! `ten serve`: load the configuration, open the state store, listen on the control socket and
+//! the public port, bring instances back, and on SIGTERM/SIGINT stop them all gracefully.
+
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use nix::fcntl::{Flock, FlockArg};
+use tenement::{Store, Supervisor};
+use tenement_edge::{Access, serve};
+use tenement_runtime::Runtimes;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::client::control_socket;
+use crate::config_file;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TCP port of the HTTP front door.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Domain for subdomain routing (`prod.api.DOMAIN`).
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+}
+
+pub async fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TENEMENT_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let mut config = config_file::load(config.as_deref())?;
+    if let Some(dir) = data_dir {
+        config.settings.data_dir = std::path::absolute(&dir).unwrap_or(dir);
+    }
+    let data_dir = config.settings.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    let _lock = lock(&data_dir)?;
+    raise_fd_limit();
+
+    let store = Store::open(&data_dir.join("tenement.db"))?;
+    let exe = std::env::current_exe().context("cannot find the ten executable")?;
+    let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe)));
+    let supervisor = Supervisor::new(Arc::new(config), store, runtimes);
+
+    let socket_path = control_socket(&data_dir);
+    let _ = std::fs::remove_file(&socket_path); // stale: the lock above proves no server owns it
+    let control = tokio::net::UnixListener::bind(&socket_path)
+        .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+    let tcp = tokio::net::TcpListener::bind((args.bind, args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+    info!(control = %socket_path.display(), http = %tcp.local_addr()?, domain = %args.domain, "ten serve listening");
+
+    let stop_http = CancellationToken::new();
+    let servers = [
+        tokio::spawn(serve(control, supervisor.clone(), Access::ControlSocket, stop_http.clone())),
+        tokio::spawn(serve(tcp, supervisor.clone(), Access::Network, stop_http.clone())),
+    ];
+
+    // Instances come back only once we listen, so that `ten ps` works while they start.
+    let restoring = tokio::spawn({
+        let s = supervisor.clone();
+        async move { s.restore().await }
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping every instance"),
+        _ = int.recv() => info!("SIGINT: stopping every instance"),
+    }
+    restoring.abort();
+    supervisor.shutdown().await;
+    stop_http.cancel();
+    for s in servers {
+        if let Ok(Err(e)) = s.await {
+            warn!(error = %e, "listener ended with an error");
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    info!("ten serve stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One server per data directory: a second `ten serve` fails at once instead of fighting over
+/// the instances.
+fn lock(data_dir: &Path) -> anyhow::Result<Flock<std::fs::File>> {
+    let path = data_dir.join("ten.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            bail!("another ten serve is already running with data_dir {}", data_dir.display())
+        }
+        Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+    }
+}
+
+/// A thousand instances need a few thousand descriptors (pipes, sockets).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

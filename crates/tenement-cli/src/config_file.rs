@@ -1,0 +1,36 @@
+//! Finding `tenement.toml`: `--config`, then `$TENEMENT_CONFIG`, then `tenement.toml` in the
+//! working directory or its nearest parent that has one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use tenement_core::config::Config;
+
+pub const FILE_NAME: &str = "tenement.toml";
+
+pub fn find(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("TENEMENT_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join(FILE_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no {FILE_NAME} in {} or any parent directory (pass --config FILE, set TENEMENT_CONFIG, or run `ten init`)",
+        cwd.display()
+    )
+}
+
+/// Finds and loads the configuration; the error lists every problem.
+pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    let path = find(explicit)?;
+    let path = std::path::absolute(&path).unwrap_or(path);
+    Ok(Config::load(&path)?)
+}

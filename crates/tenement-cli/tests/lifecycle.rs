@@ -1,0 +1,177 @@
+//! Spawn, inspect, stop: the basic life of an instance, with real processes and sockets.
+
+use test_support::{Building, alive, get_unix, wait_for, SOON};
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+const CONFIG: &str = r#"
+[settings]
+health_check_interval = 1
+
+[service.web]
+command = "{fixture}"
+socket = "{dir}/sock/{name}-{id}.sock"
+health = "/health"
+isolation = "process"
+
+[service.web.env]
+GREETING = "hello {name}:{id} port {port}"
+DB = "{data_dir}/{name}/{id}/app.db"
+
+[service.forky]
+command = "{fixture} --fork 3"
+socket = "{dir}/sock/{name}-{id}.sock"
+isolation = "process"
+"#;
+
+#[test]
+fn spawn_serves_on_its_socket_with_a_clean_environment() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let out = b.ten_ok(&["spawn", "web", "--id", "prod"]);
+    assert!(out.contains("web:prod running"), "{out}");
+
+    let status = b.instance("web:prod").expect("listed");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["health"], "healthy");
+    assert_eq!(status["isolation"], "process");
+    let socket = b.socket("web:prod");
+    let (code, body) = get_unix(&socket, "/").unwrap();
+    assert_eq!((code, body.as_str()), (200, "hello from web:prod\n"));
+
+    let (_, env) = get_unix(&socket, "/env").unwrap();
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+    assert_eq!(
+        names,
+        ["DB", "GREETING", "HOME", "INSTANCE_ID", "PATH", "PORT", "SERVICE_NAME", "SOCKET_PATH"],
+        "only the service's variables and ours"
+    );
+    let port = status["port"].as_u64().unwrap();
+    let data = b.data_dir();
+    assert!(env.contains(&format!("GREETING=hello web:prod port {port}\n")), "{env}");
+    assert!(env.contains(&format!("PORT={port}\n")), "{env}");
+    assert!(env.contains(&format!("HOME={}\n", data.join("web/prod").display())), "{env}");
+    assert!(env.contains(&format!("DB={}/web/prod/app.db\n", data.display())), "{env}");
+    assert!(env.contains(&format!("SOCKET_PATH={}\n", socket.display())), "{env}");
+    assert!((30000..=40000).contains(&port));
+
+    // The plain-text table has the documented columns.
+    let table = b.ten_ok(&["ps"]);
+    for col in ["INSTANCE", "STATE", "HEALTH", "UPTIME", "RESTARTS", "PID"] {
+        assert!(table.contains(col), "{table}");
+    }
+    assert!(table.contains("web:prod"), "{table}");
+    let health = b.ten_ok(&["health"]);
+    assert!(health.contains("web:prod") && health.contains("healthy"), "{health}");
+
+    // Spawning it again is a clear conflict.
+    let again = b.ten(&["spawn", "web:prod"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn stop_leaves_no_process_no_socket_no_data() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "forky:a"]);
+    let socket = b.socket("forky:a");
+    let data = b.data_dir().join("forky/a");
+    std::fs::write(data.join("scratch"), "x").unwrap();
+    let procs = wait_for("shim, app and 3 children", SOON, || {
+        let p = b.tenant_processes();
+        (p.len() >= 5).then_some(p)
+    });
+
+    b.ten_ok(&["stop", "forky:a"]);
+    assert!(b.instance("forky:a").is_none(), "forgotten after stop");
+    for pid in procs {
+        assert!(!alive(pid), "process {pid} survived stop");
+    }
+    assert!(b.tenant_processes().is_empty(), "{:?}", b.tenant_processes());
+    assert!(!socket.exists(), "socket removed");
+    assert!(!data.exists(), "data dir removed (storage_persist = false)");
+    assert!(b.data_dir().join("tenement.db").exists(), "the server's own files stay");
+
+    let missing = b.ten(&["stop", "forky:a"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no instance forky:a"));
+}
+
+#[test]
+fn stop_escalates_to_sigkill_after_stop_timeout() {
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.stubborn]
+command = "{fixture} --ignore-sigterm"
+socket = "{dir}/{name}-{id}.sock"
+isolation = "process"
+stop_timeout = 1
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "stubborn:a"]);
+    b.ten_ok(&["stop", "stubborn:a"]);
+    assert!(b.tenant_processes().is_empty());
+    assert!(b.serve_log().contains("did not stop within stop_timeout; killing"));
+}
+
+#[test]
+fn invalid_ids_are_refused_before_touching_anything() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let long = "a".repeat(64);
+    for bad in ["..", "a/b", "A", long.as_str(), "", "-x", "a b"] {
+        let out = b.ten(&["spawn", "web", &format!("--id={bad}")]);
+        assert!(!out.status.success(), "id {bad:?} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("invalid instance id"), "{bad:?}: {err}");
+    }
+    for bad in ["web:..", "web:a/b", "../x:y", "web"] {
+        let out = b.ten(&["stop", bad]);
+        assert!(!out.status.success(), "{bad:?} accepted");
+    }
+    let unknown = b.ten(&["spawn", "nope", "--id", "x"]);
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown service `nope`"));
+    // Nothing was created for any of them.
+    let entries: Vec<_> = std::fs::read_dir(b.data_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(entries.iter().all(|n| n.to_string_lossy().starts_with("ten")), "{entries:?}");
+    assert!(b.ps().is_empty());
+}
+
+#[test]
+fn output_capture_survives_a_10mb_line_and_invalid_utf8() {
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.loud]
+command = "{fixture} --big-line-mb 10"
+socket = "{dir}/{name}-{id}.sock"
+isolation = "process"
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "loud:a"]);
+    let logs = wait_for("the line after the big one", SOON, || {
+        let l = b.ten_ok(&["logs", "loud:a"]);
+        l.contains("after big line").then_some(l)
+    });
+    assert!(logs.contains("line truncated"), "the big line is cut, not lost");
+    assert!(logs.contains("bad \u{fffd}\u{fffd} utf8"), "{logs}");
+    assert!(logs.contains("listening on"), "{logs}");
+    let (code, _) = get_unix(&b.socket("loud:a"), "/health").unwrap();
+    assert_eq!(code, 200, "the app kept running");
+    let limited = b.ten_ok(&["logs", "loud:a", "--limit", "1"]);
+    assert_eq!(limited.lines().count(), 1, "{limited}");
+}
+
+#[test]
+fn without_a_server_the_cli_says_how_to_start_one() {
+    let b = Building::new(TEN, CONFIG);
+    let out = b.ten(&["ps"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no ten server is running") && err.contains("ten serve"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}

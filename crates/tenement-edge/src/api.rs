@@ -1,0 +1,144 @@
+//! `/api/...`: list, spawn, stop, restart instances; their logs; health.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
+use tenement::{InstanceStatus, LogLine, Supervisor};
+use tenement_core::{InstanceId, InstanceKey, ServiceName};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::ApiError;
+
+/// Who is on the other end of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The local control socket: its file mode (0600) already decided.
+    ControlSocket,
+    /// A TCP client: `/api/` needs a bearer token.
+    Network,
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// The management API and `/health`.
+pub fn router(supervisor: Supervisor, access: Access) -> Router {
+    let api = Router::new()
+        .route("/instances", get(list).post(spawn))
+        .route("/instances/{key}", get(get_one).delete(stop))
+        .route("/instances/{key}/restart", post(restart))
+        .route("/instances/{key}/logs", get(logs))
+        .route("/health", get(list));
+    let api = match access {
+        Access::ControlSocket => api,
+        Access::Network => api.layer(middleware::from_fn(require_token)),
+    };
+    Router::new()
+        .route("/health", get(health))
+        .nest("/api", api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .with_state(supervisor)
+}
+
+/// Token management is not built yet, so the network API refuses everyone, loudly.
+async fn require_token(req: Request, _next: Next) -> Response {
+    let has_bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer "));
+    let msg = if has_bearer {
+        "invalid token"
+    } else {
+        "missing bearer token (Authorization: Bearer ...)"
+    };
+    let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
+    res.headers_mut()
+        .insert(axum::http::header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+    res
+}
+
+async fn health(State(s): State<Supervisor>) -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok", "instances": s.list().len() }))
+}
+
+async fn list(State(s): State<Supervisor>) -> Json<Vec<InstanceStatus>> {
+    Json(s.list())
+}
+
+#[derive(Deserialize)]
+struct SpawnBody {
+    service: String,
+    id: String,
+}
+
+async fn spawn(State(s): State<Supervisor>, body: std::result::Result<Json<SpawnBody>, axum::extract::rejection::JsonRejection>) -> Result<(StatusCode, Json<InstanceStatus>)> {
+    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let key = InstanceKey::new(body.service.parse::<ServiceName>()?, body.id.parse::<InstanceId>()?);
+    let status = s.spawn(&key).await?;
+    Ok((StatusCode::CREATED, Json(status)))
+}
+
+fn key(raw: &str) -> Result<InstanceKey> {
+    Ok(raw.parse::<InstanceKey>()?)
+}
+
+async fn get_one(State(s): State<Supervisor>, Path(raw): Path<String>) -> Result<Json<InstanceStatus>> {
+    Ok(Json(s.get(&key(&raw)?)?))
+}
+
+async fn stop(State(s): State<Supervisor>, Path(raw): Path<String>) -> Result<StatusCode> {
+    s.stop(&key(&raw)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn restart(State(s): State<Supervisor>, Path(raw): Path<String>) -> Result<Json<InstanceStatus>> {
+    Ok(Json(s.restart(&key(&raw)?).await?))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    limit: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn logs(State(s): State<Supervisor>, Path(raw): Path<String>, Query(q): Query<LogQuery>) -> Result<Response> {
+    let key = key(&raw)?;
+    let limit = q.limit.unwrap_or(100);
+    if !q.follow {
+        let lines: Vec<LogLine> = s.logs(&key, limit)?.iter().map(|l| (**l).clone()).collect();
+        return Ok(Json(lines).into_response());
+    }
+    // Subscribe before reading the tail so no line falls between the two.
+    let live = s.follow_logs();
+    let backlog = s.logs(&key, limit)?;
+    let backlog = stream::iter(backlog.into_iter().map(|l| Ok(event(&l))));
+    let live = stream::unfold(live, move |mut live| {
+        let key = key.clone();
+        async move {
+            loop {
+                let ev = match live.recv().await {
+                    Ok(line) if *line.instance == key => event(&line),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok::<_, Infallible>(ev), live));
+            }
+        }
+    });
+    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+fn event(line: &LogLine) -> Event {
+    Event::default().event("log").data(serde_json::to_string(line).expect("log lines serialize"))
+}

@@ -1,0 +1,51 @@
+//! The one place where errors become HTTP statuses: `{"error": "...", "code": "..."}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message, "code": self.code });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<tenement::Error> for ApiError {
+    fn from(e: tenement::Error) -> Self {
+        use tenement::Error as E;
+        let (status, code) = match &e {
+            E::UnknownService(_) => (StatusCode::NOT_FOUND, "unknown_service"),
+            E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
+            E::Unavailable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "isolation_unavailable"),
+            E::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            E::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            E::NoFreePort | E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<tenement_core::IdError> for ApiError {
+    fn from(e: tenement_core::IdError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_id", e.to_string())
+    }
+}

@@ -1,0 +1,30 @@
+use tenement_core::{InstanceKey, ServiceName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown service `{0}` (not in the configuration)")]
+    UnknownService(ServiceName),
+    #[error("no instance {0}")]
+    NotFound(InstanceKey),
+    #[error("instance {0} already exists")]
+    AlreadyExists(InstanceKey),
+    #[error(transparent)]
+    Unavailable(#[from] tenement_runtime::Unavailable),
+    #[error("{key} is {state}: {reason}")]
+    NotReady {
+        key: InstanceKey,
+        state: &'static str,
+        reason: String,
+    },
+    #[error("{key}: {message}")]
+    Invalid { key: InstanceKey, message: String },
+    #[error("state store {path}: {source}")]
+    Store {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("no free TCP port left in 30000-40000")]
+    NoFreePort,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}

@@ -1,0 +1,392 @@
+//! One actor per instance: a tokio task that owns the instance's lifecycle, process, health
+//! probe and log tail. Others talk to it through an [`InstanceHandle`].
+
+use std::future::{Future, pending};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tenement_core::config::{Service, Settings};
+use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
+use tenement_core::InstanceKey;
+use tenement_runtime::{Runtime, Spec, Workload};
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{info, warn};
+
+use crate::logs::{self, LogLine, Stream, Tail};
+use crate::probe;
+
+/// Consecutive failed health checks that restart an instance.
+pub const HEALTH_FAILURES: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet (or not running).
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+/// What `ten ps` and the API show about an instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    pub instance: InstanceKey,
+    pub service: String,
+    pub id: String,
+    pub state: &'static str,
+    pub health: Health,
+    pub isolation: &'static str,
+    /// Process group id of the running instance (its shim).
+    pub pid: Option<u32>,
+    /// When the current run became ready, in ms since the Unix epoch.
+    pub ready_since_ms: Option<u64>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub socket: PathBuf,
+    pub port: u16,
+    pub weight: u8,
+}
+
+/// The cheap, cloneable way to reach an instance actor.
+#[derive(Clone)]
+pub struct InstanceHandle {
+    pub inputs: mpsc::Sender<Input>,
+    pub status: watch::Receiver<InstanceStatus>,
+    pub tail: Arc<Tail>,
+}
+
+/// Everything the actor needs, prepared by the supervisor.
+pub struct Setup {
+    pub key: InstanceKey,
+    pub service: Arc<Service>,
+    pub settings: Arc<Settings>,
+    pub runtime: &'static dyn Runtime,
+    pub spec: Spec,
+    pub socket: PathBuf,
+    pub port: u16,
+    pub weight: u8,
+    pub feed: broadcast::Sender<Arc<LogLine>>,
+    /// Runs once the instance is stopped for good, before the final status is published.
+    pub cleanup: Box<dyn FnOnce() + Send>,
+}
+
+type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+struct Actor {
+    setup: Setup,
+    key: Arc<InstanceKey>,
+    policy: Policy,
+    life: Lifecycle,
+    workload: Option<Box<dyn Workload>>,
+    probe: Option<Probe>,
+    startup_deadline: Option<Instant>,
+    kill_deadline: Option<Instant>,
+    next_health: Option<Instant>,
+    health: Health,
+    health_failures: u32,
+    tail: Arc<Tail>,
+    status: watch::Sender<InstanceStatus>,
+}
+
+/// Starts the actor for a new instance; it spawns the process at once.
+pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) {
+    let (inputs, rx) = mpsc::channel(8);
+    let tail = Arc::new(Tail::default());
+    let s = &setup.settings;
+    let policy = Policy {
+        restart: setup.service.restart,
+        max_restarts: s.max_restarts,
+        restart_window: Duration::from_secs(s.restart_window),
+        backoff: tenement_core::backoff::Backoff {
+            base: Duration::from_millis(s.backoff_base_ms),
+            max: Duration::from_millis(s.backoff_max_ms),
+        },
+        // A run that outlasts the longest backoff has broken the crash loop.
+        stable_after: Duration::from_millis(s.backoff_max_ms).max(Duration::from_secs(10)),
+    };
+    let initial = InstanceStatus {
+        instance: setup.key.clone(),
+        service: setup.key.service.to_string(),
+        id: setup.key.id.to_string(),
+        state: "starting",
+        health: Health::Unknown,
+        isolation: setup.service.isolation.name(),
+        pid: None,
+        ready_since_ms: None,
+        restarts: 0,
+        last_exit: None,
+        socket: setup.socket.clone(),
+        port: setup.port,
+        weight: setup.weight,
+    };
+    let (status, status_rx) = watch::channel(initial);
+    let actor = Actor {
+        key: Arc::new(setup.key.clone()),
+        setup,
+        policy,
+        life: Lifecycle::new(),
+        workload: None,
+        probe: None,
+        startup_deadline: None,
+        kill_deadline: None,
+        next_health: None,
+        health: Health::Unknown,
+        health_failures: 0,
+        tail: tail.clone(),
+        status,
+    };
+    let handle = InstanceHandle {
+        inputs,
+        status: status_rx,
+        tail,
+    };
+    (handle, actor.run(rx))
+}
+
+impl Actor {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        self.apply(Input::Start);
+        while self.life.phase != Phase::Stopped {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                input = inputs.recv() => self.apply(input.unwrap_or(Input::Stop)),
+                status = wait_exit(&mut self.workload) => {
+                    self.workload = None;
+                    let reason = match status {
+                        Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
+                            (Some(code), _) => ExitReason::Code(code),
+                            (None, Some(sig)) => ExitReason::Signal(sig),
+                            (None, None) => ExitReason::Code(-1),
+                        },
+                        Err(e) => ExitReason::SpawnFailed(format!("wait: {e}")),
+                    };
+                    self.apply(Input::Exited(reason));
+                }
+                result = run_probe(&mut self.probe) => {
+                    self.probe = None;
+                    self.on_probe(result);
+                }
+                _ = sleep_until(deadline) => self.on_timer(),
+            }
+        }
+        let cleanup = std::mem::replace(&mut self.setup.cleanup, Box::new(|| {}));
+        cleanup();
+        info!(instance = %self.key, "stopped");
+        self.publish();
+    }
+
+    /// Feeds one input to the state machine and performs the effects; inputs that effects
+    /// produce (a spawn that fails) are fed in turn.
+    fn apply(&mut self, input: Input) {
+        let mut queue = vec![input];
+        while let Some(input) = queue.pop() {
+            let before = self.life.phase;
+            match self.life.step(input.clone(), &self.policy, Instant::now(), fastrand::f64()) {
+                Ok(effects) => {
+                    for effect in effects {
+                        if let Some(next) = self.perform(effect) {
+                            queue.push(next);
+                        }
+                    }
+                }
+                Err(e) => warn!(instance = %self.key, error = %e, "ignored"),
+            }
+            self.on_phase_change(before);
+        }
+        self.publish();
+    }
+
+    fn perform(&mut self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::Spawn => self.spawn().err().map(|e| Input::Exited(ExitReason::SpawnFailed(e))),
+            Effect::Terminate => {
+                match &self.workload {
+                    Some(w) => {
+                        w.terminate();
+                        self.kill_deadline = Some(Instant::now() + self.setup.service.stop_timeout());
+                    }
+                    None => return Some(Input::Exited(ExitReason::Code(0))),
+                }
+                None
+            }
+            Effect::Forget => None,
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let socket = &self.setup.socket;
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        remove_stale_socket(socket);
+        let started = self.setup.runtime.start(&self.setup.spec).map_err(|e| e.to_string())?;
+        info!(instance = %self.key, pid = started.workload.pid(), "started");
+        for (pipe, stream) in [
+            (Box::new(started.stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, Stream::Stdout),
+            (Box::new(started.stderr), Stream::Stderr),
+        ] {
+            tokio::spawn(logs::capture(pipe, self.key.clone(), stream, self.tail.clone(), self.setup.feed.clone()));
+        }
+        self.workload = Some(started.workload);
+        self.startup_deadline = Some(Instant::now() + self.setup.service.startup_timeout());
+        let (socket, health) = (socket.clone(), self.setup.service.health.clone());
+        self.probe = Some(Box::pin(async move {
+            probe::until_ready(&socket, health.as_deref()).await;
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    fn on_phase_change(&mut self, before: Phase) {
+        let now = self.life.phase;
+        if before == now {
+            return;
+        }
+        info!(instance = %self.key, from = before.name(), to = now.name(), "state");
+        if now != Phase::Starting {
+            self.startup_deadline = None;
+        }
+        if !now.has_process() {
+            self.kill_deadline = None;
+        }
+        if !matches!(now, Phase::Starting | Phase::Running) {
+            self.probe = None;
+            self.next_health = None;
+            self.health = Health::Unknown;
+            self.health_failures = 0;
+        }
+        if let Phase::BackingOff { until } = now {
+            let delay_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+            warn!(instance = %self.key, restarts = self.life.restarts, delay_ms, reason = ?self.life.last_exit, "exited; backing off");
+        }
+        if now == Phase::Failed {
+            warn!(instance = %self.key, "restarted too often; giving up until a user acts (ten restart)");
+        }
+    }
+
+    fn on_probe(&mut self, result: Result<(), String>) {
+        let interval = self.setup.settings.health_check_interval();
+        match (self.life.phase, result) {
+            (Phase::Starting, Ok(())) => {
+                self.health = Health::Healthy;
+                self.next_health = Some(Instant::now() + interval);
+                self.apply(Input::Ready);
+            }
+            (Phase::Running, Ok(())) => {
+                self.health = Health::Healthy;
+                self.health_failures = 0;
+                self.next_health = Some(Instant::now() + interval);
+                self.publish();
+            }
+            (Phase::Running, Err(e)) => {
+                self.health = Health::Unhealthy;
+                self.health_failures += 1;
+                warn!(instance = %self.key, failures = self.health_failures, error = %e, "health check failed");
+                self.next_health = Some(Instant::now() + interval);
+                if self.health_failures >= HEALTH_FAILURES {
+                    self.apply(Input::Unhealthy);
+                } else {
+                    self.publish();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let backoff = match self.life.phase {
+            Phase::BackingOff { until } => Some(until),
+            _ => None,
+        };
+        let health = self.next_health.filter(|_| self.probe.is_none());
+        [backoff, self.startup_deadline, self.kill_deadline, health]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.kill_deadline.is_some_and(|d| d <= now) {
+            self.kill_deadline = None;
+            if let Some(w) = &self.workload {
+                warn!(instance = %self.key, "did not stop within stop_timeout; killing");
+                w.kill();
+            }
+        }
+        if self.startup_deadline.is_some_and(|d| d <= now) {
+            self.startup_deadline = None;
+            warn!(instance = %self.key, "not ready within startup_timeout");
+            self.apply(Input::StartupTimeout);
+        }
+        if matches!(self.life.phase, Phase::BackingOff { until } if until <= now) {
+            self.apply(Input::BackoffElapsed);
+        }
+        if self.life.phase == Phase::Running
+            && self.probe.is_none()
+            && self.next_health.is_some_and(|d| d <= now)
+        {
+            self.next_health = None;
+            let (socket, health) = (self.setup.socket.clone(), self.setup.service.health.clone());
+            self.probe = Some(Box::pin(async move {
+                let timeout = Duration::from_secs(5);
+                match health {
+                    Some(path) => probe::http_get(&socket, &path, timeout).await,
+                    None => probe::connect(&socket).await.map(drop),
+                }
+                .map_err(|e| e.to_string())
+            }));
+        }
+    }
+
+    fn publish(&self) {
+        let ready_since_ms = self.life.ready_since.map(|since| {
+            let ago = since.elapsed();
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            now.saturating_sub(ago).as_millis() as u64
+        });
+        let pid = self.workload.as_ref().map(|w| w.pid());
+        self.status.send_modify(|s| {
+            s.state = self.life.phase.name();
+            s.health = self.health;
+            s.pid = pid;
+            s.ready_since_ms = ready_since_ms.filter(|_| self.life.phase == Phase::Running);
+            s.restarts = self.life.restarts;
+            s.last_exit = self.life.last_exit.as_ref().map(|r| r.to_string());
+        });
+    }
+}
+
+/// Removes a socket file left by an earlier run, so readiness is not fooled by it.
+pub fn remove_stale_socket(path: &std::path::Path) {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+async fn wait_exit(w: &mut Option<Box<dyn Workload>>) -> std::io::Result<std::process::ExitStatus> {
+    match w {
+        Some(w) => w.wait().await,
+        None => pending().await,
+    }
+}
+
+async fn run_probe(p: &mut Option<Probe>) -> Result<(), String> {
+    match p {
+        Some(p) => p.await,
+        None => pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => pending().await,
+    }
+}

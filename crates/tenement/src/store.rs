@@ -1,0 +1,134 @@
+//! Desired state in SQLite (`{data_dir}/tenement.db`, WAL): which instances exist and their
+//! weights. Written before a request is acknowledged, so a crash never loses it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, params};
+use tenement_core::InstanceKey;
+
+use crate::Error;
+
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS instances (
+    service    TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    weight     INTEGER NOT NULL DEFAULT 100,
+    created_at INTEGER NOT NULL DEFAULT (unixepoch()),
+    PRIMARY KEY (service, id)
+);
+";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, Error> {
+        let fail = |source| Error::Store {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(fail)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
+        // FULL: an acknowledged spawn survives power loss, not just a crash of ten serve.
+        conn.pragma_update(None, "synchronous", "FULL").map_err(fail)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
+        conn.execute_batch(SCHEMA).map_err(fail)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn).map_err(|source| Error::Store {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
+    /// Records that `key` should exist (keeps its weight if it already does).
+    pub fn insert(&self, key: &InstanceKey) -> Result<(), Error> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO instances (service, id) VALUES (?1, ?2)",
+                params![key.service.as_str(), key.id.as_str()],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn remove(&self, key: &InstanceKey) -> Result<(), Error> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM instances WHERE service = ?1 AND id = ?2",
+                params![key.service.as_str(), key.id.as_str()],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn set_weight(&self, key: &InstanceKey, weight: u8) -> Result<bool, Error> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE instances SET weight = ?3 WHERE service = ?1 AND id = ?2",
+                params![key.service.as_str(), key.id.as_str(), weight],
+            )
+            .map(|n| n > 0)
+        })
+    }
+
+    /// Every instance that should exist, with its weight. Rows that are not valid ids (the
+    /// database edited by hand) are skipped with a warning rather than trusted as paths.
+    pub fn list(&self) -> Result<Vec<(InstanceKey, u8)>, Error> {
+        let rows: Vec<(String, String, i64)> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT service, id, weight FROM instances ORDER BY created_at, service, id")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(service, id, weight)| {
+                match format!("{service}:{id}").parse::<InstanceKey>() {
+                    Ok(key) => Some((key, weight.clamp(0, 100) as u8)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping invalid instance in state store");
+                        None
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let a: InstanceKey = "api:prod".parse().unwrap();
+        let b: InstanceKey = "api:staging".parse().unwrap();
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert(&a).unwrap();
+            s.insert(&b).unwrap();
+            s.insert(&a).unwrap();
+            assert!(s.set_weight(&b, 30).unwrap());
+            assert!(!s.set_weight(&"x:y".parse().unwrap(), 1).unwrap());
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.list().unwrap(), vec![(a.clone(), 100), (b.clone(), 30)]);
+        s.remove(&a).unwrap();
+        assert_eq!(s.list().unwrap(), vec![(b, 30)]);
+        s.with(|c| c.execute("INSERT INTO instances (service, id) VALUES ('..', 'x')", []))
+            .unwrap();
+        assert_eq!(s.list().unwrap().len(), 1, "invalid rows are skipped");
+    }
+}

@@ -1,0 +1,334 @@
+//! The registry of instances and the operations on them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tenement_core::config::{Config, Service, Vars};
+use tenement_core::lifecycle::Input;
+use tenement_core::InstanceKey;
+use tenement_runtime::{Runtimes, Spec, argv_for};
+use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::instance::{self, InstanceHandle, InstanceStatus, Setup};
+use crate::logs::LogLine;
+use crate::ports::Ports;
+use crate::{Error, Store};
+
+/// Longest Unix socket path (sun_path is 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    runtimes: &'static Runtimes,
+    store: Store,
+    registry: Mutex<HashMap<InstanceKey, InstanceHandle>>,
+    ports: Mutex<Ports>,
+    feed: broadcast::Sender<Arc<LogLine>>,
+    tracker: TaskTracker,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Supervisor {
+    /// A supervisor for `config`, keeping its state in `store`. `runtimes` lives as long as the
+    /// process (instance actors borrow backends from it).
+    pub fn new(config: Arc<Config>, store: Store, runtimes: &'static Runtimes) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                runtimes,
+                store,
+                registry: Mutex::new(HashMap::new()),
+                ports: Mutex::new(Ports::default()),
+                feed: broadcast::channel(1024).0,
+                tracker: TaskTracker::new(),
+                closed: Default::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, InstanceHandle>> {
+        self.inner.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, key: &InstanceKey) -> Result<InstanceHandle, Error> {
+        self.registry().get(key).cloned().ok_or_else(|| Error::NotFound(key.clone()))
+    }
+
+    /// Starts `key` (recording it first, so it comes back after a server restart) and waits
+    /// until it is ready or has failed to become ready.
+    pub async fn spawn(&self, key: &InstanceKey) -> Result<InstanceStatus, Error> {
+        let handle = self.create(key, 100, true).await?;
+        wait_settled(key, handle).await
+    }
+
+    async fn create(&self, key: &InstanceKey, weight: u8, record: bool) -> Result<InstanceHandle, Error> {
+        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::ShuttingDown);
+        }
+        let config = &self.inner.config;
+        let service = config
+            .service(&key.service)
+            .ok_or_else(|| Error::UnknownService(key.service.clone()))?;
+        let runtime = self.inner.runtimes.get(service.isolation)?;
+        let port = self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).allocate().ok_or(Error::NoFreePort)?;
+        let prepared = self.prepare(key, service, port);
+        let (spec, socket, data) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                self.release_port(port);
+                return Err(e);
+            }
+        };
+        let me = self.clone();
+        let (cleanup_key, persist) = (key.clone(), service.storage_persist);
+        let setup = Setup {
+            key: key.clone(),
+            service: Arc::new(service.clone()),
+            settings: Arc::new(config.settings.clone()),
+            runtime,
+            spec,
+            socket: socket.clone(),
+            port,
+            weight,
+            feed: self.inner.feed.clone(),
+            cleanup: Box::new(move || me.cleanup(&cleanup_key, &socket, &data, persist, port)),
+        };
+        let (handle, actor) = instance::start(setup);
+        {
+            let mut registry = self.registry();
+            if registry.contains_key(key) {
+                drop(registry);
+                self.release_port(port);
+                return Err(Error::AlreadyExists(key.clone()));
+            }
+            registry.insert(key.clone(), handle.clone());
+        }
+        if record {
+            let (store, k) = (self.inner.store.clone(), key.clone());
+            let stored = tokio::task::spawn_blocking(move || store.insert(&k)).await.expect("store task");
+            if let Err(e) = stored {
+                self.registry().remove(key);
+                self.release_port(port);
+                return Err(e);
+            }
+        }
+        self.inner.tracker.spawn(actor);
+        Ok(handle)
+    }
+
+    /// Builds the argv, environment and paths of one instance.
+    fn prepare(&self, key: &InstanceKey, service: &Service, port: u16) -> Result<(Spec, PathBuf, PathBuf), Error> {
+        let settings = &self.inner.config.settings;
+        let data_root = settings.data_dir.to_string_lossy();
+        let invalid = |message: String| Error::Invalid { key: key.clone(), message };
+        let mut vars = Vars {
+            name: key.service.as_str(),
+            id: key.id.as_str(),
+            data_dir: &data_root,
+            socket: "",
+            port,
+        };
+        let socket = service.socket.render(&vars);
+        if socket.len() > MAX_SOCKET_PATH {
+            return Err(invalid(format!("socket path {socket} is longer than {MAX_SOCKET_PATH} bytes")));
+        }
+        vars.socket = &socket;
+        let data = instance_dir(&settings.data_dir, key);
+        std::fs::create_dir_all(&data).map_err(|e| invalid(format!("cannot create {}: {e}", data.display())))?;
+
+        let args: Vec<String> = service.args.iter().map(|a| a.render(&vars)).collect();
+        let argv = argv_for(&service.command.render(&vars), &args);
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
+            ("HOME".into(), data.to_string_lossy().into_owned()),
+        ];
+        for (k, v) in &service.env {
+            env.retain(|(name, _)| name != k);
+            env.push((k.clone(), v.render(&vars)));
+        }
+        const OURS: [&str; 4] = ["PORT", "SOCKET_PATH", "INSTANCE_ID", "SERVICE_NAME"];
+        env.retain(|(name, _)| !OURS.contains(&name.as_str()));
+        env.extend([
+            ("PORT".into(), port.to_string()),
+            ("SOCKET_PATH".into(), socket.clone()),
+            ("INSTANCE_ID".into(), key.id.to_string()),
+            ("SERVICE_NAME".into(), key.service.to_string()),
+        ]);
+        let spec = Spec {
+            key: key.clone(),
+            argv,
+            env,
+            workdir: service.workdir.clone(),
+        };
+        Ok((spec, PathBuf::from(socket), data))
+    }
+
+    /// Runs when an instance actor ends: forget it and remove what it leaves behind.
+    fn cleanup(&self, key: &InstanceKey, socket: &Path, data: &Path, persist: bool, port: u16) {
+        self.registry().remove(key);
+        self.release_port(port);
+        instance::remove_stale_socket(socket);
+        if !persist {
+            remove_instance_dir(&self.inner.config.settings.data_dir, key, data);
+        }
+    }
+
+    fn release_port(&self, port: u16) {
+        self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).release(port);
+    }
+
+    /// Stops `key` for good: SIGTERM, grace period, SIGKILL; forgets it.
+    pub async fn stop(&self, key: &InstanceKey) -> Result<(), Error> {
+        let handle = self.handle(key)?;
+        let (store, k) = (self.inner.store.clone(), key.clone());
+        tokio::task::spawn_blocking(move || store.remove(&k)).await.expect("store task")?;
+        stop_and_wait(handle).await;
+        info!(instance = %key, "stopped by user");
+        Ok(())
+    }
+
+    /// Restarts `key` (also un-fails a failed instance) and waits until it is ready.
+    pub async fn restart(&self, key: &InstanceKey) -> Result<InstanceStatus, Error> {
+        let handle = self.handle(key)?;
+        let mut status = handle.status.clone();
+        status.mark_unchanged();
+        handle.inputs.send(Input::Restart).await.map_err(|_| Error::NotFound(key.clone()))?;
+        // Wait for the restart to begin before waiting for it to settle.
+        let _ = tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.state == "starting" || s.state == "stopped")).await;
+        wait_settled(key, handle).await
+    }
+
+    pub fn get(&self, key: &InstanceKey) -> Result<InstanceStatus, Error> {
+        Ok(self.handle(key)?.status.borrow().clone())
+    }
+
+    pub fn list(&self) -> Vec<InstanceStatus> {
+        let mut all: Vec<InstanceStatus> = self.registry().values().map(|h| h.status.borrow().clone()).collect();
+        all.sort_by(|a, b| a.instance.cmp(&b.instance));
+        all
+    }
+
+    /// The newest `limit` captured lines of `key`, oldest first.
+    pub fn logs(&self, key: &InstanceKey, limit: usize) -> Result<Vec<Arc<LogLine>>, Error> {
+        Ok(self.handle(key)?.tail.last(limit))
+    }
+
+    /// Every captured line from now on, of every instance.
+    pub fn follow_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
+        self.inner.feed.subscribe()
+    }
+
+    /// Brings back every recorded instance and the configuration's `[instances]`, all at once;
+    /// one failure is logged and does not hold up the others.
+    pub async fn restore(&self) {
+        let store = self.inner.store.clone();
+        let recorded = match tokio::task::spawn_blocking(move || store.list()).await.expect("store task") {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read the state store; restoring nothing from it");
+                Vec::new()
+            }
+        };
+        let mut wanted: Vec<(InstanceKey, u8)> = recorded;
+        for key in &self.inner.config.instances {
+            if !wanted.iter().any(|(k, _)| k == key) {
+                wanted.push((key.clone(), 100));
+            }
+        }
+        let mut starts = tokio::task::JoinSet::new();
+        for (key, weight) in wanted {
+            let me = self.clone();
+            starts.spawn(async move {
+                let result = match me.create(&key, weight, true).await {
+                    Ok(handle) => wait_settled(&key, handle).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    warn!(instance = %key, error = %e, "could not bring instance back");
+                }
+            });
+        }
+        starts.join_all().await;
+    }
+
+    /// Stops every instance (in parallel) without forgetting them: the next `ten serve` brings
+    /// them back.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let handles: Vec<InstanceHandle> = self.registry().values().cloned().collect();
+        let mut stops = tokio::task::JoinSet::new();
+        for h in handles {
+            stops.spawn(stop_and_wait(h));
+        }
+        stops.join_all().await;
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+}
+
+async fn stop_and_wait(handle: InstanceHandle) {
+    let mut status = handle.status.clone();
+    let _ = handle.inputs.send(Input::Stop).await;
+    let _ = status.wait_for(|s| s.state == "stopped").await;
+}
+
+/// Waits until a starting instance is running (Ok) or has given up starting (Err).
+async fn wait_settled(key: &InstanceKey, handle: InstanceHandle) -> Result<InstanceStatus, Error> {
+    let mut rx = handle.status.clone();
+    let settled = rx
+        .wait_for(|s| !matches!(s.state, "starting" | "stopping"))
+        .await
+        .map(|s| s.clone());
+    let status = match settled {
+        Ok(s) => s,
+        Err(_) => return Err(Error::NotFound(key.clone())),
+    };
+    if status.state == "running" {
+        return Ok(status);
+    }
+    Err(Error::NotReady {
+        key: key.clone(),
+        state: status.state,
+        reason: status.last_exit.clone().unwrap_or_else(|| "not ready".into()),
+    })
+}
+
+/// `{data_dir}/{service}/{id}`: safe because both parts are validated DNS labels.
+pub fn instance_dir(data_dir: &Path, key: &InstanceKey) -> PathBuf {
+    data_dir.join(key.service.as_str()).join(key.id.as_str())
+}
+
+/// Removes an instance's data directory, and nothing else: it must be exactly
+/// `{data_dir}/{service}/{id}` and a real directory, not a symlink planted by a tenant.
+fn remove_instance_dir(data_dir: &Path, key: &InstanceKey, dir: &Path) {
+    if dir != instance_dir(data_dir, key) {
+        warn!(instance = %key, dir = %dir.display(), "refusing to remove unexpected directory");
+        return;
+    }
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                warn!(instance = %key, error = %e, "could not remove data directory");
+            }
+            // Remove the service directory too once it is empty; ignore "not empty".
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        Ok(_) => warn!(instance = %key, dir = %dir.display(), "data directory is not a directory; left alone"),
+        Err(_) => {}
+    }
+}
