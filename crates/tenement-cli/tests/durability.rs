@@ -1,0 +1,147 @@
+//! Desired state survives the server: SIGTERM stops instances gracefully, `kill -9` leaves no
+//! tenant process behind, and the next `ten serve` brings every instance back.
+
+use test_support::{Building, SOON, alive, get_unix, wait_for};
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+const CONFIG: &str = r#"
+[service.web]
+command = "{fixture}"
+socket = "{dir}/sock/{name}-{id}.sock"
+health = "/health"
+isolation = "process"
+
+[service.forky]
+command = "{fixture} --fork 4"
+socket = "{dir}/sock/{name}-{id}.sock"
+isolation = "process"
+
+[service.keep]
+command = "{fixture}"
+socket = "{dir}/sock/{name}-{id}.sock"
+isolation = "process"
+storage_persist = true
+
+[instances]
+web = ["auto"]
+"#;
+
+fn states(b: &Building) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = b
+        .ps()
+        .iter()
+        .map(|i| (i["instance"].as_str().unwrap().to_owned(), i["state"].as_str().unwrap().to_owned()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn all_running(b: &Building, n: usize) -> Vec<(String, String)> {
+    wait_for(&format!("{n} instances running"), SOON, || {
+        let s = states(b);
+        (s.len() == n && s.iter().all(|(_, st)| st == "running")).then_some(s)
+    })
+}
+
+#[test]
+fn kill_9_leaves_no_tenant_and_restart_restores_everything() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "web:prod"]);
+    b.ten_ok(&["spawn", "forky:a"]);
+    let before = all_running(&b, 3);
+    let procs = wait_for("all tenant processes (incl. 4 forked children)", SOON, || {
+        let p = b.tenant_processes();
+        (p.len() >= 2 * 2 + 2 + 4).then_some(p)
+    });
+    let socket = b.socket("web:prod");
+
+    b.kill9();
+    wait_for("every tenant process to die with the server", SOON, || {
+        procs.iter().all(|p| !alive(*p)).then_some(())
+    });
+    assert!(b.tenant_processes().is_empty(), "{:?}", b.tenant_processes());
+    assert!(socket.exists(), "the stale socket is still there before restart");
+
+    b.start();
+    let after = all_running(&b, 3);
+    assert_eq!(before, after);
+    let (code, body) = get_unix(&socket, "/").unwrap();
+    assert_eq!((code, body.as_str()), (200, "hello from web:prod\n"));
+}
+
+#[test]
+fn sigterm_stops_instances_gracefully_and_they_come_back() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "keep:a"]);
+    b.ten_ok(&["spawn", "web:b"]);
+    all_running(&b, 3);
+    let keep_file = b.data_dir().join("keep/a/state.txt");
+    std::fs::write(&keep_file, "persisted").unwrap();
+    let status = b.terminate();
+    assert!(status.success(), "{status}");
+    assert!(b.tenant_processes().is_empty());
+    assert!(b.serve_log().contains("SIGTERM: stopping every instance"));
+    assert!(!b.data_dir().join("web/b").exists(), "non-persistent data removed on stop");
+    assert_eq!(std::fs::read_to_string(&keep_file).unwrap(), "persisted");
+
+    b.start();
+    let after = all_running(&b, 3);
+    let keys: Vec<&str> = after.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["keep:a", "web:auto", "web:b"]);
+    assert_eq!(std::fs::read_to_string(&keep_file).unwrap(), "persisted");
+}
+
+#[test]
+fn a_stopped_instance_stays_stopped_after_restart() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "web:gone"]);
+    b.ten_ok(&["stop", "web:gone"]);
+    b.kill9();
+    b.start();
+    all_running(&b, 1);
+    assert!(b.instance("web:gone").is_none());
+}
+
+#[test]
+fn one_failing_auto_instance_does_not_block_the_others() {
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.web]
+command = "{fixture}"
+socket = "{dir}/{name}-{id}.sock"
+isolation = "process"
+
+[service.broken]
+command = "/nonexistent/binary"
+socket = "{dir}/{name}-{id}.sock"
+isolation = "process"
+restart = "never"
+
+[instances]
+broken = ["x"]
+web = ["one", "two"]
+"#,
+    );
+    b.start();
+    b.wait_instance("web:one", "running", |i| i["state"] == "running");
+    b.wait_instance("web:two", "running", |i| i["state"] == "running");
+    let broken = b.wait_instance("broken:x", "exited", |i| i["state"] == "exited");
+    assert_eq!(broken["last_exit"], "exit code 127");
+    let logs = b.ten_ok(&["logs", "broken:x"]);
+    assert!(logs.contains("cannot execute") && logs.contains("/nonexistent/binary"), "{logs}");
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let out = b.ten(&["serve", "--port", "0", "--bind", "127.0.0.1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another ten serve is already running"));
+    b.ten_ok(&["ps"]);
+}
