@@ -16,6 +16,7 @@
 //! here yet (see the resource-limits work).
 
 mod command;
+mod namespace;
 mod process;
 pub mod shim;
 
@@ -30,6 +31,7 @@ use tenement_core::config::Isolation;
 use tokio::process::{ChildStderr, ChildStdout};
 
 pub use command::argv_for;
+pub use namespace::NamespaceRuntime;
 pub use process::ProcessRuntime;
 
 /// Everything a backend needs to start one instance.
@@ -41,6 +43,12 @@ pub struct Spec {
     /// The complete environment (nothing is inherited).
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
+    /// The server's `data_dir` (hidden from namespaced instances but for their own parts).
+    pub data_root: PathBuf,
+    /// `{data_dir}/{service}/{id}`.
+    pub instance_dir: PathBuf,
+    /// Where the app must listen.
+    pub socket: PathBuf,
 }
 
 /// A started instance and its output pipes.
@@ -98,7 +106,10 @@ pub struct Runtimes {
 impl Runtimes {
     /// All backends of this build. `shim` is the `ten` executable that provides `ten __shim`.
     pub fn new(shim: PathBuf) -> Self {
-        let backends: Vec<Box<dyn Runtime>> = vec![Box::new(ProcessRuntime::new(shim))];
+        let backends: Vec<Box<dyn Runtime>> = vec![
+            Box::new(ProcessRuntime::new(shim.clone())),
+            Box::new(NamespaceRuntime::new(shim)),
+        ];
         Self {
             by_level: backends.into_iter().map(|b| (b.isolation(), b)).collect(),
         }
@@ -118,12 +129,11 @@ impl Runtimes {
 fn not_built_reason(level: Isolation) -> String {
     let hint = "use isolation = \"process\" until it lands, or see docs/isolation.md";
     match level {
-        Isolation::Namespace => format!("namespace isolation is not implemented in this build yet; {hint}"),
         Isolation::Sandbox => format!("the gVisor sandbox backend is not implemented in this build yet; {hint}"),
         Isolation::Wasm => format!("the wasmtime backend is not implemented in this build yet; {hint}"),
         Isolation::Firecracker | Isolation::Qemu => {
             format!("VM backends are not implemented in this build yet; {hint}")
         }
-        Isolation::Process => "unreachable: always built".into(),
+        Isolation::Process | Isolation::Namespace => "unreachable: always built".into(),
     }
 }

@@ -1,7 +1,9 @@
-//! The shim: a tiny supervisor between `ten serve` and each app (`ten __shim PPID -- ARGV...`).
+//! The shim: a tiny supervisor between `ten serve` and each app.
 //!
-//! `ten serve` starts the shim in a new process group; the shim forks and execs the app, which
-//! stays in that group. The shim then waits for signals:
+//! `ten __shim [--namespace] [--hostname H] [--hide DIR] [--keep DIR]... PPID -- ARGV...`
+//!
+//! `ten serve` starts the shim in a new process group; the shim forks the app, which stays in
+//! that group. The shim then waits for signals:
 //! - `SIGCHLD`: reap; when the app itself exits, exit with the same status (or die by the same
 //!   signal), so `ten serve` sees the app's status as the shim's.
 //! - anything else (`SIGTERM`, ...): if `ten serve` is gone — the kernel sends `SIGTERM` via
@@ -9,18 +11,28 @@
 //!   including itself. Otherwise ignore it: `ten serve` signals the whole group, so the app got
 //!   the same signal directly.
 //!
+//! With `--namespace`, the shim first enters new PID, mount, IPC and UTS namespaces
+//! (unshare(2)); since a new PID namespace applies only to children, its child is PID 1 there:
+//! our [`init`], which mounts a private `/proc`, starts the app as PID 2 in a process group of
+//! its own, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to it, reaps every zombie, and exits with
+//! the app's status — upon which the kernel kills whatever is left in the namespace.
+//!
 //! This is what guarantees that `kill -9` of `ten serve` leaves no tenant process behind, even
 //! when the app forked children of its own. It runs before any thread exists (the `ten` binary
 //! dispatches here before starting tokio), so fork is safe and the child may allocate.
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, execvp, fork, getpgrp, getppid};
+use nix::unistd::{ForkResult, Pid, execvp, fork, getpgrp, getppid, setpgid, sethostname};
 
 /// The hidden `ten` subcommand that runs the shim.
 pub const SUBCOMMAND: &str = "__shim";
@@ -35,54 +47,144 @@ pub fn run(args: &[OsString]) -> ! {
     std::process::exit(127)
 }
 
-fn shim(args: &[OsString]) -> Result<Infallible, String> {
-    let usage = || format!("usage: ten {SUBCOMMAND} PARENT_PID -- PROGRAM [ARGS...]");
-    let [parent, dashes, argv @ ..] = args else {
-        return Err(usage());
-    };
-    let parent: i32 = parent.to_str().and_then(|p| p.parse().ok()).ok_or_else(usage)?;
-    if dashes != "--" || argv.is_empty() {
+#[derive(Default)]
+struct Options {
+    namespace: bool,
+    hostname: Option<OsString>,
+    /// Directories covered by an empty tmpfs inside the namespace...
+    hide: Vec<PathBuf>,
+    /// ...except these, bind-mounted back.
+    keep: Vec<PathBuf>,
+    parent: i32,
+    argv: Vec<CString>,
+}
+
+fn parse(args: &[OsString]) -> Result<Options, String> {
+    let usage = || format!("usage: ten {SUBCOMMAND} [--namespace] [--hostname H] [--hide DIR] [--keep DIR] PARENT_PID -- PROGRAM [ARGS...]");
+    let mut o = Options::default();
+    let mut it = args.iter();
+    loop {
+        let arg = it.next().ok_or_else(usage)?;
+        match arg.to_str() {
+            Some("--namespace") => o.namespace = true,
+            Some("--hostname") => o.hostname = Some(it.next().ok_or_else(usage)?.clone()),
+            Some("--hide") => o.hide.push(it.next().ok_or_else(usage)?.into()),
+            Some("--keep") => o.keep.push(it.next().ok_or_else(usage)?.into()),
+            Some(pid) => {
+                o.parent = pid.parse().map_err(|_| usage())?;
+                break;
+            }
+            None => return Err(usage()),
+        }
+    }
+    if it.next().is_none_or(|d| d != "--") {
         return Err(usage());
     }
-    let argv: Vec<CString> = argv
-        .iter()
+    o.argv = it
         .map(|a| CString::new(a.as_bytes()).map_err(|_| format!("argument {a:?} contains NUL")))
         .collect::<Result<_, _>>()?;
+    if o.argv.is_empty() {
+        return Err(usage());
+    }
+    Ok(o)
+}
 
+fn shim(args: &[OsString]) -> Result<Infallible, String> {
+    let o = parse(args)?;
     prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
-    if getppid().as_raw() != parent {
+    if getppid().as_raw() != o.parent {
         return Err("ten serve exited before the instance started".into());
     }
     let mut watched = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
         watched.add(s);
     }
     let old_mask = watched
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .map_err(|e| format!("sigprocmask: {e}"))?;
-
+    if o.namespace {
+        enter_namespaces(&o)?;
+    }
     // SAFETY: the shim is single-threaded (no runtime has started in this process), so the child
     // may do anything the parent could, allocation included.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => {
-            let _ = old_mask.thread_set_mask();
-            // If the shim itself dies, the app dies with it.
-            let _ = prctl::set_pdeathsig(Signal::SIGKILL);
-            let e = execvp(&argv[0], &argv).unwrap_err();
-            eprintln!("tenement: cannot execute {:?}: {}", argv[0], e.desc());
-            std::process::exit(127)
-        }
-        ForkResult::Parent { child } => supervise(child, parent, &watched),
+        ForkResult::Child if o.namespace => init(&o, &old_mask, &watched),
+        ForkResult::Child => exec_app(&o.argv, &old_mask),
+        ForkResult::Parent { child } => supervise(child, o.parent, &watched),
     }
 }
 
-fn supervise(app: Pid, parent: i32, watched: &SigSet) -> Result<Infallible, String> {
+/// New PID (for our children), mount, IPC and UTS namespaces; mounts made private so nothing
+/// we mount leaks to the host; `--hide` directories covered, `--keep` ones put back.
+fn enter_namespaces(o: &Options) -> Result<(), String> {
+    let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    unshare(flags).map_err(|e| format!("unshare(PID|mount|IPC|UTS namespaces): {e}"))?;
+    mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
+        .map_err(|e| format!("making mounts private: {e}"))?;
+    // Keep a handle on each directory before covering it; bind it back from /proc/self/fd.
+    let kept: Vec<(std::fs::File, &PathBuf)> = o
+        .keep
+        .iter()
+        .map(|k| std::fs::File::open(k).map(|f| (f, k)).map_err(|e| format!("open {}: {e}", k.display())))
+        .collect::<Result<_, _>>()?;
+    for dir in &o.hide {
+        mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=64k"))
+            .map_err(|e| format!("hiding {}: {e}", dir.display()))?;
+    }
+    for (file, dir) in &kept {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+        mount::<str, PathBuf, str, str>(Some(&source), dir, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
+            .map_err(|e| format!("bind {}: {e}", dir.display()))?;
+    }
+    if let Some(h) = &o.hostname {
+        sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    Ok(())
+}
+
+/// PID 1 of the instance's namespace.
+fn init(o: &Options, old_mask: &SigSet, watched: &SigSet) -> ! {
+    // If the shim dies, init dies, and the kernel kills the whole namespace.
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if let Err(e) = mount::<str, str, str, str>(Some("proc"), "/proc", Some("proc"), flags, None) {
+        eprintln!("tenement init: mounting a private /proc: {e}");
+        std::process::exit(127);
+    }
+    // SAFETY: still single-threaded.
+    let app = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            // A group of its own, so forwarded signals reach the app and its children.
+            let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            exec_app(&o.argv, old_mask)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            eprintln!("tenement init: fork: {e}");
+            std::process::exit(127);
+        }
+    };
+    loop {
+        let Ok(sig) = watched.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = signal::killpg(app, sig);
+            continue;
+        }
+        reap(app);
+    }
+}
+
+fn exec_app(argv: &[CString], old_mask: &SigSet) -> ! {
+    let _ = old_mask.thread_set_mask();
+    // If our parent (shim or init) dies, the app dies with it.
+    let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+    let e = execvp(&argv[0], argv).unwrap_err();
+    eprintln!("tenement: cannot execute {:?}: {}", argv[0], e.desc());
+    std::process::exit(127)
+}
+
+fn supervise(child: Pid, parent: i32, watched: &SigSet) -> Result<Infallible, String> {
     loop {
         let sig = watched.wait().map_err(|e| format!("sigwait: {e}"))?;
         if sig != Signal::SIGCHLD {
@@ -92,18 +194,24 @@ fn supervise(app: Pid, parent: i32, watched: &SigSet) -> Result<Infallible, Stri
             }
             continue;
         }
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == app => std::process::exit(code),
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == app => die_by(sig),
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
-            }
+        reap(child);
+    }
+}
+
+/// Reaps every exited child; when it is `main`, ends this process with `main`'s status.
+fn reap(main: Pid) {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == main => std::process::exit(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => die_by(sig),
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
         }
     }
 }
 
-/// Ends the shim by the signal that ended the app, so the parent sees the same status.
+/// Ends this process by the signal that ended the app, so the parent sees the same status.
+/// (A namespace's init cannot be killed by its own signal; it exits with 128 + signal.)
 fn die_by(sig: Signal) -> ! {
     // SAFETY: restoring the default disposition is always sound.
     let _ = unsafe { signal::signal(sig, signal::SigHandler::SigDfl) };

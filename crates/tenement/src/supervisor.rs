@@ -172,6 +172,9 @@ impl Supervisor {
             argv,
             env,
             workdir: service.workdir.clone(),
+            data_root: settings.data_dir.clone(),
+            instance_dir: data.clone(),
+            socket: PathBuf::from(&socket),
         };
         Ok((spec, PathBuf::from(socket), data))
     }

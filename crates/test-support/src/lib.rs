@@ -43,6 +43,7 @@ pub struct Building {
     pub dir: tempfile::TempDir,
     pub ten: PathBuf,
     pub fixture: PathBuf,
+    config: PathBuf,
     server: Option<Child>,
 }
 
@@ -55,6 +56,7 @@ impl Building {
         let ten = PathBuf::from(ten);
         let fixture = fixture_bin(&ten);
         let b = Self {
+            config: dir.path().join("tenement.toml"),
             dir,
             ten,
             fixture,
@@ -62,6 +64,20 @@ impl Building {
         };
         b.write_config(config);
         b
+    }
+
+    /// A building that runs an existing configuration file (an example), with its data
+    /// directory moved into a temp dir by `--data-dir`.
+    pub fn with_config_file(ten: &str, config: &Path) -> Self {
+        let dir = tempfile::Builder::new().prefix("ten-test-").tempdir().expect("tempdir");
+        let ten = PathBuf::from(ten);
+        Self {
+            fixture: fixture_bin(&ten),
+            config: config.to_path_buf(),
+            dir,
+            ten,
+            server: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -73,7 +89,7 @@ impl Building {
     }
 
     pub fn config_path(&self) -> PathBuf {
-        self.path().join("tenement.toml")
+        self.config.clone()
     }
 
     pub fn write_config(&self, config: &str) {
@@ -97,6 +113,8 @@ impl Building {
         c.args(args)
             .arg("--config")
             .arg(self.config_path())
+            .arg("--data-dir")
+            .arg(self.data_dir())
             .current_dir(self.path())
             .env_remove("TENEMENT_CONFIG")
             .env_remove("TENEMENT_SERVER")

@@ -1,0 +1,107 @@
+//! `isolation = "namespace"` (the default): private PID namespace and /proc, hidden neighbours,
+//! apps that fork and use threads still work, nothing survives the server.
+
+use test_support::{Building, SOON, alive, get_unix, wait_for};
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+const CONFIG: &str = r#"
+[service.web]
+command = "{fixture} --fork 3 --threads 4"
+socket = "{dir}/data/sock/{name}-{id}.sock"
+health = "/health"
+"#;
+
+fn root() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED: namespace isolation needs root");
+    }
+    root
+}
+
+fn get(b: &Building, key: &str, path: &str) -> (u16, String) {
+    get_unix(&b.socket(key), path).unwrap()
+}
+
+#[test]
+fn the_app_sees_only_its_own_processes_and_data() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "web:a"]);
+    b.ten_ok(&["spawn", "web:b"]);
+    let a = b.instance("web:a").unwrap();
+    assert_eq!(a["isolation"], "namespace", "namespace is the default");
+
+    // PID namespace: init is 1, the app 2, its three forked children (after the thread ids);
+    // nothing else.
+    let pids = wait_for("the forked children to appear", SOON, || {
+        let (_, ps) = get(&b, "web:a", "/ps");
+        let pids: Vec<u32> = ps.lines().filter_map(|l| l.parse().ok()).collect();
+        (pids.len() == 5).then_some(pids)
+    });
+    assert_eq!(pids[..2], [1, 2]);
+    assert!(pids.iter().all(|p| *p < 20), "{pids:?}");
+    assert_eq!(get(&b, "web:a", "/pid").1, "2");
+    assert_eq!(get(&b, "web:a", "/hostname").1.trim(), "a-web");
+
+    // Neither tenement's nor the sibling's environment is readable.
+    let server = b.server_pid();
+    let sibling_shim = b.instance("web:b").unwrap()["pid"].as_u64().unwrap();
+    for pid in [server as u64, sibling_shim, sibling_shim + 1] {
+        let (code, _) = get(&b, "web:a", &format!("/read?path=/proc/{pid}/environ"));
+        assert_ne!(code, 200, "environ of host pid {pid} readable from web:a");
+    }
+
+    // Data directory: only its own instance directory (and the socket directory) exist.
+    let data = b.data_dir();
+    std::fs::write(data.join("web/b/secret"), "b's").unwrap();
+    std::fs::write(data.join("web/a/mine"), "a's").unwrap();
+    let (_, top) = get(&b, "web:a", &format!("/ls?path={}", data.display()));
+    assert_eq!(top.lines().collect::<Vec<_>>(), ["sock", "web"], "tenement.db and the rest are hidden");
+    let (_, services) = get(&b, "web:a", &format!("/ls?path={}/web", data.display()));
+    assert_eq!(services.trim(), "a");
+    assert_ne!(get(&b, "web:a", &format!("/read?path={}/web/b/secret", data.display())).0, 200);
+    assert_eq!(get(&b, "web:a", &format!("/read?path={}/web/a/mine", data.display())).1, "a's");
+    // The host still sees everything, and the app's socket is reachable from it.
+    assert!(data.join("tenement.db").exists());
+}
+
+#[test]
+fn stop_and_kill_9_leave_nothing_in_namespace_mode() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "web:a"]);
+    b.ten_ok(&["spawn", "web:b"]);
+    let procs = wait_for("shim, init, app and children of both", SOON, || {
+        let p = b.tenant_processes();
+        (p.len() >= 2 * 6).then_some(p)
+    });
+    b.ten_ok(&["stop", "web:a"]);
+    b.kill9();
+    wait_for("every tenant process gone", SOON, || procs.iter().all(|p| !alive(*p)).then_some(()));
+    assert!(b.tenant_processes().is_empty());
+    b.start();
+    b.wait_instance("web:b", "back", |i| i["state"] == "running");
+    assert!(b.instance("web:a").is_none());
+}
+
+#[test]
+fn exit_status_and_restart_work_through_init() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "web:a"]);
+    let _ = get_unix(&b.socket("web:a"), "/exit?code=5");
+    let back = b.wait_instance("web:a", "restarted", |i| i["restarts"] == 1 && i["state"] == "running");
+    assert_eq!(back["last_exit"], "exit code 5");
+}
