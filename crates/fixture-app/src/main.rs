@@ -334,15 +334,20 @@ where
             }
             // Introspection for isolation tests: what this process can see.
             ("GET", "/ps") => (200, visible_pids().into_bytes()),
-            ("GET", "/hostname") => (200, std::fs::read("/proc/sys/kernel/hostname").unwrap_or_default()),
+            ("GET", "/hostname") => (
+                200,
+                std::fs::read("/proc/sys/kernel/hostname").unwrap_or_default(),
+            ),
             ("GET", "/read") => match std::fs::read(query_path(query)) {
                 Ok(bytes) => (200, bytes),
                 Err(e) => (500, e.to_string().into_bytes()),
             },
             ("GET", "/ls") => match std::fs::read_dir(query_path(query)) {
                 Ok(dir) => {
-                    let mut names: Vec<String> =
-                        dir.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                    let mut names: Vec<String> = dir
+                        .flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect();
                     names.sort();
                     (200, names.join("\n").into_bytes())
                 }
@@ -391,13 +396,21 @@ fn env_dump() -> Vec<u8> {
 
 /// `path=...` from a query string (no percent-decoding: tests pass plain paths).
 fn query_path(query: &str) -> String {
-    query.split('&').find_map(|kv| kv.strip_prefix("path=")).unwrap_or("").to_owned()
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("path="))
+        .unwrap_or("")
+        .to_owned()
 }
 
 /// The pids visible in /proc, one per line, ascending.
 fn visible_pids() -> String {
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     pids.sort();
     pids.iter().map(|p| format!("{p}\n")).collect()

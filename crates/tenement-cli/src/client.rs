@@ -11,7 +11,10 @@ use serde::de::DeserializeOwned;
 
 pub enum Target {
     Socket(PathBuf),
-    Tcp { authority: String, token: Option<String> },
+    Tcp {
+        authority: String,
+        token: Option<String>,
+    },
 }
 
 pub struct Client {
@@ -52,7 +55,12 @@ impl Client {
         })
     }
 
-    pub async fn request(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<Response<Incoming>> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Response<Incoming>> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = Request::builder()
             .method(method)
@@ -82,11 +90,18 @@ impl Client {
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
         tokio::spawn(conn);
-        Ok(sender.send_request(req.body(Full::new(Bytes::from(body)))?).await?)
+        Ok(sender
+            .send_request(req.body(Full::new(Bytes::from(body)))?)
+            .await?)
     }
 
     /// A request whose answer is JSON; an error answer becomes the server's message.
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
         let res = self.request(method, path, body).await?;
         let status = res.status();
         let bytes = res.into_body().collect().await?.to_bytes();
@@ -97,7 +112,11 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
             bail!("{msg}");
         }
-        let bytes = if bytes.is_empty() { Bytes::from_static(b"null") } else { bytes };
+        let bytes = if bytes.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            bytes
+        };
         serde_json::from_slice(&bytes).context("unexpected answer from server")
     }
 }

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ten", version, about = "tenement: cramped housing for your processes")]
+#[command(
+    name = "ten",
+    version,
+    about = "tenement: cramped housing for your processes"
+)]
 struct Cli {
     /// Configuration file (default: $TENEMENT_CONFIG, then tenement.toml here or in a parent).
     #[arg(long, global = true)]
@@ -54,7 +58,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     // The shim must run before any thread exists: dispatch before clap and tokio.
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if raw.get(1).is_some_and(|a| a == tenement_runtime::shim::SUBCOMMAND) {
+    if raw
+        .get(1)
+        .is_some_and(|a| a == tenement_runtime::shim::SUBCOMMAND)
+    {
         tenement_runtime::shim::run(&raw[2..]);
     }
     let cli = Cli::parse();
@@ -79,7 +86,9 @@ fn run_async(
     token: Option<String>,
     command: Command,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         if let Command::Serve(args) = command {
             return cmd::serve::run(config, data_dir, args).await;
@@ -92,7 +101,9 @@ fn run_async(
             Command::Ps(a) => cmd::ps::ps(&client, a).await,
             Command::Health(a) => cmd::ps::health(&client, a).await,
             Command::Logs(a) => cmd::logs::run(&client, a).await,
-            Command::Serve(_) | Command::Config(_) | Command::Init(_) => unreachable!("handled above"),
+            Command::Serve(_) | Command::Config(_) | Command::Init(_) => {
+                unreachable!("handled above")
+            }
         }
     })
 }

@@ -41,7 +41,8 @@ SECRET = "${TENEMENT_TEST_SURELY_UNSET}"
         format!("{file}:4:16: settings.max_restarts: -1 is out of range"),
         format!("{file}:8:12: service.api.restart: expected one of"),
         format!("{file}:9:1: service.api.colour: unknown field `colour`"),
-        "service.api.env.SECRET: environment variable TENEMENT_TEST_SURELY_UNSET is not set".to_string(),
+        "service.api.env.SECRET: environment variable TENEMENT_TEST_SURELY_UNSET is not set"
+            .to_string(),
     ] {
         assert!(err.contains(&want), "missing {want:?} in\n{err}");
     }
@@ -72,9 +73,21 @@ fn lookup_order_flag_then_env_then_nearest_parent() {
     let root = dir.path();
     let nested = root.join("a/b");
     std::fs::create_dir_all(&nested).unwrap();
-    std::fs::write(root.join("tenement.toml"), "[service.parent]\ncommand = \"x\"\n").unwrap();
-    std::fs::write(root.join("other.toml"), "[service.fromenv]\ncommand = \"x\"\n").unwrap();
-    std::fs::write(root.join("flag.toml"), "[service.fromflag]\ncommand = \"x\"\n").unwrap();
+    std::fs::write(
+        root.join("tenement.toml"),
+        "[service.parent]\ncommand = \"x\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("other.toml"),
+        "[service.fromenv]\ncommand = \"x\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("flag.toml"),
+        "[service.fromflag]\ncommand = \"x\"\n",
+    )
+    .unwrap();
 
     let out = ten_in(&nested, &["config"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("[service.parent]"));
@@ -106,9 +119,17 @@ fn lookup_order_flag_then_env_then_nearest_parent() {
 fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let out = ten_in(dir.path(), &["init"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let check = ten_in(dir.path(), &["config", "--check"]);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let again = ten_in(dir.path(), &["init"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
@@ -116,10 +137,19 @@ fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
 
 #[test]
 fn process_alias_runtime_alias_and_duplicates() {
-    let b = Building::new(TEN, "[process.old]\ncommand = \"x\"\nruntime = \"process\"\n");
+    let b = Building::new(
+        TEN,
+        "[process.old]\ncommand = \"x\"\nruntime = \"process\"\n",
+    );
     let out = b.ten_ok(&["config"]);
-    assert!(out.contains("[service.old]") && out.contains("isolation = \"process\""), "{out}");
+    assert!(
+        out.contains("[service.old]") && out.contains("isolation = \"process\""),
+        "{out}"
+    );
     b.write_config("[process.api]\ncommand = \"x\"\n[service.api]\ncommand = \"y\"\n");
     let err = String::from_utf8_lossy(&b.ten(&["config", "--check"]).stderr).into_owned();
-    assert!(err.contains("defined in both [service] and [process]"), "{err}");
+    assert!(
+        err.contains("defined in both [service] and [process]"),
+        "{err}"
+    );
 }

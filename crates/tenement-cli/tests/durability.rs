@@ -31,7 +31,12 @@ fn states(b: &Building) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = b
         .ps()
         .iter()
-        .map(|i| (i["instance"].as_str().unwrap().to_owned(), i["state"].as_str().unwrap().to_owned()))
+        .map(|i| {
+            (
+                i["instance"].as_str().unwrap().to_owned(),
+                i["state"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -51,18 +56,29 @@ fn kill_9_leaves_no_tenant_and_restart_restores_everything() {
     b.ten_ok(&["spawn", "web:prod"]);
     b.ten_ok(&["spawn", "forky:a"]);
     let before = all_running(&b, 3);
-    let procs = wait_for("all tenant processes (incl. 4 forked children)", SOON, || {
-        let p = b.tenant_processes();
-        (p.len() >= 2 * 2 + 2 + 4).then_some(p)
-    });
+    let procs = wait_for(
+        "all tenant processes (incl. 4 forked children)",
+        SOON,
+        || {
+            let p = b.tenant_processes();
+            (p.len() >= 2 * 2 + 2 + 4).then_some(p)
+        },
+    );
     let socket = b.socket("web:prod");
 
     b.kill9();
     wait_for("every tenant process to die with the server", SOON, || {
         procs.iter().all(|p| !alive(*p)).then_some(())
     });
-    assert!(b.tenant_processes().is_empty(), "{:?}", b.tenant_processes());
-    assert!(socket.exists(), "the stale socket is still there before restart");
+    assert!(
+        b.tenant_processes().is_empty(),
+        "{:?}",
+        b.tenant_processes()
+    );
+    assert!(
+        socket.exists(),
+        "the stale socket is still there before restart"
+    );
 
     b.start();
     let after = all_running(&b, 3);
@@ -84,7 +100,10 @@ fn sigterm_stops_instances_gracefully_and_they_come_back() {
     assert!(status.success(), "{status}");
     assert!(b.tenant_processes().is_empty());
     assert!(b.serve_log().contains("SIGTERM: stopping every instance"));
-    assert!(!b.data_dir().join("web/b").exists(), "non-persistent data removed on stop");
+    assert!(
+        !b.data_dir().join("web/b").exists(),
+        "non-persistent data removed on stop"
+    );
     assert_eq!(std::fs::read_to_string(&keep_file).unwrap(), "persisted");
 
     b.start();
@@ -133,7 +152,10 @@ web = ["one", "two"]
     let broken = b.wait_instance("broken:x", "exited", |i| i["state"] == "exited");
     assert_eq!(broken["last_exit"], "exit code 127");
     let logs = b.ten_ok(&["logs", "broken:x"]);
-    assert!(logs.contains("cannot execute") && logs.contains("/nonexistent/binary"), "{logs}");
+    assert!(
+        logs.contains("cannot execute") && logs.contains("/nonexistent/binary"),
+        "{logs}"
+    );
 }
 
 #[test]

@@ -8,7 +8,11 @@ const TEN: &str = env!("CARGO_BIN_EXE_ten");
 
 #[test]
 fn hello_quick_start() {
-    if std::process::Command::new("python3").arg("--version").output().is_err() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIPPED: python3 is not installed (scripts/test installs it)");
         return;
     }
@@ -19,7 +23,10 @@ fn hello_quick_start() {
     assert_eq!(demo["health"], "healthy");
     let socket = b.data_dir().join("sockets/hello-demo.sock");
     let (code, body) = get_unix(&socket, "/").unwrap();
-    assert_eq!((code, body.as_str()), (200, "hello, tenant demo from hello:demo\n"));
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "hello, tenant demo from hello:demo\n")
+    );
     b.ten_ok(&["spawn", "hello", "--id", "second"]);
     let (_, body) = get_unix(&b.data_dir().join("sockets/hello-second.sock"), "/").unwrap();
     assert_eq!(body, "hello, tenant second from hello:second\n");

@@ -1,6 +1,6 @@
 //! Spawn, inspect, stop: the basic life of an instance, with real processes and sockets.
 
-use test_support::{Building, alive, get_unix, wait_for, SOON};
+use test_support::{Building, SOON, alive, get_unix, wait_for};
 
 const TEN: &str = env!("CARGO_BIN_EXE_ten");
 
@@ -40,19 +40,43 @@ fn spawn_serves_on_its_socket_with_a_clean_environment() {
     assert_eq!((code, body.as_str()), (200, "hello from web:prod\n"));
 
     let (_, env) = get_unix(&socket, "/env").unwrap();
-    let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
     assert_eq!(
         names,
-        ["DB", "GREETING", "HOME", "INSTANCE_ID", "PATH", "PORT", "SERVICE_NAME", "SOCKET_PATH"],
+        [
+            "DB",
+            "GREETING",
+            "HOME",
+            "INSTANCE_ID",
+            "PATH",
+            "PORT",
+            "SERVICE_NAME",
+            "SOCKET_PATH"
+        ],
         "only the service's variables and ours"
     );
     let port = status["port"].as_u64().unwrap();
     let data = b.data_dir();
-    assert!(env.contains(&format!("GREETING=hello web:prod port {port}\n")), "{env}");
+    assert!(
+        env.contains(&format!("GREETING=hello web:prod port {port}\n")),
+        "{env}"
+    );
     assert!(env.contains(&format!("PORT={port}\n")), "{env}");
-    assert!(env.contains(&format!("HOME={}\n", data.join("web/prod").display())), "{env}");
-    assert!(env.contains(&format!("DB={}/web/prod/app.db\n", data.display())), "{env}");
-    assert!(env.contains(&format!("SOCKET_PATH={}\n", socket.display())), "{env}");
+    assert!(
+        env.contains(&format!("HOME={}\n", data.join("web/prod").display())),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("DB={}/web/prod/app.db\n", data.display())),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!("SOCKET_PATH={}\n", socket.display())),
+        "{env}"
+    );
     assert!((30000..=40000).contains(&port));
 
     // The plain-text table has the documented columns.
@@ -62,7 +86,10 @@ fn spawn_serves_on_its_socket_with_a_clean_environment() {
     }
     assert!(table.contains("web:prod"), "{table}");
     let health = b.ten_ok(&["health"]);
-    assert!(health.contains("web:prod") && health.contains("healthy"), "{health}");
+    assert!(
+        health.contains("web:prod") && health.contains("healthy"),
+        "{health}"
+    );
 
     // Spawning it again is a clear conflict.
     let again = b.ten(&["spawn", "web:prod"]);
@@ -88,10 +115,17 @@ fn stop_leaves_no_process_no_socket_no_data() {
     for pid in procs {
         assert!(!alive(pid), "process {pid} survived stop");
     }
-    assert!(b.tenant_processes().is_empty(), "{:?}", b.tenant_processes());
+    assert!(
+        b.tenant_processes().is_empty(),
+        "{:?}",
+        b.tenant_processes()
+    );
     assert!(!socket.exists(), "socket removed");
     assert!(!data.exists(), "data dir removed (storage_persist = false)");
-    assert!(b.data_dir().join("tenement.db").exists(), "the server's own files stay");
+    assert!(
+        b.data_dir().join("tenement.db").exists(),
+        "the server's own files stay"
+    );
 
     let missing = b.ten(&["stop", "forky:a"]);
     assert!(!missing.status.success());
@@ -114,7 +148,10 @@ stop_timeout = 1
     b.ten_ok(&["spawn", "stubborn:a"]);
     b.ten_ok(&["stop", "stubborn:a"]);
     assert!(b.tenant_processes().is_empty());
-    assert!(b.serve_log().contains("did not stop within stop_timeout; killing"));
+    assert!(
+        b.serve_log()
+            .contains("did not stop within stop_timeout; killing")
+    );
 }
 
 #[test]
@@ -135,8 +172,17 @@ fn invalid_ids_are_refused_before_touching_anything() {
     let unknown = b.ten(&["spawn", "nope", "--id", "x"]);
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown service `nope`"));
     // Nothing was created for any of them.
-    let entries: Vec<_> = std::fs::read_dir(b.data_dir()).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(entries.iter().all(|n| n.to_string_lossy().starts_with("ten")), "{entries:?}");
+    let entries: Vec<_> = std::fs::read_dir(b.data_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .all(|n| n.to_string_lossy().starts_with("ten")),
+        "{entries:?}"
+    );
     assert!(b.ps().is_empty());
 }
 
@@ -157,7 +203,10 @@ isolation = "process"
         let l = b.ten_ok(&["logs", "loud:a"]);
         l.contains("after big line").then_some(l)
     });
-    assert!(logs.contains("line truncated"), "the big line is cut, not lost");
+    assert!(
+        logs.contains("line truncated"),
+        "the big line is cut, not lost"
+    );
     assert!(logs.contains("bad \u{fffd}\u{fffd} utf8"), "{logs}");
     assert!(logs.contains("listening on"), "{logs}");
     let (code, _) = get_unix(&b.socket("loud:a"), "/health").unwrap();
@@ -172,6 +221,9 @@ fn without_a_server_the_cli_says_how_to_start_one() {
     let out = b.ten(&["ps"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no ten server is running") && err.contains("ten serve"), "{err}");
+    assert!(
+        err.contains("no ten server is running") && err.contains("ten serve"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }

@@ -62,11 +62,31 @@ fn the_app_sees_only_its_own_processes_and_data() {
     std::fs::write(data.join("web/b/secret"), "b's").unwrap();
     std::fs::write(data.join("web/a/mine"), "a's").unwrap();
     let (_, top) = get(&b, "web:a", &format!("/ls?path={}", data.display()));
-    assert_eq!(top.lines().collect::<Vec<_>>(), ["sock", "web"], "tenement.db and the rest are hidden");
+    assert_eq!(
+        top.lines().collect::<Vec<_>>(),
+        ["sock", "web"],
+        "tenement.db and the rest are hidden"
+    );
     let (_, services) = get(&b, "web:a", &format!("/ls?path={}/web", data.display()));
     assert_eq!(services.trim(), "a");
-    assert_ne!(get(&b, "web:a", &format!("/read?path={}/web/b/secret", data.display())).0, 200);
-    assert_eq!(get(&b, "web:a", &format!("/read?path={}/web/a/mine", data.display())).1, "a's");
+    assert_ne!(
+        get(
+            &b,
+            "web:a",
+            &format!("/read?path={}/web/b/secret", data.display())
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        get(
+            &b,
+            "web:a",
+            &format!("/read?path={}/web/a/mine", data.display())
+        )
+        .1,
+        "a's"
+    );
     // The host still sees everything, and the app's socket is reachable from it.
     assert!(data.join("tenement.db").exists());
 }
@@ -86,7 +106,9 @@ fn stop_and_kill_9_leave_nothing_in_namespace_mode() {
     });
     b.ten_ok(&["stop", "web:a"]);
     b.kill9();
-    wait_for("every tenant process gone", SOON, || procs.iter().all(|p| !alive(*p)).then_some(()));
+    wait_for("every tenant process gone", SOON, || {
+        procs.iter().all(|p| !alive(*p)).then_some(())
+    });
     assert!(b.tenant_processes().is_empty());
     b.start();
     b.wait_instance("web:b", "back", |i| i["state"] == "running");
@@ -102,6 +124,8 @@ fn exit_status_and_restart_work_through_init() {
     b.start();
     b.ten_ok(&["spawn", "web:a"]);
     let _ = get_unix(&b.socket("web:a"), "/exit?code=5");
-    let back = b.wait_instance("web:a", "restarted", |i| i["restarts"] == 1 && i["state"] == "running");
+    let back = b.wait_instance("web:a", "restarted", |i| {
+        i["restarts"] == 1 && i["state"] == "running"
+    });
     assert_eq!(back["last_exit"], "exit code 5");
 }

@@ -25,7 +25,14 @@ fn delays_logged(b: &Building) -> Vec<u64> {
     b.serve_log()
         .lines()
         .filter(|l| l.contains("exited; backing off"))
-        .filter_map(|l| l.split("delay_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split("delay_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -48,16 +55,25 @@ isolation = "process"
     assert_eq!(delays.len(), 3, "{delays:?}");
     // 200, 400, 800 ms, each within ±10% jitter.
     for (d, want) in delays.iter().zip([200u64, 400, 800]) {
-        assert!((want * 9 / 10..=want * 11 / 10).contains(d), "delays {delays:?}");
+        assert!(
+            (want * 9 / 10..=want * 11 / 10).contains(d),
+            "delays {delays:?}"
+        );
     }
     assert!(b.tenant_processes().is_empty(), "failed means nothing runs");
     std::thread::sleep(std::time::Duration::from_secs(2));
-    assert_eq!(b.instance("crashy:a").unwrap()["restarts"], 3, "no restart after failed");
+    assert_eq!(
+        b.instance("crashy:a").unwrap()["restarts"],
+        3,
+        "no restart after failed"
+    );
 
     // A user restart revives it (and it crashes again, restarting by policy).
     let out = b.ten(&["restart", "crashy:a"]);
     let _ = out; // it may report running or not-ready depending on timing
-    b.wait_instance("crashy:a", "restarting after ten restart", |i| i["restarts"].as_u64() > Some(3) || i["state"] == "backing-off");
+    b.wait_instance("crashy:a", "restarting after ten restart", |i| {
+        i["restarts"].as_u64() > Some(3) || i["state"] == "backing-off"
+    });
 }
 
 #[test]
@@ -98,8 +114,12 @@ isolation = "process"
     b.start();
     b.ten_ok(&["spawn", "clean:a"]);
     b.ten_ok(&["spawn", "again:a"]);
-    b.wait_instance("clean:a", "exited", |i| i["state"] == "exited" && i["last_exit"] == "exit code 0");
-    b.wait_instance("again:a", "restarted", |i| i["restarts"].as_u64() >= Some(1));
+    b.wait_instance("clean:a", "exited", |i| {
+        i["state"] == "exited" && i["last_exit"] == "exit code 0"
+    });
+    b.wait_instance("again:a", "restarted", |i| {
+        i["restarts"].as_u64() >= Some(1)
+    });
     assert_eq!(b.instance("clean:a").unwrap()["restarts"], 0);
 }
 
@@ -140,12 +160,18 @@ isolation = "process"
     );
     b.start();
     let out = b.ten(&["spawn", "hangs:a"]);
-    assert!(!out.status.success(), "spawn reports that it never became ready");
+    assert!(
+        !out.status.success(),
+        "spawn reports that it never became ready"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("startup timeout"), "{err}");
     let i = b.instance("hangs:a").expect("still registered");
     assert_eq!(i["state"], "exited");
-    assert!(b.tenant_processes().is_empty(), "the hung process was killed");
+    assert!(
+        b.tenant_processes().is_empty(),
+        "the hung process was killed"
+    );
 }
 
 #[test]
@@ -188,7 +214,11 @@ isolation = "process"
     b.ten_ok(&["spawn", "web:a"]);
     let socket = b.socket("web:a");
     let _ = get_unix(&socket, "/exit?code=9");
-    let back = b.wait_instance("web:a", "restarted", |i| i["restarts"] == 1 && i["state"] == "running");
+    let back = b.wait_instance("web:a", "restarted", |i| {
+        i["restarts"] == 1 && i["state"] == "running"
+    });
     assert_eq!(back["last_exit"], "exit code 9");
-    wait_for("the new process to answer", SOON, || get_unix(&socket, "/health").ok().filter(|(c, _)| *c == 200));
+    wait_for("the new process to answer", SOON, || {
+        get_unix(&socket, "/health").ok().filter(|(c, _)| *c == 200)
+    });
 }

@@ -50,7 +50,11 @@ mod tests {
             (u32::MAX, 60_000),
         ];
         for (attempt, ms) in table {
-            assert_eq!(B.delay(attempt, mid), Duration::from_millis(ms), "attempt {attempt}");
+            assert_eq!(
+                B.delay(attempt, mid),
+                Duration::from_millis(ms),
+                "attempt {attempt}"
+            );
         }
     }
 
@@ -62,7 +66,10 @@ mod tests {
                 let d = B.delay(attempt, j);
                 assert!(d <= B.max, "attempt {attempt} jitter {j}: {d:?}");
                 let ratio = d.as_secs_f64() / centre;
-                assert!((0.899..=1.101).contains(&ratio), "attempt {attempt}: {ratio}");
+                assert!(
+                    (0.899..=1.101).contains(&ratio),
+                    "attempt {attempt}: {ratio}"
+                );
             }
         }
         assert!(B.delay(0, 0.0) < B.delay(0, 0.99));

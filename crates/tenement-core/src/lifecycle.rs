@@ -238,7 +238,9 @@ impl Lifecycle {
             (Starting, Input::StartupTimeout) => {
                 self.stop(AfterStop::Recover(Failure::StartupTimeout))
             }
-            (Starting | Running, Input::Exited(reason)) => self.decide(reason.clone(), policy, now, jitter),
+            (Starting | Running, Input::Exited(reason)) => {
+                self.decide(reason.clone(), policy, now, jitter)
+            }
             (Stopping(then), Input::Exited(reason)) => match then {
                 AfterStop::Stop => {
                     self.last_exit = Some(reason.clone());
@@ -267,7 +269,11 @@ impl Lifecycle {
     fn stop(&mut self, then: AfterStop) -> Vec<Effect> {
         let already = matches!(self.phase, Phase::Stopping(_));
         self.phase = Phase::Stopping(then);
-        if already { vec![] } else { vec![Effect::Terminate] }
+        if already {
+            vec![]
+        } else {
+            vec![Effect::Terminate]
+        }
     }
 
     fn forget_history(&mut self) {
@@ -276,7 +282,13 @@ impl Lifecycle {
     }
 
     /// The run ended on its own (or we killed it for a failure): restart, give up, or stay down.
-    fn decide(&mut self, reason: ExitReason, policy: &Policy, now: Instant, jitter: f64) -> Vec<Effect> {
+    fn decide(
+        &mut self,
+        reason: ExitReason,
+        policy: &Policy,
+        now: Instant,
+        jitter: f64,
+    ) -> Vec<Effect> {
         if let Some(since) = self.ready_since.take()
             && now.saturating_duration_since(since) >= policy.stable_after
         {

@@ -44,7 +44,9 @@ pub fn router(supervisor: Supervisor, access: Access) -> Router {
     Router::new()
         .route("/health", get(health))
         .nest("/api", api)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .with_state(supervisor)
 }
 
@@ -61,8 +63,10 @@ async fn require_token(req: Request, _next: Next) -> Response {
         "missing bearer token (Authorization: Bearer ...)"
     };
     let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
-    res.headers_mut()
-        .insert(axum::http::header::WWW_AUTHENTICATE, "Bearer".parse().expect("static header"));
+    res.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        "Bearer".parse().expect("static header"),
+    );
     res
 }
 
@@ -80,9 +84,16 @@ struct SpawnBody {
     id: String,
 }
 
-async fn spawn(State(s): State<Supervisor>, body: std::result::Result<Json<SpawnBody>, axum::extract::rejection::JsonRejection>) -> Result<(StatusCode, Json<InstanceStatus>)> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let key = InstanceKey::new(body.service.parse::<ServiceName>()?, body.id.parse::<InstanceId>()?);
+async fn spawn(
+    State(s): State<Supervisor>,
+    body: std::result::Result<Json<SpawnBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<InstanceStatus>)> {
+    let Json(body) =
+        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let key = InstanceKey::new(
+        body.service.parse::<ServiceName>()?,
+        body.id.parse::<InstanceId>()?,
+    );
     let status = s.spawn(&key).await?;
     Ok((StatusCode::CREATED, Json(status)))
 }
@@ -91,7 +102,10 @@ fn key(raw: &str) -> Result<InstanceKey> {
     Ok(raw.parse::<InstanceKey>()?)
 }
 
-async fn get_one(State(s): State<Supervisor>, Path(raw): Path<String>) -> Result<Json<InstanceStatus>> {
+async fn get_one(
+    State(s): State<Supervisor>,
+    Path(raw): Path<String>,
+) -> Result<Json<InstanceStatus>> {
     Ok(Json(s.get(&key(&raw)?)?))
 }
 
@@ -100,7 +114,10 @@ async fn stop(State(s): State<Supervisor>, Path(raw): Path<String>) -> Result<St
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn restart(State(s): State<Supervisor>, Path(raw): Path<String>) -> Result<Json<InstanceStatus>> {
+async fn restart(
+    State(s): State<Supervisor>,
+    Path(raw): Path<String>,
+) -> Result<Json<InstanceStatus>> {
     Ok(Json(s.restart(&key(&raw)?).await?))
 }
 
@@ -111,7 +128,11 @@ struct LogQuery {
     follow: bool,
 }
 
-async fn logs(State(s): State<Supervisor>, Path(raw): Path<String>, Query(q): Query<LogQuery>) -> Result<Response> {
+async fn logs(
+    State(s): State<Supervisor>,
+    Path(raw): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response> {
     let key = key(&raw)?;
     let limit = q.limit.unwrap_or(100);
     if !q.follow {
@@ -129,16 +150,22 @@ async fn logs(State(s): State<Supervisor>, Path(raw): Path<String>, Query(q): Qu
                 let ev = match live.recv().await {
                     Ok(line) if *line.instance == key => event(&line),
                     Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                    Err(RecvError::Lagged(n)) => {
+                        Event::default().event("lagged").data(n.to_string())
+                    }
                     Err(RecvError::Closed) => return None,
                 };
                 return Some((Ok::<_, Infallible>(ev), live));
             }
         }
     });
-    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(backlog.chain(live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 fn event(line: &LogLine) -> Event {
-    Event::default().event("log").data(serde_json::to_string(line).expect("log lines serialize"))
+    Event::default()
+        .event("log")
+        .data(serde_json::to_string(line).expect("log lines serialize"))
 }

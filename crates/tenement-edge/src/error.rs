@@ -1,8 +1,8 @@
 //! The one place where errors become HTTP statuses: `{"error": "...", "code": "..."}`.
 
+use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 
 pub struct ApiError {
     pub status: StatusCode,

@@ -35,11 +35,24 @@ mod tests {
     #[test]
     fn plain_and_shell_commands() {
         let args = vec!["--port".to_string(), "80 80".to_string()];
-        assert_eq!(argv_for("./api  -v", &args), ["./api", "-v", "--port", "80 80"]);
+        assert_eq!(
+            argv_for("./api  -v", &args),
+            ["./api", "-v", "--port", "80 80"]
+        );
         assert_eq!(
             argv_for("cd app && exec ./api", &args),
-            ["/bin/sh", "-c", "cd app && exec ./api \"$@\"", "sh", "--port", "80 80"]
+            [
+                "/bin/sh",
+                "-c",
+                "cd app && exec ./api \"$@\"",
+                "sh",
+                "--port",
+                "80 80"
+            ]
         );
-        assert_eq!(argv_for("python3 -m http.server", &[]), ["python3", "-m", "http.server"]);
+        assert_eq!(
+            argv_for("python3 -m http.server", &[]),
+            ["python3", "-m", "http.server"]
+        );
     }
 }

@@ -129,8 +129,12 @@ impl Runtimes {
 fn not_built_reason(level: Isolation) -> String {
     let hint = "use isolation = \"process\" until it lands, or see docs/isolation.md";
     match level {
-        Isolation::Sandbox => format!("the gVisor sandbox backend is not implemented in this build yet; {hint}"),
-        Isolation::Wasm => format!("the wasmtime backend is not implemented in this build yet; {hint}"),
+        Isolation::Sandbox => {
+            format!("the gVisor sandbox backend is not implemented in this build yet; {hint}")
+        }
+        Isolation::Wasm => {
+            format!("the wasmtime backend is not implemented in this build yet; {hint}")
+        }
         Isolation::Firecracker | Isolation::Qemu => {
             format!("VM backends are not implemented in this build yet; {hint}")
         }

@@ -37,7 +37,15 @@ impl Runtime for NamespaceRuntime {
         let hostname = format!("{}-{}", spec.key.id, spec.key.service);
         let data_root = spec.data_root.to_string_lossy();
         let instance_dir = spec.instance_dir.to_string_lossy();
-        let mut args = vec!["--namespace", "--hostname", &hostname, "--hide", &data_root, "--keep", &instance_dir];
+        let mut args = vec![
+            "--namespace",
+            "--hostname",
+            &hostname,
+            "--hide",
+            &data_root,
+            "--keep",
+            &instance_dir,
+        ];
         let socket_dir = spec.socket.parent().map(|d| d.to_string_lossy());
         if let Some(dir) = &socket_dir
             && spec.socket.starts_with(&spec.data_root)

@@ -37,7 +37,11 @@ impl Runtime for ProcessRuntime {
 }
 
 /// Starts `ten __shim` for `spec` in a new process group. `shim_args` go before the `--`.
-pub(crate) fn spawn_shim(shim: &PathBuf, spec: &Spec, shim_args: &[&str]) -> Result<Started, Error> {
+pub(crate) fn spawn_shim(
+    shim: &PathBuf,
+    spec: &Spec,
+    shim_args: &[&str],
+) -> Result<Started, Error> {
     let fail = |source| Error::Spawn {
         key: spec.key.clone(),
         program: spec.argv.first().cloned().unwrap_or_default(),
@@ -46,7 +50,10 @@ pub(crate) fn spawn_shim(shim: &PathBuf, spec: &Spec, shim_args: &[&str]) -> Res
     if !spec.workdir.is_dir() {
         return Err(fail(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("working directory {} does not exist", spec.workdir.display()),
+            format!(
+                "working directory {} does not exist",
+                spec.workdir.display()
+            ),
         )));
     }
     let mut cmd = tokio::process::Command::new(shim);

@@ -32,7 +32,7 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, execvp, fork, getpgrp, getppid, setpgid, sethostname};
+use nix::unistd::{ForkResult, Pid, execvp, fork, getpgrp, getppid, sethostname, setpgid};
 
 /// The hidden `ten` subcommand that runs the shim.
 pub const SUBCOMMAND: &str = "__shim";
@@ -60,7 +60,11 @@ struct Options {
 }
 
 fn parse(args: &[OsString]) -> Result<Options, String> {
-    let usage = || format!("usage: ten {SUBCOMMAND} [--namespace] [--hostname H] [--hide DIR] [--keep DIR] PARENT_PID -- PROGRAM [ARGS...]");
+    let usage = || {
+        format!(
+            "usage: ten {SUBCOMMAND} [--namespace] [--hostname H] [--hide DIR] [--keep DIR] PARENT_PID -- PROGRAM [ARGS...]"
+        )
+    };
     let mut o = Options::default();
     let mut it = args.iter();
     loop {
@@ -96,7 +100,13 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
         return Err("ten serve exited before the instance started".into());
     }
     let mut watched = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         watched.add(s);
     }
     let old_mask = watched
@@ -117,7 +127,10 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
 /// New PID (for our children), mount, IPC and UTS namespaces; mounts made private so nothing
 /// we mount leaks to the host; `--hide` directories covered, `--keep` ones put back.
 fn enter_namespaces(o: &Options) -> Result<(), String> {
-    let flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    let flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
     unshare(flags).map_err(|e| format!("unshare(PID|mount|IPC|UTS namespaces): {e}"))?;
     mount::<str, str, str, str>(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)
         .map_err(|e| format!("making mounts private: {e}"))?;
@@ -125,17 +138,33 @@ fn enter_namespaces(o: &Options) -> Result<(), String> {
     let kept: Vec<(std::fs::File, &PathBuf)> = o
         .keep
         .iter()
-        .map(|k| std::fs::File::open(k).map(|f| (f, k)).map_err(|e| format!("open {}: {e}", k.display())))
+        .map(|k| {
+            std::fs::File::open(k)
+                .map(|f| (f, k))
+                .map_err(|e| format!("open {}: {e}", k.display()))
+        })
         .collect::<Result<_, _>>()?;
     for dir in &o.hide {
-        mount(Some("tmpfs"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755,size=64k"))
-            .map_err(|e| format!("hiding {}: {e}", dir.display()))?;
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=64k"),
+        )
+        .map_err(|e| format!("hiding {}: {e}", dir.display()))?;
     }
     for (file, dir) in &kept {
         std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let source = format!("/proc/self/fd/{}", file.as_raw_fd());
-        mount::<str, PathBuf, str, str>(Some(&source), dir, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-            .map_err(|e| format!("bind {}: {e}", dir.display()))?;
+        mount::<str, PathBuf, str, str>(
+            Some(&source),
+            dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )
+        .map_err(|e| format!("bind {}: {e}", dir.display()))?;
     }
     if let Some(h) = &o.hostname {
         sethostname(h).map_err(|e| format!("sethostname: {e}"))?;

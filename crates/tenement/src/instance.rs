@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tenement_core::InstanceKey;
 use tenement_core::config::{Service, Settings};
 use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
-use tenement_core::InstanceKey;
 use tenement_runtime::{Runtime, Spec, Workload};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -184,7 +184,10 @@ impl Actor {
         let mut queue = vec![input];
         while let Some(input) = queue.pop() {
             let before = self.life.phase;
-            match self.life.step(input.clone(), &self.policy, Instant::now(), fastrand::f64()) {
+            match self
+                .life
+                .step(input.clone(), &self.policy, Instant::now(), fastrand::f64())
+            {
                 Ok(effects) => {
                     for effect in effects {
                         if let Some(next) = self.perform(effect) {
@@ -201,12 +204,16 @@ impl Actor {
 
     fn perform(&mut self, effect: Effect) -> Option<Input> {
         match effect {
-            Effect::Spawn => self.spawn().err().map(|e| Input::Exited(ExitReason::SpawnFailed(e))),
+            Effect::Spawn => self
+                .spawn()
+                .err()
+                .map(|e| Input::Exited(ExitReason::SpawnFailed(e))),
             Effect::Terminate => {
                 match &self.workload {
                     Some(w) => {
                         w.terminate();
-                        self.kill_deadline = Some(Instant::now() + self.setup.service.stop_timeout());
+                        self.kill_deadline =
+                            Some(Instant::now() + self.setup.service.stop_timeout());
                     }
                     None => return Some(Input::Exited(ExitReason::Code(0))),
                 }
@@ -219,16 +226,30 @@ impl Actor {
     fn spawn(&mut self) -> Result<(), String> {
         let socket = &self.setup.socket;
         if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         remove_stale_socket(socket);
-        let started = self.setup.runtime.start(&self.setup.spec).map_err(|e| e.to_string())?;
+        let started = self
+            .setup
+            .runtime
+            .start(&self.setup.spec)
+            .map_err(|e| e.to_string())?;
         info!(instance = %self.key, pid = started.workload.pid(), "started");
         for (pipe, stream) in [
-            (Box::new(started.stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>, Stream::Stdout),
+            (
+                Box::new(started.stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                Stream::Stdout,
+            ),
             (Box::new(started.stderr), Stream::Stderr),
         ] {
-            tokio::spawn(logs::capture(pipe, self.key.clone(), stream, self.tail.clone(), self.setup.feed.clone()));
+            tokio::spawn(logs::capture(
+                pipe,
+                self.key.clone(),
+                stream,
+                self.tail.clone(),
+                self.setup.feed.clone(),
+            ));
         }
         self.workload = Some(started.workload);
         self.startup_deadline = Some(Instant::now() + self.setup.service.startup_timeout());
@@ -345,7 +366,9 @@ impl Actor {
     fn publish(&self) {
         let ready_since_ms = self.life.ready_since.map(|since| {
             let ago = since.elapsed();
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             now.saturating_sub(ago).as_millis() as u64
         });
         let pid = self.workload.as_ref().map(|w| w.pid());

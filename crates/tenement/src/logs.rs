@@ -153,10 +153,18 @@ mod tests {
         let key = Arc::new("api:prod".parse().unwrap());
         capture(&input[..], key, Stream::Stdout, tail.clone(), tx).await;
         let lines: Vec<String> = tail.last(10).iter().map(|l| l.text.clone()).collect();
-        assert_eq!(lines.len(), 4, "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
+        assert_eq!(
+            lines.len(),
+            4,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
         assert_eq!(lines[0], "first");
         assert!(lines[1].starts_with(&"x".repeat(MAX_LINE)));
-        assert!(lines[1].ends_with(&format!("[line truncated: {} more bytes dropped]", 10 * 1024 * 1024 - MAX_LINE)));
+        assert!(lines[1].ends_with(&format!(
+            "[line truncated: {} more bytes dropped]",
+            10 * 1024 * 1024 - MAX_LINE
+        )));
         assert_eq!(lines[2], "bad \u{fffd}\u{fffd} utf8");
         assert_eq!(lines[3], "last without newline");
     }

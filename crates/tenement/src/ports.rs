@@ -18,7 +18,8 @@ impl Ports {
         let span = RANGE.end() - RANGE.start() + 1;
         for step in 0..span {
             let port = RANGE.start() + (self.cursor + step) % span;
-            if self.taken.contains(&port) || TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
+            if self.taken.contains(&port) || TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err()
+            {
                 continue;
             }
             self.taken.insert(port);

@@ -23,14 +23,17 @@ pub enum ProbeError {
 
 /// Whether something accepts connections on `socket`.
 pub async fn connect(socket: &Path) -> Result<UnixStream, ProbeError> {
-    UnixStream::connect(socket).await.map_err(ProbeError::Connect)
+    UnixStream::connect(socket)
+        .await
+        .map_err(ProbeError::Connect)
 }
 
 /// `GET path` over `socket`; success is a 2xx answer within `timeout`.
 pub async fn http_get(socket: &Path, path: &str, timeout: Duration) -> Result<(), ProbeError> {
     let attempt = async {
         let stream = connect(socket).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let conn = tokio::spawn(conn);
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, "localhost")
@@ -54,7 +57,9 @@ pub async fn http_get(socket: &Path, path: &str, timeout: Duration) -> Result<()
 /// Polls until the instance is ready: the socket accepts and, with a health path, answers 2xx.
 /// Never gives up by itself; the caller bounds it with `startup_timeout`.
 pub async fn until_ready(socket: &Path, health: Option<&str>) {
-    let mut pause = Duration::from_millis(1);
+    // Connecting to a socket that is not there yet costs microseconds: poll every millisecond
+    // for the first half second (most apps are up by then), then back off.
+    let mut attempts = 0u32;
     loop {
         let ok = match health {
             Some(path) => http_get(socket, path, Duration::from_secs(2)).await.is_ok(),
@@ -63,7 +68,8 @@ pub async fn until_ready(socket: &Path, health: Option<&str>) {
         if ok {
             return;
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(25));
+        attempts += 1;
+        let pause = if attempts < 500 { 1 } else { 20 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }

@@ -32,10 +32,13 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(fail)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(fail)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail)?;
         // FULL: an acknowledged spawn survives power loss, not just a crash of ten serve.
-        conn.pragma_update(None, "synchronous", "FULL").map_err(fail)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(fail)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(fail)?;
         conn.execute_batch(SCHEMA).map_err(fail)?;
         Ok(Store {
             path: path.to_path_buf(),
@@ -86,7 +89,9 @@ impl Store {
     /// database edited by hand) are skipped with a warning rather than trusted as paths.
     pub fn list(&self) -> Result<Vec<(InstanceKey, u8)>, Error> {
         let rows: Vec<(String, String, i64)> = self.with(|c| {
-            let mut stmt = c.prepare("SELECT service, id, weight FROM instances ORDER BY created_at, service, id")?;
+            let mut stmt = c.prepare(
+                "SELECT service, id, weight FROM instances ORDER BY created_at, service, id",
+            )?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()
         })?;

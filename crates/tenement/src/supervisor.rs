@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tenement_core::InstanceKey;
 use tenement_core::config::{Config, Service, Vars};
 use tenement_core::lifecycle::Input;
-use tenement_core::InstanceKey;
 use tenement_runtime::{Runtimes, Spec, argv_for};
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
@@ -60,11 +60,17 @@ impl Supervisor {
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, InstanceHandle>> {
-        self.inner.registry.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn handle(&self, key: &InstanceKey) -> Result<InstanceHandle, Error> {
-        self.registry().get(key).cloned().ok_or_else(|| Error::NotFound(key.clone()))
+        self.registry()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(key.clone()))
     }
 
     /// Starts `key` (recording it first, so it comes back after a server restart) and waits
@@ -74,7 +80,12 @@ impl Supervisor {
         wait_settled(key, handle).await
     }
 
-    async fn create(&self, key: &InstanceKey, weight: u8, record: bool) -> Result<InstanceHandle, Error> {
+    async fn create(
+        &self,
+        key: &InstanceKey,
+        weight: u8,
+        record: bool,
+    ) -> Result<InstanceHandle, Error> {
         if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
@@ -83,7 +94,13 @@ impl Supervisor {
             .service(&key.service)
             .ok_or_else(|| Error::UnknownService(key.service.clone()))?;
         let runtime = self.inner.runtimes.get(service.isolation)?;
-        let port = self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).allocate().ok_or(Error::NoFreePort)?;
+        let port = self
+            .inner
+            .ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allocate()
+            .ok_or(Error::NoFreePort)?;
         let prepared = self.prepare(key, service, port);
         let (spec, socket, data) = match prepared {
             Ok(p) => p,
@@ -116,24 +133,35 @@ impl Supervisor {
             }
             registry.insert(key.clone(), handle.clone());
         }
+        // Start at once and record in parallel: the fsync is not on the path to ready, but
+        // the caller hears back only once the instance is recorded.
+        self.inner.tracker.spawn(actor);
         if record {
             let (store, k) = (self.inner.store.clone(), key.clone());
-            let stored = tokio::task::spawn_blocking(move || store.insert(&k)).await.expect("store task");
+            let stored = tokio::task::spawn_blocking(move || store.insert(&k))
+                .await
+                .expect("store task");
             if let Err(e) = stored {
-                self.registry().remove(key);
-                self.release_port(port);
+                stop_and_wait(handle).await;
                 return Err(e);
             }
         }
-        self.inner.tracker.spawn(actor);
         Ok(handle)
     }
 
     /// Builds the argv, environment and paths of one instance.
-    fn prepare(&self, key: &InstanceKey, service: &Service, port: u16) -> Result<(Spec, PathBuf, PathBuf), Error> {
+    fn prepare(
+        &self,
+        key: &InstanceKey,
+        service: &Service,
+        port: u16,
+    ) -> Result<(Spec, PathBuf, PathBuf), Error> {
         let settings = &self.inner.config.settings;
         let data_root = settings.data_dir.to_string_lossy();
-        let invalid = |message: String| Error::Invalid { key: key.clone(), message };
+        let invalid = |message: String| Error::Invalid {
+            key: key.clone(),
+            message,
+        };
         let mut vars = Vars {
             name: key.service.as_str(),
             id: key.id.as_str(),
@@ -143,16 +171,22 @@ impl Supervisor {
         };
         let socket = service.socket.render(&vars);
         if socket.len() > MAX_SOCKET_PATH {
-            return Err(invalid(format!("socket path {socket} is longer than {MAX_SOCKET_PATH} bytes")));
+            return Err(invalid(format!(
+                "socket path {socket} is longer than {MAX_SOCKET_PATH} bytes"
+            )));
         }
         vars.socket = &socket;
         let data = instance_dir(&settings.data_dir, key);
-        std::fs::create_dir_all(&data).map_err(|e| invalid(format!("cannot create {}: {e}", data.display())))?;
+        std::fs::create_dir_all(&data)
+            .map_err(|e| invalid(format!("cannot create {}: {e}", data.display())))?;
 
         let args: Vec<String> = service.args.iter().map(|a| a.render(&vars)).collect();
         let argv = argv_for(&service.command.render(&vars), &args);
         let mut env: Vec<(String, String)> = vec![
-            ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
+            (
+                "PATH".into(),
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            ),
             ("HOME".into(), data.to_string_lossy().into_owned()),
         ];
         for (k, v) in &service.env {
@@ -190,14 +224,20 @@ impl Supervisor {
     }
 
     fn release_port(&self, port: u16) {
-        self.inner.ports.lock().unwrap_or_else(|p| p.into_inner()).release(port);
+        self.inner
+            .ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(port);
     }
 
     /// Stops `key` for good: SIGTERM, grace period, SIGKILL; forgets it.
     pub async fn stop(&self, key: &InstanceKey) -> Result<(), Error> {
         let handle = self.handle(key)?;
         let (store, k) = (self.inner.store.clone(), key.clone());
-        tokio::task::spawn_blocking(move || store.remove(&k)).await.expect("store task")?;
+        tokio::task::spawn_blocking(move || store.remove(&k))
+            .await
+            .expect("store task")?;
         stop_and_wait(handle).await;
         info!(instance = %key, "stopped by user");
         Ok(())
@@ -208,9 +248,17 @@ impl Supervisor {
         let handle = self.handle(key)?;
         let mut status = handle.status.clone();
         status.mark_unchanged();
-        handle.inputs.send(Input::Restart).await.map_err(|_| Error::NotFound(key.clone()))?;
+        handle
+            .inputs
+            .send(Input::Restart)
+            .await
+            .map_err(|_| Error::NotFound(key.clone()))?;
         // Wait for the restart to begin before waiting for it to settle.
-        let _ = tokio::time::timeout(Duration::from_secs(60), status.wait_for(|s| s.state == "starting" || s.state == "stopped")).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(60),
+            status.wait_for(|s| s.state == "starting" || s.state == "stopped"),
+        )
+        .await;
         wait_settled(key, handle).await
     }
 
@@ -219,7 +267,11 @@ impl Supervisor {
     }
 
     pub fn list(&self) -> Vec<InstanceStatus> {
-        let mut all: Vec<InstanceStatus> = self.registry().values().map(|h| h.status.borrow().clone()).collect();
+        let mut all: Vec<InstanceStatus> = self
+            .registry()
+            .values()
+            .map(|h| h.status.borrow().clone())
+            .collect();
         all.sort_by(|a, b| a.instance.cmp(&b.instance));
         all
     }
@@ -238,7 +290,10 @@ impl Supervisor {
     /// one failure is logged and does not hold up the others.
     pub async fn restore(&self) {
         let store = self.inner.store.clone();
-        let recorded = match tokio::task::spawn_blocking(move || store.list()).await.expect("store task") {
+        let recorded = match tokio::task::spawn_blocking(move || store.list())
+            .await
+            .expect("store task")
+        {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot read the state store; restoring nothing from it");
@@ -270,7 +325,9 @@ impl Supervisor {
     /// Stops every instance (in parallel) without forgetting them: the next `ten serve` brings
     /// them back.
     pub async fn shutdown(&self) {
-        self.inner.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let handles: Vec<InstanceHandle> = self.registry().values().cloned().collect();
         let mut stops = tokio::task::JoinSet::new();
         for h in handles {
@@ -305,7 +362,10 @@ async fn wait_settled(key: &InstanceKey, handle: InstanceHandle) -> Result<Insta
     Err(Error::NotReady {
         key: key.clone(),
         state: status.state,
-        reason: status.last_exit.clone().unwrap_or_else(|| "not ready".into()),
+        reason: status
+            .last_exit
+            .clone()
+            .unwrap_or_else(|| "not ready".into()),
     })
 }
 
@@ -331,7 +391,9 @@ fn remove_instance_dir(data_dir: &Path, key: &InstanceKey, dir: &Path) {
                 let _ = std::fs::remove_dir(parent);
             }
         }
-        Ok(_) => warn!(instance = %key, dir = %dir.display(), "data directory is not a directory; left alone"),
+        Ok(_) => {
+            warn!(instance = %key, dir = %dir.display(), "data directory is not a directory; left alone")
+        }
         Err(_) => {}
     }
 }

@@ -33,7 +33,10 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
         if let Some(v) = check() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -52,7 +55,10 @@ impl Building {
     /// `{fixture}` the fixture binary. `[settings] data_dir` defaults to `{dir}/data` unless
     /// the config sets it.
     pub fn new(ten: &str, config: &str) -> Self {
-        let dir = tempfile::Builder::new().prefix("ten-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("ten-test-")
+            .tempdir()
+            .expect("tempdir");
         let ten = PathBuf::from(ten);
         let fixture = fixture_bin(&ten);
         let b = Self {
@@ -69,7 +75,10 @@ impl Building {
     /// A building that runs an existing configuration file (an example), with its data
     /// directory moved into a temp dir by `--data-dir`.
     pub fn with_config_file(ten: &str, config: &Path) -> Self {
-        let dir = tempfile::Builder::new().prefix("ten-test-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("ten-test-")
+            .tempdir()
+            .expect("tempdir");
         let ten = PathBuf::from(ten);
         Self {
             fixture: fixture_bin(&ten),
@@ -100,9 +109,16 @@ impl Building {
         let body = if sets_data_dir {
             body
         } else if body.contains("[settings]") {
-            body.replacen("[settings]", &format!("[settings]\ndata_dir = \"{}\"", self.data_dir().display()), 1)
+            body.replacen(
+                "[settings]",
+                &format!("[settings]\ndata_dir = \"{}\"", self.data_dir().display()),
+                1,
+            )
         } else {
-            format!("[settings]\ndata_dir = \"{}\"\n\n{body}", self.data_dir().display())
+            format!(
+                "[settings]\ndata_dir = \"{}\"\n\n{body}",
+                self.data_dir().display()
+            )
         };
         std::fs::write(self.config_path(), body).expect("write config");
     }
@@ -212,7 +228,9 @@ impl Building {
 
     /// Waits until `key` satisfies `pred`, returning its status.
     pub fn wait_instance(&self, key: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        wait_for(&format!("{key} {what}"), SOON, || self.instance(key).filter(|i| pred(i)))
+        wait_for(&format!("{key} {what}"), SOON, || {
+            self.instance(key).filter(|i| pred(i))
+        })
     }
 
     /// Pids of live processes whose environment mentions this building's directory: every
@@ -223,7 +241,11 @@ impl Building {
         let server = self.server.as_ref().map(|c| c.id() as i32);
         let mut found = vec![];
         for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             if pid == me || Some(pid) == server {
@@ -232,7 +254,11 @@ impl Building {
             let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
                 continue;
             };
-            if environ.windows(needle.len()).any(|w| w == needle.as_slice()) && !is_zombie(pid) {
+            if environ
+                .windows(needle.len())
+                .any(|w| w == needle.as_slice())
+                && !is_zombie(pid)
+            {
                 found.push(pid);
             }
         }
@@ -240,7 +266,11 @@ impl Building {
     }
 
     pub fn socket(&self, key: &str) -> PathBuf {
-        PathBuf::from(self.instance(key).expect("instance exists")["socket"].as_str().expect("socket"))
+        PathBuf::from(
+            self.instance(key).expect("instance exists")["socket"]
+                .as_str()
+                .expect("socket"),
+        )
     }
 }
 
@@ -259,7 +289,11 @@ impl Drop for Building {
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit(')').next().map(|rest| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -272,7 +306,10 @@ pub fn alive(pid: i32) -> bool {
 pub fn get_unix(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
@@ -281,6 +318,9 @@ pub fn get_unix(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad response: {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }

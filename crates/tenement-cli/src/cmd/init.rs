@@ -16,7 +16,10 @@ const STARTER: &str = include_str!("starter.toml");
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let path = std::path::Path::new(crate::config_file::FILE_NAME);
     if path.exists() && !args.force {
-        bail!("{} already exists (use --force to overwrite)", path.display());
+        bail!(
+            "{} already exists (use --force to overwrite)",
+            path.display()
+        );
     }
     std::fs::write(path, STARTER)?;
     println!("wrote {}; edit it, then run `ten serve`", path.display());

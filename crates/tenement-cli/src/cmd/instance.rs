@@ -26,7 +26,10 @@ pub struct KeyArg {
 impl SpawnArgs {
     fn key(&self) -> anyhow::Result<InstanceKey> {
         Ok(match (&self.id, self.target.contains(':')) {
-            (Some(id), false) => InstanceKey::new(self.target.parse::<ServiceName>()?, id.parse::<InstanceId>()?),
+            (Some(id), false) => InstanceKey::new(
+                self.target.parse::<ServiceName>()?,
+                id.parse::<InstanceId>()?,
+            ),
             (None, true) => self.target.parse()?,
             (Some(_), true) => bail!("give either SERVICE:ID or SERVICE --id ID, not both"),
             (None, false) => bail!("which instance? use `ten spawn {} --id ID`", self.target),
@@ -50,14 +53,18 @@ pub async fn spawn(client: &Client, args: SpawnArgs) -> anyhow::Result<ExitCode>
 
 pub async fn stop(client: &Client, args: KeyArg) -> anyhow::Result<ExitCode> {
     let key = args.key()?;
-    let _: serde_json::Value = client.call(Method::DELETE, &format!("/instances/{key}"), None).await?;
+    let _: serde_json::Value = client
+        .call(Method::DELETE, &format!("/instances/{key}"), None)
+        .await?;
     println!("{key} stopped");
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn restart(client: &Client, args: KeyArg) -> anyhow::Result<ExitCode> {
     let key = args.key()?;
-    let status: serde_json::Value = client.call(Method::POST, &format!("/instances/{key}/restart"), None).await?;
+    let status: serde_json::Value = client
+        .call(Method::POST, &format!("/instances/{key}/restart"), None)
+        .await?;
     println!("{key} {}", status["state"].as_str().unwrap_or("?"));
     Ok(ExitCode::SUCCESS)
 }

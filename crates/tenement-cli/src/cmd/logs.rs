@@ -37,7 +37,9 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         lines.iter().for_each(print);
         return Ok(ExitCode::SUCCESS);
     }
-    let res = client.request(Method::GET, &format!("{path}&follow=true"), None).await?;
+    let res = client
+        .request(Method::GET, &format!("{path}&follow=true"), None)
+        .await?;
     if !res.status().is_success() {
         let body = res.into_body().collect().await?.to_bytes();
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -46,7 +48,9 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let mut body = res.into_body();
     let mut pending = String::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         pending.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();

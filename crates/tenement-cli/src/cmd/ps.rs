@@ -37,7 +37,19 @@ pub async fn ps(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             i["last_exit"].as_str().unwrap_or("").to_owned(),
         ]
     });
-    print_table(&["INSTANCE", "STATE", "HEALTH", "ISOLATION", "UPTIME", "RESTARTS", "PID", "LAST EXIT"], rows);
+    print_table(
+        &[
+            "INSTANCE",
+            "STATE",
+            "HEALTH",
+            "ISOLATION",
+            "UPTIME",
+            "RESTARTS",
+            "PID",
+            "LAST EXIT",
+        ],
+        rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -52,10 +64,16 @@ pub async fn health(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        let rows = list.iter().map(|i| vec![s(&i["instance"]), s(&i["state"]), s(&i["health"])]);
+        let rows = list
+            .iter()
+            .map(|i| vec![s(&i["instance"]), s(&i["state"]), s(&i["health"])]);
         print_table(&["INSTANCE", "STATE", "HEALTH"], rows);
     }
-    Ok(if all_healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if all_healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn s(v: &Value) -> String {
@@ -66,7 +84,9 @@ fn uptime(since_ms: &Value) -> String {
     let Some(since) = since_ms.as_u64() else {
         return "-".into();
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let secs = now.saturating_sub(since) / 1000;
     match secs {
         0..60 => format!("{secs}s"),
@@ -85,7 +105,11 @@ fn print_table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());

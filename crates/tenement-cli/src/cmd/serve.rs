@@ -32,10 +32,15 @@ pub struct Args {
     domain: String,
 }
 
-pub async fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TENEMENT_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TENEMENT_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -45,7 +50,8 @@ pub async fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, args: Args)
         config.settings.data_dir = std::path::absolute(&dir).unwrap_or(dir);
     }
     let data_dir = config.settings.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let _lock = lock(&data_dir)?;
     raise_fd_limit();
 
@@ -66,8 +72,18 @@ pub async fn run(config: Option<PathBuf>, data_dir: Option<PathBuf>, args: Args)
 
     let stop_http = CancellationToken::new();
     let servers = [
-        tokio::spawn(serve(control, supervisor.clone(), Access::ControlSocket, stop_http.clone())),
-        tokio::spawn(serve(tcp, supervisor.clone(), Access::Network, stop_http.clone())),
+        tokio::spawn(serve(
+            control,
+            supervisor.clone(),
+            Access::ControlSocket,
+            stop_http.clone(),
+        )),
+        tokio::spawn(serve(
+            tcp,
+            supervisor.clone(),
+            Access::Network,
+            stop_http.clone(),
+        )),
     ];
 
     // Instances come back only once we listen, so that `ten ps` works while they start.
@@ -108,7 +124,10 @@ fn lock(data_dir: &Path) -> anyhow::Result<Flock<std::fs::File>> {
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(lock),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-            bail!("another ten serve is already running with data_dir {}", data_dir.display())
+            bail!(
+                "another ten serve is already running with data_dir {}",
+                data_dir.display()
+            )
         }
         Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
     }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use toml_span::Span;
 
-use super::error::{line_col, ConfigError, ConfigErrors};
+use super::error::{ConfigError, ConfigErrors, line_col};
 use super::template::{ALL_VARS, SOCKET_VARS, Template};
-use super::walk::{expect_string, expect_strings, Ctx, Fields};
+use super::walk::{Ctx, Fields, expect_string, expect_strings};
 use super::{Config, Isolation, RestartPolicy, Routing, Service, Settings, Tls};
 use crate::{InstanceId, InstanceKey, ServiceName};
 
@@ -97,7 +97,11 @@ pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, Conf
                 }
             };
             if spans.contains_key(&name) {
-                ctx.error(span, &field, format!("service `{name}` is defined in both [service] and [process]"));
+                ctx.error(
+                    span,
+                    &field,
+                    format!("service `{name}` is defined in both [service] and [process]"),
+                );
                 continue;
             }
             spans.insert(name.clone(), span);
@@ -196,7 +200,10 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
         ctx.error(
             span,
             "settings.backoff_max_ms",
-            format!("must be at least backoff_base_ms ({} > {})", s.backoff_base_ms, s.backoff_max_ms),
+            format!(
+                "must be at least backoff_base_ms ({} > {})",
+                s.backoff_base_ms, s.backoff_max_ms
+            ),
         );
     }
     s.tls = Tls::defaults(&s.data_dir);
@@ -212,13 +219,21 @@ fn tls(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, data_dir: &Path) -> Tl
     t.enabled = f.bool(ctx, "enabled").unwrap_or(false);
     t.acme_email = f.string(ctx, "acme_email").map(|(email, span)| {
         if !email.contains('@') {
-            ctx.error(span, "settings.tls.acme_email", format!("{email:?} is not an email address"));
+            ctx.error(
+                span,
+                "settings.tls.acme_email",
+                format!("{email:?} is not an email address"),
+            );
         }
         email
     });
     t.domain = f.string(ctx, "domain").map(|(d, span)| {
         if d.is_empty() || d.contains(['/', ':', ' ']) {
-            ctx.error(span, "settings.tls.domain", format!("{d:?} is not a domain name"));
+            ctx.error(
+                span,
+                "settings.tls.domain",
+                format!("{d:?} is not a domain name"),
+            );
         }
         d.to_ascii_lowercase()
     });
@@ -232,33 +247,60 @@ fn tls(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, data_dir: &Path) -> Tl
     t.http_port = http.map_or(80, |(n, _)| n as u16);
     if t.https_port == t.http_port {
         let span = https.or(http).map_or(f.span, |(_, s)| s);
-        ctx.error(span, "settings.tls.https_port", "https_port and http_port must differ");
+        ctx.error(
+            span,
+            "settings.tls.https_port",
+            "https_port and http_port must differ",
+        );
     }
     t.dns_provider = f.string(ctx, "dns_provider").map(|(s, _)| s);
     if t.enabled {
         if t.acme_email.is_none() {
-            ctx.error(f.span, "settings.tls.acme_email", "required when TLS is enabled");
+            ctx.error(
+                f.span,
+                "settings.tls.acme_email",
+                "required when TLS is enabled",
+            );
         }
         if t.domain.is_none() {
-            ctx.error(f.span, "settings.tls.domain", "required when TLS is enabled");
+            ctx.error(
+                f.span,
+                "settings.tls.domain",
+                "required when TLS is enabled",
+            );
         }
     }
     f.finish(ctx, TLS);
     t
 }
 
-fn template(ctx: &mut Ctx<'_>, field: &str, (raw, span): (String, Span), allowed: &[&str], env: Env<'_>) -> Option<Template> {
+fn template(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    (raw, span): (String, Span),
+    allowed: &[&str],
+    env: Env<'_>,
+) -> Option<Template> {
     Template::parse(&raw, allowed, env)
         .map_err(|e| ctx.error(span, field, e))
         .ok()
 }
 
-fn choice<T: Copy>(ctx: &mut Ctx<'_>, field: &str, (raw, span): (String, Span), options: &[(&str, T)]) -> Option<T> {
+fn choice<T: Copy>(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    (raw, span): (String, Span),
+    options: &[(&str, T)],
+) -> Option<T> {
     match options.iter().find(|(name, _)| *name == raw) {
         Some((_, v)) => Some(*v),
         None => {
             let names: Vec<_> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
-            ctx.error(span, field, format!("expected one of {}, found {raw:?}", names.join(", ")));
+            ctx.error(
+                span,
+                field,
+                format!("expected one of {}, found {raw:?}", names.join(", ")),
+            );
             None
         }
     }
@@ -267,7 +309,11 @@ fn choice<T: Copy>(ctx: &mut Ctx<'_>, field: &str, (raw, span): (String, Span), 
 fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> Option<Service> {
     let command = f.string(ctx, "command");
     if command.is_none() && !ctx.errors.iter().any(|e| e.field == f.field("command")) {
-        ctx.error(f.span, &f.field("command"), "missing required field `command`");
+        ctx.error(
+            f.span,
+            &f.field("command"),
+            "missing required field `command`",
+        );
     }
     let command = command.and_then(|c| {
         if c.0.trim().is_empty() {
@@ -293,7 +339,11 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
             if let Some(t) = &t
                 && !t.contains("id")
             {
-                ctx.error(span, &field, "must contain {id} so that instances get distinct sockets");
+                ctx.error(
+                    span,
+                    &field,
+                    "must contain {id} so that instances get distinct sockets",
+                );
             }
             if let Some(t) = &t
                 && !t.as_str().starts_with('/')
@@ -307,13 +357,23 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
     };
     let health = f.string(ctx, "health").map(|(h, span)| {
         if !h.starts_with('/') || h.contains(char::is_whitespace) {
-            ctx.error(span, &f.field("health"), format!("{h:?} must be an HTTP path starting with '/'"));
+            ctx.error(
+                span,
+                &f.field("health"),
+                format!("{h:?} must be an HTTP path starting with '/'"),
+            );
         }
         h
     });
-    let startup_timeout = f.int(ctx, "startup_timeout", 1, 3600).map_or(10, |(n, _)| n as u64);
-    let idle_timeout = f.int(ctx, "idle_timeout", 0, 365 * DAY).map_or(0, |(n, _)| n as u64);
-    let stop_timeout = f.int(ctx, "stop_timeout", 0, 3600).map_or(10, |(n, _)| n as u64);
+    let startup_timeout = f
+        .int(ctx, "startup_timeout", 1, 3600)
+        .map_or(10, |(n, _)| n as u64);
+    let idle_timeout = f
+        .int(ctx, "idle_timeout", 0, 365 * DAY)
+        .map_or(0, |(n, _)| n as u64);
+    let stop_timeout = f
+        .int(ctx, "stop_timeout", 0, 3600)
+        .map_or(10, |(n, _)| n as u64);
     let restart = f
         .string(ctx, "restart")
         .and_then(|r| {
@@ -328,18 +388,29 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
     let isolation = f.string(ctx, "isolation");
     let runtime = f.string(ctx, "runtime");
     if let (Some(_), Some((_, span))) = (&isolation, &runtime) {
-        ctx.error(*span, &f.field("runtime"), "`runtime` is an alias of `isolation`: give only one");
+        ctx.error(
+            *span,
+            &f.field("runtime"),
+            "`runtime` is an alias of `isolation`: give only one",
+        );
     }
     let isolation = isolation
         .map(|v| (v, "isolation"))
         .or(runtime.map(|v| (v, "runtime")))
         .and_then(|(v, name)| choice(ctx, &f.field(name), v, &Isolation::ALL))
         .unwrap_or(Isolation::Namespace);
-    let memory_limit_mb = f.int(ctx, "memory_limit_mb", 1, 1 << 30).map(|(n, _)| n as u64);
+    let memory_limit_mb = f
+        .int(ctx, "memory_limit_mb", 1, 1 << 30)
+        .map(|(n, _)| n as u64);
     let cpu_shares = f.int(ctx, "cpu_shares", 1, 10_000).map(|(n, _)| n as u32);
-    let storage_quota_mb = f.int(ctx, "storage_quota_mb", 1, 1 << 30).map(|(n, _)| n as u64);
+    let storage_quota_mb = f
+        .int(ctx, "storage_quota_mb", 1, 1 << 30)
+        .map(|(n, _)| n as u64);
     let storage_persist = f.bool(ctx, "storage_persist").unwrap_or(false);
-    let env_vars = f.table(ctx, "env").map(|t| env_table(ctx, t, env)).unwrap_or_default();
+    let env_vars = f
+        .table(ctx, "env")
+        .map(|t| env_table(ctx, t, env))
+        .unwrap_or_default();
     f.finish(ctx, SERVICE);
     Some(Service {
         command: command?,
@@ -377,7 +448,12 @@ fn env_table(ctx: &mut Ctx<'_>, mut f: Fields<'_>, env: Env<'_>) -> BTreeMap<Str
     out
 }
 
-fn known_service(ctx: &mut Ctx<'_>, field: &str, (raw, span): (String, Span), known: &BTreeMap<ServiceName, Span>) -> Option<ServiceName> {
+fn known_service(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    (raw, span): (String, Span),
+    known: &BTreeMap<ServiceName, Span>,
+) -> Option<ServiceName> {
     match raw.parse::<ServiceName>() {
         Ok(name) if known.contains_key(&name) => Some(name),
         Ok(name) => {
@@ -391,7 +467,11 @@ fn known_service(ctx: &mut Ctx<'_>, field: &str, (raw, span): (String, Span), kn
     }
 }
 
-fn instances(ctx: &mut Ctx<'_>, value: toml_span::Value<'_>, known: &BTreeMap<ServiceName, Span>) -> Vec<InstanceKey> {
+fn instances(
+    ctx: &mut Ctx<'_>,
+    value: toml_span::Value<'_>,
+    known: &BTreeMap<ServiceName, Span>,
+) -> Vec<InstanceKey> {
     let Some(mut f) = Fields::open(ctx, "instances", value) else {
         return Vec::new();
     };
@@ -403,12 +483,20 @@ fn instances(ctx: &mut Ctx<'_>, value: toml_span::Value<'_>, known: &BTreeMap<Se
         let Some(service) = known_service(ctx, &field, (name, span), known) else {
             continue;
         };
-        for (i, (id, span)) in expect_strings(ctx, &field, ids).unwrap_or_default().into_iter().enumerate() {
+        for (i, (id, span)) in expect_strings(ctx, &field, ids)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             match id.parse::<InstanceId>() {
                 Ok(id) => {
                     let key = InstanceKey::new(service.clone(), id);
                     if out.contains(&key) {
-                        ctx.error(span, &format!("{field}[{i}]"), format!("{key} is listed twice"));
+                        ctx.error(
+                            span,
+                            &format!("{field}[{i}]"),
+                            format!("{key} is listed twice"),
+                        );
                     } else {
                         out.push(key);
                     }
@@ -431,10 +519,16 @@ fn routing(ctx: &mut Ctx<'_>, mut f: Fields<'_>, known: &BTreeMap<ServiceName, S
         for (label, span, value) in sub.drain() {
             let field = sub.field(&label);
             if let Err(e) = label.parse::<ServiceName>() {
-                ctx.error(span, &field, format!("subdomain must be a DNS label: {}", e.reason));
+                ctx.error(
+                    span,
+                    &field,
+                    format!("subdomain must be a DNS label: {}", e.reason),
+                );
                 continue;
             }
-            if let Some(target) = expect_string(ctx, &field, value).and_then(|v| known_service(ctx, &field, v, known)) {
+            if let Some(target) =
+                expect_string(ctx, &field, value).and_then(|v| known_service(ctx, &field, v, known))
+            {
                 r.subdomain.insert(label, target);
             }
         }
@@ -443,10 +537,16 @@ fn routing(ctx: &mut Ctx<'_>, mut f: Fields<'_>, known: &BTreeMap<ServiceName, S
         for (prefix, span, value) in paths.drain() {
             let field = paths.field(&prefix);
             if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
-                ctx.error(span, &field, format!("path prefix {prefix:?} must start with '/'"));
+                ctx.error(
+                    span,
+                    &field,
+                    format!("path prefix {prefix:?} must start with '/'"),
+                );
                 continue;
             }
-            if let Some(target) = expect_string(ctx, &field, value).and_then(|v| known_service(ctx, &field, v, known)) {
+            if let Some(target) =
+                expect_string(ctx, &field, value).and_then(|v| known_service(ctx, &field, v, known))
+            {
                 r.path.insert(prefix, target);
             }
         }
@@ -456,10 +556,15 @@ fn routing(ctx: &mut Ctx<'_>, mut f: Fields<'_>, known: &BTreeMap<ServiceName, S
 }
 
 /// Serializes `[instances]` back into its `service = ["id", ...]` form.
-pub(super) fn instances_as_map<S: serde::Serializer>(keys: &[InstanceKey], s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn instances_as_map<S: serde::Serializer>(
+    keys: &[InstanceKey],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     let mut map: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for k in keys {
-        map.entry(k.service.as_str()).or_default().push(k.id.as_str());
+        map.entry(k.service.as_str())
+            .or_default()
+            .push(k.id.as_str());
     }
     serde::Serialize::serialize(&map, s)
 }

@@ -11,7 +11,12 @@ fn parse(src: &str) -> Result<Config, ConfigErrors> {
 }
 
 fn errors(src: &str) -> Vec<String> {
-    parse(src).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    parse(src)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
 }
 
 #[test]
@@ -20,7 +25,13 @@ fn defaults() {
     let s = &c.settings;
     assert_eq!(s.data_dir, Path::new("/var/lib/tenement"));
     assert_eq!(
-        (s.health_check_interval, s.max_restarts, s.restart_window, s.backoff_base_ms, s.backoff_max_ms),
+        (
+            s.health_check_interval,
+            s.max_restarts,
+            s.restart_window,
+            s.backoff_base_ms,
+            s.backoff_max_ms
+        ),
         (10, 3, 300, 1000, 60_000)
     );
     assert!(!s.tls.enabled);
@@ -28,13 +39,20 @@ fn defaults() {
     assert_eq!((s.tls.https_port, s.tls.http_port), (443, 80));
     let api = &c.services[&"api".parse().unwrap()];
     assert_eq!(api.socket.as_str(), "/tmp/tenement/{name}-{id}.sock");
-    assert_eq!(api.workdir, Path::new("/etc/ten"), "workdir defaults to the config's directory");
+    assert_eq!(
+        api.workdir,
+        Path::new("/etc/ten"),
+        "workdir defaults to the config's directory"
+    );
     assert_eq!(api.startup_timeout, 10);
     assert_eq!(api.idle_timeout, 0);
     assert_eq!(api.restart, RestartPolicy::OnFailure);
     assert_eq!(api.isolation, Isolation::Namespace);
     assert_eq!(api.stop_timeout, 10);
-    assert_eq!((api.memory_limit_mb, api.cpu_shares, api.storage_quota_mb), (None, None, None));
+    assert_eq!(
+        (api.memory_limit_mb, api.cpu_shares, api.storage_quota_mb),
+        (None, None, None)
+    );
     assert!(!api.storage_persist);
     assert!(api.health.is_none() && api.args.is_empty() && api.env.is_empty());
 }
@@ -96,7 +114,11 @@ default = "api"
     let worker = &c.services[&"worker".parse().unwrap()];
     assert_eq!(worker.isolation, Isolation::Process);
     let keys: Vec<String> = c.instances.iter().map(|k| k.to_string()).collect();
-    assert_eq!(keys, ["worker:default", "api:prod", "api:staging"], "file order");
+    assert_eq!(
+        keys,
+        ["worker:default", "api:prod", "api:staging"],
+        "file order"
+    );
     assert_eq!(c.routing.default.as_ref().unwrap().as_str(), "api");
     assert_eq!(c.routing.path["/api"].as_str(), "api");
     assert_eq!(c.routing.subdomain["admin"].as_str(), "worker");
@@ -129,39 +151,90 @@ args = [1]
     ];
     assert_eq!(errs.len(), want.len(), "{errs:#?}");
     for w in want {
-        assert!(errs.iter().any(|e| e.contains(w)), "missing {w:?} in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e.contains(w)),
+            "missing {w:?} in {errs:#?}"
+        );
     }
 }
 
 #[test]
 fn rejected_configs() {
     let table = [
-        ("[service.api]\ncommand = \"x\"\n[process.api]\ncommand = \"y\"\n", "defined in both [service] and [process]"),
+        (
+            "[service.api]\ncommand = \"x\"\n[process.api]\ncommand = \"y\"\n",
+            "defined in both [service] and [process]",
+        ),
         ("[service.API]\ncommand = \"x\"\n", "invalid service name"),
-        ("[service.api]\ncommand = \"x\"\nisolation = \"process\"\nruntime = \"process\"\n", "give only one"),
-        ("[service.api]\ncommand = \"x\"\nisolation = \"docker\"\n", "expected one of \"process\""),
-        ("[service.api]\ncommand = \"x\"\n[service.api.env]\nK = \"${NOPE}\"\n", "service.api.env.K: environment variable NOPE is not set"),
-        ("[service.api]\ncommand = \"x {nope}\"\n", "unknown placeholder {nope}"),
-        ("[service.api]\ncommand = \"x\"\nsocket = \"/tmp/api.sock\"\n", "must contain {id}"),
-        ("[service.api]\ncommand = \"x\"\nsocket = \"rel/{id}.sock\"\n", "must be an absolute path"),
+        (
+            "[service.api]\ncommand = \"x\"\nisolation = \"process\"\nruntime = \"process\"\n",
+            "give only one",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\nisolation = \"docker\"\n",
+            "expected one of \"process\"",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\n[service.api.env]\nK = \"${NOPE}\"\n",
+            "service.api.env.K: environment variable NOPE is not set",
+        ),
+        (
+            "[service.api]\ncommand = \"x {nope}\"\n",
+            "unknown placeholder {nope}",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\nsocket = \"/tmp/api.sock\"\n",
+            "must contain {id}",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\nsocket = \"rel/{id}.sock\"\n",
+            "must be an absolute path",
+        ),
         ("[service.api]\ncommand = \"  \"\n", "must not be empty"),
-        ("[service.api]\ncommand = \"x\"\n[instances]\nweb = [\"prod\"]\n", "instances.web: unknown service `web`"),
-        ("[service.api]\ncommand = \"x\"\n[instances]\napi = [\"..\"]\n", "invalid instance id \"..\""),
-        ("[service.api]\ncommand = \"x\"\n[instances]\napi = [\"a\", \"a\"]\n", "listed twice"),
-        ("[service.api]\ncommand = \"x\"\n[routing]\ndefault = \"web\"\n", "routing.default: unknown service `web`"),
-        ("[service.api]\ncommand = \"x\"\n[routing.path]\n\"api\" = \"api\"\n", "must start with '/'"),
-        ("[settings]\nbackoff_base_ms = 5000\nbackoff_max_ms = 1000\n", "must be at least backoff_base_ms"),
-        ("[settings.tls]\nenabled = true\n", "settings.tls.acme_email: required when TLS is enabled"),
+        (
+            "[service.api]\ncommand = \"x\"\n[instances]\nweb = [\"prod\"]\n",
+            "instances.web: unknown service `web`",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\n[instances]\napi = [\"..\"]\n",
+            "invalid instance id \"..\"",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\n[instances]\napi = [\"a\", \"a\"]\n",
+            "listed twice",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\n[routing]\ndefault = \"web\"\n",
+            "routing.default: unknown service `web`",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\n[routing.path]\n\"api\" = \"api\"\n",
+            "must start with '/'",
+        ),
+        (
+            "[settings]\nbackoff_base_ms = 5000\nbackoff_max_ms = 1000\n",
+            "must be at least backoff_base_ms",
+        ),
+        (
+            "[settings.tls]\nenabled = true\n",
+            "settings.tls.acme_email: required when TLS is enabled",
+        ),
         ("[settings.tls]\nhttps_port = 70000\n", "out of range"),
         ("[settings]\nhealth_check_interval = 0\n", "out of range"),
-        ("[settings]\nhealth_check_interval = 1.5\n", "expected an integer, found float"),
+        (
+            "[settings]\nhealth_check_interval = 1.5\n",
+            "expected an integer, found float",
+        ),
         ("[bogus]\n", "unknown field `bogus`"),
         ("[service.api\n", "TOML syntax error"),
         ("[service]\napi = 3\n", "service.api: expected a table"),
     ];
     for (src, want) in table {
         let errs = errors(src).join("\n");
-        assert!(errs.contains(want), "for {src:?}\nwant {want:?}\ngot {errs}");
+        assert!(
+            errs.contains(want),
+            "for {src:?}\nwant {want:?}\ngot {errs}"
+        );
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use toml_span::value::{Table, Value, ValueInner};
 use toml_span::Span;
+use toml_span::value::{Table, Value, ValueInner};
 
-use super::error::{line_col, ConfigError};
+use super::error::{ConfigError, line_col};
 
 /// Collects errors with their location.
 pub(crate) struct Ctx<'a> {
@@ -46,7 +46,11 @@ impl<'de> Fields<'de> {
                 table,
             }),
             other => {
-                ctx.error(span, prefix, format!("expected a table, found {}", other.type_str()));
+                ctx.error(
+                    span,
+                    prefix,
+                    format!("expected a table, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -83,7 +87,11 @@ impl<'de> Fields<'de> {
             ctx.error(
                 key.span,
                 &field,
-                format!("unknown field `{}`, expected one of: {}", key.name, known.join(", ")),
+                format!(
+                    "unknown field `{}`, expected one of: {}",
+                    key.name,
+                    known.join(", ")
+                ),
             );
         }
     }
@@ -101,25 +109,43 @@ impl<'de> Fields<'de> {
         match value.take() {
             ValueInner::Boolean(b) => Some(b),
             other => {
-                ctx.error(span, &field, format!("expected true or false, found {}", other.type_str()));
+                ctx.error(
+                    span,
+                    &field,
+                    format!("expected true or false, found {}", other.type_str()),
+                );
                 None
             }
         }
     }
 
     /// An integer within `min..=max`.
-    pub fn int(&mut self, ctx: &mut Ctx<'_>, name: &str, min: i64, max: i64) -> Option<(i64, Span)> {
+    pub fn int(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        name: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<(i64, Span)> {
         let field = self.field(name);
         let mut value = self.take(name)?;
         let span = value.span;
         match value.take() {
             ValueInner::Integer(n) if (min..=max).contains(&n) => Some((n, span)),
             ValueInner::Integer(n) => {
-                ctx.error(span, &field, format!("{n} is out of range ({min} to {max})"));
+                ctx.error(
+                    span,
+                    &field,
+                    format!("{n} is out of range ({min} to {max})"),
+                );
                 None
             }
             other => {
-                ctx.error(span, &field, format!("expected an integer, found {}", other.type_str()));
+                ctx.error(
+                    span,
+                    &field,
+                    format!("expected an integer, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -139,18 +165,30 @@ impl<'de> Fields<'de> {
     }
 }
 
-pub(crate) fn expect_string(ctx: &mut Ctx<'_>, field: &str, mut value: Value<'_>) -> Option<(String, Span)> {
+pub(crate) fn expect_string(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    mut value: Value<'_>,
+) -> Option<(String, Span)> {
     let span = value.span;
     match value.take() {
         ValueInner::String(s) => Some((s.into_owned(), span)),
         other => {
-            ctx.error(span, field, format!("expected a string, found {}", other.type_str()));
+            ctx.error(
+                span,
+                field,
+                format!("expected a string, found {}", other.type_str()),
+            );
             None
         }
     }
 }
 
-pub(crate) fn expect_strings(ctx: &mut Ctx<'_>, field: &str, mut value: Value<'_>) -> Option<Vec<(String, Span)>> {
+pub(crate) fn expect_strings(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    mut value: Value<'_>,
+) -> Option<Vec<(String, Span)>> {
     let span = value.span;
     match value.take() {
         ValueInner::Array(items) => {
@@ -165,7 +203,11 @@ pub(crate) fn expect_strings(ctx: &mut Ctx<'_>, field: &str, mut value: Value<'_
             ok.then_some(out)
         }
         other => {
-            ctx.error(span, field, format!("expected an array of strings, found {}", other.type_str()));
+            ctx.error(
+                span,
+                field,
+                format!("expected an array of strings, found {}", other.type_str()),
+            );
             None
         }
     }

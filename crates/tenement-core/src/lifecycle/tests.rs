@@ -17,6 +17,9 @@ fn policy(restart: RestartPolicy) -> Policy {
 
 const NO_JITTER: f64 = 0.5;
 
+/// The phase after a step and the effects it asked for.
+type Outcome = (Phase, Vec<Effect>);
+
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
@@ -24,7 +27,10 @@ fn secs(n: u64) -> Duration {
 /// A lifecycle already running since `t0`.
 fn running(p: &Policy, t0: Instant) -> Lifecycle {
     let mut l = Lifecycle::new();
-    assert_eq!(l.step(Input::Start, p, t0, NO_JITTER).unwrap(), vec![Effect::Spawn]);
+    assert_eq!(
+        l.step(Input::Start, p, t0, NO_JITTER).unwrap(),
+        vec![Effect::Spawn]
+    );
     l.step(Input::Ready, p, t0, NO_JITTER).unwrap();
     assert_eq!(l.phase, Phase::Running);
     l
@@ -37,7 +43,7 @@ fn transition_table() {
     let stopping = |a| Phase::Stopping(a);
     let health = AfterStop::Recover(Failure::HealthCheck);
     #[rustfmt::skip]
-    let table: Vec<(Phase, Input, Option<(Phase, Vec<Effect>)>)> = vec![
+    let table: Vec<(Phase, Input, Option<Outcome>)> = vec![
         (Phase::Exited, Input::Start, Some((Phase::Starting, vec![Effect::Spawn]))),
         (Phase::Running, Input::Start, Some((Phase::Running, vec![]))),
         (Phase::Starting, Input::Ready, Some((Phase::Running, vec![]))),
@@ -73,7 +79,11 @@ fn transition_table() {
         match want {
             Some((phase, effects)) => {
                 let effects_got = got.unwrap_or_else(|e| panic!("{from:?} + {input:?}: {e}"));
-                assert_eq!((l.phase, effects_got), (phase, effects), "{from:?} + {input:?}");
+                assert_eq!(
+                    (l.phase, effects_got),
+                    (phase, effects),
+                    "{from:?} + {input:?}"
+                );
             }
             None => assert!(got.is_err(), "{from:?} + {input:?} should be invalid"),
         }
@@ -98,7 +108,8 @@ fn restart_policies() {
     for (restart, reason, restarts) in table {
         let p = policy(restart);
         let mut l = running(&p, t0);
-        l.step(Input::Exited(reason.clone()), &p, t, NO_JITTER).unwrap();
+        l.step(Input::Exited(reason.clone()), &p, t, NO_JITTER)
+            .unwrap();
         let want = if restarts {
             Phase::BackingOff { until: t + secs(1) }
         } else {
@@ -115,15 +126,18 @@ fn health_and_startup_failures_restart_even_if_exit_was_clean() {
     let p = policy(RestartPolicy::OnFailure);
     let mut l = running(&p, t0);
     l.step(Input::Unhealthy, &p, t0, NO_JITTER).unwrap();
-    l.step(Input::Exited(ExitReason::Code(0)), &p, t0, NO_JITTER).unwrap();
+    l.step(Input::Exited(ExitReason::Code(0)), &p, t0, NO_JITTER)
+        .unwrap();
     assert!(matches!(l.phase, Phase::BackingOff { .. }));
     assert_eq!(l.last_exit, Some(ExitReason::HealthCheck));
 
     let never = policy(RestartPolicy::Never);
     let mut l = Lifecycle::new();
     l.step(Input::Start, &never, t0, NO_JITTER).unwrap();
-    l.step(Input::StartupTimeout, &never, t0, NO_JITTER).unwrap();
-    l.step(Input::Exited(ExitReason::Signal(15)), &never, t0, NO_JITTER).unwrap();
+    l.step(Input::StartupTimeout, &never, t0, NO_JITTER)
+        .unwrap();
+    l.step(Input::Exited(ExitReason::Signal(15)), &never, t0, NO_JITTER)
+        .unwrap();
     assert_eq!(l.phase, Phase::Exited);
     assert_eq!(l.last_exit, Some(ExitReason::StartupTimeout));
 }
@@ -138,12 +152,16 @@ fn crash_loop_backs_off_then_fails() {
     let mut delays = vec![];
     loop {
         now += secs(1);
-        l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER).unwrap();
+        l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER)
+            .unwrap();
         match l.phase {
             Phase::BackingOff { until } => {
                 delays.push(until - now);
                 now = until;
-                assert_eq!(l.step(Input::BackoffElapsed, &p, now, NO_JITTER).unwrap(), vec![Effect::Spawn]);
+                assert_eq!(
+                    l.step(Input::BackoffElapsed, &p, now, NO_JITTER).unwrap(),
+                    vec![Effect::Spawn]
+                );
             }
             Phase::Failed => break,
             other => panic!("unexpected {other:?}"),
@@ -153,10 +171,20 @@ fn crash_loop_backs_off_then_fails() {
     assert_eq!(l.restarts, 3);
     // Failed stays failed: nothing but a user action moves it.
     assert!(l.step(Input::BackoffElapsed, &p, now, NO_JITTER).is_err());
-    assert_eq!(l.step(Input::Restart, &p, now, NO_JITTER).unwrap(), vec![Effect::Spawn]);
+    assert_eq!(
+        l.step(Input::Restart, &p, now, NO_JITTER).unwrap(),
+        vec![Effect::Spawn]
+    );
     now += secs(1);
-    l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER).unwrap();
-    assert_eq!(l.phase, Phase::BackingOff { until: now + secs(1) }, "user restart resets backoff");
+    l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER)
+        .unwrap();
+    assert_eq!(
+        l.phase,
+        Phase::BackingOff {
+            until: now + secs(1)
+        },
+        "user restart resets backoff"
+    );
 }
 
 #[test]
@@ -168,7 +196,8 @@ fn restarts_outside_the_window_do_not_count() {
     // One crash every 200 s (never ready, so no stable run): never more than 2 in a 300 s window.
     for _ in 0..10 {
         now += secs(200);
-        l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER).unwrap();
+        l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER)
+            .unwrap();
         let Phase::BackingOff { until } = l.phase else {
             panic!("failed too early: {:?}", l.phase)
         };
@@ -186,25 +215,43 @@ fn stable_run_resets_backoff_and_budget() {
     l.step(Input::Start, &p, now, NO_JITTER).unwrap();
     for _ in 0..3 {
         now += secs(1);
-        l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER).unwrap();
-        let Phase::BackingOff { until } = l.phase else { panic!() };
+        l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER)
+            .unwrap();
+        let Phase::BackingOff { until } = l.phase else {
+            panic!()
+        };
         now = until;
         l.step(Input::BackoffElapsed, &p, now, NO_JITTER).unwrap();
     }
     // The budget is used up; now a healthy run longer than stable_after.
     l.step(Input::Ready, &p, now, NO_JITTER).unwrap();
     now += secs(61);
-    l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER).unwrap();
-    assert_eq!(l.phase, Phase::BackingOff { until: now + secs(1) });
+    l.step(Input::Exited(ExitReason::Code(1)), &p, now, NO_JITTER)
+        .unwrap();
+    assert_eq!(
+        l.phase,
+        Phase::BackingOff {
+            until: now + secs(1)
+        }
+    );
 
     // A short run does not reset.
     let mut l2 = l.clone();
-    let Phase::BackingOff { until } = l2.phase else { panic!() };
-    l2.step(Input::BackoffElapsed, &p, until, NO_JITTER).unwrap();
+    let Phase::BackingOff { until } = l2.phase else {
+        panic!()
+    };
+    l2.step(Input::BackoffElapsed, &p, until, NO_JITTER)
+        .unwrap();
     l2.step(Input::Ready, &p, until, NO_JITTER).unwrap();
     let later = until + secs(5);
-    l2.step(Input::Exited(ExitReason::Code(1)), &p, later, NO_JITTER).unwrap();
-    assert_eq!(l2.phase, Phase::BackingOff { until: later + secs(2) });
+    l2.step(Input::Exited(ExitReason::Code(1)), &p, later, NO_JITTER)
+        .unwrap();
+    assert_eq!(
+        l2.phase,
+        Phase::BackingOff {
+            until: later + secs(2)
+        }
+    );
 }
 
 #[test]
@@ -213,6 +260,7 @@ fn zero_max_restarts_fails_at_once() {
     p.max_restarts = 0;
     let t = Instant::now();
     let mut l = running(&p, t);
-    l.step(Input::Exited(ExitReason::Code(1)), &p, t, NO_JITTER).unwrap();
+    l.step(Input::Exited(ExitReason::Code(1)), &p, t, NO_JITTER)
+        .unwrap();
     assert_eq!(l.phase, Phase::Failed);
 }
