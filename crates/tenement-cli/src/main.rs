@@ -51,6 +51,8 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Print the resolved configuration, or validate it with --check.
     Config(cmd::config::Args),
+    /// Create an API token for `--server`/`TENEMENT_SERVER` (printed once).
+    TokenGen,
     /// Write a commented starter tenement.toml.
     Init(cmd::init::Args),
 }
@@ -101,6 +103,7 @@ fn run_async(
             Command::Ps(a) => cmd::ps::ps(&client, a).await,
             Command::Health(a) => cmd::ps::health(&client, a).await,
             Command::Logs(a) => cmd::logs::run(&client, a).await,
+            Command::TokenGen => cmd::instance::token_gen(&client).await,
             Command::Serve(_) | Command::Config(_) | Command::Init(_) => {
                 unreachable!("handled above")
             }

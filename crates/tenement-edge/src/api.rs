@@ -36,10 +36,14 @@ pub fn router(supervisor: Supervisor, access: Access) -> Router {
         .route("/instances/{key}", get(get_one).delete(stop))
         .route("/instances/{key}/restart", post(restart))
         .route("/instances/{key}/logs", get(logs))
-        .route("/health", get(list));
+        .route("/health", get(list))
+        .route("/tokens", post(token_gen));
     let api = match access {
         Access::ControlSocket => api,
-        Access::Network => api.layer(middleware::from_fn(require_token)),
+        Access::Network => api.layer(middleware::from_fn_with_state(
+            supervisor.clone(),
+            require_token,
+        )),
     };
     Router::new()
         .route("/health", get(health))
@@ -50,17 +54,18 @@ pub fn router(supervisor: Supervisor, access: Access) -> Router {
         .with_state(supervisor)
 }
 
-/// Token management is not built yet, so the network API refuses everyone, loudly.
-async fn require_token(req: Request, _next: Next) -> Response {
-    let has_bearer = req
+/// Over TCP, `/api/` needs `Authorization: Bearer <token>` (a token from `ten token-gen`).
+async fn require_token(State(s): State<Supervisor>, req: Request, next: Next) -> Response {
+    let bearer = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("Bearer "));
-    let msg = if has_bearer {
-        "invalid token"
-    } else {
-        "missing bearer token (Authorization: Bearer ...)"
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let msg = match bearer {
+        Some(token) if s.tokens().verify(token).await => return next.run(req).await,
+        Some(_) => "invalid token",
+        None => "missing bearer token (Authorization: Bearer ...)",
     };
     let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
     res.headers_mut().insert(
@@ -68,6 +73,15 @@ async fn require_token(req: Request, _next: Next) -> Response {
         "Bearer".parse().expect("static header"),
     );
     res
+}
+
+/// Creates an admin token; the only time it is ever shown.
+async fn token_gen(State(s): State<Supervisor>) -> Result<(StatusCode, Json<serde_json::Value>)> {
+    let token = s.tokens().generate().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "token": token })),
+    ))
 }
 
 async fn health(State(s): State<Supervisor>) -> impl IntoResponse {

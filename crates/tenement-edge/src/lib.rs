@@ -8,8 +8,8 @@
 //!
 //! # Limitations
 //! Subdomain routing and the reverse proxy arrive with the front-door work. Over TCP, `/api/`
-//! needs a bearer token; until token management lands every TCP API request is refused (the
-//! control socket, protected by its file mode, is the way in).
+//! needs a bearer token (`ten token-gen`); the control socket is trusted by its file mode.
+//! Tokens are all admin tokens for now (tenant scoping, listing, revocation come later).
 
 mod api;
 mod error;

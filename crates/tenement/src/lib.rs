@@ -22,9 +22,11 @@ mod ports;
 pub mod probe;
 mod store;
 mod supervisor;
+mod tokens;
 
 pub use error::Error;
 pub use instance::{Health, InstanceStatus};
 pub use logs::{LogLine, Stream};
 pub use store::Store;
 pub use supervisor::Supervisor;
+pub use tokens::Tokens;

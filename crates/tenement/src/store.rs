@@ -23,6 +23,11 @@ CREATE TABLE IF NOT EXISTS instances (
     created_at INTEGER NOT NULL DEFAULT (unixepoch()),
     PRIMARY KEY (service, id)
 );
+CREATE TABLE IF NOT EXISTS tokens (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash       TEXT NOT NULL,
+    created_at INTEGER NOT NULL DEFAULT (unixepoch())
+);
 ";
 
 impl Store {
@@ -82,6 +87,24 @@ impl Store {
                 params![key.service.as_str(), key.id.as_str(), weight],
             )
             .map(|n| n > 0)
+        })
+    }
+
+    /// Stores a token hash; returns the token's id.
+    pub fn insert_token(&self, hash: &str) -> Result<i64, Error> {
+        self.with(|c| {
+            c.execute("INSERT INTO tokens (hash) VALUES (?1)", params![hash])?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn token_hash(&self, id: i64) -> Result<Option<String>, Error> {
+        use rusqlite::OptionalExtension;
+        self.with(|c| {
+            c.query_row("SELECT hash FROM tokens WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()
         })
     }
 

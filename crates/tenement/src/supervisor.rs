@@ -30,6 +30,7 @@ struct Inner {
     config: Arc<Config>,
     runtimes: &'static Runtimes,
     store: Store,
+    tokens: crate::Tokens,
     registry: Mutex<HashMap<InstanceKey, InstanceHandle>>,
     ports: Mutex<Ports>,
     feed: broadcast::Sender<Arc<LogLine>>,
@@ -45,6 +46,7 @@ impl Supervisor {
             inner: Arc::new(Inner {
                 config,
                 runtimes,
+                tokens: crate::Tokens::new(store.clone()),
                 store,
                 registry: Mutex::new(HashMap::new()),
                 ports: Mutex::new(Ports::default()),
@@ -53,6 +55,10 @@ impl Supervisor {
                 closed: Default::default(),
             }),
         }
+    }
+
+    pub fn tokens(&self) -> &crate::Tokens {
+        &self.inner.tokens
     }
 
     pub fn config(&self) -> &Config {

@@ -191,6 +191,25 @@ impl Building {
         self.server.as_ref().expect("server running").id()
     }
 
+    /// `host:port` of the server's TCP listener (read from its start-up log line).
+    pub fn http_addr(&self) -> String {
+        wait_for("the http listener in serve.log", SOON, || {
+            let log = self.serve_log();
+            let line = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("ten serve listening"))?
+                .to_owned();
+            Some(
+                line.split("http=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .to_owned(),
+            )
+        })
+    }
+
     pub fn serve_log(&self) -> String {
         std::fs::read_to_string(self.path().join("serve.log")).unwrap_or_default()
     }
