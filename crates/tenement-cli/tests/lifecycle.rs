@@ -227,3 +227,35 @@ fn without_a_server_the_cli_says_how_to_start_one() {
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[test]
+fn logs_follow_streams_new_lines() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "web:f"]);
+    let mut follow = b
+        .cmd(&["logs", "web:f", "-f", "--limit", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Give the follower time to subscribe, then make the app print again by restarting it.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    b.ten_ok(&["restart", "web:f"]);
+    let line = rx.recv_timeout(SOON).expect("a followed line");
+    assert!(
+        line.contains("fixture started") || line.contains("listening on"),
+        "{line}"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}
