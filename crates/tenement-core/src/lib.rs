@@ -13,5 +13,6 @@ pub mod backoff;
 pub mod config;
 mod id;
 pub mod lifecycle;
+pub mod route;
 
 pub use id::{IdError, InstanceId, InstanceKey, ServiceName};

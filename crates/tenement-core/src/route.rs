@@ -1,0 +1,271 @@
+//! Where a request goes, from its raw `Host` header and path alone (never `X-Forwarded-Host`).
+//!
+//! - `{id}.{service}.{domain}` → that instance;
+//! - `{label}.{domain}` → the service `[routing.subdomain]` maps `label` to, else the service
+//!   named `label`, chosen among its instances by weight;
+//! - `{domain}` (or an IP address) → tenement itself for `/api`, `/health` and `/metrics`;
+//!   otherwise the longest matching `[routing.path]` prefix, else `[routing] default`, else
+//!   tenement itself (the dashboard).
+//!
+//! Port suffix, upper case and a trailing dot are normalised; anything else that is not a
+//! hostname is malformed.
+
+use std::collections::BTreeSet;
+
+use crate::config::Routing;
+use crate::{InstanceId, InstanceKey, ServiceName};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// tenement's own endpoints and dashboard.
+    Building,
+    /// One instance.
+    Instance(InstanceKey),
+    /// Any instance of a service, by weight.
+    Service(ServiceName),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("malformed Host header: {0}")]
+    BadHost(&'static str),
+    #[error("no such host here: {0}")]
+    UnknownHost(String),
+    #[error("no service `{0}` here")]
+    UnknownService(String),
+}
+
+/// Paths on the bare domain that always belong to tenement.
+const OWN_PATHS: [&str; 3] = ["/api", "/health", "/metrics"];
+
+pub struct Router {
+    domain: String,
+    routing: Routing,
+    services: BTreeSet<ServiceName>,
+}
+
+impl Router {
+    pub fn new(domain: &str, routing: Routing, services: impl IntoIterator<Item = ServiceName>) -> Self {
+        Self {
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            routing,
+            services: services.into_iter().collect(),
+        }
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    pub fn route(&self, host: Option<&str>, path: &str) -> Result<Target, RouteError> {
+        let host = normalize(host.ok_or(RouteError::BadHost("missing"))?)?;
+        if host == self.domain || is_ip(&host) {
+            return Ok(self.bare(path));
+        }
+        let Some(sub) = host.strip_suffix(&self.domain).and_then(|s| s.strip_suffix('.')) else {
+            return Err(RouteError::UnknownHost(host));
+        };
+        let labels: Vec<&str> = sub.split('.').collect();
+        match labels[..] {
+            [label] => {
+                if let Some(service) = self.routing.subdomain.get(label) {
+                    return Ok(Target::Service(service.clone()));
+                }
+                self.service(label).map(Target::Service)
+            }
+            [id, service] => {
+                let service = self.service(service)?;
+                let id: InstanceId = id.parse().map_err(|_| RouteError::UnknownHost(host.clone()))?;
+                Ok(Target::Instance(InstanceKey::new(service, id)))
+            }
+            _ => Err(RouteError::UnknownHost(host)),
+        }
+    }
+
+    fn service(&self, label: &str) -> Result<ServiceName, RouteError> {
+        label
+            .parse::<ServiceName>()
+            .ok()
+            .filter(|s| self.services.contains(s))
+            .ok_or_else(|| RouteError::UnknownService(label.to_owned()))
+    }
+
+    fn bare(&self, path: &str) -> Target {
+        if OWN_PATHS.iter().any(|p| under(path, p)) {
+            return Target::Building;
+        }
+        let by_path = self
+            .routing
+            .path
+            .iter()
+            .filter(|(prefix, _)| under(path, prefix))
+            .max_by_key(|(prefix, _)| prefix.len());
+        match (by_path, &self.routing.default) {
+            (Some((_, service)), _) | (None, Some(service)) => Target::Service(service.clone()),
+            (None, None) => Target::Building,
+        }
+    }
+}
+
+/// Whether `path` is `prefix` or below it (`/api` matches `/api`, `/api/x`, `/api?q`, not `/apix`).
+fn under(path: &str, prefix: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return true;
+    }
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
+}
+
+fn is_ip(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Lowercase, no port, no trailing dot; every label a valid DNS label.
+fn normalize(raw: &str) -> Result<String, RouteError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(RouteError::BadHost("empty"));
+    }
+    // [v6]:port or [v6]
+    if let Some(rest) = raw.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or(RouteError::BadHost("unclosed ["))?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(valid_port)) {
+            return Err(RouteError::BadHost("bad port"));
+        }
+        return ip
+            .parse::<std::net::Ipv6Addr>()
+            .map(|ip| ip.to_string())
+            .map_err(|_| RouteError::BadHost("bad IPv6 address"));
+    }
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if valid_port(port) => h,
+        Some(_) => return Err(RouteError::BadHost("bad port")),
+        None => raw,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if host.is_empty() || host.len() > 253 {
+        return Err(RouteError::BadHost("bad length"));
+    }
+    for label in host.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(RouteError::BadHost("not a hostname"));
+        }
+    }
+    Ok(host)
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(s: &str) -> ServiceName {
+        s.parse().unwrap()
+    }
+
+    fn router(with_rules: bool) -> Router {
+        let mut routing = Routing::default();
+        if with_rules {
+            routing.default = Some(svc("web"));
+            routing.subdomain.insert("admin".into(), svc("backoffice"));
+            routing.path.insert("/docs".into(), svc("docs"));
+            routing.path.insert("/docs/v2".into(), svc("api"));
+        }
+        Router::new("example.com", routing, ["api", "web", "docs", "backoffice"].map(svc))
+    }
+
+    fn inst(s: &str, i: &str) -> Target {
+        Target::Instance(InstanceKey::new(svc(s), i.parse().unwrap()))
+    }
+
+    #[test]
+    fn default_routing() {
+        let r = router(false);
+        use Target::*;
+        let table: Vec<(&str, &str, Target)> = vec![
+            ("prod.api.example.com", "/", inst("api", "prod")),
+            ("PROD.Api.Example.COM", "/x", inst("api", "prod")),
+            ("prod.api.example.com:8080", "/", inst("api", "prod")),
+            ("prod.api.example.com.", "/", inst("api", "prod")),
+            ("prod.api.example.com.:443", "/", inst("api", "prod")),
+            ("api.example.com", "/", Service(svc("api"))),
+            ("example.com", "/", Building),
+            ("example.com", "/api/instances", Building),
+            ("example.com:8080", "/health", Building),
+            ("127.0.0.1:8080", "/", Building),
+            ("[::1]:8080", "/health", Building),
+        ];
+        for (host, path, want) in table {
+            assert_eq!(r.route(Some(host), path), Ok(want), "{host} {path}");
+        }
+    }
+
+    #[test]
+    fn configured_rules() {
+        let r = router(true);
+        use Target::*;
+        let table: Vec<(&str, &str, Target)> = vec![
+            ("example.com", "/", Service(svc("web"))),
+            ("example.com", "/anything", Service(svc("web"))),
+            ("example.com", "/docs", Service(svc("docs"))),
+            ("example.com", "/docs/intro", Service(svc("docs"))),
+            ("example.com", "/docs?q=1", Service(svc("docs"))),
+            ("example.com", "/docsx", Service(svc("web"))),
+            ("example.com", "/docs/v2/x", Service(svc("api"))),
+            ("example.com", "/api/instances", Building),
+            ("example.com", "/health", Building),
+            ("admin.example.com", "/", Service(svc("backoffice"))),
+            ("prod.api.example.com", "/docs", inst("api", "prod")),
+        ];
+        for (host, path, want) in table {
+            assert_eq!(r.route(Some(host), path), Ok(want), "{host} {path}");
+        }
+    }
+
+    #[test]
+    fn refused() {
+        let r = router(false);
+        let bad = [
+            None,
+            Some(""),
+            Some(" "),
+            Some("exa mple.com"),
+            Some("example.com:80:80"),
+            Some("example.com:99999"),
+            Some("example.com:x"),
+            Some("a..example.com"),
+            Some("-a.example.com"),
+            Some("a_b.example.com"),
+            Some("../etc.example.com"),
+            Some("[::1"),
+            Some("ex\u{e9}mple.com"),
+        ];
+        for host in bad {
+            assert!(matches!(r.route(host, "/"), Err(RouteError::BadHost(_))), "{host:?}");
+        }
+        let not_found = [
+            ("nope.example.com", "unknown service"),
+            ("prod.nope.example.com", "unknown service"),
+            ("a.b.api.example.com", "unknown host"),
+            ("other.org", "unknown host"),
+            ("example.com.evil.org", "unknown host"),
+            ("xexample.com", "unknown host"),
+        ];
+        for (host, _) in not_found {
+            let got = r.route(Some(host), "/");
+            assert!(
+                matches!(got, Err(RouteError::UnknownHost(_) | RouteError::UnknownService(_))),
+                "{host}: {got:?}"
+            );
+        }
+    }
+}
