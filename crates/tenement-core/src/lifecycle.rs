@@ -26,6 +26,8 @@ pub enum Phase {
     Exited,
     /// Restarted too often within the window; no more restarts until a user acts.
     Failed,
+    /// Stopped because it was idle; the next request wakes it.
+    Sleeping,
     /// Stopped by the user: the instance is to be forgotten.
     Stopped,
 }
@@ -40,6 +42,7 @@ impl Phase {
             Phase::BackingOff { .. } => "backing-off",
             Phase::Exited => "exited",
             Phase::Failed => "failed",
+            Phase::Sleeping => "sleeping",
             Phase::Stopped => "stopped",
         }
     }
@@ -57,6 +60,8 @@ pub enum AfterStop {
     Stop,
     /// The user restarted it: start again at once.
     Restart,
+    /// It was idle: sleep until woken.
+    Sleep,
     /// We killed it (health, startup timeout): apply the restart policy to this reason.
     Recover(Failure),
 }
@@ -129,6 +134,10 @@ pub enum Input {
     Exited(ExitReason),
     /// The backoff delay is over.
     BackoffElapsed,
+    /// No activity for `idle_timeout`.
+    Idle,
+    /// A request arrived for a sleeping instance.
+    Wake,
 }
 
 /// What the actor must do after a step.
@@ -214,9 +223,13 @@ impl Lifecycle {
     ) -> Result<Vec<Effect>, InvalidTransition> {
         use Phase::*;
         let effects = match (self.phase, &input) {
-            (Exited | Failed | BackingOff { .. }, Input::Start) => self.spawn(),
+            (Exited | Failed | BackingOff { .. } | Sleeping, Input::Start) => self.spawn(),
             (Starting | Running, Input::Start) => vec![],
-            (Exited | Failed | BackingOff { .. }, Input::Restart) => {
+            (Sleeping, Input::Wake) => self.spawn(),
+            // Anything else is already up, on its way up, or will not come up by a request.
+            (_, Input::Wake) if self.phase != Stopped => vec![],
+            (Running, Input::Idle) => self.stop(AfterStop::Sleep),
+            (Exited | Failed | BackingOff { .. } | Sleeping, Input::Restart) => {
                 self.forget_history();
                 self.spawn()
             }
@@ -225,7 +238,7 @@ impl Lifecycle {
                 self.stop(AfterStop::Restart)
             }
             (Starting | Running | Stopping(_), Input::Stop) => self.stop(AfterStop::Stop),
-            (Exited | Failed | BackingOff { .. }, Input::Stop) => {
+            (Exited | Failed | BackingOff { .. } | Sleeping, Input::Stop) => {
                 self.phase = Stopped;
                 vec![Effect::Forget]
             }
@@ -252,6 +265,11 @@ impl Lifecycle {
                     self.last_exit = Some(reason.clone());
                     self.ready_since = None;
                     self.spawn()
+                }
+                AfterStop::Sleep => {
+                    self.ready_since = None;
+                    self.phase = Sleeping;
+                    vec![]
                 }
                 AfterStop::Recover(failure) => self.decide(failure.into(), policy, now, jitter),
             },

@@ -23,6 +23,12 @@ pub enum Error {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("no instance of `{0}` can take traffic (none exists, or all have weight 0)")]
+    NoInstances(ServiceName),
+    #[error("{service} already has {max} instances (max_instances)")]
+    TooManyInstances { service: ServiceName, max: u32 },
+    #[error("weight must be 0-100, got {0}")]
+    BadWeight(u32),
     #[error("no free TCP port left in 30000-40000")]
     NoFreePort,
     #[error("the server is shutting down")]

@@ -15,8 +15,9 @@ use tenement_runtime::{Runtime, Spec, Workload};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
+use crate::activity::Activity;
 use crate::logs::{self, LogLine, Stream, Tail};
-use crate::probe;
+use crate::probe::{self, Endpoint};
 
 /// Consecutive failed health checks that restart an instance.
 pub const HEALTH_FAILURES: u32 = 3;
@@ -56,6 +57,8 @@ pub struct InstanceHandle {
     pub inputs: mpsc::Sender<Input>,
     pub status: watch::Receiver<InstanceStatus>,
     pub tail: Arc<Tail>,
+    pub activity: Arc<Activity>,
+    pub endpoint: Endpoint,
 }
 
 /// Everything the actor needs, prepared by the supervisor.
@@ -66,6 +69,7 @@ pub struct Setup {
     pub runtime: &'static dyn Runtime,
     pub spec: Spec,
     pub socket: PathBuf,
+    pub endpoint: Endpoint,
     pub port: u16,
     pub weight: u8,
     pub feed: broadcast::Sender<Arc<LogLine>>,
@@ -88,6 +92,7 @@ struct Actor {
     health: Health,
     health_failures: u32,
     tail: Arc<Tail>,
+    activity: Arc<Activity>,
     status: watch::Sender<InstanceStatus>,
 }
 
@@ -123,7 +128,10 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         weight: setup.weight,
     };
     let (status, status_rx) = watch::channel(initial);
+    let activity = Arc::new(Activity::new(setup.weight));
+    let endpoint = setup.endpoint.clone();
     let actor = Actor {
+        activity: activity.clone(),
         key: Arc::new(setup.key.clone()),
         setup,
         policy,
@@ -142,6 +150,8 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         inputs,
         status: status_rx,
         tail,
+        activity,
+        endpoint,
     };
     (handle, actor.run(rx))
 }
@@ -253,9 +263,9 @@ impl Actor {
         }
         self.workload = Some(started.workload);
         self.startup_deadline = Some(Instant::now() + self.setup.service.startup_timeout());
-        let (socket, health) = (socket.clone(), self.setup.service.health.clone());
+        let (endpoint, health) = (self.setup.endpoint.clone(), self.setup.service.health.clone());
         self.probe = Some(Box::pin(async move {
-            probe::until_ready(&socket, health.as_deref()).await;
+            probe::until_ready(&endpoint, health.as_deref()).await;
             Ok(())
         }));
         Ok(())
@@ -292,6 +302,7 @@ impl Actor {
         let interval = self.setup.settings.health_check_interval();
         match (self.life.phase, result) {
             (Phase::Starting, Ok(())) => {
+                self.activity.touch();
                 self.health = Health::Healthy;
                 self.next_health = Some(Instant::now() + interval);
                 self.apply(Input::Ready);
@@ -323,14 +334,27 @@ impl Actor {
             _ => None,
         };
         let health = self.next_health.filter(|_| self.probe.is_none());
-        [backoff, self.startup_deadline, self.kill_deadline, health]
+        [backoff, self.startup_deadline, self.kill_deadline, health, self.idle_deadline()]
             .into_iter()
             .flatten()
             .min()
     }
 
+    /// When the instance will have been idle for `idle_timeout` (re-checked while busy).
+    fn idle_deadline(&self) -> Option<Instant> {
+        let idle = Duration::from_secs(self.setup.service.idle_timeout);
+        if self.life.phase != Phase::Running || idle.is_zero() {
+            return None;
+        }
+        Some(self.activity.idle_since().unwrap_or_else(Instant::now) + idle)
+    }
+
     fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.idle_deadline().is_some_and(|d| d <= now) && self.activity.idle_since().is_some() {
+            info!(instance = %self.key, "idle; going to sleep");
+            self.apply(Input::Idle);
+        }
         if self.kill_deadline.is_some_and(|d| d <= now) {
             self.kill_deadline = None;
             if let Some(w) = &self.workload {
@@ -351,14 +375,11 @@ impl Actor {
             && self.next_health.is_some_and(|d| d <= now)
         {
             self.next_health = None;
-            let (socket, health) = (self.setup.socket.clone(), self.setup.service.health.clone());
+            let (endpoint, health) = (self.setup.endpoint.clone(), self.setup.service.health.clone());
             self.probe = Some(Box::pin(async move {
-                let timeout = Duration::from_secs(5);
-                match health {
-                    Some(path) => probe::http_get(&socket, &path, timeout).await,
-                    None => probe::connect(&socket).await.map(drop),
-                }
-                .map_err(|e| e.to_string())
+                probe::check(&endpoint, health.as_deref(), Duration::from_secs(5))
+                    .await
+                    .map_err(|e| e.to_string())
             }));
         }
     }

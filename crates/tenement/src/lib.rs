@@ -15,6 +15,7 @@
 //! Knows nothing about HTTP routing (that is `tenement-edge`). Logs are an in-memory tail per
 //! instance for now.
 
+mod activity;
 mod error;
 mod instance;
 mod logs;
@@ -23,10 +24,13 @@ pub mod probe;
 mod store;
 mod supervisor;
 mod tokens;
+mod wake;
 
+pub use activity::{Activity, ActivityGuard};
 pub use error::Error;
 pub use instance::{Health, InstanceStatus};
 pub use logs::{LogLine, Stream};
 pub use store::Store;
 pub use supervisor::Supervisor;
 pub use tokens::Tokens;
+pub use wake::Lease;

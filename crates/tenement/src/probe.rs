@@ -1,12 +1,24 @@
-//! Health probes over an instance's Unix socket: a connect, or an HTTP GET.
+//! Reaching an instance: its endpoint (Unix socket, or TCP for `listen = "tcp"`), connecting
+//! with a retry when the listener's backlog is full, and the readiness and health probes.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Where an instance listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(u16),
+}
+
+/// A connected byte stream to an instance.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,19 +33,40 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
-/// Whether something accepts connections on `socket`.
-pub async fn connect(socket: &Path) -> Result<UnixStream, ProbeError> {
-    UnixStream::connect(socket)
-        .await
-        .map_err(ProbeError::Connect)
+/// How long a connect keeps retrying while the listener's backlog is full (EAGAIN).
+const BACKLOG_RETRY: Duration = Duration::from_secs(2);
+
+impl Endpoint {
+    /// Connects; a Unix socket whose backlog is full fails at once with EAGAIN (unlike TCP,
+    /// which queues), so that is retried briefly instead of reported.
+    pub async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
+        match self {
+            Endpoint::Tcp(port) => {
+                let s = tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, *port)).await?;
+                s.set_nodelay(true)?;
+                Ok(Box::new(s))
+            }
+            Endpoint::Unix(path) => {
+                let deadline = tokio::time::Instant::now() + BACKLOG_RETRY;
+                loop {
+                    match tokio::net::UnixStream::connect(path).await {
+                        Ok(s) => return Ok(Box::new(s)),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
 }
 
-/// `GET path` over `socket`; success is a 2xx answer within `timeout`.
-pub async fn http_get(socket: &Path, path: &str, timeout: Duration) -> Result<(), ProbeError> {
+/// `GET path` at `endpoint`; success is a 2xx answer within `timeout`.
+pub async fn http_get(endpoint: &Endpoint, path: &str, timeout: Duration) -> Result<(), ProbeError> {
     let attempt = async {
-        let stream = connect(socket).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let stream = endpoint.connect().await.map_err(ProbeError::Connect)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let conn = tokio::spawn(conn);
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, "localhost")
@@ -54,18 +87,26 @@ pub async fn http_get(socket: &Path, path: &str, timeout: Duration) -> Result<()
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-/// Polls until the instance is ready: the socket accepts and, with a health path, answers 2xx.
-/// Never gives up by itself; the caller bounds it with `startup_timeout`.
-pub async fn until_ready(socket: &Path, health: Option<&str>) {
+/// The periodic check: the health path if there is one, else a connect.
+pub async fn check(endpoint: &Endpoint, health: Option<&str>, timeout: Duration) -> Result<(), ProbeError> {
+    match health {
+        Some(path) => http_get(endpoint, path, timeout).await,
+        None => tokio::time::timeout(timeout, endpoint.connect())
+            .await
+            .map_err(|_| ProbeError::Timeout(timeout))?
+            .map(drop)
+            .map_err(ProbeError::Connect),
+    }
+}
+
+/// Polls until the instance is ready: it accepts connections and, with a health path, answers
+/// 2xx. Never gives up by itself; the caller bounds it with `startup_timeout`.
+pub async fn until_ready(endpoint: &Endpoint, health: Option<&str>) {
     // Connecting to a socket that is not there yet costs microseconds: poll every millisecond
     // for the first half second (most apps are up by then), then back off.
     let mut attempts = 0u32;
     loop {
-        let ok = match health {
-            Some(path) => http_get(socket, path, Duration::from_secs(2)).await.is_ok(),
-            None => connect(socket).await.is_ok(),
-        };
-        if ok {
+        if check(endpoint, health, Duration::from_secs(2)).await.is_ok() {
             return;
         }
         attempts += 1;

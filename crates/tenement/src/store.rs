@@ -59,17 +59,6 @@ impl Store {
         })
     }
 
-    /// Records that `key` should exist (keeps its weight if it already does).
-    pub fn insert(&self, key: &InstanceKey) -> Result<(), Error> {
-        self.with(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO instances (service, id) VALUES (?1, ?2)",
-                params![key.service.as_str(), key.id.as_str()],
-            )
-            .map(drop)
-        })
-    }
-
     pub fn remove(&self, key: &InstanceKey) -> Result<(), Error> {
         self.with(|c| {
             c.execute(
@@ -80,13 +69,33 @@ impl Store {
         })
     }
 
-    pub fn set_weight(&self, key: &InstanceKey, weight: u8) -> Result<bool, Error> {
-        self.with(|c| {
-            c.execute(
+    /// Sets several weights in one transaction.
+    pub fn set_weights(&self, weights: &[(InstanceKey, u8)]) -> Result<(), Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let fail = |source| Error::Store {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let tx = conn.transaction().map_err(fail)?;
+        for (key, weight) in weights {
+            tx.execute(
                 "UPDATE instances SET weight = ?3 WHERE service = ?1 AND id = ?2",
                 params![key.service.as_str(), key.id.as_str(), weight],
             )
-            .map(|n| n > 0)
+            .map_err(fail)?;
+        }
+        tx.commit().map_err(fail)
+    }
+
+    /// Inserts `key` with `weight`, or updates the weight if it exists.
+    pub fn insert_with_weight(&self, key: &InstanceKey, weight: u8) -> Result<(), Error> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO instances (service, id, weight) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (service, id) DO UPDATE SET weight = excluded.weight",
+                params![key.service.as_str(), key.id.as_str(), weight],
+            )
+            .map(drop)
         })
     }
 
@@ -145,11 +154,10 @@ mod tests {
         let b: InstanceKey = "api:staging".parse().unwrap();
         {
             let s = Store::open(&path).unwrap();
-            s.insert(&a).unwrap();
-            s.insert(&b).unwrap();
-            s.insert(&a).unwrap();
-            assert!(s.set_weight(&b, 30).unwrap());
-            assert!(!s.set_weight(&"x:y".parse().unwrap(), 1).unwrap());
+            s.insert_with_weight(&a, 100).unwrap();
+            s.insert_with_weight(&b, 100).unwrap();
+            s.insert_with_weight(&a, 100).unwrap();
+            s.set_weights(&[(b.clone(), 30), ("x:y".parse().unwrap(), 1)]).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.list().unwrap(), vec![(a.clone(), 100), (b.clone(), 30)]);

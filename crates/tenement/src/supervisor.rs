@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tenement_core::InstanceKey;
-use tenement_core::config::{Config, Service, Vars};
+use tenement_core::config::{Config, Listen, Service, Vars};
 use tenement_core::lifecycle::Input;
 use tenement_runtime::{Runtimes, Spec, argv_for};
 use tokio::sync::broadcast;
@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::instance::{self, InstanceHandle, InstanceStatus, Setup};
 use crate::logs::LogLine;
 use crate::ports::Ports;
+use crate::probe::Endpoint;
 use crate::{Error, Store};
 
 /// Longest Unix socket path (sun_path is 108 bytes including the NUL).
@@ -61,18 +62,22 @@ impl Supervisor {
         &self.inner.tokens
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, InstanceHandle>> {
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, InstanceHandle>> {
         self.inner
             .registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn handle(&self, key: &InstanceKey) -> Result<InstanceHandle, Error> {
+    pub(crate) fn handle(&self, key: &InstanceKey) -> Result<InstanceHandle, Error> {
         self.registry()
             .get(key)
             .cloned()
@@ -86,7 +91,7 @@ impl Supervisor {
         wait_settled(key, handle).await
     }
 
-    async fn create(
+    pub(crate) async fn create(
         &self,
         key: &InstanceKey,
         weight: u8,
@@ -115,6 +120,10 @@ impl Supervisor {
                 return Err(e);
             }
         };
+        let endpoint = match service.listen {
+            Listen::Unix => Endpoint::Unix(socket.clone()),
+            Listen::Tcp => Endpoint::Tcp(port),
+        };
         let me = self.clone();
         let (cleanup_key, persist) = (key.clone(), service.storage_persist);
         let setup = Setup {
@@ -124,6 +133,7 @@ impl Supervisor {
             runtime,
             spec,
             socket: socket.clone(),
+            endpoint,
             port,
             weight,
             feed: self.inner.feed.clone(),
@@ -144,7 +154,7 @@ impl Supervisor {
         self.inner.tracker.spawn(actor);
         if record {
             let (store, k) = (self.inner.store.clone(), key.clone());
-            let stored = tokio::task::spawn_blocking(move || store.insert(&k))
+            let stored = tokio::task::spawn_blocking(move || store.insert_with_weight(&k, weight))
                 .await
                 .expect("store task");
             if let Err(e) = stored {
@@ -269,14 +279,14 @@ impl Supervisor {
     }
 
     pub fn get(&self, key: &InstanceKey) -> Result<InstanceStatus, Error> {
-        Ok(self.handle(key)?.status.borrow().clone())
+        Ok(status_of(&self.handle(key)?))
     }
 
     pub fn list(&self) -> Vec<InstanceStatus> {
         let mut all: Vec<InstanceStatus> = self
             .registry()
             .values()
-            .map(|h| h.status.borrow().clone())
+            .map(status_of)
             .collect();
         all.sort_by(|a, b| a.instance.cmp(&b.instance));
         all
@@ -345,14 +355,20 @@ impl Supervisor {
     }
 }
 
-async fn stop_and_wait(handle: InstanceHandle) {
+fn status_of(h: &InstanceHandle) -> InstanceStatus {
+    let mut s = h.status.borrow().clone();
+    s.weight = h.activity.weight();
+    s
+}
+
+pub(crate) async fn stop_and_wait(handle: InstanceHandle) {
     let mut status = handle.status.clone();
     let _ = handle.inputs.send(Input::Stop).await;
     let _ = status.wait_for(|s| s.state == "stopped").await;
 }
 
 /// Waits until a starting instance is running (Ok) or has given up starting (Err).
-async fn wait_settled(key: &InstanceKey, handle: InstanceHandle) -> Result<InstanceStatus, Error> {
+pub(crate) async fn wait_settled(key: &InstanceKey, handle: InstanceHandle) -> Result<InstanceStatus, Error> {
     let mut rx = handle.status.clone();
     let settled = rx
         .wait_for(|s| !matches!(s.state, "starting" | "stopping"))

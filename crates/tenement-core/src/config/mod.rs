@@ -44,6 +44,14 @@ pub struct Settings {
     pub restart_window: u64,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+    /// Largest request body the front door forwards, in MB.
+    pub max_body_mb: u64,
+    /// Largest request head (request line + headers) the front door reads, in KB.
+    pub max_header_kb: u64,
+    /// Seconds a client may take to send its request head (also the keep-alive idle limit).
+    pub header_timeout: u64,
+    /// Seconds an instance may take to start answering a proxied request (then 504).
+    pub upstream_timeout: u64,
     pub tls: Tls,
 }
 
@@ -79,6 +87,12 @@ pub struct Service {
     pub isolation: Isolation,
     /// Seconds between SIGTERM and SIGKILL when stopping.
     pub stop_timeout: u64,
+    /// Where the app listens: its Unix socket (`SOCKET_PATH`), or TCP on `127.0.0.1:$PORT`.
+    pub listen: Listen,
+    /// Whether a request for an instance that does not exist creates it.
+    pub spawn_on_request: bool,
+    /// Cap on instances of this service created on request (0 = no cap).
+    pub max_instances: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +101,13 @@ pub struct Service {
     pub storage_quota_mb: Option<u64>,
     pub storage_persist: bool,
     pub env: BTreeMap<String, Template>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Listen {
+    Unix,
+    Tcp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

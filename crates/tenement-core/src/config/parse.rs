@@ -8,7 +8,7 @@ use toml_span::Span;
 use super::error::{ConfigError, ConfigErrors, line_col};
 use super::template::{ALL_VARS, SOCKET_VARS, Template};
 use super::walk::{Ctx, Fields, expect_string, expect_strings};
-use super::{Config, Isolation, RestartPolicy, Routing, Service, Settings, Tls};
+use super::{Config, Isolation, Listen, RestartPolicy, Routing, Service, Settings, Tls};
 use crate::{InstanceId, InstanceKey, ServiceName};
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -21,6 +21,10 @@ const SETTINGS: &[&str] = &[
     "restart_window",
     "backoff_base_ms",
     "backoff_max_ms",
+    "max_body_mb",
+    "max_header_kb",
+    "header_timeout",
+    "upstream_timeout",
     "tls",
 ];
 const TLS: &[&str] = &[
@@ -45,6 +49,9 @@ const SERVICE: &[&str] = &[
     "isolation",
     "runtime",
     "stop_timeout",
+    "listen",
+    "spawn_on_request",
+    "max_instances",
     "memory_limit_mb",
     "cpu_shares",
     "storage_quota_mb",
@@ -151,6 +158,10 @@ impl Settings {
             restart_window: 300,
             backoff_base_ms: 1000,
             backoff_max_ms: 60_000,
+            max_body_mb: 100,
+            max_header_kb: 64,
+            header_timeout: 10,
+            upstream_timeout: 60,
         }
     }
 }
@@ -205,6 +216,18 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
                 s.backoff_base_ms, s.backoff_max_ms
             ),
         );
+    }
+    if let Some((n, _)) = f.int(ctx, "max_body_mb", 1, 1 << 20) {
+        s.max_body_mb = n as u64;
+    }
+    if let Some((n, _)) = f.int(ctx, "max_header_kb", 1, 1024) {
+        s.max_header_kb = n as u64;
+    }
+    if let Some((n, _)) = f.int(ctx, "header_timeout", 1, 3600) {
+        s.header_timeout = n as u64;
+    }
+    if let Some((n, _)) = f.int(ctx, "upstream_timeout", 1, DAY) {
+        s.upstream_timeout = n as u64;
     }
     s.tls = Tls::defaults(&s.data_dir);
     if let Some(t) = f.table(ctx, "tls") {
@@ -399,6 +422,12 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
         .or(runtime.map(|v| (v, "runtime")))
         .and_then(|(v, name)| choice(ctx, &f.field(name), v, &Isolation::ALL))
         .unwrap_or(Isolation::Namespace);
+    let listen = f
+        .string(ctx, "listen")
+        .and_then(|v| choice(ctx, &f.field("listen"), v, &[("unix", Listen::Unix), ("tcp", Listen::Tcp)]))
+        .unwrap_or(Listen::Unix);
+    let spawn_on_request = f.bool(ctx, "spawn_on_request").unwrap_or(false);
+    let max_instances = f.int(ctx, "max_instances", 0, 1_000_000).map_or(0, |(n, _)| n as u32);
     let memory_limit_mb = f
         .int(ctx, "memory_limit_mb", 1, 1 << 30)
         .map(|(n, _)| n as u64);
@@ -423,6 +452,9 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
         restart,
         isolation,
         stop_timeout,
+        listen,
+        spawn_on_request,
+        max_instances,
         memory_limit_mb,
         cpu_shares,
         storage_quota_mb,

@@ -62,6 +62,16 @@ fn transition_table() {
         (stopping(AfterStop::Restart), Input::Exited(ExitReason::Code(0)), Some((Phase::Starting, vec![Effect::Spawn]))),
         (Phase::BackingOff { until: t }, Input::BackoffElapsed, Some((Phase::Starting, vec![Effect::Spawn]))),
         (Phase::Running, Input::Exited(ExitReason::Code(0)), Some((Phase::Exited, vec![]))),
+        // scale to zero
+        (Phase::Running, Input::Idle, Some((stopping(AfterStop::Sleep), vec![Effect::Terminate]))),
+        (stopping(AfterStop::Sleep), Input::Exited(ExitReason::Signal(15)), Some((Phase::Sleeping, vec![]))),
+        (Phase::Sleeping, Input::Wake, Some((Phase::Starting, vec![Effect::Spawn]))),
+        (Phase::Starting, Input::Wake, Some((Phase::Starting, vec![]))),
+        (Phase::Running, Input::Wake, Some((Phase::Running, vec![]))),
+        (Phase::Failed, Input::Wake, Some((Phase::Failed, vec![]))),
+        (Phase::Sleeping, Input::Stop, Some((Phase::Stopped, vec![Effect::Forget]))),
+        (Phase::Sleeping, Input::Restart, Some((Phase::Starting, vec![Effect::Spawn]))),
+        (stopping(AfterStop::Sleep), Input::Stop, Some((stopping(AfterStop::Stop), vec![]))),
         // invalid
         (Phase::Running, Input::Ready, None),
         (Phase::Exited, Input::Ready, None),
@@ -70,6 +80,9 @@ fn transition_table() {
         (Phase::Exited, Input::Unhealthy, None),
         (Phase::Running, Input::BackoffElapsed, None),
         (Phase::Running, Input::StartupTimeout, None),
+        (Phase::Sleeping, Input::Idle, None),
+        (Phase::Starting, Input::Idle, None),
+        (Phase::Stopped, Input::Wake, None),
         (Phase::Exited, Input::Exited(ExitReason::Code(1)), None),
     ];
     for (from, input, want) in table {
