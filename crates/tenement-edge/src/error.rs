@@ -38,6 +38,9 @@ impl From<tenement::Error> for ApiError {
             E::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             E::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             E::NoFreePort | E::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::NoInstances(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_instances"),
+            E::TooManyInstances { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_instances"),
+            E::BadWeight(_) => (StatusCode::BAD_REQUEST, "bad_weight"),
             E::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
         };
         Self::new(status, code, e.to_string())

@@ -13,8 +13,13 @@
 
 mod api;
 mod error;
+mod frontdoor;
+mod headers;
+mod pool;
+mod proxy;
 
 pub use api::{Access, router};
+pub use frontdoor::front_door;
 
 /// Serves the API on `listener` until `shutdown` is cancelled (in-flight requests finish).
 pub async fn serve<L>(

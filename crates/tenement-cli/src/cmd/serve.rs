@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
 use tenement::{Store, Supervisor};
-use tenement_edge::{Access, serve};
+use tenement_edge::{Access, front_door, serve};
 use tenement_runtime::Runtimes;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -71,20 +71,11 @@ pub async fn run(
     info!(control = %socket_path.display(), http = %tcp.local_addr()?, domain = %args.domain, "ten serve listening");
 
     let stop_http = CancellationToken::new();
-    let servers = [
-        tokio::spawn(serve(
-            control,
-            supervisor.clone(),
-            Access::ControlSocket,
-            stop_http.clone(),
-        )),
-        tokio::spawn(serve(
-            tcp,
-            supervisor.clone(),
-            Access::Network,
-            stop_http.clone(),
-        )),
-    ];
+    let control = tokio::spawn(serve(control, supervisor.clone(), Access::ControlSocket, stop_http.clone()));
+    let front = tokio::spawn({
+        let (s, domain, stop) = (supervisor.clone(), args.domain.clone(), stop_http.clone());
+        async move { front_door(tcp, s, &domain, stop).await }
+    });
 
     // Instances come back only once we listen, so that `ten ps` works while they start.
     let restoring = tokio::spawn({
@@ -101,11 +92,10 @@ pub async fn run(
     restoring.abort();
     supervisor.shutdown().await;
     stop_http.cancel();
-    for s in servers {
-        if let Ok(Err(e)) = s.await {
-            warn!(error = %e, "listener ended with an error");
-        }
+    if let Ok(Err(e)) = control.await {
+        warn!(error = %e, "control socket ended with an error");
     }
+    let _ = front.await;
     let _ = std::fs::remove_file(&socket_path);
     info!("ten serve stopped");
     Ok(ExitCode::SUCCESS)
