@@ -7,6 +7,8 @@
 //! flags to misbehave on purpose (slow start, crash, hang, fork, ignore
 //! SIGTERM, huge or invalid log lines, log spam, ...). Run with `--help`.
 
+mod stream;
+
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::TcpListener;
@@ -275,6 +277,9 @@ where
         );
         let mut close = version == "HTTP/1.0";
         let mut body_len = 0u64;
+        let mut chunked = false;
+        let mut seen_headers: Vec<String> = Vec::new();
+        let mut ws_key = None;
         loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 {
@@ -284,20 +289,54 @@ where
             if header.is_empty() {
                 break;
             }
+            seen_headers.push(header.to_ascii_lowercase());
             let Some((name, value)) = header.split_once(':') else {
                 continue;
             };
             let value = value.trim();
             if name.eq_ignore_ascii_case("content-length") {
                 body_len = value.parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+                ws_key = Some(value.to_owned());
             } else if name.eq_ignore_ascii_case("connection") {
                 close = value.eq_ignore_ascii_case("close")
                     || (close && !value.eq_ignore_ascii_case("keep-alive"));
             }
         }
-        io::copy(&mut (&mut reader).take(body_len), &mut io::sink())?;
+        let received = if chunked {
+            stream::read_chunked(&mut reader)?
+        } else {
+            io::copy(&mut (&mut reader).take(body_len), &mut io::sink())?
+        };
 
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let num = |name: &str, default: u64| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let mut writer = stream;
+        match (method, path) {
+            ("GET", "/ws") if ws_key.is_some() => {
+                return stream::websocket(&mut reader, &mut writer, ws_key.as_deref().unwrap_or(""));
+            }
+            ("GET", "/download") => {
+                stream::download(&mut writer, num("mb", 1))?;
+                continue;
+            }
+            ("GET", "/drip") => {
+                stream::drip(&mut writer, num("n", 3), num("ms", 1000))?;
+                continue;
+            }
+            // Dies without answering: the proxy must say 502.
+            ("GET", "/crash") => process::exit(3),
+            ("GET", "/sleep") => thread::sleep(Duration::from_millis(num("ms", 1000))),
+            _ => {}
+        }
         let mut exit_code = None;
         let (status, body): (u16, Vec<u8>) = match (method, path) {
             ("GET", "/health") => {
@@ -318,6 +357,9 @@ where
             }
             ("GET", "/env") => (200, env_dump()),
             ("GET", "/pid") => (200, process::id().to_string().into_bytes()),
+            ("GET", "/sleep") => (200, b"slept".to_vec()),
+            ("POST", "/upload") => (200, format!("received {received} bytes").into_bytes()),
+            ("GET", "/headers") => (200, seen_headers.join("\n").into_bytes()),
             ("GET", "/exit") => {
                 let code = query
                     .split('&')
@@ -368,7 +410,6 @@ where
         )
         .into_bytes();
         resp.extend_from_slice(&body);
-        let mut writer = stream;
         writer.write_all(&resp)?;
         writer.flush()?;
         if let Some(code) = exit_code {

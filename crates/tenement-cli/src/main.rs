@@ -51,6 +51,12 @@ enum Command {
     Logs(cmd::logs::Args),
     /// Print the resolved configuration, or validate it with --check.
     Config(cmd::config::Args),
+    /// Set an instance's share of `{service}.{domain}` traffic (0-100; 0 = none).
+    Weight(cmd::traffic::WeightArgs),
+    /// Move all of one instance's traffic to another, atomically.
+    Route(cmd::traffic::RouteArgs),
+    /// Start an instance and wait until it is healthy; optionally replace another.
+    Deploy(cmd::traffic::DeployArgs),
     /// Create an API token for `--server`/`TENEMENT_SERVER` (printed once).
     TokenGen,
     /// Write a commented starter tenement.toml.
@@ -104,6 +110,9 @@ fn run_async(
             Command::Health(a) => cmd::ps::health(&client, a).await,
             Command::Logs(a) => cmd::logs::run(&client, a).await,
             Command::TokenGen => cmd::instance::token_gen(&client).await,
+            Command::Weight(a) => cmd::traffic::weight(&client, a).await,
+            Command::Route(a) => cmd::traffic::route(&client, a).await,
+            Command::Deploy(a) => cmd::traffic::deploy(&client, a).await,
             Command::Serve(_) | Command::Config(_) | Command::Init(_) => {
                 unreachable!("handled above")
             }

@@ -36,6 +36,9 @@ pub fn router(supervisor: Supervisor, access: Access) -> Router {
         .route("/instances/{key}", get(get_one).delete(stop))
         .route("/instances/{key}/restart", post(restart))
         .route("/instances/{key}/logs", get(logs))
+        .route("/instances/{key}/weight", post(weight))
+        .route("/route", post(route))
+        .route("/deploy", post(deploy))
         .route("/health", get(list))
         .route("/tokens", post(token_gen));
     let api = match access {
@@ -100,10 +103,9 @@ struct SpawnBody {
 
 async fn spawn(
     State(s): State<Supervisor>,
-    body: std::result::Result<Json<SpawnBody>, axum::extract::rejection::JsonRejection>,
+    body: JsonBody<SpawnBody>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
-    let Json(body) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
+    let body = json(body)?;
     let key = InstanceKey::new(
         body.service.parse::<ServiceName>()?,
         body.id.parse::<InstanceId>()?,
@@ -133,6 +135,68 @@ async fn restart(
     Path(raw): Path<String>,
 ) -> Result<Json<InstanceStatus>> {
     Ok(Json(s.restart(&key(&raw)?).await?))
+}
+
+#[derive(Deserialize)]
+struct WeightBody {
+    weight: u32,
+}
+
+async fn weight(State(s): State<Supervisor>, Path(raw): Path<String>, body: JsonBody<WeightBody>) -> Result<Json<InstanceStatus>> {
+    let body = json(body)?;
+    Ok(Json(s.set_weight(&key(&raw)?, body.weight).await?))
+}
+
+#[derive(Deserialize)]
+struct RouteBody {
+    service: String,
+    from: String,
+    to: String,
+}
+
+async fn route(State(s): State<Supervisor>, body: JsonBody<RouteBody>) -> Result<Json<serde_json::Value>> {
+    let b = json(body)?;
+    let service: ServiceName = b.service.parse()?;
+    let from = InstanceKey::new(service.clone(), b.from.parse()?);
+    let to = InstanceKey::new(service, b.to.parse()?);
+    let (wf, wt) = s.route(&from, &to).await?;
+    Ok(Json(serde_json::json!({ "from": from, "from_weight": wf, "to": to, "to_weight": wt })))
+}
+
+#[derive(Deserialize)]
+struct DeployBody {
+    service: String,
+    id: String,
+    weight: Option<u32>,
+    /// Seconds to wait for the new instance to become healthy.
+    timeout: Option<u64>,
+    /// Id of the instance to replace once the new one is healthy.
+    replace: Option<String>,
+}
+
+async fn deploy(State(s): State<Supervisor>, body: JsonBody<DeployBody>) -> Result<(StatusCode, Json<InstanceStatus>)> {
+    let b = json(body)?;
+    let service: ServiceName = b.service.parse()?;
+    let key = InstanceKey::new(service.clone(), b.id.parse()?);
+    let replace = match b.replace {
+        Some(old) => Some(InstanceKey::new(service.clone(), old.parse()?)),
+        None => None,
+    };
+    let svc = s
+        .config()
+        .service(&service)
+        .ok_or_else(|| ApiError::from(tenement::Error::UnknownService(service.clone())))?;
+    let timeout = Duration::from_secs(b.timeout.unwrap_or(svc.startup_timeout).max(1));
+    let drain = Duration::from_secs(s.config().settings.upstream_timeout);
+    let status = s.deploy(&key, b.weight.unwrap_or(100), timeout, replace.as_ref(), drain).await?;
+    Ok((StatusCode::CREATED, Json(status)))
+}
+
+type JsonBody<T> = std::result::Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn json<T>(body: JsonBody<T>) -> Result<T> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
 }
 
 #[derive(Deserialize)]

@@ -6,3 +6,4 @@ pub mod instance;
 pub mod logs;
 pub mod ps;
 pub mod serve;
+pub mod traffic;

@@ -1,0 +1,80 @@
+//! Steering traffic: `ten weight`, `ten route`, `ten deploy`.
+
+use std::process::ExitCode;
+
+use hyper::Method;
+use serde_json::{Value, json};
+use tenement_core::{InstanceId, InstanceKey, ServiceName};
+
+use crate::client::Client;
+
+#[derive(clap::Args)]
+pub struct WeightArgs {
+    /// SERVICE:ID
+    instance: String,
+    /// 0-100
+    weight: u32,
+}
+
+#[derive(clap::Args)]
+pub struct RouteArgs {
+    service: String,
+    /// Instance id that loses its traffic.
+    #[arg(long)]
+    from: String,
+    /// Instance id that gets it.
+    #[arg(long)]
+    to: String,
+}
+
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    /// SERVICE:ID of the new instance.
+    instance: String,
+    /// Share of traffic once healthy (0-100).
+    #[arg(long, default_value_t = 100)]
+    weight: u32,
+    /// Seconds to wait for it to become healthy (default: the service's startup_timeout).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Id of an instance to replace: it stops once the new one is healthy and its in-flight
+    /// requests have finished.
+    #[arg(long)]
+    replace: Option<String>,
+}
+
+pub async fn weight(client: &Client, a: WeightArgs) -> anyhow::Result<ExitCode> {
+    let key: InstanceKey = a.instance.parse()?;
+    let s: Value = client
+        .call(Method::POST, &format!("/instances/{key}/weight"), Some(json!({ "weight": a.weight })))
+        .await?;
+    println!("{key} weight {}", s["weight"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn route(client: &Client, a: RouteArgs) -> anyhow::Result<ExitCode> {
+    let service: ServiceName = a.service.parse()?;
+    let (from, to): (InstanceId, InstanceId) = (a.from.parse()?, a.to.parse()?);
+    let r: Value = client
+        .call(Method::POST, "/route", Some(json!({ "service": service, "from": from, "to": to })))
+        .await?;
+    println!("{} weight {}, {} weight {}", r["from"].as_str().unwrap_or("?"), r["from_weight"], r["to"].as_str().unwrap_or("?"), r["to_weight"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
+    let key: InstanceKey = a.instance.parse()?;
+    if let Some(old) = &a.replace {
+        old.parse::<InstanceId>()?;
+    }
+    let body = json!({
+        "service": key.service, "id": key.id, "weight": a.weight,
+        "timeout": a.timeout, "replace": a.replace,
+    });
+    let s: Value = client.call(Method::POST, "/deploy", Some(body)).await?;
+    println!("{key} {} (weight {})", s["state"].as_str().unwrap_or("?"), s["weight"]);
+    if let Some(old) = a.replace {
+        println!("{}:{old} replaced", key.service);
+    }
+    Ok(ExitCode::SUCCESS)
+}
