@@ -4,6 +4,8 @@
 //! Everything polls with generous deadlines (the CI machine is small and shared); nothing here
 //! asserts on timing.
 
+pub mod http;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use serde_json::Value;
+
+/// The `--domain` every test building serves: `{id}.{service}.tenement.test`.
+pub const DOMAIN: &str = "tenement.test";
 
 /// Deadline for anything that should happen "soon".
 pub const SOON: Duration = Duration::from_secs(30);
@@ -163,7 +168,7 @@ impl Building {
             .open(self.path().join("serve.log"))
             .expect("serve.log");
         let child = self
-            .cmd(&["serve", "--port", "0", "--bind", "127.0.0.1"])
+            .cmd(&["serve", "--port", "0", "--bind", "127.0.0.1", "--domain", DOMAIN])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -1,0 +1,141 @@
+//! A small blocking HTTP/1.1 client for tests: the Host header is whatever the test says (that
+//! is what routing looks at), bodies can be streamed, responses read incrementally.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+    chunked: bool,
+    left: Option<u64>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The next piece of body (a chunk, or up to 64 KB); `None` at the end.
+    pub fn next_piece(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.chunked {
+            let mut line = String::new();
+            self.reader.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| io::Error::other(format!("bad chunk {line:?}")))?;
+            if size == 0 {
+                self.reader.read_line(&mut line)?;
+                return Ok(None);
+            }
+            let mut data = vec![0; size];
+            self.reader.read_exact(&mut data)?;
+            self.reader.read_line(&mut line)?;
+            return Ok(Some(data));
+        }
+        let want = match self.left {
+            Some(0) => return Ok(None),
+            Some(n) => n.min(65536) as usize,
+            None => 65536,
+        };
+        let mut data = vec![0; want];
+        let n = self.reader.read(&mut data)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        data.truncate(n);
+        if let Some(l) = self.left.as_mut() {
+            *l -= n as u64;
+        }
+        Ok(Some(data))
+    }
+
+    /// Reads the rest of the body, counting bytes without keeping them.
+    pub fn body_len(&mut self) -> io::Result<u64> {
+        let mut total = 0;
+        while let Some(p) = self.next_piece()? {
+            total += p.len() as u64;
+        }
+        Ok(total)
+    }
+
+    pub fn text(&mut self) -> io::Result<String> {
+        let mut out = Vec::new();
+        while let Some(p) = self.next_piece()? {
+            out.extend_from_slice(&p);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// The connection, for protocols that take over after a 101.
+    pub fn into_stream(self) -> BufReader<TcpStream> {
+        self.reader
+    }
+}
+
+/// Sends `method path` to `addr` with `Host: host`, extra headers, and an optional body of
+/// `len` bytes produced by `body` (sent with Content-Length).
+pub fn request(
+    addr: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(u64, &mut dyn Read)>,
+) -> io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some((len, _)) = &body {
+        head.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    if let Some((_, reader)) = body {
+        io::copy(reader, &mut s)?;
+    }
+    read_response(s)
+}
+
+pub fn get(addr: &str, host: &str, path: &str) -> io::Result<Response> {
+    request(addr, host, "GET", path, &[], None)
+}
+
+fn read_response(s: TcpStream) -> io::Result<Response> {
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let h = line.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+    let find = |n: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let mut left = find("content-length").and_then(|v| v.parse().ok());
+    if status == 101 || status == 204 || status == 304 {
+        left = Some(0);
+    }
+    Ok(Response {
+        status,
+        headers,
+        reader,
+        chunked,
+        left,
+    })
+}
