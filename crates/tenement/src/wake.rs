@@ -32,6 +32,10 @@ impl Supervisor {
         };
         // Counted as activity from now on, so it cannot fall asleep under us.
         let guard = handle.activity.begin();
+        self.lease_with(key, handle, guard).await
+    }
+
+    async fn lease_with(&self, key: &InstanceKey, handle: InstanceHandle, guard: ActivityGuard) -> Result<Lease, Error> {
         let wait = self
             .config()
             .service(&key.service)
@@ -74,9 +78,13 @@ impl Supervisor {
                 }
                 ticket -= w;
             }
-            chosen.clone()
+            // Take the guard under the same lock `route` changes weights under: a deploy that
+            // drains the old instance either sees this request in flight or it never chose it.
+            let handle = registry[chosen].clone();
+            let guard = handle.activity.begin();
+            (chosen.clone(), handle, guard)
         };
-        self.lease(&key).await
+        self.lease_with(&key.0, key.1, key.2).await
     }
 
     async fn spawn_on_request(&self, key: &InstanceKey) -> Result<InstanceHandle, Error> {

@@ -1,0 +1,98 @@
+//! Blue-green and rolling deploys lose no request: `ten deploy`, `ten route`, `--replace`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use test_support::Building;
+use test_support::http::get;
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+const CONFIG: &str = r#"
+[settings]
+health_check_interval = 1
+
+[service.api]
+command = "{fixture}"
+socket = "{dir}/s/{name}-{id}.sock"
+health = "/health"
+isolation = "process"
+
+[service.broken]
+command = "{fixture} --hang"
+socket = "{dir}/s/{name}-{id}.sock"
+isolation = "process"
+"#;
+
+/// Requests `api.tenement.test` in a loop until stopped; returns (status, body) of each.
+fn steady_loop(addr: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(u16, String)>> {
+    thread::spawn(move || {
+        let mut seen = vec![];
+        while !stop.load(Ordering::SeqCst) {
+            let r = get(&addr, "api.tenement.test", "/").and_then(|mut r| Ok((r.status, r.text()?)));
+            seen.push(r.unwrap_or((0, "connection error".into())));
+        }
+        seen
+    })
+}
+
+#[test]
+fn blue_green_with_route_loses_nothing() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "api:v1"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let lp = steady_loop(b.http_addr(), stop.clone());
+    thread::sleep(Duration::from_millis(300));
+    let out = b.ten_ok(&["deploy", "api:v2", "--weight", "0"]);
+    assert!(out.contains("api:v2 running"), "{out}");
+    thread::sleep(Duration::from_millis(300));
+    b.ten_ok(&["route", "api", "--from", "v1", "--to", "v2"]);
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let seen = lp.join().unwrap();
+    assert!(seen.len() > 20, "the loop ran ({})", seen.len());
+    assert!(seen.iter().all(|(c, _)| *c == 200), "{:?}", seen.iter().filter(|(c, _)| *c != 200).collect::<Vec<_>>());
+    let first_v2 = seen.iter().position(|(_, body)| body.contains("api:v2")).expect("v2 got traffic");
+    assert!(seen[first_v2..].iter().all(|(_, body)| body.contains("api:v2")), "after route, only v2");
+    assert_eq!(b.instance("api:v1").unwrap()["weight"], 0);
+    assert_eq!(b.instance("api:v2").unwrap()["weight"], 100);
+
+    // Weights are durable.
+    b.kill9();
+    b.start();
+    b.wait_instance("api:v2", "back", |i| i["state"] == "running");
+    assert_eq!(b.instance("api:v1").unwrap()["weight"], 0);
+    assert_eq!(b.instance("api:v2").unwrap()["weight"], 100);
+}
+
+#[test]
+fn rolling_replace_stops_the_old_one_after_the_new_is_healthy() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "api:v1"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let lp = steady_loop(b.http_addr(), stop.clone());
+    thread::sleep(Duration::from_millis(300));
+    b.ten_ok(&["deploy", "api:v2", "--replace", "v1"]);
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let seen = lp.join().unwrap();
+    assert!(seen.iter().all(|(c, _)| *c == 200), "{:?}", seen.iter().filter(|(c, _)| *c != 200).collect::<Vec<_>>());
+    assert!(seen.last().unwrap().1.contains("api:v2"));
+    assert!(b.instance("api:v1").is_none(), "v1 stopped");
+}
+
+#[test]
+fn a_deploy_that_never_gets_healthy_fails_and_is_undone() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let out = b.ten(&["deploy", "broken:v1", "--timeout", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken:v1") && err.contains("not healthy within 1s"), "{err}");
+    assert!(b.instance("broken:v1").is_none());
+    assert!(b.tenant_processes().is_empty());
+}

@@ -1,0 +1,115 @@
+//! Scale to zero: idle instances sleep; the next request wakes them and is answered, never
+//! dropped; open streams and websockets are activity; on-request spawning is opt-in.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use test_support::http::{self, get};
+use test_support::{Building, SOON, wait_for};
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+const CONFIG: &str = r#"
+[settings]
+health_check_interval = 1
+
+[service.sleepy]
+command = "{fixture}"
+socket = "{dir}/s/{name}-{id}.sock"
+health = "/health"
+idle_timeout = 1
+isolation = "process"
+
+[service.ondemand]
+command = "{fixture}"
+socket = "{dir}/s/{name}-{id}.sock"
+health = "/health"
+spawn_on_request = true
+max_instances = 2
+isolation = "process"
+"#;
+
+fn starts(b: &Building, key: &str) -> usize {
+    b.ten_ok(&["logs", key, "--limit", "1000"]).matches("fixture started").count()
+}
+
+fn asleep(b: &Building, key: &str) {
+    b.wait_instance(key, "asleep", |i| i["state"] == "sleeping");
+}
+
+#[test]
+fn idle_instance_sleeps_and_fifty_concurrent_requests_share_one_wake() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "sleepy:a"]);
+    asleep(&b, "sleepy:a");
+    assert!(b.tenant_processes().is_empty(), "a sleeping instance has no process");
+    assert_eq!(starts(&b, "sleepy:a"), 1);
+
+    let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..50)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut r = get(&addr, "a.sleepy.tenement.test", "/pid").unwrap();
+                    (r.status, r.text().unwrap())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(answers.iter().all(|(c, _)| *c == 200), "{answers:?}");
+    let pids: std::collections::BTreeSet<&str> = answers.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(pids.len(), 1, "all answered by one process: {pids:?}");
+    assert_eq!(starts(&b, "sleepy:a"), 2, "exactly one start for the wake");
+
+    // The weighted route wakes it too.
+    asleep(&b, "sleepy:a");
+    let mut r = get(&addr, "sleepy.tenement.test", "/").unwrap();
+    assert_eq!((r.status, r.text().unwrap()), (200, "hello from sleepy:a\n".into()));
+}
+
+#[test]
+fn an_open_websocket_or_stream_keeps_it_awake() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "sleepy:a"]);
+    let hs = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")];
+    let r = http::request(&addr, "a.sleepy.tenement.test", "GET", "/ws", &hs, None).unwrap();
+    assert_eq!(r.status, 101);
+    let mut ws = r.into_stream();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(b.instance("sleepy:a").unwrap()["state"], "running", "idle_timeout 1 s passed with a websocket open");
+    let mask = [9u8, 8, 7, 6];
+    let mut frame = vec![0x81, 0x80 | 2, 9, 8, 7, 6];
+    frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
+    ws.get_mut().write_all(&frame).unwrap();
+    let mut echo = [0u8; 4];
+    ws.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo[2..], b"hi");
+    drop(ws);
+    asleep(&b, "sleepy:a");
+
+    // A slow stream (3 chunks, 1 s apart) is activity as well.
+    let mut r = get(&addr, "a.sleepy.tenement.test", "/drip?n=3&ms=1000").unwrap();
+    assert_eq!(r.text().unwrap(), "chunk 0\nchunk 1\nchunk 2\n");
+    assert_eq!(starts(&b, "sleepy:a"), 2, "not put to sleep mid-stream");
+}
+
+#[test]
+fn unknown_ids_are_404_unless_the_service_spawns_on_request() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    assert_eq!(get(&addr, "guess.sleepy.tenement.test", "/").unwrap().status, 404);
+    assert!(b.ps().is_empty(), "guessing a hostname started nothing");
+
+    let mut r = get(&addr, "alice.ondemand.tenement.test", "/").unwrap();
+    assert_eq!((r.status, r.text().unwrap()), (200, "hello from ondemand:alice\n".into()));
+    assert_eq!(get(&addr, "bob.ondemand.tenement.test", "/").unwrap().status, 200);
+    let r = get(&addr, "carol.ondemand.tenement.test", "/").unwrap();
+    assert_eq!(r.status, 503, "max_instances = 2");
+    assert!(r.header("retry-after").is_some());
+    wait_for("two on-demand instances", SOON, || (b.ps().len() == 2).then_some(()));
+}
