@@ -49,6 +49,7 @@ pub fn router(supervisor: Supervisor, access: Access) -> Router {
         )),
     };
     Router::new()
+        .route("/", get(lobby))
         .route("/health", get(health))
         .nest("/api", api)
         .fallback(|| async {
@@ -85,6 +86,16 @@ async fn token_gen(State(s): State<Supervisor>) -> Result<(StatusCode, Json<serd
         StatusCode::CREATED,
         Json(serde_json::json!({ "token": token })),
     ))
+}
+
+/// The bare domain's front page until the dashboard exists.
+async fn lobby(State(s): State<Supervisor>) -> String {
+    let all = s.list();
+    let running = all.iter().filter(|i| i.state == "running").count();
+    format!(
+        "tenement: {} instances ({running} running). The dashboard is not built yet; the API is under /api/ (bearer token), health at /health.\n",
+        all.len()
+    )
 }
 
 async fn health(State(s): State<Supervisor>) -> impl IntoResponse {

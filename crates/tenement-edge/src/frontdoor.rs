@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::debug;
 
-use crate::pool::Pool;
+use crate::pool::{Pool, pool};
 use crate::proxy::{Limits, forward, plain};
 use crate::{Access, router};
 
@@ -52,7 +52,7 @@ pub async fn front_door(listener: TcpListener, supervisor: Supervisor, domain: &
         api: router(supervisor.clone(), Access::Network),
         supervisor,
         routes,
-        pool: Pool::default(),
+        pool: pool(),
         limits,
     });
     let connections = tokio_util::task::TaskTracker::new();

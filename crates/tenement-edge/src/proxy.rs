@@ -15,7 +15,7 @@ use tenement::{ActivityGuard, Lease};
 use tracing::debug;
 
 use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
-use crate::pool::{Pool, connect};
+use crate::pool::{Pool, authority, connect_upgradable};
 
 /// Front-door limits, from `[settings]`.
 #[derive(Debug, Clone, Copy)]
@@ -53,25 +53,16 @@ pub async fn forward(pool: &Pool, lease: Lease, mut req: Request<Incoming>, peer
     if let Some(client_upgrade) = client_upgrade {
         return tunnel(lease, parts, client_upgrade, limits).await;
     }
-    let body = Body::new(Limited::new(body, limits.max_body));
-    let out = Request::from_parts(parts, body);
-    let endpoint = lease.endpoint.clone();
-    let mut sender = match pool.checkout(&endpoint).await {
-        Ok(s) => s,
-        Err(e) => {
-            debug!(instance = %lease.key, error = %e, "connect failed");
-            return plain(StatusCode::BAD_GATEWAY, "the instance is not accepting connections");
-        }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match format!("http://{}{path}", authority(&lease.endpoint)).parse() {
+        Ok(uri) => uri,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target"),
     };
-    let answer = tokio::time::timeout(limits.upstream_timeout, sender.send_request(out)).await;
-    let res = match answer {
-        Ok(Ok(res)) => {
-            pool.checkin(endpoint, sender);
-            res
-        }
+    let out = Request::from_parts(parts, Body::new(Limited::new(body, limits.max_body)));
+    let res = match tokio::time::timeout(limits.upstream_timeout, pool.request(out)).await {
+        Ok(Ok(res)) => res,
         Ok(Err(e)) => {
             debug!(instance = %lease.key, error = %e, "upstream failed");
-            pool.clear(&endpoint);
             return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer");
         }
         Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "the instance did not answer in time"),
@@ -90,7 +81,7 @@ async fn tunnel(
     limits: Limits,
 ) -> Response<Body> {
     let out = Request::from_parts(parts, Body::empty());
-    let mut sender = match connect(&lease.endpoint, true).await {
+    let mut sender = match connect_upgradable(&lease.endpoint).await {
         Ok(s) => s,
         Err(_) => return plain(StatusCode::BAD_GATEWAY, "the instance is not accepting connections"),
     };

@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Front-door benchmark: proxy throughput/latency against direct and nginx, and cold-wake latency.
+
+Usage: bench/proxy.py [--seconds 10] [--connections 32] [--wakes 10]
+
+Same backend, same run: one instance of the compiled fixture app (crates/fixture-app) under
+`ten serve`; the load generator (crates/loadgen, N keep-alive connections) hits
+  1. its Unix socket directly,
+  2. `ten serve` on TCP with Host a.tiny.bench.test,
+  3. nginx (when installed) on TCP, proxying to the same socket with upstream keepalive.
+Cold wake: an instance with idle_timeout = 1 is left to sleep, then one request is timed
+through `ten serve`; the app's own start-to-listen time (measured by starting the same command
+by hand and polling its socket) is subtracted. Prints markdown tables.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target/release")
+TEN, FIXTURE, LOADGEN = (os.path.join(REL, n) for n in ("ten", "tenement-fixture", "tenement-loadgen"))
+HELLO = os.path.join(ROOT, "examples/hello/app.py")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class UnixConn(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=60)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+
+
+def api(ctl, method, path, body=None):
+    c = UnixConn(ctl)
+    c.request(method, path, body=json.dumps(body) if body else None, headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    if r.status >= 300:
+        raise RuntimeError(f"{method} {path}: {r.status} {data!r}")
+    return json.loads(data) if data else None
+
+
+def loadgen(args, seconds, conns):
+    out = subprocess.run([LOADGEN, *args, "-c", str(conns), "-d", str(seconds)], check=True, capture_output=True, text=True).stdout
+    return dict(kv.split("=") for kv in out.split())
+
+
+def start_to_listen(cmd, cwd, tmp):
+    """Seconds from exec to a connectable socket, for the app alone."""
+    sock = os.path.join(tmp, "baseline.sock")
+    if os.path.exists(sock):
+        os.unlink(sock)
+    env = {"PATH": os.environ["PATH"], "SOCKET_PATH": sock, "SERVICE_NAME": "b", "INSTANCE_ID": "b"}
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(sock)
+            s.close()
+            break
+        except OSError:
+            time.sleep(0.0002)
+    dt = time.perf_counter() - t0
+    p.kill()
+    p.wait()
+    return dt
+
+
+def timed_get(port, host):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    t0 = time.perf_counter()
+    c.request("GET", "/", headers={"Host": host})
+    r = c.getresponse()
+    r.read()
+    dt = time.perf_counter() - t0
+    c.close()
+    assert r.status == 200, r.status
+    return dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--wakes", type=int, default=10)
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bins"], cwd=ROOT, check=True)
+
+    tmp = tempfile.mkdtemp(prefix="ten-proxy-bench-")
+    port = free_port()
+    with open(os.path.join(tmp, "tenement.toml"), "w") as f:
+        f.write(f"""
+[settings]
+data_dir = "{tmp}/data"
+health_check_interval = 60
+
+[service.tiny]
+command = "{FIXTURE}"
+socket = "{tmp}/{{name}}-{{id}}.sock"
+health = "/health"
+isolation = "process"
+
+[service.sleepy]
+command = "{FIXTURE}"
+socket = "{tmp}/{{name}}-{{id}}.sock"
+health = "/health"
+idle_timeout = 1
+isolation = "process"
+
+[service.pysleepy]
+command = "python3 {HELLO}"
+socket = "{tmp}/{{name}}-{{id}}.sock"
+health = "/health"
+idle_timeout = 1
+isolation = "process"
+""")
+    log = open(os.path.join(tmp, "serve.log"), "w")
+    serve = subprocess.Popen([TEN, "serve", "--config", f"{tmp}/tenement.toml", "--port", str(port), "--bind", "127.0.0.1", "--domain", "bench.test"],
+                             stdout=log, stderr=log, env={**os.environ, "TENEMENT_LOG": "warn"})
+    ctl = f"{tmp}/data/ten.sock"
+    nginx = None
+    try:
+        for _ in range(500):
+            try:
+                api(ctl, "GET", "/api/instances")
+                break
+            except (OSError, RuntimeError):
+                time.sleep(0.01)
+        api(ctl, "POST", "/api/instances", {"service": "tiny", "id": "a"})
+        sock = f"{tmp}/tiny-a.sock"
+
+        runs = [("direct to the Unix socket", ["--unix", sock])]
+        runs.append(("through ten serve", ["--tcp", f"127.0.0.1:{port}", "--host", "a.tiny.bench.test"]))
+        if shutil.which("nginx"):
+            nport = free_port()
+            os.makedirs(f"{tmp}/nginx/logs", exist_ok=True)
+            with open(f"{tmp}/nginx/nginx.conf", "w") as f:
+                f.write(f"""
+user root;
+worker_processes 2;
+error_log {tmp}/nginx/logs/error.log warn;
+pid {tmp}/nginx/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  upstream app {{ server unix:{sock}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{nport};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+            nginx = subprocess.Popen(["nginx", "-p", f"{tmp}/nginx", "-c", f"{tmp}/nginx/nginx.conf", "-g", "daemon off;"])
+            time.sleep(0.5)
+            runs.append(("through nginx", ["--tcp", f"127.0.0.1:{nport}", "--host", "x"]))
+        print(f"\n## Proxy: {a.connections} keep-alive connections, {a.seconds:.0f} s each, GET / (17-byte body)\n")
+        print("| path | requests/s | p50 (µs) | p99 (µs) | errors |")
+        print("|---|---|---|---|---|")
+        for name, args in runs:
+            r = loadgen(args, a.seconds, a.connections)
+            print(f"| {name} | {r['rps']} | {r['p50_us']} | {r['p99_us']} | {r['errors']} |", flush=True)
+
+        print(f"\n## Cold wake through ten serve ({a.wakes} wakes each; medians)\n")
+        print("| backend | request → response, sleeping (ms) | app start-to-listen alone (ms) | tenement overhead (ms) |")
+        print("|---|---|---|---|")
+        for svc, cmd, cwd in [("sleepy", [FIXTURE], ROOT), ("pysleepy", ["python3", HELLO], ROOT)]:
+            api(ctl, "POST", "/api/instances", {"service": svc, "id": "w"})
+            wakes, bases = [], []
+            for _ in range(a.wakes):
+                while api(ctl, "GET", f"/api/instances/{svc}:w")["state"] != "sleeping":
+                    time.sleep(0.05)
+                wakes.append(timed_get(port, f"w.{svc}.bench.test"))
+                bases.append(start_to_listen(cmd, cwd, tmp))
+            w, b_ = statistics.median(wakes) * 1000, statistics.median(bases) * 1000
+            label = "compiled (fixture)" if svc == "sleepy" else "Python (examples/hello)"
+            print(f"| {label} | {w:.2f} | {b_:.2f} | {w - b_:.2f} |", flush=True)
+    finally:
+        if nginx:
+            nginx.terminate()
+            nginx.wait()
+        serve.terminate()
+        serve.wait(timeout=60)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
