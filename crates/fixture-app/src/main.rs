@@ -322,7 +322,11 @@ where
         let mut writer = stream;
         match (method, path) {
             ("GET", "/ws") if ws_key.is_some() => {
-                return stream::websocket(&mut reader, &mut writer, ws_key.as_deref().unwrap_or(""));
+                return stream::websocket(
+                    &mut reader,
+                    &mut writer,
+                    ws_key.as_deref().unwrap_or(""),
+                );
             }
             ("GET", "/download") => {
                 stream::download(&mut writer, num("mb", 1))?;

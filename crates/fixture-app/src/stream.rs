@@ -32,7 +32,10 @@ pub fn read_chunked(r: &mut impl BufRead) -> io::Result<u64> {
 /// `GET /download?mb=N`: N MiB of 'x' with a Content-Length.
 pub fn download(w: &mut impl Write, mb: u64) -> io::Result<()> {
     let len = mb * 1024 * 1024;
-    write!(w, "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n")?;
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    )?;
     let block = vec![b'x'; 64 * 1024];
     let mut left = len;
     while left > 0 {
@@ -45,7 +48,10 @@ pub fn download(w: &mut impl Write, mb: u64) -> io::Result<()> {
 
 /// `GET /drip?n=N&ms=M`: N chunks `chunk i\n`, one every M milliseconds.
 pub fn drip(w: &mut impl Write, n: u64, ms: u64) -> io::Result<()> {
-    write!(w, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+    write!(
+        w,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )?;
     w.flush()?;
     for i in 0..n {
         if i > 0 {
@@ -61,7 +67,9 @@ pub fn drip(w: &mut impl Write, n: u64, ms: u64) -> io::Result<()> {
 
 /// Answers the websocket handshake, then echoes every text/binary message until close.
 pub fn websocket(r: &mut impl Read, w: &mut impl Write, key: &str) -> io::Result<()> {
-    let accept = base64(&sha1(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes()));
+    let accept = base64(&sha1(
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    ));
     write!(
         w,
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -132,7 +140,12 @@ fn sha1(data: &[u8]) -> [u8; 20] {
     for block in msg.chunks(64) {
         let mut w = [0u32; 80];
         for i in 0..16 {
-            w[i] = u32::from_be_bytes([block[4 * i], block[4 * i + 1], block[4 * i + 2], block[4 * i + 3]]);
+            w[i] = u32::from_be_bytes([
+                block[4 * i],
+                block[4 * i + 1],
+                block[4 * i + 2],
+                block[4 * i + 3],
+            ]);
         }
         for i in 16..80 {
             w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
@@ -145,7 +158,12 @@ fn sha1(data: &[u8]) -> [u8; 20] {
                 40..60 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
                 _ => (b ^ c ^ d, 0xCA62C1D6),
             };
-            let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(*wi);
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
             (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
         }
         for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
@@ -163,7 +181,9 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= c.len() {
                 out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -179,7 +199,9 @@ fn base64(data: &[u8]) -> String {
 mod tests {
     #[test]
     fn rfc6455_example_accept() {
-        let accept = super::base64(&super::sha1(b"dGhlIHNhbXBsZSBub25jZQ==258EAFA5-E914-47DA-95CA-C5AB0DC85B11"));
+        let accept = super::base64(&super::sha1(
+            b"dGhlIHNhbXBsZSBub25jZQ==258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
+        ));
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 }

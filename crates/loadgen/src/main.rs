@@ -42,7 +42,10 @@ fn parse() -> Opts {
             other => panic!("unknown argument {other}"),
         }
     }
-    assert!(o.unix.is_some() != o.tcp.is_some(), "give exactly one of --unix PATH, --tcp ADDR");
+    assert!(
+        o.unix.is_some() != o.tcp.is_some(),
+        "give exactly one of --unix PATH, --tcp ADDR"
+    );
     o
 }
 
@@ -70,7 +73,8 @@ async fn worker(o: Opts, until: Instant) -> (Vec<u32>, u64) {
             },
             _ => unreachable!(),
         };
-        let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await else {
+        let Ok((mut send, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await
+        else {
             errors += 1;
             continue;
         };
@@ -103,7 +107,9 @@ async fn main() {
     let o = parse();
     let start = Instant::now();
     let until = start + o.duration;
-    let tasks: Vec<_> = (0..o.connections).map(|_| tokio::spawn(worker(o.clone(), until))).collect();
+    let tasks: Vec<_> = (0..o.connections)
+        .map(|_| tokio::spawn(worker(o.clone(), until)))
+        .collect();
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -113,7 +119,11 @@ async fn main() {
     }
     let secs = start.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "requests={} errors={errors} rps={:.0} p50_us={} p99_us={}",
         all.len(),

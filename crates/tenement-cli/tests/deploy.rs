@@ -31,7 +31,8 @@ fn steady_loop(addr: String, stop: Arc<AtomicBool>) -> thread::JoinHandle<Vec<(u
     thread::spawn(move || {
         let mut seen = vec![];
         while !stop.load(Ordering::SeqCst) {
-            let r = get(&addr, "api.tenement.test", "/").and_then(|mut r| Ok((r.status, r.text()?)));
+            let r =
+                get(&addr, "api.tenement.test", "/").and_then(|mut r| Ok((r.status, r.text()?)));
             seen.push(r.unwrap_or((0, "connection error".into())));
         }
         seen
@@ -54,9 +55,21 @@ fn blue_green_with_route_loses_nothing() {
     stop.store(true, Ordering::SeqCst);
     let seen = lp.join().unwrap();
     assert!(seen.len() > 20, "the loop ran ({})", seen.len());
-    assert!(seen.iter().all(|(c, _)| *c == 200), "{:?}", seen.iter().filter(|(c, _)| *c != 200).collect::<Vec<_>>());
-    let first_v2 = seen.iter().position(|(_, body)| body.contains("api:v2")).expect("v2 got traffic");
-    assert!(seen[first_v2..].iter().all(|(_, body)| body.contains("api:v2")), "after route, only v2");
+    assert!(
+        seen.iter().all(|(c, _)| *c == 200),
+        "{:?}",
+        seen.iter().filter(|(c, _)| *c != 200).collect::<Vec<_>>()
+    );
+    let first_v2 = seen
+        .iter()
+        .position(|(_, body)| body.contains("api:v2"))
+        .expect("v2 got traffic");
+    assert!(
+        seen[first_v2..]
+            .iter()
+            .all(|(_, body)| body.contains("api:v2")),
+        "after route, only v2"
+    );
     assert_eq!(b.instance("api:v1").unwrap()["weight"], 0);
     assert_eq!(b.instance("api:v2").unwrap()["weight"], 100);
 
@@ -80,7 +93,11 @@ fn rolling_replace_stops_the_old_one_after_the_new_is_healthy() {
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let seen = lp.join().unwrap();
-    assert!(seen.iter().all(|(c, _)| *c == 200), "{:?}", seen.iter().filter(|(c, _)| *c != 200).collect::<Vec<_>>());
+    assert!(
+        seen.iter().all(|(c, _)| *c == 200),
+        "{:?}",
+        seen.iter().filter(|(c, _)| *c != 200).collect::<Vec<_>>()
+    );
     assert!(seen.last().unwrap().1.contains("api:v2"));
     assert!(b.instance("api:v1").is_none(), "v1 stopped");
 }
@@ -92,7 +109,10 @@ fn a_deploy_that_never_gets_healthy_fails_and_is_undone() {
     let out = b.ten(&["deploy", "broken:v1", "--timeout", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("broken:v1") && err.contains("not healthy within 1s"), "{err}");
+    assert!(
+        err.contains("broken:v1") && err.contains("not healthy within 1s"),
+        "{err}"
+    );
     assert!(b.instance("broken:v1").is_none());
     assert!(b.tenant_processes().is_empty());
 }

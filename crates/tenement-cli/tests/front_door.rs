@@ -49,11 +49,28 @@ fn routes_by_host() {
     let (b, addr) = building();
     b.ten_ok(&["spawn", "web:a"]);
     b.ten_ok(&["spawn", "tcponly:t"]);
-    assert_eq!(text(&addr, "a.web.tenement.test", "/"), (200, "hello from web:a\n".into()));
-    assert_eq!(text(&addr, "A.WEB.tenement.test.:8080", "/"), (200, "hello from web:a\n".into()));
-    assert_eq!(text(&addr, "web.tenement.test", "/"), (200, "hello from web:a\n".into()));
-    assert_eq!(text(&addr, "www.tenement.test", "/"), (200, "hello from web:a\n".into()), "[routing.subdomain]");
-    assert_eq!(text(&addr, "t.tcponly.tenement.test", "/"), (200, "hello from tcponly:t\n".into()), "listen = tcp");
+    assert_eq!(
+        text(&addr, "a.web.tenement.test", "/"),
+        (200, "hello from web:a\n".into())
+    );
+    assert_eq!(
+        text(&addr, "A.WEB.tenement.test.:8080", "/"),
+        (200, "hello from web:a\n".into())
+    );
+    assert_eq!(
+        text(&addr, "web.tenement.test", "/"),
+        (200, "hello from web:a\n".into())
+    );
+    assert_eq!(
+        text(&addr, "www.tenement.test", "/"),
+        (200, "hello from web:a\n".into()),
+        "[routing.subdomain]"
+    );
+    assert_eq!(
+        text(&addr, "t.tcponly.tenement.test", "/"),
+        (200, "hello from tcponly:t\n".into()),
+        "listen = tcp"
+    );
     let (code, body) = text(&addr, "tenement.test", "/health");
     assert_eq!(code, 200);
     assert!(body.contains("\"status\":\"ok\""), "{body}");
@@ -61,13 +78,30 @@ fn routes_by_host() {
     let (code, body) = text(&addr, "nope.tenement.test", "/");
     assert_eq!(code, 404);
     assert!(body.contains("no service `nope`"), "{body}");
-    assert_eq!(text(&addr, "zz.web.tenement.test", "/").0, 404, "never spawned");
+    assert_eq!(
+        text(&addr, "zz.web.tenement.test", "/").0,
+        404,
+        "never spawned"
+    );
     assert_eq!(text(&addr, "other.example", "/").0, 404);
-    for bad in ["a b", "web.tenement.test:99999", "a_b.web.tenement.test", "..tenement.test"] {
+    for bad in [
+        "a b",
+        "web.tenement.test:99999",
+        "a_b.web.tenement.test",
+        "..tenement.test",
+    ] {
         assert_eq!(text(&addr, bad, "/").0, 400, "Host {bad:?}");
     }
     // X-Forwarded-Host never routes.
-    let mut r = http::request(&addr, "tenement.test", "GET", "/health", &[("X-Forwarded-Host", "a.web.tenement.test")], None).unwrap();
+    let mut r = http::request(
+        &addr,
+        "tenement.test",
+        "GET",
+        "/health",
+        &[("X-Forwarded-Host", "a.web.tenement.test")],
+        None,
+    )
+    .unwrap();
     assert!(r.text().unwrap().contains("status"));
 }
 
@@ -75,15 +109,40 @@ fn routes_by_host() {
 fn forwarding_headers_and_hop_by_hop() {
     let (b, addr) = building();
     b.ten_ok(&["spawn", "web:a"]);
-    let headers = [("Connection", "keep-alive, X-Private"), ("X-Private", "secret"), ("X-Forwarded-For", "203.0.113.9"), ("X-Custom", "kept")];
-    let mut r = http::request(&addr, "a.web.tenement.test", "GET", "/headers", &headers, None).unwrap();
+    let headers = [
+        ("Connection", "keep-alive, X-Private"),
+        ("X-Private", "secret"),
+        ("X-Forwarded-For", "203.0.113.9"),
+        ("X-Custom", "kept"),
+    ];
+    let mut r = http::request(
+        &addr,
+        "a.web.tenement.test",
+        "GET",
+        "/headers",
+        &headers,
+        None,
+    )
+    .unwrap();
     let seen = r.text().unwrap();
-    assert!(seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"),
+        "{seen}"
+    );
     assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
-    assert!(seen.contains("x-forwarded-host: a.web.tenement.test"), "{seen}");
-    assert!(seen.contains("forwarded: for=127.0.0.1;host=\"a.web.tenement.test\";proto=http"), "{seen}");
+    assert!(
+        seen.contains("x-forwarded-host: a.web.tenement.test"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("forwarded: for=127.0.0.1;host=\"a.web.tenement.test\";proto=http"),
+        "{seen}"
+    );
     assert!(seen.contains("x-custom: kept"), "{seen}");
-    assert!(!seen.contains("x-private") && !seen.contains("keep-alive"), "{seen}");
+    assert!(
+        !seen.contains("x-private") && !seen.contains("keep-alive"),
+        "{seen}"
+    );
 }
 
 /// A reader of `n` bytes that never holds them all.
@@ -102,7 +161,13 @@ fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap()
 }
 
@@ -113,13 +178,27 @@ fn twenty_mb_up_and_down_are_streamed() {
     let before = rss_kb(b.server_pid());
     let len = 20 * 1024 * 1024u64;
     let mut up = Zeros(len);
-    let mut r = http::request(&addr, "a.web.tenement.test", "POST", "/upload", &[], Some((len, &mut up))).unwrap();
-    assert_eq!((r.status, r.text().unwrap()), (200, format!("received {len} bytes")));
+    let mut r = http::request(
+        &addr,
+        "a.web.tenement.test",
+        "POST",
+        "/upload",
+        &[],
+        Some((len, &mut up)),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, format!("received {len} bytes"))
+    );
     let mut down = get(&addr, "a.web.tenement.test", "/download?mb=20").unwrap();
     assert_eq!(down.status, 200);
     assert_eq!(down.body_len().unwrap(), len);
     let grown = rss_kb(b.server_pid()).saturating_sub(before);
-    assert!(grown < 12 * 1024, "ten serve grew by {grown} KB while proxying 40 MB: bodies are being buffered");
+    assert!(
+        grown < 12 * 1024,
+        "ten serve grew by {grown} KB while proxying 40 MB: bodies are being buffered"
+    );
 }
 
 #[test]
@@ -137,7 +216,10 @@ fn chunked_response_arrives_incrementally() {
     }
     assert_eq!(rest, [b"chunk 1\n".to_vec(), b"chunk 2\n".to_vec()]);
     // The app waits 1 s between chunks; had the proxy buffered, all would arrive together.
-    assert!(got_first.elapsed().as_millis() >= 1500, "chunks arrived together");
+    assert!(
+        got_first.elapsed().as_millis() >= 1500,
+        "chunks arrived together"
+    );
 }
 
 /// A masked client frame.
@@ -161,15 +243,23 @@ fn websocket_echo_through_the_proxy() {
     ];
     let r = http::request(&addr, "a.web.tenement.test", "GET", "/ws", &hs, None).unwrap();
     assert_eq!(r.status, 101);
-    assert_eq!(r.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    assert_eq!(
+        r.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
     let mut conn = r.into_stream();
     for msg in ["hello", "again, after the 101"] {
-        conn.get_mut().write_all(&ws_frame(1, msg.as_bytes())).unwrap();
+        conn.get_mut()
+            .write_all(&ws_frame(1, msg.as_bytes()))
+            .unwrap();
         let mut head = [0u8; 2];
         conn.read_exact(&mut head).unwrap();
         let mut payload = vec![0; (head[1] & 0x7f) as usize];
         conn.read_exact(&mut payload).unwrap();
-        assert_eq!((head[0], String::from_utf8(payload).unwrap()), (0x81, msg.to_string()));
+        assert_eq!(
+            (head[0], String::from_utf8(payload).unwrap()),
+            (0x81, msg.to_string())
+        );
     }
 }
 
@@ -178,7 +268,9 @@ fn dying_app_gives_502_then_the_restarted_one_answers() {
     let (b, addr) = building();
     b.ten_ok(&["spawn", "web:a"]);
     assert_eq!(text(&addr, "a.web.tenement.test", "/crash").0, 502);
-    b.wait_instance("web:a", "restarted", |i| i["restarts"] == 1 && i["state"] == "running");
+    b.wait_instance("web:a", "restarted", |i| {
+        i["restarts"] == 1 && i["state"] == "running"
+    });
     assert_eq!(text(&addr, "a.web.tenement.test", "/").0, 200);
 }
 
@@ -186,17 +278,42 @@ fn dying_app_gives_502_then_the_restarted_one_answers() {
 fn timeouts_and_limits() {
     let (b, addr) = building();
     b.ten_ok(&["spawn", "web:a"]);
-    assert_eq!(text(&addr, "a.web.tenement.test", "/sleep?ms=4000").0, 504, "upstream_timeout = 2");
+    assert_eq!(
+        text(&addr, "a.web.tenement.test", "/sleep?ms=4000").0,
+        504,
+        "upstream_timeout = 2"
+    );
     let mut big = Zeros(31 * 1024 * 1024);
-    let r = http::request(&addr, "a.web.tenement.test", "POST", "/upload", &[], Some((31 * 1024 * 1024, &mut big)));
+    let r = http::request(
+        &addr,
+        "a.web.tenement.test",
+        "POST",
+        "/upload",
+        &[],
+        Some((31 * 1024 * 1024, &mut big)),
+    );
     // The proxy answers 413 at once; it may close before the client finished sending.
     if let Ok(r) = r {
         assert_eq!(r.status, 413);
     }
     let long = "x".repeat(200 * 1024);
-    let r = http::request(&addr, "a.web.tenement.test", "GET", "/", &[("X-Long", &long)], None);
-    assert!(r.is_err() || r.unwrap().status == 431, "oversized head refused");
-    assert_eq!(text(&addr, "a.web.tenement.test", "/").0, 200, "still serving");
+    let r = http::request(
+        &addr,
+        "a.web.tenement.test",
+        "GET",
+        "/",
+        &[("X-Long", &long)],
+        None,
+    );
+    assert!(
+        r.is_err() || r.unwrap().status == 431,
+        "oversized head refused"
+    );
+    assert_eq!(
+        text(&addr, "a.web.tenement.test", "/").0,
+        200,
+        "still serving"
+    );
 }
 
 #[test]
@@ -214,15 +331,27 @@ fn weighted_routing_and_weight_zero() {
         }
     }
     let share = a as f64 / n as f64;
-    assert!((0.70..=0.90).contains(&share), "web:a got {share} of traffic at weight 80/20");
+    assert!(
+        (0.70..=0.90).contains(&share),
+        "web:a got {share} of traffic at weight 80/20"
+    );
     b.ten_ok(&["weight", "web:b", "0"]);
     for _ in 0..100 {
-        assert_eq!(text(&addr, "web.tenement.test", "/").1, "hello from web:a\n");
+        assert_eq!(
+            text(&addr, "web.tenement.test", "/").1,
+            "hello from web:a\n"
+        );
     }
     let bad = b.ten(&["weight", "web:a", "101"]);
     assert!(!bad.status.success());
     assert_eq!(b.instance("web:b").unwrap()["weight"], 0);
     b.ten_ok(&["weight", "web:a", "0"]);
-    assert_eq!(text(&addr, "web.tenement.test", "/").0, 503, "no instance takes traffic");
-    wait_for("the building to still be fine", SOON, || (text(&addr, "tenement.test", "/health").0 == 200).then_some(()));
+    assert_eq!(
+        text(&addr, "web.tenement.test", "/").0,
+        503,
+        "no instance takes traffic"
+    );
+    wait_for("the building to still be fine", SOON, || {
+        (text(&addr, "tenement.test", "/health").0 == 200).then_some(())
+    });
 }

@@ -30,7 +30,9 @@ isolation = "process"
 "#;
 
 fn starts(b: &Building, key: &str) -> usize {
-    b.ten_ok(&["logs", key, "--limit", "1000"]).matches("fixture started").count()
+    b.ten_ok(&["logs", key, "--limit", "1000"])
+        .matches("fixture started")
+        .count()
 }
 
 fn asleep(b: &Building, key: &str) {
@@ -44,7 +46,10 @@ fn idle_instance_sleeps_and_fifty_concurrent_requests_share_one_wake() {
     let addr = b.http_addr();
     b.ten_ok(&["spawn", "sleepy:a"]);
     asleep(&b, "sleepy:a");
-    assert!(b.tenant_processes().is_empty(), "a sleeping instance has no process");
+    assert!(
+        b.tenant_processes().is_empty(),
+        "a sleeping instance has no process"
+    );
     assert_eq!(starts(&b, "sleepy:a"), 1);
 
     let answers: Vec<(u16, String)> = std::thread::scope(|s| {
@@ -66,7 +71,10 @@ fn idle_instance_sleeps_and_fifty_concurrent_requests_share_one_wake() {
     // The weighted route wakes it too.
     asleep(&b, "sleepy:a");
     let mut r = get(&addr, "sleepy.tenement.test", "/").unwrap();
-    assert_eq!((r.status, r.text().unwrap()), (200, "hello from sleepy:a\n".into()));
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, "hello from sleepy:a\n".into())
+    );
 }
 
 #[test]
@@ -75,12 +83,21 @@ fn an_open_websocket_or_stream_keeps_it_awake() {
     b.start();
     let addr = b.http_addr();
     b.ten_ok(&["spawn", "sleepy:a"]);
-    let hs = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")];
+    let hs = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
     let r = http::request(&addr, "a.sleepy.tenement.test", "GET", "/ws", &hs, None).unwrap();
     assert_eq!(r.status, 101);
     let mut ws = r.into_stream();
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(b.instance("sleepy:a").unwrap()["state"], "running", "idle_timeout 1 s passed with a websocket open");
+    assert_eq!(
+        b.instance("sleepy:a").unwrap()["state"],
+        "running",
+        "idle_timeout 1 s passed with a websocket open"
+    );
     let mask = [9u8, 8, 7, 6];
     let mut frame = vec![0x81, 0x80 | 2, 9, 8, 7, 6];
     frame.extend(b"hi".iter().enumerate().map(|(i, c)| c ^ mask[i % 4]));
@@ -102,14 +119,29 @@ fn unknown_ids_are_404_unless_the_service_spawns_on_request() {
     let mut b = Building::new(TEN, CONFIG);
     b.start();
     let addr = b.http_addr();
-    assert_eq!(get(&addr, "guess.sleepy.tenement.test", "/").unwrap().status, 404);
+    assert_eq!(
+        get(&addr, "guess.sleepy.tenement.test", "/")
+            .unwrap()
+            .status,
+        404
+    );
     assert!(b.ps().is_empty(), "guessing a hostname started nothing");
 
     let mut r = get(&addr, "alice.ondemand.tenement.test", "/").unwrap();
-    assert_eq!((r.status, r.text().unwrap()), (200, "hello from ondemand:alice\n".into()));
-    assert_eq!(get(&addr, "bob.ondemand.tenement.test", "/").unwrap().status, 200);
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, "hello from ondemand:alice\n".into())
+    );
+    assert_eq!(
+        get(&addr, "bob.ondemand.tenement.test", "/")
+            .unwrap()
+            .status,
+        200
+    );
     let r = get(&addr, "carol.ondemand.tenement.test", "/").unwrap();
     assert_eq!(r.status, 503, "max_instances = 2");
     assert!(r.header("retry-after").is_some());
-    wait_for("two on-demand instances", SOON, || (b.ps().len() == 2).then_some(()));
+    wait_for("two on-demand instances", SOON, || {
+        (b.ps().len() == 2).then_some(())
+    });
 }

@@ -45,7 +45,11 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(domain: &str, routing: Routing, services: impl IntoIterator<Item = ServiceName>) -> Self {
+    pub fn new(
+        domain: &str,
+        routing: Routing,
+        services: impl IntoIterator<Item = ServiceName>,
+    ) -> Self {
         Self {
             domain: domain.trim_end_matches('.').to_ascii_lowercase(),
             routing,
@@ -62,7 +66,10 @@ impl Router {
         if host == self.domain || is_ip(&host) {
             return Ok(self.bare(path));
         }
-        let Some(sub) = host.strip_suffix(&self.domain).and_then(|s| s.strip_suffix('.')) else {
+        let Some(sub) = host
+            .strip_suffix(&self.domain)
+            .and_then(|s| s.strip_suffix('.'))
+        else {
             return Err(RouteError::UnknownHost(host));
         };
         let labels: Vec<&str> = sub.split('.').collect();
@@ -75,7 +82,9 @@ impl Router {
             }
             [id, service] => {
                 let service = self.service(service)?;
-                let id: InstanceId = id.parse().map_err(|_| RouteError::UnknownHost(host.clone()))?;
+                let id: InstanceId = id
+                    .parse()
+                    .map_err(|_| RouteError::UnknownHost(host.clone()))?;
                 Ok(Target::Instance(InstanceKey::new(service, id)))
             }
             _ => Err(RouteError::UnknownHost(host)),
@@ -129,7 +138,9 @@ fn normalize(raw: &str) -> Result<String, RouteError> {
     }
     // [v6]:port or [v6]
     if let Some(rest) = raw.strip_prefix('[') {
-        let (ip, after) = rest.split_once(']').ok_or(RouteError::BadHost("unclosed ["))?;
+        let (ip, after) = rest
+            .split_once(']')
+            .ok_or(RouteError::BadHost("unclosed ["))?;
         if !(after.is_empty() || after.strip_prefix(':').is_some_and(valid_port)) {
             return Err(RouteError::BadHost("bad port"));
         }
@@ -150,7 +161,9 @@ fn normalize(raw: &str) -> Result<String, RouteError> {
     for label in host.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
@@ -161,7 +174,10 @@ fn normalize(raw: &str) -> Result<String, RouteError> {
 }
 
 fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && p.parse::<u16>().is_ok()
 }
 
 #[cfg(test)]
@@ -180,7 +196,11 @@ mod tests {
             routing.path.insert("/docs".into(), svc("docs"));
             routing.path.insert("/docs/v2".into(), svc("api"));
         }
-        Router::new("example.com", routing, ["api", "web", "docs", "backoffice"].map(svc))
+        Router::new(
+            "example.com",
+            routing,
+            ["api", "web", "docs", "backoffice"].map(svc),
+        )
     }
 
     fn inst(s: &str, i: &str) -> Target {
@@ -250,7 +270,10 @@ mod tests {
             Some("ex\u{e9}mple.com"),
         ];
         for host in bad {
-            assert!(matches!(r.route(host, "/"), Err(RouteError::BadHost(_))), "{host:?}");
+            assert!(
+                matches!(r.route(host, "/"), Err(RouteError::BadHost(_))),
+                "{host:?}"
+            );
         }
         let not_found = [
             ("nope.example.com", "unknown service"),
@@ -263,7 +286,10 @@ mod tests {
         for (host, _) in not_found {
             let got = r.route(Some(host), "/");
             assert!(
-                matches!(got, Err(RouteError::UnknownHost(_) | RouteError::UnknownService(_))),
+                matches!(
+                    got,
+                    Err(RouteError::UnknownHost(_) | RouteError::UnknownService(_))
+                ),
                 "{host}: {got:?}"
             );
         }

@@ -153,7 +153,11 @@ struct WeightBody {
     weight: u32,
 }
 
-async fn weight(State(s): State<Supervisor>, Path(raw): Path<String>, body: JsonBody<WeightBody>) -> Result<Json<InstanceStatus>> {
+async fn weight(
+    State(s): State<Supervisor>,
+    Path(raw): Path<String>,
+    body: JsonBody<WeightBody>,
+) -> Result<Json<InstanceStatus>> {
     let body = json(body)?;
     Ok(Json(s.set_weight(&key(&raw)?, body.weight).await?))
 }
@@ -165,13 +169,18 @@ struct RouteBody {
     to: String,
 }
 
-async fn route(State(s): State<Supervisor>, body: JsonBody<RouteBody>) -> Result<Json<serde_json::Value>> {
+async fn route(
+    State(s): State<Supervisor>,
+    body: JsonBody<RouteBody>,
+) -> Result<Json<serde_json::Value>> {
     let b = json(body)?;
     let service: ServiceName = b.service.parse()?;
     let from = InstanceKey::new(service.clone(), b.from.parse()?);
     let to = InstanceKey::new(service, b.to.parse()?);
     let (wf, wt) = s.route(&from, &to).await?;
-    Ok(Json(serde_json::json!({ "from": from, "from_weight": wf, "to": to, "to_weight": wt })))
+    Ok(Json(
+        serde_json::json!({ "from": from, "from_weight": wf, "to": to, "to_weight": wt }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -185,7 +194,10 @@ struct DeployBody {
     replace: Option<String>,
 }
 
-async fn deploy(State(s): State<Supervisor>, body: JsonBody<DeployBody>) -> Result<(StatusCode, Json<InstanceStatus>)> {
+async fn deploy(
+    State(s): State<Supervisor>,
+    body: JsonBody<DeployBody>,
+) -> Result<(StatusCode, Json<InstanceStatus>)> {
     let b = json(body)?;
     let service: ServiceName = b.service.parse()?;
     let key = InstanceKey::new(service.clone(), b.id.parse()?);
@@ -199,7 +211,15 @@ async fn deploy(State(s): State<Supervisor>, body: JsonBody<DeployBody>) -> Resu
         .ok_or_else(|| ApiError::from(tenement::Error::UnknownService(service.clone())))?;
     let timeout = Duration::from_secs(b.timeout.unwrap_or(svc.startup_timeout).max(1));
     let drain = Duration::from_secs(s.config().settings.upstream_timeout);
-    let status = s.deploy(&key, b.weight.unwrap_or(100), timeout, replace.as_ref(), drain).await?;
+    let status = s
+        .deploy(
+            &key,
+            b.weight.unwrap_or(100),
+            timeout,
+            replace.as_ref(),
+            drain,
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(status)))
 }
 

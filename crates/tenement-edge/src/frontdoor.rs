@@ -34,10 +34,19 @@ struct FrontDoor {
 
 /// Serves the front door on `listener` for `domain` until `shutdown`; then stops accepting and
 /// lets open connections finish (at most 10 s).
-pub async fn front_door(listener: TcpListener, supervisor: Supervisor, domain: &str, shutdown: CancellationToken) {
+pub async fn front_door(
+    listener: TcpListener,
+    supervisor: Supervisor,
+    domain: &str,
+    shutdown: CancellationToken,
+) {
     let config = supervisor.config();
     let s = &config.settings;
-    let routes = Router::new(domain, config.routing.clone(), config.services.keys().cloned());
+    let routes = Router::new(
+        domain,
+        config.routing.clone(),
+        config.services.keys().cloned(),
+    );
     let limits = Limits {
         max_body: (s.max_body_mb as usize).saturating_mul(1024 * 1024),
         upstream_timeout: Duration::from_secs(s.upstream_timeout),
@@ -74,7 +83,9 @@ pub async fn front_door(listener: TcpListener, supervisor: Supervisor, domain: &
             let door = door.clone();
             async move { Ok::<_, Infallible>(door.handle(req, peer).await) }
         });
-        let mut conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let mut conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let result = tokio::select! {
@@ -103,7 +114,9 @@ impl FrontDoor {
             .map(str::to_owned);
         let target = match self.routes.route(host.as_deref(), req.uri().path()) {
             Ok(t) => t,
-            Err(e @ RouteError::BadHost(_)) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
+            Err(e @ RouteError::BadHost(_)) => {
+                return plain(StatusCode::BAD_REQUEST, &e.to_string());
+            }
             Err(e) => return plain(StatusCode::NOT_FOUND, &e.to_string()),
         };
         let lease = match target {
@@ -117,7 +130,17 @@ impl FrontDoor {
             Target::Service(service) => self.supervisor.lease_service(&service).await,
         };
         match lease {
-            Ok(lease) => forward(&self.pool, lease, req, peer, host.as_deref().unwrap_or(""), self.limits).await,
+            Ok(lease) => {
+                forward(
+                    &self.pool,
+                    lease,
+                    req,
+                    peer,
+                    host.as_deref().unwrap_or(""),
+                    self.limits,
+                )
+                .await
+            }
             Err(e) => unavailable(e),
         }
     }

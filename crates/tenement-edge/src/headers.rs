@@ -49,8 +49,15 @@ pub fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr, host: &str, prot
         Some(prior) => format!("{prior}, {ip}"),
         None => ip.clone(),
     };
-    let node = if peer.is_ipv6() { format!("\"[{ip}]\"") } else { ip };
-    let forwarded = format!("for={node};host=\"{}\";proto={proto}", host.replace(['"', '\\'], ""));
+    let node = if peer.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip
+    };
+    let forwarded = format!(
+        "for={node};host=\"{}\";proto={proto}",
+        host.replace(['"', '\\'], "")
+    );
     let set = |headers: &mut HeaderMap, name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(name, v);
@@ -75,7 +82,10 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 #[cfg(test)]
@@ -85,21 +95,32 @@ mod tests {
     #[test]
     fn hop_by_hop_removed_and_forwarding_added() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h, false);
-        add_forwarded(&mut h, "192.0.2.7:5555".parse().unwrap(), "prod.api.example.com", "http");
+        add_forwarded(
+            &mut h,
+            "192.0.2.7:5555".parse().unwrap(),
+            "prod.api.example.com",
+            "http",
+        );
         assert!(h.get("connection").is_none() && h.get("keep-alive").is_none());
         assert!(h.get("x-secret").is_none() && h.get("te").is_none());
         assert_eq!(h["x-keep"], "yes");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "prod.api.example.com");
-        assert_eq!(h["forwarded"], "for=192.0.2.7;host=\"prod.api.example.com\";proto=http");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;host=\"prod.api.example.com\";proto=http"
+        );
     }
 
     #[test]

@@ -66,7 +66,8 @@ impl tower::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         Box::pin(async move {
-            let endpoint = endpoint_of(&uri).ok_or_else(|| std::io::Error::other(format!("not an instance address: {uri}")))?;
+            let endpoint = endpoint_of(&uri)
+                .ok_or_else(|| std::io::Error::other(format!("not an instance address: {uri}")))?;
             Ok(Conn(TokioIo::new(endpoint.connect().await?)))
         })
     }
@@ -82,13 +83,21 @@ impl Connection for Conn {
 }
 
 impl hyper::rt::Read for Conn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: hyper::rt::ReadBufCursor<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl hyper::rt::Write for Conn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -102,7 +111,9 @@ impl hyper::rt::Write for Conn {
 /// A new connection that can switch protocols (websockets), outside the pool.
 pub async fn connect_upgradable(endpoint: &Endpoint) -> std::io::Result<SendRequest<Body>> {
     let io = endpoint.connect().await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(std::io::Error::other)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(std::io::Error::other)?;
     tokio::spawn(conn.with_upgrades());
     Ok(sender)
 }
@@ -113,7 +124,10 @@ mod tests {
 
     #[test]
     fn endpoints_round_trip_through_the_authority() {
-        for e in [Endpoint::Unix("/tmp/tenement/api-prod.sock".into()), Endpoint::Tcp(30001)] {
+        for e in [
+            Endpoint::Unix("/tmp/tenement/api-prod.sock".into()),
+            Endpoint::Tcp(30001),
+        ] {
             let uri: Uri = format!("http://{}/x?y", authority(&e)).parse().unwrap();
             assert_eq!(endpoint_of(&uri), Some(e));
         }

@@ -28,15 +28,25 @@ pub struct Limits {
 pub fn plain(status: StatusCode, msg: &str) -> Response<Body> {
     let mut res = Response::new(Body::from(format!("{msg}\n")));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        res.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
     }
     res
 }
 
-pub async fn forward(pool: &Pool, lease: Lease, mut req: Request<Incoming>, peer: SocketAddr, host: &str, limits: Limits) -> Response<Body> {
+pub async fn forward(
+    pool: &Pool,
+    lease: Lease,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    host: &str,
+    limits: Limits,
+) -> Response<Body> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -65,11 +75,22 @@ pub async fn forward(pool: &Pool, lease: Lease, mut req: Request<Incoming>, peer
             debug!(instance = %lease.key, error = %e, "upstream failed");
             return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer");
         }
-        Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "the instance did not answer in time"),
+        Err(_) => {
+            return plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the instance did not answer in time",
+            );
+        }
     };
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, Body::new(Guarded { body, _guard: lease.guard }))
+    Response::from_parts(
+        parts,
+        Body::new(Guarded {
+            body,
+            _guard: lease.guard,
+        }),
+    )
 }
 
 /// Websocket (or any `Upgrade`): a fresh connection, then bytes copied both ways for as long
@@ -83,17 +104,34 @@ async fn tunnel(
     let out = Request::from_parts(parts, Body::empty());
     let mut sender = match connect_upgradable(&lease.endpoint).await {
         Ok(s) => s,
-        Err(_) => return plain(StatusCode::BAD_GATEWAY, "the instance is not accepting connections"),
+        Err(_) => {
+            return plain(
+                StatusCode::BAD_GATEWAY,
+                "the instance is not accepting connections",
+            );
+        }
     };
-    let mut res = match tokio::time::timeout(limits.upstream_timeout, sender.send_request(out)).await {
-        Ok(Ok(res)) => res,
-        Ok(Err(_)) => return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer"),
-        Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "the instance did not answer in time"),
-    };
+    let mut res =
+        match tokio::time::timeout(limits.upstream_timeout, sender.send_request(out)).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer"),
+            Err(_) => {
+                return plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the instance did not answer in time",
+                );
+            }
+        };
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
-        return Response::from_parts(parts, Body::new(Guarded { body, _guard: lease.guard }));
+        return Response::from_parts(
+            parts,
+            Body::new(Guarded {
+                body,
+                _guard: lease.guard,
+            }),
+        );
     }
     let upstream_upgrade = hyper::upgrade::on(&mut res);
     let guard = lease.guard;
@@ -102,7 +140,9 @@ async fn tunnel(
         let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
             return;
         };
-        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+        let _ =
+            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream))
+                .await;
     });
     let (mut parts, _) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers, true);
@@ -119,7 +159,10 @@ impl HttpBody for Guarded {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

@@ -91,6 +91,9 @@ mod tests {
         assert!(a.idle_since().is_none());
         std::thread::sleep(Duration::from_millis(5));
         drop(g2);
-        assert!(a.idle_since().unwrap() > before, "the end of the last request is the idle start");
+        assert!(
+            a.idle_since().unwrap() > before,
+            "the end of the last request is the idle start"
+        );
     }
 }

@@ -263,7 +263,10 @@ impl Actor {
         }
         self.workload = Some(started.workload);
         self.startup_deadline = Some(Instant::now() + self.setup.service.startup_timeout());
-        let (endpoint, health) = (self.setup.endpoint.clone(), self.setup.service.health.clone());
+        let (endpoint, health) = (
+            self.setup.endpoint.clone(),
+            self.setup.service.health.clone(),
+        );
         self.probe = Some(Box::pin(async move {
             probe::until_ready(&endpoint, health.as_deref()).await;
             Ok(())
@@ -334,10 +337,16 @@ impl Actor {
             _ => None,
         };
         let health = self.next_health.filter(|_| self.probe.is_none());
-        [backoff, self.startup_deadline, self.kill_deadline, health, self.idle_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            backoff,
+            self.startup_deadline,
+            self.kill_deadline,
+            health,
+            self.idle_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// When the instance will have been idle for `idle_timeout` (re-checked while busy).
@@ -375,7 +384,10 @@ impl Actor {
             && self.next_health.is_some_and(|d| d <= now)
         {
             self.next_health = None;
-            let (endpoint, health) = (self.setup.endpoint.clone(), self.setup.service.health.clone());
+            let (endpoint, health) = (
+                self.setup.endpoint.clone(),
+                self.setup.service.health.clone(),
+            );
             self.probe = Some(Box::pin(async move {
                 probe::check(&endpoint, health.as_deref(), Duration::from_secs(5))
                     .await

@@ -42,7 +42,8 @@ impl Endpoint {
     pub async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
         match self {
             Endpoint::Tcp(port) => {
-                let s = tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, *port)).await?;
+                let s =
+                    tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, *port)).await?;
                 s.set_nodelay(true)?;
                 Ok(Box::new(s))
             }
@@ -51,7 +52,10 @@ impl Endpoint {
                 loop {
                     match tokio::net::UnixStream::connect(path).await {
                         Ok(s) => return Ok(Box::new(s)),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tokio::time::Instant::now() < deadline => {
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                && tokio::time::Instant::now() < deadline =>
+                        {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                         Err(e) => return Err(e),
@@ -63,10 +67,15 @@ impl Endpoint {
 }
 
 /// `GET path` at `endpoint`; success is a 2xx answer within `timeout`.
-pub async fn http_get(endpoint: &Endpoint, path: &str, timeout: Duration) -> Result<(), ProbeError> {
+pub async fn http_get(
+    endpoint: &Endpoint,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let attempt = async {
         let stream = endpoint.connect().await.map_err(ProbeError::Connect)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let conn = tokio::spawn(conn);
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, "localhost")
@@ -88,7 +97,11 @@ pub async fn http_get(endpoint: &Endpoint, path: &str, timeout: Duration) -> Res
 }
 
 /// The periodic check: the health path if there is one, else a connect.
-pub async fn check(endpoint: &Endpoint, health: Option<&str>, timeout: Duration) -> Result<(), ProbeError> {
+pub async fn check(
+    endpoint: &Endpoint,
+    health: Option<&str>,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     match health {
         Some(path) => http_get(endpoint, path, timeout).await,
         None => tokio::time::timeout(timeout, endpoint.connect())
@@ -106,7 +119,10 @@ pub async fn until_ready(endpoint: &Endpoint, health: Option<&str>) {
     // for the first half second (most apps are up by then), then back off.
     let mut attempts = 0u32;
     loop {
-        if check(endpoint, health, Duration::from_secs(2)).await.is_ok() {
+        if check(endpoint, health, Duration::from_secs(2))
+            .await
+            .is_ok()
+        {
             return;
         }
         attempts += 1;

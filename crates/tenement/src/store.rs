@@ -157,7 +157,8 @@ mod tests {
             s.insert_with_weight(&a, 100).unwrap();
             s.insert_with_weight(&b, 100).unwrap();
             s.insert_with_weight(&a, 100).unwrap();
-            s.set_weights(&[(b.clone(), 30), ("x:y".parse().unwrap(), 1)]).unwrap();
+            s.set_weights(&[(b.clone(), 30), ("x:y".parse().unwrap(), 1)])
+                .unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.list().unwrap(), vec![(a.clone(), 100), (b.clone(), 30)]);

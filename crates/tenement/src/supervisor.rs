@@ -70,7 +70,9 @@ impl Supervisor {
         &self.inner.config
     }
 
-    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, InstanceHandle>> {
+    pub(crate) fn registry(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, InstanceHandle>> {
         self.inner
             .registry
             .lock()
@@ -283,11 +285,7 @@ impl Supervisor {
     }
 
     pub fn list(&self) -> Vec<InstanceStatus> {
-        let mut all: Vec<InstanceStatus> = self
-            .registry()
-            .values()
-            .map(status_of)
-            .collect();
+        let mut all: Vec<InstanceStatus> = self.registry().values().map(status_of).collect();
         all.sort_by(|a, b| a.instance.cmp(&b.instance));
         all
     }
@@ -368,7 +366,10 @@ pub(crate) async fn stop_and_wait(handle: InstanceHandle) {
 }
 
 /// Waits until a starting instance is running (Ok) or has given up starting (Err).
-pub(crate) async fn wait_settled(key: &InstanceKey, handle: InstanceHandle) -> Result<InstanceStatus, Error> {
+pub(crate) async fn wait_settled(
+    key: &InstanceKey,
+    handle: InstanceHandle,
+) -> Result<InstanceStatus, Error> {
     let mut rx = handle.status.clone();
     let settled = rx
         .wait_for(|s| !matches!(s.state, "starting" | "stopping"))

@@ -35,11 +35,18 @@ impl Supervisor {
         self.lease_with(key, handle, guard).await
     }
 
-    async fn lease_with(&self, key: &InstanceKey, handle: InstanceHandle, guard: ActivityGuard) -> Result<Lease, Error> {
+    async fn lease_with(
+        &self,
+        key: &InstanceKey,
+        handle: InstanceHandle,
+        guard: ActivityGuard,
+    ) -> Result<Lease, Error> {
         let wait = self
             .config()
             .service(&key.service)
-            .map_or(Duration::from_secs(10), |s| s.startup_timeout() + Duration::from_secs(1));
+            .map_or(Duration::from_secs(10), |s| {
+                s.startup_timeout() + Duration::from_secs(1)
+            });
         match tokio::time::timeout(wait, until_running(key, &handle)).await {
             Ok(Ok(())) => Ok(Lease {
                 key: key.clone(),
@@ -61,7 +68,9 @@ impl Supervisor {
             let registry = self.registry();
             let candidates: Vec<(&InstanceKey, u32)> = registry
                 .iter()
-                .filter(|(k, h)| k.service == *service && !matches!(h.status.borrow().state, "failed" | "exited"))
+                .filter(|(k, h)| {
+                    k.service == *service && !matches!(h.status.borrow().state, "failed" | "exited")
+                })
                 .map(|(k, h)| (k, h.activity.weight() as u32))
                 .filter(|(_, w)| *w > 0)
                 .collect();
@@ -96,7 +105,11 @@ impl Supervisor {
             return Err(Error::NotFound(key.clone()));
         }
         let max = service.max_instances;
-        let count = self.registry().keys().filter(|k| k.service == key.service).count();
+        let count = self
+            .registry()
+            .keys()
+            .filter(|k| k.service == key.service)
+            .count();
         if max > 0 && count >= max as usize {
             return Err(Error::TooManyInstances {
                 service: key.service.clone(),
@@ -110,11 +123,20 @@ impl Supervisor {
     }
 
     /// Sets the share of `{service}.{domain}` traffic `key` gets (0 = none), durably.
-    pub async fn set_weight(&self, key: &InstanceKey, weight: u32) -> Result<InstanceStatus, Error> {
-        let weight = u8::try_from(weight).ok().filter(|w| *w <= 100).ok_or(Error::BadWeight(weight))?;
+    pub async fn set_weight(
+        &self,
+        key: &InstanceKey,
+        weight: u32,
+    ) -> Result<InstanceStatus, Error> {
+        let weight = u8::try_from(weight)
+            .ok()
+            .filter(|w| *w <= 100)
+            .ok_or(Error::BadWeight(weight))?;
         let handle = self.handle(key)?;
         let (store, k) = (self.store().clone(), key.clone());
-        tokio::task::spawn_blocking(move || store.set_weights(&[(k, weight)])).await.expect("store task")?;
+        tokio::task::spawn_blocking(move || store.set_weights(&[(k, weight)]))
+            .await
+            .expect("store task")?;
         handle.activity.set_weight(weight);
         self.get(key)
     }
@@ -124,9 +146,12 @@ impl Supervisor {
     /// half of it.
     pub async fn route(&self, from: &InstanceKey, to: &InstanceKey) -> Result<(u8, u8), Error> {
         let (hf, ht) = (self.handle(from)?, self.handle(to)?);
-        let new_to = (hf.activity.weight() as u32 + ht.activity.weight() as u32).clamp(1, 100) as u8;
+        let new_to =
+            (hf.activity.weight() as u32 + ht.activity.weight() as u32).clamp(1, 100) as u8;
         let (store, f, t) = (self.store().clone(), from.clone(), to.clone());
-        tokio::task::spawn_blocking(move || store.set_weights(&[(t, new_to), (f, 0)])).await.expect("store task")?;
+        tokio::task::spawn_blocking(move || store.set_weights(&[(t, new_to), (f, 0)]))
+            .await
+            .expect("store task")?;
         let _registry = self.registry();
         ht.activity.set_weight(new_to);
         hf.activity.set_weight(0);
@@ -144,7 +169,10 @@ impl Supervisor {
         replace: Option<&InstanceKey>,
         drain: Duration,
     ) -> Result<InstanceStatus, Error> {
-        let weight = u8::try_from(weight).ok().filter(|w| *w <= 100).ok_or(Error::BadWeight(weight))?;
+        let weight = u8::try_from(weight)
+            .ok()
+            .filter(|w| *w <= 100)
+            .ok_or(Error::BadWeight(weight))?;
         if let Some(old) = replace {
             self.handle(old)?;
         }

@@ -15,7 +15,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The next piece of body (a chunk, or up to 64 KB); `None` at the end.
@@ -23,7 +26,8 @@ impl Response {
         if self.chunked {
             let mut line = String::new();
             self.reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim(), 16).map_err(|_| io::Error::other(format!("bad chunk {line:?}")))?;
+            let size = usize::from_str_radix(line.trim(), 16)
+                .map_err(|_| io::Error::other(format!("bad chunk {line:?}")))?;
             if size == 0 {
                 self.reader.read_line(&mut line)?;
                 return Ok(None);
@@ -125,7 +129,12 @@ fn read_response(s: TcpStream) -> io::Result<Response> {
             headers.push((k.trim().to_owned(), v.trim().to_owned()));
         }
     }
-    let find = |n: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let mut left = find("content-length").and_then(|v| v.parse().ok());
     if status == 101 || status == 204 || status == 304 {

@@ -168,7 +168,15 @@ impl Building {
             .open(self.path().join("serve.log"))
             .expect("serve.log");
         let child = self
-            .cmd(&["serve", "--port", "0", "--bind", "127.0.0.1", "--domain", DOMAIN])
+            .cmd(&[
+                "serve",
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--domain",
+                DOMAIN,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -71,7 +71,12 @@ pub async fn run(
     info!(control = %socket_path.display(), http = %tcp.local_addr()?, domain = %args.domain, "ten serve listening");
 
     let stop_http = CancellationToken::new();
-    let control = tokio::spawn(serve(control, supervisor.clone(), Access::ControlSocket, stop_http.clone()));
+    let control = tokio::spawn(serve(
+        control,
+        supervisor.clone(),
+        Access::ControlSocket,
+        stop_http.clone(),
+    ));
     let front = tokio::spawn({
         let (s, domain, stop) = (supervisor.clone(), args.domain.clone(), stop_http.clone());
         async move { front_door(tcp, s, &domain, stop).await }

@@ -46,7 +46,11 @@ pub struct DeployArgs {
 pub async fn weight(client: &Client, a: WeightArgs) -> anyhow::Result<ExitCode> {
     let key: InstanceKey = a.instance.parse()?;
     let s: Value = client
-        .call(Method::POST, &format!("/instances/{key}/weight"), Some(json!({ "weight": a.weight })))
+        .call(
+            Method::POST,
+            &format!("/instances/{key}/weight"),
+            Some(json!({ "weight": a.weight })),
+        )
         .await?;
     println!("{key} weight {}", s["weight"]);
     Ok(ExitCode::SUCCESS)
@@ -56,9 +60,19 @@ pub async fn route(client: &Client, a: RouteArgs) -> anyhow::Result<ExitCode> {
     let service: ServiceName = a.service.parse()?;
     let (from, to): (InstanceId, InstanceId) = (a.from.parse()?, a.to.parse()?);
     let r: Value = client
-        .call(Method::POST, "/route", Some(json!({ "service": service, "from": from, "to": to })))
+        .call(
+            Method::POST,
+            "/route",
+            Some(json!({ "service": service, "from": from, "to": to })),
+        )
         .await?;
-    println!("{} weight {}, {} weight {}", r["from"].as_str().unwrap_or("?"), r["from_weight"], r["to"].as_str().unwrap_or("?"), r["to_weight"]);
+    println!(
+        "{} weight {}, {} weight {}",
+        r["from"].as_str().unwrap_or("?"),
+        r["from_weight"],
+        r["to"].as_str().unwrap_or("?"),
+        r["to_weight"]
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -72,7 +86,11 @@ pub async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> 
         "timeout": a.timeout, "replace": a.replace,
     });
     let s: Value = client.call(Method::POST, "/deploy", Some(body)).await?;
-    println!("{key} {} (weight {})", s["state"].as_str().unwrap_or("?"), s["weight"]);
+    println!(
+        "{key} {} (weight {})",
+        s["state"].as_str().unwrap_or("?"),
+        s["weight"]
+    );
     if let Some(old) = a.replace {
         println!("{}:{old} replaced", key.service);
     }

@@ -424,10 +424,19 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
         .unwrap_or(Isolation::Namespace);
     let listen = f
         .string(ctx, "listen")
-        .and_then(|v| choice(ctx, &f.field("listen"), v, &[("unix", Listen::Unix), ("tcp", Listen::Tcp)]))
+        .and_then(|v| {
+            choice(
+                ctx,
+                &f.field("listen"),
+                v,
+                &[("unix", Listen::Unix), ("tcp", Listen::Tcp)],
+            )
+        })
         .unwrap_or(Listen::Unix);
     let spawn_on_request = f.bool(ctx, "spawn_on_request").unwrap_or(false);
-    let max_instances = f.int(ctx, "max_instances", 0, 1_000_000).map_or(0, |(n, _)| n as u32);
+    let max_instances = f
+        .int(ctx, "max_instances", 0, 1_000_000)
+        .map_or(0, |(n, _)| n as u32);
     let memory_limit_mb = f
         .int(ctx, "memory_limit_mb", 1, 1 << 30)
         .map(|(n, _)| n as u64);
