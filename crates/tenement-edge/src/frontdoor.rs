@@ -32,38 +32,98 @@ struct FrontDoor {
     limits: Limits,
 }
 
-/// Serves the front door on `listener` for `domain` until `shutdown`; then stops accepting and
-/// lets open connections finish (at most 10 s).
+/// Binds the front door: one listening socket per worker thread, all on `addr`
+/// (`SO_REUSEPORT`, so the kernel spreads connections over them). Port 0 picks one port for all.
+pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use nix::sys::socket::{
+        self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
+    };
+    let mut port = addr.port();
+    let mut out = Vec::with_capacity(threads);
+    for _ in 0..threads.max(1) {
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+        let at = SockaddrStorage::from(SocketAddr::new(addr.ip(), port));
+        socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &at)?;
+        socket::listen(&fd, Backlog::new(1024)?)?;
+        let listener = std::net::TcpListener::from(fd);
+        listener.set_nonblocking(true)?;
+        port = listener.local_addr()?.port();
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Serves the front door on `listeners`, each on a thread with its own single-threaded
+/// runtime and connection pool (no cross-thread wake-ups on the request path), until
+/// `shutdown`; then stops accepting and lets open connections finish (at most 10 s).
 pub async fn front_door(
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     supervisor: Supervisor,
     domain: &str,
     shutdown: CancellationToken,
 ) {
     let config = supervisor.config();
     let s = &config.settings;
-    let routes = Router::new(
-        domain,
-        config.routing.clone(),
-        config.services.keys().cloned(),
-    );
     let limits = Limits {
         max_body: (s.max_body_mb as usize).saturating_mul(1024 * 1024),
         upstream_timeout: Duration::from_secs(s.upstream_timeout),
     };
+    let (header_timeout, max_buf) = (
+        Duration::from_secs(s.header_timeout),
+        (s.max_header_kb as usize * 1024).max(8192),
+    );
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let door = FrontDoor {
+            routes: Router::new(
+                domain,
+                config.routing.clone(),
+                config.services.keys().cloned(),
+            ),
+            api: router(supervisor.clone(), Access::Network),
+            supervisor: supervisor.clone(),
+            pool: pool(),
+            limits,
+        };
+        let shutdown = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("front-door-{i}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime");
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener).expect("a listening socket");
+                    accept_loop(listener, Arc::new(door), header_timeout, max_buf, shutdown).await
+                })
+            });
+        threads.extend(thread.ok());
+    }
+    let _ =
+        tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    door: Arc<FrontDoor>,
+    header_timeout: Duration,
+    max_buf: usize,
+    shutdown: CancellationToken,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(s.header_timeout))
-        .max_buf_size((s.max_header_kb as usize * 1024).max(8192))
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_buf)
         .keep_alive(true);
-    let door = Arc::new(FrontDoor {
-        api: router(supervisor.clone(), Access::Network),
-        supervisor,
-        routes,
-        pool: pool(),
-        limits,
-    });
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {

@@ -19,7 +19,7 @@ mod pool;
 mod proxy;
 
 pub use api::{Access, router};
-pub use frontdoor::front_door;
+pub use frontdoor::{bind, front_door};
 
 /// Serves the API on `listener` until `shutdown` is cancelled (in-flight requests finish).
 pub async fn serve<L>(

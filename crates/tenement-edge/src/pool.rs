@@ -34,7 +34,13 @@ pub fn authority(endpoint: &Endpoint) -> String {
         Endpoint::Unix(p) => format!("u{}", p.display()),
         Endpoint::Tcp(port) => format!("t{port}"),
     };
-    raw.bytes().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(raw.len() * 2);
+    for b in raw.bytes() {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 fn endpoint_of(uri: &Uri) -> Option<Endpoint> {

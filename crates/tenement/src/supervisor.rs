@@ -36,12 +36,16 @@ struct Inner {
     ports: Mutex<Ports>,
     feed: broadcast::Sender<Arc<LogLine>>,
     tracker: TaskTracker,
+    /// The runtime instance actors run on, whichever runtime asked for the instance (the front
+    /// door runs one runtime per core).
+    runtime: tokio::runtime::Handle,
     closed: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
     /// A supervisor for `config`, keeping its state in `store`. `runtimes` lives as long as the
-    /// process (instance actors borrow backends from it).
+    /// process (instance actors borrow backends from it). Must be called within a tokio runtime:
+    /// instance actors run on it.
     pub fn new(config: Arc<Config>, store: Store, runtimes: &'static Runtimes) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -53,6 +57,7 @@ impl Supervisor {
                 ports: Mutex::new(Ports::default()),
                 feed: broadcast::channel(1024).0,
                 tracker: TaskTracker::new(),
+                runtime: tokio::runtime::Handle::current(),
                 closed: Default::default(),
             }),
         }
@@ -153,7 +158,7 @@ impl Supervisor {
         }
         // Start at once and record in parallel: the fsync is not on the path to ready, but
         // the caller hears back only once the instance is recorded.
-        self.inner.tracker.spawn(actor);
+        self.inner.tracker.spawn_on(actor, &self.inner.runtime);
         if record {
             let (store, k) = (self.inner.store.clone(), key.clone());
             let stored = tokio::task::spawn_blocking(move || store.insert_with_weight(&k, weight))

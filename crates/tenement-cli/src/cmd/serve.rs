@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
 use tenement::{Store, Supervisor};
-use tenement_edge::{Access, front_door, serve};
+use tenement_edge::{Access, bind, front_door, serve};
 use tenement_runtime::Runtimes;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -65,10 +65,11 @@ pub async fn run(
     let control = tokio::net::UnixListener::bind(&socket_path)
         .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
-    let tcp = tokio::net::TcpListener::bind((args.bind, args.port))
-        .await
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let front_listeners = bind(std::net::SocketAddr::new(args.bind, args.port), threads)
         .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
-    info!(control = %socket_path.display(), http = %tcp.local_addr()?, domain = %args.domain, "ten serve listening");
+    let http_addr = front_listeners[0].local_addr()?;
+    info!(control = %socket_path.display(), http = %http_addr, domain = %args.domain, "ten serve listening");
 
     let stop_http = CancellationToken::new();
     let control = tokio::spawn(serve(
@@ -79,7 +80,7 @@ pub async fn run(
     ));
     let front = tokio::spawn({
         let (s, domain, stop) = (supervisor.clone(), args.domain.clone(), stop_http.clone());
-        async move { front_door(tcp, s, &domain, stop).await }
+        async move { front_door(front_listeners, s, &domain, stop).await }
     });
 
     // Instances come back only once we listen, so that `ten ps` works while they start.
