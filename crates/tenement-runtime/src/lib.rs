@@ -18,6 +18,7 @@
 mod command;
 mod namespace;
 mod process;
+mod sandbox;
 pub mod shim;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use tokio::process::{ChildStderr, ChildStdout};
 pub use command::argv_for;
 pub use namespace::NamespaceRuntime;
 pub use process::ProcessRuntime;
+pub use sandbox::SandboxRuntime;
 
 /// Everything a backend needs to start one instance.
 #[derive(Debug, Clone)]
@@ -76,6 +78,8 @@ pub trait Runtime: Send + Sync {
     /// Whether this backend can run here; the error says what is missing and how to get it.
     fn probe(&self) -> Result<(), Unavailable>;
     fn start(&self, spec: &Spec) -> Result<Started, Error>;
+    /// Removes what an earlier server left behind (called once, when `ten serve` starts).
+    fn clean_stale(&self) {}
 }
 
 /// Why an isolation level cannot be used on this machine.
@@ -105,14 +109,20 @@ pub struct Runtimes {
 
 impl Runtimes {
     /// All backends of this build. `shim` is the `ten` executable that provides `ten __shim`.
-    pub fn new(shim: PathBuf) -> Self {
+    pub fn new(shim: PathBuf, settings: &tenement_core::config::Settings) -> Self {
         let backends: Vec<Box<dyn Runtime>> = vec![
             Box::new(ProcessRuntime::new(shim.clone())),
-            Box::new(NamespaceRuntime::new(shim)),
+            Box::new(NamespaceRuntime::new(shim.clone())),
+            Box::new(SandboxRuntime::new(shim, &settings.sandbox, &settings.data_dir)),
         ];
         Self {
             by_level: backends.into_iter().map(|b| (b.isolation(), b)).collect(),
         }
+    }
+
+    /// See [`Runtime::clean_stale`].
+    pub fn clean_stale(&self) {
+        self.by_level.values().for_each(|b| b.clean_stale());
     }
 
     /// The backend for `level`, if it is built in and usable here.
@@ -127,17 +137,14 @@ impl Runtimes {
 }
 
 fn not_built_reason(level: Isolation) -> String {
-    let hint = "use isolation = \"process\" until it lands, or see docs/isolation.md";
+    let hint = "use isolation = \"process\", \"namespace\" or \"sandbox\" until it lands (docs/isolation.md)";
     match level {
-        Isolation::Sandbox => {
-            format!("the gVisor sandbox backend is not implemented in this build yet; {hint}")
-        }
         Isolation::Wasm => {
             format!("the wasmtime backend is not implemented in this build yet; {hint}")
         }
         Isolation::Firecracker | Isolation::Qemu => {
             format!("VM backends are not implemented in this build yet; {hint}")
         }
-        Isolation::Process | Isolation::Namespace => "unreachable: always built".into(),
+        Isolation::Process | Isolation::Namespace | Isolation::Sandbox => "unreachable: always built".into(),
     }
 }

@@ -15,6 +15,21 @@ pub struct Args {
 pub fn run(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = config_file::load(explicit)?;
     if args.check {
+        // Every isolation level in use must be usable here: fail loudly now, not at spawn.
+        let exe = std::env::current_exe()?;
+        let runtimes = tenement_runtime::Runtimes::new(exe, &config.settings);
+        let problems: Vec<String> = config
+            .services
+            .iter()
+            .filter_map(|(name, svc)| runtimes.get(svc.isolation).err().map(|e| format!("service.{name}: {e}")))
+            .collect();
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "{}: isolation not available on this machine:\n  {}",
+                config.file.display(),
+                problems.join("\n  ")
+            );
+        }
         println!(
             "{}: ok ({} service{})",
             config.file.display(),

@@ -57,7 +57,8 @@ pub async fn run(
 
     let store = Store::open(&data_dir.join("tenement.db"))?;
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
-    let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe)));
+    let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
+    runtimes.clean_stale();
     let supervisor = Supervisor::new(Arc::new(config), store, runtimes);
 
     let socket_path = control_socket(&data_dir);

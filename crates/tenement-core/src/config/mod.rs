@@ -53,6 +53,28 @@ pub struct Settings {
     /// Seconds an instance may take to start answering a proxied request (then 504).
     pub upstream_timeout: u64,
     pub tls: Tls,
+    pub sandbox: Sandbox,
+}
+
+/// `[settings.sandbox]`: how `isolation = "sandbox"` runs gVisor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sandbox {
+    /// The `runsc` executable (looked up in `PATH` when it has no `/`).
+    pub runsc: String,
+    /// gVisor platform: `ptrace` (works everywhere), `systrap` or `kvm`.
+    pub platform: String,
+    /// `none` (loopback only) or `host` (the host's network stack).
+    pub network: String,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self {
+            runsc: "runsc".into(),
+            platform: "ptrace".into(),
+            network: "none".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

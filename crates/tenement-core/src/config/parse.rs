@@ -8,7 +8,7 @@ use toml_span::Span;
 use super::error::{ConfigError, ConfigErrors, line_col};
 use super::template::{ALL_VARS, SOCKET_VARS, Template};
 use super::walk::{Ctx, Fields, expect_string, expect_strings};
-use super::{Config, Isolation, Listen, RestartPolicy, Routing, Service, Settings, Tls};
+use super::{Config, Isolation, Listen, RestartPolicy, Routing, Sandbox, Service, Settings, Tls};
 use crate::{InstanceId, InstanceKey, ServiceName};
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -26,7 +26,9 @@ const SETTINGS: &[&str] = &[
     "header_timeout",
     "upstream_timeout",
     "tls",
+    "sandbox",
 ];
+const SANDBOX: &[&str] = &["runsc", "platform", "network"];
 const TLS: &[&str] = &[
     "enabled",
     "acme_email",
@@ -162,6 +164,7 @@ impl Settings {
             max_header_kb: 64,
             header_timeout: 10,
             upstream_timeout: 60,
+            sandbox: Sandbox::default(),
         }
     }
 }
@@ -228,6 +231,23 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
     }
     if let Some((n, _)) = f.int(ctx, "upstream_timeout", 1, DAY) {
         s.upstream_timeout = n as u64;
+    }
+    if let Some(mut sb) = f.table(ctx, "sandbox") {
+        if let Some((runsc, span)) = sb.string(ctx, "runsc") {
+            if runsc.trim().is_empty() {
+                ctx.error(span, "settings.sandbox.runsc", "must not be empty");
+            }
+            s.sandbox.runsc = runsc;
+        }
+        let platforms = [("ptrace", "ptrace"), ("systrap", "systrap"), ("kvm", "kvm")];
+        if let Some(p) = sb.string(ctx, "platform").and_then(|v| choice(ctx, "settings.sandbox.platform", v, &platforms)) {
+            s.sandbox.platform = p.into();
+        }
+        let networks = [("none", "none"), ("host", "host")];
+        if let Some(n) = sb.string(ctx, "network").and_then(|v| choice(ctx, "settings.sandbox.network", v, &networks)) {
+            s.sandbox.network = n.into();
+        }
+        sb.finish(ctx, SANDBOX);
     }
     s.tls = Tls::defaults(&s.data_dir);
     if let Some(t) = f.table(ctx, "tls") {
