@@ -33,7 +33,8 @@ usage: tenement-fixture [flags]
   --ignore-sigterm       ignore SIGTERM
   --big-line-mb N        print one N MiB stdout line and an invalid UTF-8 line at start
   --spam                 after listening, print `line N` to stdout forever
-  --threads N            start N idle background threads";
+  --threads N            start N idle background threads
+  --exit-on-term N       exit with code N on SIGTERM";
 
 #[derive(Default)]
 struct Opts {
@@ -46,9 +47,17 @@ struct Opts {
     sleeper: bool,
     unhealthy_after: Option<u64>,
     ignore_sigterm: bool,
+    exit_on_term: Option<i32>,
     big_line_mb: Option<usize>,
     spam: bool,
     threads: u32,
+}
+
+static TERM_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_term(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(TERM_EXIT_CODE.load(Ordering::SeqCst)) }
 }
 
 /// Number of `/health` requests answered so far.
@@ -77,6 +86,7 @@ fn parse_args(mut args: impl Iterator<Item = OsString>) -> Opts {
             "--sleeper" => o.sleeper = true,
             "--unhealthy-after" => o.unhealthy_after = Some(value(&flag, args.next())),
             "--ignore-sigterm" => o.ignore_sigterm = true,
+            "--exit-on-term" => o.exit_on_term = Some(value(&flag, args.next())),
             "--big-line-mb" => o.big_line_mb = Some(value(&flag, args.next())),
             "--spam" => o.spam = true,
             "--threads" => o.threads = value(&flag, args.next()),
@@ -102,6 +112,11 @@ fn main() {
         // SAFETY: installing SIG_IGN for SIGTERM has no handler code to run and
         // is done before any other thread exists.
         unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    if let Some(code) = opts.exit_on_term {
+        TERM_EXIT_CODE.store(code, Ordering::SeqCst);
+        // SAFETY: the handler only calls async-signal-safe functions (atomic load, _exit).
+        unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
     }
     eprintln!("fixture started pid={}", process::id());
 
@@ -380,6 +395,11 @@ where
             }
             // Introspection for isolation tests: what this process can see.
             ("GET", "/ps") => (200, visible_pids().into_bytes()),
+            ("GET", "/zombies") => (200, zombies().to_string().into_bytes()),
+            ("GET", "/orphan") => {
+                orphan();
+                (200, b"orphaned a grandchild".to_vec())
+            }
             ("GET", "/hostname") => (
                 200,
                 std::fs::read("/proc/sys/kernel/hostname").unwrap_or_default(),
@@ -459,4 +479,25 @@ fn visible_pids() -> String {
         .unwrap_or_default();
     pids.sort();
     pids.iter().map(|p| format!("{p}\n")).collect()
+}
+
+/// How many visible processes are zombies (state `Z` in /proc/PID/stat).
+fn zombies() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Starts `sh -c 'sleep 0.2 &'`: the shell exits at once, its `sleep` is orphaned to PID 1 and
+/// exits 200 ms later; only a reaping init keeps it from staying a zombie.
+fn orphan() {
+    if let Ok(mut child) = Command::new("/bin/sh").args(["-c", "sleep 0.2 &"]).spawn() {
+        let _ = child.wait();
+    }
 }

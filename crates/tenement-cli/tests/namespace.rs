@@ -129,3 +129,69 @@ fn exit_status_and_restart_work_through_init() {
     });
     assert_eq!(back["last_exit"], "exit code 5");
 }
+
+#[test]
+fn init_reaps_orphans_and_forwards_sigterm_with_the_exit_code() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.web]
+command = "{fixture} --exit-on-term 42"
+socket = "{dir}/data/sock/{name}-{id}.sock"
+health = "/health"
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "web:a"]);
+    for _ in 0..5 {
+        assert_eq!(get(&b, "web:a", "/orphan").0, 200);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(get(&b, "web:a", "/zombies").1, "0", "init reaped the orphans");
+
+    // SIGTERM reaches the app through init; its exit status is what tenement reports.
+    b.ten_ok(&["restart", "web:a"]);
+    let i = b.instance("web:a").unwrap();
+    assert_eq!(i["last_exit"], "exit code 42");
+    assert_eq!(i["state"], "running");
+}
+
+#[test]
+fn forking_shell_wrappers_and_threaded_python_apps_work() {
+    if !root() {
+        return;
+    }
+    let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/app.py");
+    let config = format!(
+        r#"
+[service.wrapped]
+command = "for i in $(seq 100); do /bin/true; done; exec {{fixture}}"
+socket = "{{dir}}/data/sock/{{name}}-{{id}}.sock"
+health = "/health"
+
+[service.py]
+command = "python3 {}"
+socket = "{{dir}}/data/sock/{{name}}-{{id}}.sock"
+health = "/health"
+"#,
+        hello.canonicalize().unwrap().display()
+    );
+    let mut b = Building::new(TEN, &config);
+    b.start();
+    b.ten_ok(&["spawn", "wrapped:a"]);
+    assert_eq!(get(&b, "wrapped:a", "/").1, "hello from wrapped:a\n");
+    if std::process::Command::new("python3").arg("-V").output().is_ok() {
+        b.ten_ok(&["spawn", "py:a"]);
+        // The threading server answers concurrent requests.
+        let answers: Vec<(u16, String)> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..10).map(|_| s.spawn(|| get(&b, "py:a", "/"))).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(answers.iter().all(|(c, body)| *c == 200 && body == "hello from py:a\n"), "{answers:?}");
+    } else {
+        eprintln!("SKIPPED (part): python3 missing");
+    }
+}

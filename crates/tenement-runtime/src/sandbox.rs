@@ -103,7 +103,9 @@ impl Runtime for SandboxRuntime {
     fn start(&self, spec: &Spec) -> Result<Started, Error> {
         self.probe()?;
         let runsc = self.runsc.clone().expect("probed");
-        let id = format!("{}_{}", spec.key.service, spec.key.id);
+        // runsc names its control socket after the container id in the abstract namespace,
+        // which is host-wide: tell apart servers with different data directories.
+        let id = format!("{}_{}_{:08x}", spec.key.service, spec.key.id, fnv1a(self.root.as_os_str().as_encoded_bytes()));
         let fail = |source| Error::Spawn {
             key: spec.key.clone(),
             program: runsc.display().to_string(),
@@ -181,6 +183,10 @@ impl Workload for SandboxWorkload {
             status
         })
     }
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x01000193))
 }
 
 /// `name` if it contains a `/` and exists, else the first match in `PATH`.

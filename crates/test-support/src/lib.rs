@@ -265,8 +265,9 @@ impl Building {
         })
     }
 
-    /// Pids of live processes whose environment mentions this building's directory: every
-    /// tenant process (they get `HOME`/`SOCKET_PATH` under it), forked children included.
+    /// Pids of live processes whose environment or command line mentions this building's
+    /// directory: every tenant process (they get `HOME`/`SOCKET_PATH` under it), forked
+    /// children included, and runsc's processes (their command lines name the bundle).
     pub fn tenant_processes(&self) -> Vec<i32> {
         let needle = self.path().as_os_str().as_encoded_bytes().to_vec();
         let me = std::process::id() as i32;
