@@ -486,9 +486,17 @@ fn zombies() -> usize {
     std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten()
-                .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
                 .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-                .filter(|stat| stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+                .filter(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
                 .count()
         })
         .unwrap_or(0)

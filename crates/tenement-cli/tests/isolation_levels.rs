@@ -25,25 +25,43 @@ isolation = "{level}"
     b.start();
     let check = b.ten(&["config", "--check"]);
     if !check.status.success() {
-        eprintln!("SKIPPED {level}: {}", String::from_utf8_lossy(&check.stderr).trim());
+        eprintln!(
+            "SKIPPED {level}: {}",
+            String::from_utf8_lossy(&check.stderr).trim()
+        );
         return;
     }
     let addr = b.http_addr();
     b.ten_ok(&["spawn", "app:one"]);
     assert_eq!(b.instance("app:one").unwrap()["isolation"], level);
     let mut r = get(&addr, "one.app.tenement.test", "/").unwrap();
-    assert_eq!((r.status, r.text().unwrap()), (200, "hello from app:one\n".into()), "{level}");
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, "hello from app:one\n".into()),
+        "{level}"
+    );
 
     let _ = get(&addr, "one.app.tenement.test", "/exit?code=3");
-    let back = b.wait_instance("app:one", "restarted", |i| i["restarts"] == 1 && i["state"] == "running");
+    let back = b.wait_instance("app:one", "restarted", |i| {
+        i["restarts"] == 1 && i["state"] == "running"
+    });
     assert_eq!(back["last_exit"], "exit code 3", "{level}");
     wait_for("it to answer again", SOON, || {
-        get(&addr, "one.app.tenement.test", "/health").ok().filter(|r| r.status == 200)
+        get(&addr, "one.app.tenement.test", "/health")
+            .ok()
+            .filter(|r| r.status == 200)
     });
 
     b.ten_ok(&["stop", "app:one"]);
-    assert!(b.tenant_processes().is_empty(), "{level}: {:?}", b.tenant_processes());
-    assert_eq!(get(&addr, "one.app.tenement.test", "/").unwrap().status, 404);
+    assert!(
+        b.tenant_processes().is_empty(),
+        "{level}: {:?}",
+        b.tenant_processes()
+    );
+    assert_eq!(
+        get(&addr, "one.app.tenement.test", "/").unwrap().status,
+        404
+    );
 }
 
 #[test]

@@ -150,7 +150,11 @@ health = "/health"
         assert_eq!(get(&b, "web:a", "/orphan").0, 200);
     }
     std::thread::sleep(std::time::Duration::from_millis(600));
-    assert_eq!(get(&b, "web:a", "/zombies").1, "0", "init reaped the orphans");
+    assert_eq!(
+        get(&b, "web:a", "/zombies").1,
+        "0",
+        "init reaped the orphans"
+    );
 
     // SIGTERM reaches the app through init; its exit status is what tenement reports.
     b.ten_ok(&["restart", "web:a"]);
@@ -164,7 +168,8 @@ fn forking_shell_wrappers_and_threaded_python_apps_work() {
     if !root() {
         return;
     }
-    let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/app.py");
+    let hello =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/app.py");
     let config = format!(
         r#"
 [service.wrapped]
@@ -183,14 +188,23 @@ health = "/health"
     b.start();
     b.ten_ok(&["spawn", "wrapped:a"]);
     assert_eq!(get(&b, "wrapped:a", "/").1, "hello from wrapped:a\n");
-    if std::process::Command::new("python3").arg("-V").output().is_ok() {
+    if std::process::Command::new("python3")
+        .arg("-V")
+        .output()
+        .is_ok()
+    {
         b.ten_ok(&["spawn", "py:a"]);
         // The threading server answers concurrent requests.
         let answers: Vec<(u16, String)> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..10).map(|_| s.spawn(|| get(&b, "py:a", "/"))).collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        assert!(answers.iter().all(|(c, body)| *c == 200 && body == "hello from py:a\n"), "{answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|(c, body)| *c == 200 && body == "hello from py:a\n"),
+            "{answers:?}"
+        );
     } else {
         eprintln!("SKIPPED (part): python3 missing");
     }

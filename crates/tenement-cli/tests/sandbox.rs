@@ -22,7 +22,10 @@ isolation = "sandbox"
 fn runsc_available() -> bool {
     // SAFETY: geteuid(2) has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let runsc = std::process::Command::new("runsc").arg("--version").output().is_ok_and(|o| o.status.success());
+    let runsc = std::process::Command::new("runsc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !(root && runsc) {
         eprintln!("SKIPPED: sandbox tests need root and runsc (scripts/test installs it with apt)");
     }
@@ -36,7 +39,11 @@ fn runsc_processes(b: &Building) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .filter(|c| c.contains("runsc") && c.contains(&needle))
@@ -54,20 +61,37 @@ fn the_app_runs_on_gvisor_and_is_reachable_through_the_proxy() {
     b.ten_ok(&["spawn", "sb:a"]);
     assert_eq!(b.instance("sb:a").unwrap()["isolation"], "sandbox");
     let mut r = get(&addr, "a.sb.tenement.test", "/").unwrap();
-    assert_eq!((r.status, r.text().unwrap()), (200, "hello from sb:a\n".into()));
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, "hello from sb:a\n".into())
+    );
 
     // gVisor's kernel, not the host's.
-    let inside = get(&addr, "a.sb.tenement.test", "/read?path=/proc/version").unwrap().text().unwrap();
+    let inside = get(&addr, "a.sb.tenement.test", "/read?path=/proc/version")
+        .unwrap()
+        .text()
+        .unwrap();
     let host = std::fs::read_to_string("/proc/version").unwrap();
     assert_ne!(inside.trim(), host.trim());
-    assert!(inside.contains("4.4.0"), "gVisor reports Linux 4.4.0: {inside}");
+    assert!(
+        inside.contains("4.4.0"),
+        "gVisor reports Linux 4.4.0: {inside}"
+    );
     // Its own PID namespace: it is PID 1 with its two forked children.
-    let ps = get(&addr, "a.sb.tenement.test", "/ps").unwrap().text().unwrap();
+    let ps = get(&addr, "a.sb.tenement.test", "/ps")
+        .unwrap()
+        .text()
+        .unwrap();
     assert_eq!(ps.lines().count(), 3, "{ps}");
     // The host's data directory is read-only inside except its own part.
     let data = b.data_dir();
     let (code, _) = {
-        let mut r = get(&addr, "a.sb.tenement.test", &format!("/read?path={}/tenement.db", data.display())).unwrap();
+        let mut r = get(
+            &addr,
+            "a.sb.tenement.test",
+            &format!("/read?path={}/tenement.db", data.display()),
+        )
+        .unwrap();
         (r.status, r.text().unwrap())
     };
     assert_eq!(code, 200, "root is the host's / (read-only), as documented");
@@ -78,7 +102,12 @@ fn the_app_runs_on_gvisor_and_is_reachable_through_the_proxy() {
     assert!(runsc_processes(&b).is_empty(), "{:?}", runsc_processes(&b));
     assert!(b.tenant_processes().is_empty());
     let bundles = data.join(".runsc/bundles");
-    assert!(std::fs::read_dir(&bundles).map(|d| d.count() == 0).unwrap_or(true), "bundle removed");
+    assert!(
+        std::fs::read_dir(&bundles)
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "bundle removed"
+    );
 }
 
 #[test]
@@ -91,7 +120,9 @@ fn kill_9_of_the_server_leaves_no_sandbox_behind() {
     b.ten_ok(&["spawn", "sb:a"]);
     assert!(!runsc_processes(&b).is_empty());
     b.kill9();
-    wait_for("every runsc process to go", SOON, || runsc_processes(&b).is_empty().then_some(()));
+    wait_for("every runsc process to go", SOON, || {
+        runsc_processes(&b).is_empty().then_some(())
+    });
     assert!(b.tenant_processes().is_empty());
     b.start();
     b.wait_instance("sb:a", "back", |i| i["state"] == "running");
@@ -116,10 +147,18 @@ isolation = "sandbox"
     let out = b.ten(&["config", "--check"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("service.sb") && err.contains("runsc") && err.contains("apt-get install runsc"), "{err}");
+    assert!(
+        err.contains("service.sb")
+            && err.contains("runsc")
+            && err.contains("apt-get install runsc"),
+        "{err}"
+    );
     b.start();
     let out = b.ten(&["spawn", "sb:a"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("isolation `sandbox` is not available"));
-    assert!(b.ps().is_empty(), "nothing was started, not even a weaker isolation");
+    assert!(
+        b.ps().is_empty(),
+        "nothing was started, not even a weaker isolation"
+    );
 }

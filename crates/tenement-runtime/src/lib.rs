@@ -113,7 +113,11 @@ impl Runtimes {
         let backends: Vec<Box<dyn Runtime>> = vec![
             Box::new(ProcessRuntime::new(shim.clone())),
             Box::new(NamespaceRuntime::new(shim.clone())),
-            Box::new(SandboxRuntime::new(shim, &settings.sandbox, &settings.data_dir)),
+            Box::new(SandboxRuntime::new(
+                shim,
+                &settings.sandbox,
+                &settings.data_dir,
+            )),
         ];
         Self {
             by_level: backends.into_iter().map(|b| (b.isolation(), b)).collect(),
@@ -145,6 +149,8 @@ fn not_built_reason(level: Isolation) -> String {
         Isolation::Firecracker | Isolation::Qemu => {
             format!("VM backends are not implemented in this build yet; {hint}")
         }
-        Isolation::Process | Isolation::Namespace | Isolation::Sandbox => "unreachable: always built".into(),
+        Isolation::Process | Isolation::Namespace | Isolation::Sandbox => {
+            "unreachable: always built".into()
+        }
     }
 }

@@ -38,9 +38,7 @@ impl SandboxRuntime {
     fn bundle(&self, spec: &Spec, id: &str) -> std::io::Result<PathBuf> {
         let dir = self.root.join("bundles").join(id);
         std::fs::create_dir_all(&dir)?;
-        let bind = |path: &Path, mode: &str| {
-            json!({ "destination": path, "type": "bind", "source": path, "options": ["rbind", mode] })
-        };
+        let bind = |path: &Path, mode: &str| json!({ "destination": path, "type": "bind", "source": path, "options": ["rbind", mode] });
         let mut mounts = vec![
             json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
             json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }),
@@ -68,7 +66,10 @@ impl SandboxRuntime {
                 { "type": "pid" }, { "type": "ipc" }, { "type": "uts" }, { "type": "mount" }, { "type": "network" }
             ] },
         });
-        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config).expect("json"))?;
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&config).expect("json"),
+        )?;
         Ok(dir)
     }
 }
@@ -95,7 +96,9 @@ impl Runtime for SandboxRuntime {
             )));
         }
         if !nix::unistd::geteuid().is_root() {
-            return Err(unavailable("runsc needs root; run ten serve as root".into()));
+            return Err(unavailable(
+                "runsc needs root; run ten serve as root".into(),
+            ));
         }
         Ok(())
     }
@@ -105,7 +108,12 @@ impl Runtime for SandboxRuntime {
         let runsc = self.runsc.clone().expect("probed");
         // runsc names its control socket after the container id in the abstract namespace,
         // which is host-wide: tell apart servers with different data directories.
-        let id = format!("{}_{}_{:08x}", spec.key.service, spec.key.id, fnv1a(self.root.as_os_str().as_encoded_bytes()));
+        let id = format!(
+            "{}_{}_{:08x}",
+            spec.key.service,
+            spec.key.id,
+            fnv1a(self.root.as_os_str().as_encoded_bytes())
+        );
         let fail = |source| Error::Spawn {
             key: spec.key.clone(),
             program: runsc.display().to_string(),
@@ -134,7 +142,12 @@ impl Runtime for SandboxRuntime {
         let bundle_arg = bundle.display().to_string();
         let run = Spec {
             argv: runsc_args(&["run", "--bundle", &bundle_arg, &id]),
-            env: spec.env.iter().filter(|(k, _)| k == "PATH").cloned().collect(),
+            env: spec
+                .env
+                .iter()
+                .filter(|(k, _)| k == "PATH")
+                .cloned()
+                .collect(),
             ..spec.clone()
         };
         let started = spawn_shim(&self.shim, &run, &[])?;
@@ -186,7 +199,9 @@ impl Workload for SandboxWorkload {
 }
 
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x01000193))
+    bytes.iter().fold(0x811c9dc5u32, |h, b| {
+        (h ^ *b as u32).wrapping_mul(0x01000193)
+    })
 }
 
 /// `name` if it contains a `/` and exists, else the first match in `PATH`.

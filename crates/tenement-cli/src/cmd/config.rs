@@ -21,7 +21,12 @@ pub fn run(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         let problems: Vec<String> = config
             .services
             .iter()
-            .filter_map(|(name, svc)| runtimes.get(svc.isolation).err().map(|e| format!("service.{name}: {e}")))
+            .filter_map(|(name, svc)| {
+                runtimes
+                    .get(svc.isolation)
+                    .err()
+                    .map(|e| format!("service.{name}: {e}"))
+            })
             .collect();
         if !problems.is_empty() {
             anyhow::bail!(

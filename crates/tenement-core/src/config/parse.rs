@@ -240,11 +240,17 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
             s.sandbox.runsc = runsc;
         }
         let platforms = [("ptrace", "ptrace"), ("systrap", "systrap"), ("kvm", "kvm")];
-        if let Some(p) = sb.string(ctx, "platform").and_then(|v| choice(ctx, "settings.sandbox.platform", v, &platforms)) {
+        if let Some(p) = sb
+            .string(ctx, "platform")
+            .and_then(|v| choice(ctx, "settings.sandbox.platform", v, &platforms))
+        {
             s.sandbox.platform = p.into();
         }
         let networks = [("none", "none"), ("host", "host")];
-        if let Some(n) = sb.string(ctx, "network").and_then(|v| choice(ctx, "settings.sandbox.network", v, &networks)) {
+        if let Some(n) = sb
+            .string(ctx, "network")
+            .and_then(|v| choice(ctx, "settings.sandbox.network", v, &networks))
+        {
             s.sandbox.network = n.into();
         }
         sb.finish(ctx, SANDBOX);
