@@ -11,39 +11,18 @@ divided by N, minus the PSS per process of N copies of the same app started bare
 """
 
 import argparse
-import http.client
-import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEN = os.path.join(ROOT, "target/release/ten")
-FIXTURE = os.path.join(ROOT, "target/release/tenement-fixture")
+from tenbench import FIXTURE, ROOT, TEN, request
 
 
-class UnixConn(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=120)
-        self.path = path
 
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-def request(sock, method, path, body=None):
-    c = UnixConn(sock)
-    c.request(method, path, body=json.dumps(body) if body else None, headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, data
 
 
 def pss_kb(pid):

@@ -15,7 +15,6 @@ by hand and polling its socket) is subtracted. Prints markdown tables.
 
 import argparse
 import http.client
-import json
 import os
 import shutil
 import socket
@@ -25,9 +24,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target/release")
-TEN, FIXTURE, LOADGEN = (os.path.join(REL, n) for n in ("ten", "tenement-fixture", "tenement-loadgen"))
+from tenbench import FIXTURE, RELEASE, ROOT, TEN, api
+
+LOADGEN = os.path.join(RELEASE, "tenement-loadgen")
 HELLO = os.path.join(ROOT, "examples/hello/app.py")
 
 
@@ -39,24 +38,7 @@ def free_port():
     return p
 
 
-class UnixConn(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=60)
-        self.path = path
 
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-def api(ctl, method, path, body=None):
-    c = UnixConn(ctl)
-    c.request(method, path, body=json.dumps(body) if body else None, headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    if r.status >= 300:
-        raise RuntimeError(f"{method} {path}: {r.status} {data!r}")
-    return json.loads(data) if data else None
 
 
 def loadgen(args, seconds, conns):

@@ -10,11 +10,8 @@ fixture app (crates/fixture-app), a tiny Unix-socket HTTP server. Prints markdow
 """
 
 import argparse
-import http.client
-import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,31 +19,10 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEN = os.path.join(ROOT, "target/release/ten")
-FIXTURE = os.path.join(ROOT, "target/release/tenement-fixture")
+from tenbench import FIXTURE, ROOT, TEN, api
 
 
-class UnixConn(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost", timeout=120)
-        self.path = path
 
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-def call(ctl, method, path, body=None):
-    c = UnixConn(ctl)
-    c.request(method, path, body=json.dumps(body) if body else None,
-              headers={"Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    if r.status >= 300:
-        raise RuntimeError(f"{method} {path}: {r.status} {data!r}")
-    return json.loads(data) if data else None
 
 
 def rss_kb(pid):
@@ -85,7 +61,7 @@ isolation = "{isolation}"
         self.ctl = os.path.join(self.data, "ten.sock")
         for _ in range(500):
             try:
-                call(self.ctl, "GET", "/api/instances")
+                api(self.ctl, "GET", "/api/instances")
                 return
             except (OSError, RuntimeError):
                 time.sleep(0.01)
@@ -93,7 +69,7 @@ isolation = "{isolation}"
 
     def spawn(self, i):
         t0 = time.perf_counter()
-        call(self.ctl, "POST", "/api/instances", {"service": "tiny", "id": f"i{i}"})
+        api(self.ctl, "POST", "/api/instances", {"service": "tiny", "id": f"i{i}"})
         return time.perf_counter() - t0
 
     def stop(self):
