@@ -15,6 +15,7 @@
 //! Knows nothing about HTTP, restart policy or persistence. cgroups and storage quotas are not
 //! here yet (see the resource-limits work).
 
+pub mod cgroup;
 mod command;
 mod namespace;
 mod process;
