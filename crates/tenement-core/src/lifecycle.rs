@@ -80,6 +80,8 @@ pub enum ExitReason {
     Code(i32),
     /// Killed by this signal.
     Signal(i32),
+    /// Killed by the kernel for going over `memory_limit_mb`.
+    Oom,
     /// Killed by tenement because health checks failed.
     HealthCheck,
     /// Killed by tenement because it did not become ready within `startup_timeout`.
@@ -99,6 +101,7 @@ impl std::fmt::Display for ExitReason {
         match self {
             ExitReason::Code(c) => write!(f, "exit code {c}"),
             ExitReason::Signal(s) => write!(f, "killed by signal {s}"),
+            ExitReason::Oom => f.write_str("oom"),
             ExitReason::HealthCheck => f.write_str("health check failed"),
             ExitReason::StartupTimeout => f.write_str("startup timeout"),
             ExitReason::SpawnFailed(e) => write!(f, "spawn failed: {e}"),

@@ -37,6 +37,12 @@ pub use namespace::NamespaceRuntime;
 pub use process::ProcessRuntime;
 pub use sandbox::SandboxRuntime;
 
+/// FNV-1a: a short, stable name for a data directory in host-wide namespaces (cgroup scope,
+/// runsc container ids).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x01000193))
+}
+
 /// Everything a backend needs to start one instance.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -52,6 +58,8 @@ pub struct Spec {
     pub instance_dir: PathBuf,
     /// Where the app must listen.
     pub socket: PathBuf,
+    /// cgroup directories the instance's processes join (before the app starts).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// A started instance and its output pipes.

@@ -57,8 +57,11 @@ pub(crate) fn spawn_shim(
         )));
     }
     let mut cmd = tokio::process::Command::new(shim);
-    cmd.arg(shim::SUBCOMMAND)
-        .args(shim_args)
+    cmd.arg(shim::SUBCOMMAND);
+    for dir in &spec.cgroups {
+        cmd.arg("--cgroup").arg(dir);
+    }
+    cmd.args(shim_args)
         .arg(std::process::id().to_string())
         .arg("--")
         .args(&spec.argv)

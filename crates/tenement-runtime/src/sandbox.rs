@@ -112,7 +112,7 @@ impl Runtime for SandboxRuntime {
             "{}_{}_{:08x}",
             spec.key.service,
             spec.key.id,
-            fnv1a(self.root.as_os_str().as_encoded_bytes())
+            crate::fnv1a(self.root.as_os_str().as_encoded_bytes())
         );
         let fail = |source| Error::Spawn {
             key: spec.key.clone(),

@@ -1,6 +1,9 @@
 //! The shim: a tiny supervisor between `ten serve` and each app.
 //!
-//! `ten __shim [--namespace] [--hostname H] [--hide DIR] [--keep DIR]... PPID -- ARGV...`
+//! `ten __shim [--cgroup DIR]... [--namespace] [--hostname H] [--hide DIR] [--keep DIR]... PPID -- ARGV...`
+//!
+//! First the shim joins the instance's cgroups (`--cgroup`), so the app and everything it
+//! forks are inside from the start.
 //!
 //! `ten serve` starts the shim in a new process group; the shim forks the app, which stays in
 //! that group. The shim then waits for signals:
@@ -55,6 +58,8 @@ struct Options {
     hide: Vec<PathBuf>,
     /// ...except these, bind-mounted back.
     keep: Vec<PathBuf>,
+    /// cgroup directories to join first.
+    cgroups: Vec<PathBuf>,
     parent: i32,
     argv: Vec<CString>,
 }
@@ -74,6 +79,7 @@ fn parse(args: &[OsString]) -> Result<Options, String> {
             Some("--hostname") => o.hostname = Some(it.next().ok_or_else(usage)?.clone()),
             Some("--hide") => o.hide.push(it.next().ok_or_else(usage)?.into()),
             Some("--keep") => o.keep.push(it.next().ok_or_else(usage)?.into()),
+            Some("--cgroup") => o.cgroups.push(it.next().ok_or_else(usage)?.into()),
             Some(pid) => {
                 o.parent = pid.parse().map_err(|_| usage())?;
                 break;
@@ -95,6 +101,10 @@ fn parse(args: &[OsString]) -> Result<Options, String> {
 
 fn shim(args: &[OsString]) -> Result<Infallible, String> {
     let o = parse(args)?;
+    // Join the instance's cgroups before anything forks, so every process of it is inside.
+    for dir in &o.cgroups {
+        std::fs::write(dir.join("cgroup.procs"), "0").map_err(|e| format!("joining cgroup {}: {e}", dir.display()))?;
+    }
     prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     if getppid().as_raw() != o.parent {
         return Err("ten serve exited before the instance started".into());

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tenement_core::InstanceKey;
 use tenement_core::config::{Service, Settings};
 use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
+use tenement_runtime::cgroup::{Cgroup, Cgroups, Limits};
 use tenement_runtime::{Runtime, Spec, Workload};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -46,6 +47,12 @@ pub struct InstanceStatus {
     pub ready_since_ms: Option<u64>,
     pub restarts: u32,
     pub last_exit: Option<String>,
+    /// Times the kernel OOM-killed this instance.
+    pub oom_kills: u32,
+    /// Current memory use of the instance's cgroup, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU time the current run has used, in microseconds.
+    pub cpu_usec: Option<u64>,
     pub socket: PathBuf,
     pub port: u16,
     pub weight: u8,
@@ -59,7 +66,11 @@ pub struct InstanceHandle {
     pub tail: Arc<Tail>,
     pub activity: Arc<Activity>,
     pub endpoint: Endpoint,
+    /// The current run's cgroup, for usage figures.
+    pub cgroup: SharedCgroup,
 }
+
+pub type SharedCgroup = Arc<std::sync::Mutex<Option<Arc<Cgroup>>>>;
 
 /// Everything the actor needs, prepared by the supervisor.
 pub struct Setup {
@@ -75,6 +86,7 @@ pub struct Setup {
     pub feed: broadcast::Sender<Arc<LogLine>>,
     /// Runs once the instance is stopped for good, before the final status is published.
     pub cleanup: Box<dyn FnOnce() + Send>,
+    pub cgroups: Option<&'static Cgroups>,
 }
 
 type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -93,6 +105,8 @@ struct Actor {
     health_failures: u32,
     tail: Arc<Tail>,
     activity: Arc<Activity>,
+    cgroup: SharedCgroup,
+    oom_kills: u32,
     status: watch::Sender<InstanceStatus>,
 }
 
@@ -123,6 +137,9 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         ready_since_ms: None,
         restarts: 0,
         last_exit: None,
+        oom_kills: 0,
+        memory_bytes: None,
+        cpu_usec: None,
         socket: setup.socket.clone(),
         port: setup.port,
         weight: setup.weight,
@@ -130,7 +147,10 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
     let (status, status_rx) = watch::channel(initial);
     let activity = Arc::new(Activity::new(setup.weight));
     let endpoint = setup.endpoint.clone();
+    let cgroup = SharedCgroup::default();
     let actor = Actor {
+        cgroup: cgroup.clone(),
+        oom_kills: 0,
         activity: activity.clone(),
         key: Arc::new(setup.key.clone()),
         setup,
@@ -152,6 +172,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         tail,
         activity,
         endpoint,
+        cgroup,
     };
     (handle, actor.run(rx))
 }
@@ -165,7 +186,7 @@ impl Actor {
                 input = inputs.recv() => self.apply(input.unwrap_or(Input::Stop)),
                 status = wait_exit(&mut self.workload) => {
                     self.workload = None;
-                    let reason = match status {
+                    let mut reason = match status {
                         Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
                             (Some(code), _) => ExitReason::Code(code),
                             (None, Some(sig)) => ExitReason::Signal(sig),
@@ -173,6 +194,9 @@ impl Actor {
                         },
                         Err(e) => ExitReason::SpawnFailed(format!("wait: {e}")),
                     };
+                    if self.release_cgroup().await {
+                        reason = ExitReason::Oom;
+                    }
                     self.apply(Input::Exited(reason));
                 }
                 result = run_probe(&mut self.probe) => {
@@ -233,7 +257,73 @@ impl Actor {
         }
     }
 
+    /// The instance's cgroup for this run, with its limits; `None` when this host has no
+    /// cgroups and no limit was asked for (or `allow_unlimited` is set).
+    fn make_cgroup(&self) -> Result<Option<Cgroup>, String> {
+        let svc = &self.setup.service;
+        let limits = Limits {
+            memory_mb: svc.memory_limit_mb,
+            cpu_weight: svc.cpu_shares,
+            pids_max: Some(svc.pids_max),
+        };
+        let asked = svc.memory_limit_mb.is_some() || svc.cpu_shares.is_some();
+        let refuse = asked && !self.setup.settings.allow_unlimited;
+        let Some(cgroups) = self.setup.cgroups else {
+            if refuse {
+                return Err("memory_limit_mb/cpu_shares need cgroups (memory and cpu controllers), which this host does not offer to ten serve; set [settings] allow_unlimited = true to run without limits".into());
+            }
+            return Ok(None);
+        };
+        let name = format!("{}.{}", self.key.service, self.key.id);
+        match cgroups.create(&name, &limits) {
+            Ok(cg) => Ok(Some(cg)),
+            Err(e) if refuse => Err(format!("cannot apply limits: {e}; set [settings] allow_unlimited = true to run without")),
+            Err(e) => {
+                warn!(instance = %self.key, error = %e, "running without a cgroup");
+                Ok(None)
+            }
+        }
+    }
+
+    /// After the process exited: was it OOM-killed? Then kill anything left in its cgroup
+    /// (processes that left the process group) and remove the cgroup.
+    async fn release_cgroup(&mut self) -> bool {
+        let Some(cg) = self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return false;
+        };
+        let oom = cg.oom_kills() > 0;
+        if oom {
+            self.oom_kills += 1;
+            let limit = self.setup.service.memory_limit_mb.unwrap_or(0);
+            warn!(instance = %self.key, memory_limit_mb = limit, "killed by the kernel: out of memory");
+            self.tail.note(&self.key, &format!("[tenement] killed by the kernel: out of memory (memory_limit_mb = {limit})"));
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            cg.kill_all();
+            cg.remove();
+        })
+        .await;
+        oom
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
+        let cgroup = self.make_cgroup()?;
+        self.setup.spec.cgroups = cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default();
+        let started = self.start_process();
+        match (started, cgroup) {
+            (Ok(()), cg) => {
+                *self.cgroup.lock().unwrap_or_else(|p| p.into_inner()) = cg.map(Arc::new);
+                Ok(())
+            }
+            (Err(e), Some(cg)) => {
+                cg.remove();
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    fn start_process(&mut self) -> Result<(), String> {
         let socket = &self.setup.socket;
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir)
@@ -412,6 +502,7 @@ impl Actor {
             s.ready_since_ms = ready_since_ms.filter(|_| self.life.phase == Phase::Running);
             s.restarts = self.life.restarts;
             s.last_exit = self.life.last_exit.as_ref().map(|r| r.to_string());
+            s.oom_kills = self.oom_kills;
         });
     }
 }

@@ -61,6 +61,16 @@ impl Tail {
         }
     }
 
+    /// Adds a line from tenement itself (shown as stderr).
+    pub fn note(&self, instance: &InstanceKey, text: &str) {
+        self.push(Arc::new(LogLine {
+            instance: Arc::new(instance.clone()),
+            ts_ms: now_ms(),
+            stream: Stream::Stderr,
+            text: text.to_owned(),
+        }));
+    }
+
     /// The newest `limit` lines, oldest first.
     pub fn last(&self, limit: usize) -> Vec<Arc<LogLine>> {
         let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());

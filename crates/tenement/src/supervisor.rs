@@ -8,6 +8,7 @@ use std::time::Duration;
 use tenement_core::InstanceKey;
 use tenement_core::config::{Config, Listen, Service, Vars};
 use tenement_core::lifecycle::Input;
+use tenement_runtime::cgroup::Cgroups;
 use tenement_runtime::{Runtimes, Spec, argv_for};
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
@@ -30,6 +31,7 @@ pub struct Supervisor {
 struct Inner {
     config: Arc<Config>,
     runtimes: &'static Runtimes,
+    cgroups: Option<&'static Cgroups>,
     store: Store,
     tokens: crate::Tokens,
     registry: Mutex<HashMap<InstanceKey, InstanceHandle>>,
@@ -46,11 +48,12 @@ impl Supervisor {
     /// A supervisor for `config`, keeping its state in `store`. `runtimes` lives as long as the
     /// process (instance actors borrow backends from it). Must be called within a tokio runtime:
     /// instance actors run on it.
-    pub fn new(config: Arc<Config>, store: Store, runtimes: &'static Runtimes) -> Self {
+    pub fn new(config: Arc<Config>, store: Store, runtimes: &'static Runtimes, cgroups: Option<&'static Cgroups>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 runtimes,
+                cgroups,
                 tokens: crate::Tokens::new(store.clone()),
                 store,
                 registry: Mutex::new(HashMap::new()),
@@ -145,6 +148,7 @@ impl Supervisor {
             weight,
             feed: self.inner.feed.clone(),
             cleanup: Box::new(move || me.cleanup(&cleanup_key, &socket, &data, persist, port)),
+            cgroups: self.inner.cgroups,
         };
         let (handle, actor) = instance::start(setup);
         {
@@ -232,6 +236,7 @@ impl Supervisor {
             data_root: settings.data_dir.clone(),
             instance_dir: data.clone(),
             socket: PathBuf::from(&socket),
+            cgroups: Vec::new(),
         };
         Ok((spec, PathBuf::from(socket), data))
     }
@@ -361,6 +366,10 @@ impl Supervisor {
 fn status_of(h: &InstanceHandle) -> InstanceStatus {
     let mut s = h.status.borrow().clone();
     s.weight = h.activity.weight();
+    if let Some(cg) = h.cgroup.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        let usage = cg.usage();
+        (s.memory_bytes, s.cpu_usec) = (usage.memory_bytes, usage.cpu_usec);
+    }
     s
 }
 

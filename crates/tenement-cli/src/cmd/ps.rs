@@ -32,6 +32,8 @@ pub async fn ps(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             s(&i["health"]),
             s(&i["isolation"]),
             uptime(&i["ready_since_ms"]),
+            bytes(&i["memory_bytes"]),
+            cpu(&i["cpu_usec"]),
             i["restarts"].to_string(),
             i["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
             i["last_exit"].as_str().unwrap_or("").to_owned(),
@@ -74,6 +76,19 @@ pub async fn health(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn bytes(v: &Value) -> String {
+    match v.as_u64() {
+        None => "-".into(),
+        Some(b) if b < 1024 * 1024 => format!("{}K", b / 1024),
+        Some(b) if b < 1024 * 1024 * 1024 => format!("{:.1}M", b as f64 / 1048576.0),
+        Some(b) => format!("{:.2}G", b as f64 / 1073741824.0),
+    }
+}
+
+fn cpu(usec: &Value) -> String {
+    usec.as_u64().map_or("-".into(), |u| format!("{:.2}s", u as f64 / 1e6))
 }
 
 fn s(v: &Value) -> String {

@@ -12,6 +12,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tenement::{Store, Supervisor};
 use tenement_edge::{Access, bind, front_door, serve};
 use tenement_runtime::Runtimes;
+use tenement_runtime::cgroup::Cgroups;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -59,7 +60,16 @@ pub async fn run(
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
     let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
     runtimes.clean_stale();
-    let supervisor = Supervisor::new(Arc::new(config), store, runtimes);
+    let scope = Cgroups::scope_for(&data_dir);
+    let cgroups: Option<&'static Cgroups> = Cgroups::detect(&scope).map(|c| &*Box::leak(Box::new(c)));
+    match cgroups {
+        Some(c) => {
+            info!(version = c.version(), scope, "instances get their own cgroups");
+            c.clean_stale();
+        }
+        None => warn!("no usable cgroups: memory_limit_mb/cpu_shares cannot be enforced here"),
+    }
+    let supervisor = Supervisor::new(Arc::new(config), store, runtimes, cgroups);
 
     let socket_path = control_socket(&data_dir);
     let _ = std::fs::remove_file(&socket_path); // stale: the lock above proves no server owns it

@@ -54,6 +54,8 @@ pub struct Settings {
     pub upstream_timeout: u64,
     pub tls: Tls,
     pub sandbox: Sandbox,
+    /// Run instances whose limits cannot be applied (no cgroups here) instead of failing.
+    pub allow_unlimited: bool,
 }
 
 /// `[settings.sandbox]`: how `isolation = "sandbox"` runs gVisor.
@@ -119,6 +121,8 @@ pub struct Service {
     pub memory_limit_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_shares: Option<u32>,
+    /// Most processes (and threads) the instance may have at once.
+    pub pids_max: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_quota_mb: Option<u64>,
     pub storage_persist: bool,

@@ -27,6 +27,7 @@ const SETTINGS: &[&str] = &[
     "upstream_timeout",
     "tls",
     "sandbox",
+    "allow_unlimited",
 ];
 const SANDBOX: &[&str] = &["runsc", "platform", "network"];
 const TLS: &[&str] = &[
@@ -56,6 +57,7 @@ const SERVICE: &[&str] = &[
     "max_instances",
     "memory_limit_mb",
     "cpu_shares",
+    "pids_max",
     "storage_quota_mb",
     "storage_persist",
     "env",
@@ -165,6 +167,7 @@ impl Settings {
             header_timeout: 10,
             upstream_timeout: 60,
             sandbox: Sandbox::default(),
+            allow_unlimited: false,
         }
     }
 }
@@ -232,6 +235,7 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
     if let Some((n, _)) = f.int(ctx, "upstream_timeout", 1, DAY) {
         s.upstream_timeout = n as u64;
     }
+    s.allow_unlimited = f.bool(ctx, "allow_unlimited").unwrap_or(false);
     if let Some(mut sb) = f.table(ctx, "sandbox") {
         if let Some((runsc, span)) = sb.string(ctx, "runsc") {
             if runsc.trim().is_empty() {
@@ -467,6 +471,7 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
         .int(ctx, "memory_limit_mb", 1, 1 << 30)
         .map(|(n, _)| n as u64);
     let cpu_shares = f.int(ctx, "cpu_shares", 1, 10_000).map(|(n, _)| n as u32);
+    let pids_max = f.int(ctx, "pids_max", 1, 4_194_304).map_or(1024, |(n, _)| n as u32);
     let storage_quota_mb = f
         .int(ctx, "storage_quota_mb", 1, 1 << 30)
         .map(|(n, _)| n as u64);
@@ -492,6 +497,7 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
         max_instances,
         memory_limit_mb,
         cpu_shares,
+        pids_max,
         storage_quota_mb,
         storage_persist,
         env: env_vars,

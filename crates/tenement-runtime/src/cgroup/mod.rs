@@ -1,5 +1,7 @@
 //! cgroups for instances, delegated: every instance cgroup is created *below the cgroup that
-//! `ten serve` runs in* (`<own>/tenement/<instance>`), never at the root of a hierarchy.
+//! `ten serve` runs in* (`<own>/<scope>/<instance>`), never at the root of a hierarchy. The
+//! scope names the server (`tenement-<hash of data_dir>`), so servers with different data
+//! directories in the same cgroup never touch each other's instances.
 //!
 //! cgroup v2 is first-class ([`v2`]); hosts whose memory/cpu controllers are still on v1 use
 //! [`v1`]. Both are rooted at injected paths, so the file formats are unit-tested against a
@@ -77,13 +79,18 @@ pub enum Cgroup {
 impl Cgroups {
     /// Finds the hierarchies `ten serve` is in: v2 when its cgroup offers the memory
     /// controller, else v1 if memory is mounted there. `None` if neither.
-    pub fn detect() -> Option<Self> {
+    pub fn detect(scope: &str) -> Option<Self> {
         let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        if let Some(tree) = v2::Tree::detect(&own, &mounts) {
+        if let Some(tree) = v2::Tree::detect(&own, &mounts, scope) {
             return Some(Cgroups::V2(tree));
         }
-        v1::Tree::detect(&own, &mounts).map(Cgroups::V1)
+        v1::Tree::detect(&own, &mounts, scope).map(Cgroups::V1)
+    }
+
+    /// The scope name for a server with this data directory.
+    pub fn scope_for(data_dir: &Path) -> String {
+        format!("tenement-{:08x}", crate::fnv1a(data_dir.as_os_str().as_encoded_bytes()))
     }
 
     pub fn version(&self) -> &'static str {
@@ -93,7 +100,7 @@ impl Cgroups {
         }
     }
 
-    /// Creates (or reuses) `<own>/tenement/<name>` with `limits` applied.
+    /// Creates (or reuses) `<own>/<scope>/<name>` with `limits` applied.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         match self {
             Cgroups::V2(t) => t.create(name, limits).map(Cgroup::V2),

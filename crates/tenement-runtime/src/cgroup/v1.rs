@@ -1,5 +1,5 @@
 //! cgroup v1 (hosts whose memory and cpu controllers are still on v1): one directory per
-//! controller, `<mount>/<own path>/tenement/<instance>` in each.
+//! controller, `<mount>/<own path>/<scope>/<instance>` in each.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,7 +9,7 @@ use super::{CgroupError, Limits, Usage, mkdir, read_keyed, read_u64, write};
 const CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
 
 pub struct Tree {
-    /// `<mount>/<own path>/tenement` per controller that is mounted.
+    /// `<mount>/<own path>/<scope>` per controller that is mounted.
     parents: Vec<(&'static str, PathBuf)>,
 }
 
@@ -18,7 +18,7 @@ pub struct Group {
 }
 
 impl Tree {
-    pub(super) fn detect(own: &str, mountinfo: &str) -> Option<Tree> {
+    pub(super) fn detect(own: &str, mountinfo: &str, scope: &str) -> Option<Tree> {
         let mut parents = Vec::new();
         for controller in CONTROLLERS {
             let Some(mount) = super::mount_point(mountinfo, "cgroup", Some(controller)) else {
@@ -30,7 +30,7 @@ impl Tree {
                 let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
                 names.split(',').any(|n| n == controller).then_some(path)
             })?;
-            parents.push((controller, mount.join(path.trim_start_matches('/')).join("tenement")));
+            parents.push((controller, mount.join(path.trim_start_matches('/')).join(scope)));
         }
         parents.iter().any(|(c, _)| *c == "memory").then_some(Tree { parents })
     }
@@ -154,7 +154,7 @@ mod tests {
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
-        let t = Tree::detect(own, mounts).unwrap();
+        let t = Tree::detect(own, mounts, "tenement").unwrap();
         let m: Vec<(&str, &str)> = t.parents.iter().map(|(c, p)| (*c, p.to_str().unwrap())).collect();
         assert_eq!(
             m,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use super::{CgroupError, Limits, Usage, mkdir, read_keyed, read_u64, write};
 
 pub struct Tree {
-    /// `<own>/tenement`.
+    /// `<own>/<scope>`.
     parent: PathBuf,
 }
 
@@ -16,7 +16,7 @@ pub struct Group {
 }
 
 impl Tree {
-    pub(super) fn detect(own: &str, mountinfo: &str) -> Option<Tree> {
+    pub(super) fn detect(own: &str, mountinfo: &str, scope: &str) -> Option<Tree> {
         let mount = super::mount_point(mountinfo, "cgroup2", None)?;
         let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
         let base = mount.join(path.trim_start_matches('/'));
@@ -24,11 +24,11 @@ impl Tree {
         if !controllers.split_whitespace().any(|c| c == "memory") {
             return None;
         }
-        Tree::at(&base, path == "/").ok()
+        Tree::at(&base, path == "/", scope).ok()
     }
 
-    /// Sets up `<base>/tenement` below `base` (the cgroup `ten serve` runs in).
-    pub fn at(base: &Path, is_root: bool) -> Result<Tree, CgroupError> {
+    /// Sets up `<base>/<scope>` below `base` (the cgroup `ten serve` runs in).
+    pub fn at(base: &Path, is_root: bool, scope: &str) -> Result<Tree, CgroupError> {
         let available = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
         let wanted: Vec<&str> = ["memory", "cpu", "pids"]
             .into_iter()
@@ -42,7 +42,7 @@ impl Tree {
             write(&me.join("cgroup.procs"), &std::process::id().to_string())?;
         }
         write(&base.join("cgroup.subtree_control"), enable.trim())?;
-        let parent = base.join("tenement");
+        let parent = base.join(scope);
         mkdir(&parent)?;
         write(&parent.join("cgroup.subtree_control"), enable.trim())?;
         Ok(Tree { parent })
@@ -115,7 +115,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path();
         std::fs::write(base.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
-        let tree = Tree::at(base, false).unwrap();
+        let tree = Tree::at(base, false, "tenement").unwrap();
         assert_eq!(std::fs::read_to_string(base.join("cgroup.subtree_control")).unwrap(), "+memory +cpu +pids");
         assert_eq!(std::fs::read_to_string(base.join("supervisor/cgroup.procs")).unwrap(), std::process::id().to_string());
         std::fs::create_dir_all(base.join("tenement/api-prod")).unwrap();
