@@ -396,6 +396,9 @@ where
             // Introspection for isolation tests: what this process can see.
             ("GET", "/ps") => (200, visible_pids().into_bytes()),
             ("GET", "/zombies") => (200, zombies().to_string().into_bytes()),
+            ("GET", "/alloc") => (200, alloc(num("mb", 1)).into_bytes()),
+            ("GET", "/forkbomb") => (200, forkbomb(num("max", 10_000)).into_bytes()),
+            ("GET", "/write") => write_file(num("mb", 1)),
             ("GET", "/orphan") => {
                 orphan();
                 (200, b"orphaned a grandchild".to_vec())
@@ -423,6 +426,7 @@ where
         };
         let reason = match status {
             200 => "OK",
+            507 => "Insufficient Storage",
             400 => "Bad Request",
             404 => "Not Found",
             _ => "Internal Server Error",
@@ -507,5 +511,44 @@ fn zombies() -> usize {
 fn orphan() {
     if let Ok(mut child) = Command::new("/bin/sh").args(["-c", "sleep 0.2 &"]).spawn() {
         let _ = child.wait();
+    }
+}
+
+/// Allocates `mb` MiB, touches every page, and keeps it (for OOM tests).
+fn alloc(mb: u64) -> String {
+    let mut v = vec![0u8; (mb * 1024 * 1024) as usize];
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    std::mem::forget(v);
+    format!("allocated {mb} MiB")
+}
+
+/// Starts `sleep` children until fork fails or `max` are running (for pids.max tests).
+fn forkbomb(max: u64) -> String {
+    for n in 0..max {
+        match Command::new("sleep").arg("600").spawn() {
+            Ok(child) => std::mem::forget(child),
+            Err(e) => return format!("started {n}, then: {e}"),
+        }
+    }
+    format!("started {max}")
+}
+
+/// Writes `mb` MiB to `$HOME/fill` (for storage quota tests): 200 on success, 507 with the
+/// error (ENOSPC shows as "No space left on device").
+fn write_file(mb: u64) -> (u16, Vec<u8>) {
+    let path =
+        std::path::Path::new(&std::env::var("HOME").unwrap_or_else(|_| ".".into())).join("fill");
+    let result = std::fs::File::create(&path).and_then(|mut f| {
+        let block = vec![b'f'; 1024 * 1024];
+        for _ in 0..mb {
+            f.write_all(&block)?;
+        }
+        f.sync_all()
+    });
+    match result {
+        Ok(()) => (200, format!("wrote {mb} MiB").into_bytes()),
+        Err(e) => (507, e.to_string().into_bytes()),
     }
 }

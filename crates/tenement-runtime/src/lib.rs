@@ -40,7 +40,9 @@ pub use sandbox::SandboxRuntime;
 /// FNV-1a: a short, stable name for a data directory in host-wide namespaces (cgroup scope,
 /// runsc container ids).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x01000193))
+    bytes.iter().fold(0x811c9dc5u32, |h, b| {
+        (h ^ *b as u32).wrapping_mul(0x01000193)
+    })
 }
 
 /// Everything a backend needs to start one instance.

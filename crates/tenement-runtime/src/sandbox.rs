@@ -198,12 +198,6 @@ impl Workload for SandboxWorkload {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c9dc5u32, |h, b| {
-        (h ^ *b as u32).wrapping_mul(0x01000193)
-    })
-}
-
 /// `name` if it contains a `/` and exists, else the first match in `PATH`.
 fn find_executable(name: &str) -> Option<PathBuf> {
     if name.contains('/') {

@@ -103,7 +103,8 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
     let o = parse(args)?;
     // Join the instance's cgroups before anything forks, so every process of it is inside.
     for dir in &o.cgroups {
-        std::fs::write(dir.join("cgroup.procs"), "0").map_err(|e| format!("joining cgroup {}: {e}", dir.display()))?;
+        std::fs::write(dir.join("cgroup.procs"), "0")
+            .map_err(|e| format!("joining cgroup {}: {e}", dir.display()))?;
     }
     prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
     if getppid().as_raw() != o.parent {

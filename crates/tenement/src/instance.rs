@@ -277,7 +277,9 @@ impl Actor {
         let name = format!("{}.{}", self.key.service, self.key.id);
         match cgroups.create(&name, &limits) {
             Ok(cg) => Ok(Some(cg)),
-            Err(e) if refuse => Err(format!("cannot apply limits: {e}; set [settings] allow_unlimited = true to run without")),
+            Err(e) if refuse => Err(format!(
+                "cannot apply limits: {e}; set [settings] allow_unlimited = true to run without"
+            )),
             Err(e) => {
                 warn!(instance = %self.key, error = %e, "running without a cgroup");
                 Ok(None)
@@ -296,7 +298,12 @@ impl Actor {
             self.oom_kills += 1;
             let limit = self.setup.service.memory_limit_mb.unwrap_or(0);
             warn!(instance = %self.key, memory_limit_mb = limit, "killed by the kernel: out of memory");
-            self.tail.note(&self.key, &format!("[tenement] killed by the kernel: out of memory (memory_limit_mb = {limit})"));
+            self.tail.note(
+                &self.key,
+                &format!(
+                    "[tenement] killed by the kernel: out of memory (memory_limit_mb = {limit})"
+                ),
+            );
         }
         let _ = tokio::task::spawn_blocking(move || {
             cg.kill_all();

@@ -48,7 +48,12 @@ impl Supervisor {
     /// A supervisor for `config`, keeping its state in `store`. `runtimes` lives as long as the
     /// process (instance actors borrow backends from it). Must be called within a tokio runtime:
     /// instance actors run on it.
-    pub fn new(config: Arc<Config>, store: Store, runtimes: &'static Runtimes, cgroups: Option<&'static Cgroups>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        runtimes: &'static Runtimes,
+        cgroups: Option<&'static Cgroups>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,

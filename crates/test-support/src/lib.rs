@@ -313,8 +313,57 @@ impl Drop for Building {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.remove_cgroup_scope();
         if std::thread::panicking() {
             eprintln!("--- serve.log ---\n{}", self.serve_log());
+        }
+    }
+}
+
+impl Building {
+    /// The server's cgroup scope directories (`tenement-<fnv1a of data_dir>` below this
+    /// process's cgroup in each mounted hierarchy), so tests can look inside and clean up.
+    pub fn cgroup_scopes(&self) -> Vec<PathBuf> {
+        let data = std::path::absolute(self.data_dir()).unwrap_or_else(|_| self.data_dir());
+        let hash = data
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0x811c9dc5u32, |h, b| {
+                (h ^ *b as u32).wrapping_mul(0x01000193)
+            });
+        let scope = format!("tenement-{hash:08x}");
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        own.lines()
+            .filter_map(|l| {
+                let mut p = l.splitn(3, ':');
+                let (_, names, path) = (p.next()?, p.next()?, p.next()?);
+                let mount = if names.is_empty() {
+                    "unified".to_owned()
+                } else {
+                    names
+                        .split(',')
+                        .next()?
+                        .trim_start_matches("name=")
+                        .to_owned()
+                };
+                let dir = Path::new("/sys/fs/cgroup")
+                    .join(mount)
+                    .join(path.trim_start_matches('/'))
+                    .join(&scope);
+                dir.is_dir().then_some(dir)
+            })
+            .collect()
+    }
+
+    fn remove_cgroup_scope(&self) {
+        for dir in self.cgroup_scopes() {
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for c in children.flatten().filter(|c| c.path().is_dir()) {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
         }
     }
 }

@@ -39,19 +39,19 @@ pub async fn ps(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             i["last_exit"].as_str().unwrap_or("").to_owned(),
         ]
     });
-    print_table(
-        &[
-            "INSTANCE",
-            "STATE",
-            "HEALTH",
-            "ISOLATION",
-            "UPTIME",
-            "RESTARTS",
-            "PID",
-            "LAST EXIT",
-        ],
-        rows,
-    );
+    let header = [
+        "INSTANCE",
+        "STATE",
+        "HEALTH",
+        "ISOLATION",
+        "UPTIME",
+        "MEM",
+        "CPU",
+        "RESTARTS",
+        "PID",
+        "LAST EXIT",
+    ];
+    print_table(&header, rows);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -88,7 +88,8 @@ fn bytes(v: &Value) -> String {
 }
 
 fn cpu(usec: &Value) -> String {
-    usec.as_u64().map_or("-".into(), |u| format!("{:.2}s", u as f64 / 1e6))
+    usec.as_u64()
+        .map_or("-".into(), |u| format!("{:.2}s", u as f64 / 1e6))
 }
 
 fn s(v: &Value) -> String {

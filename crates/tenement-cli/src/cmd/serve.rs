@@ -61,10 +61,14 @@ pub async fn run(
     let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
     runtimes.clean_stale();
     let scope = Cgroups::scope_for(&data_dir);
-    let cgroups: Option<&'static Cgroups> = Cgroups::detect(&scope).map(|c| &*Box::leak(Box::new(c)));
+    let cgroups: Option<&'static Cgroups> =
+        Cgroups::detect(&scope).map(|c| &*Box::leak(Box::new(c)));
     match cgroups {
         Some(c) => {
-            info!(version = c.version(), scope, "instances get their own cgroups");
+            info!(
+                version = c.version(),
+                scope, "instances get their own cgroups"
+            );
             c.clean_stale();
         }
         None => warn!("no usable cgroups: memory_limit_mb/cpu_shares cannot be enforced here"),
@@ -114,6 +118,9 @@ pub async fn run(
     }
     let _ = front.await;
     let _ = std::fs::remove_file(&socket_path);
+    if let Some(c) = cgroups {
+        c.remove_scope();
+    }
     info!("ten serve stopped");
     Ok(ExitCode::SUCCESS)
 }

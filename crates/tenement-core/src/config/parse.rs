@@ -471,7 +471,9 @@ fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> O
         .int(ctx, "memory_limit_mb", 1, 1 << 30)
         .map(|(n, _)| n as u64);
     let cpu_shares = f.int(ctx, "cpu_shares", 1, 10_000).map(|(n, _)| n as u32);
-    let pids_max = f.int(ctx, "pids_max", 1, 4_194_304).map_or(1024, |(n, _)| n as u32);
+    let pids_max = f
+        .int(ctx, "pids_max", 1, 4_194_304)
+        .map_or(1024, |(n, _)| n as u32);
     let storage_quota_mb = f
         .int(ctx, "storage_quota_mb", 1, 1 << 30)
         .map(|(n, _)| n as u64);

@@ -90,7 +90,10 @@ impl Cgroups {
 
     /// The scope name for a server with this data directory.
     pub fn scope_for(data_dir: &Path) -> String {
-        format!("tenement-{:08x}", crate::fnv1a(data_dir.as_os_str().as_encoded_bytes()))
+        format!(
+            "tenement-{:08x}",
+            crate::fnv1a(data_dir.as_os_str().as_encoded_bytes())
+        )
     }
 
     pub fn version(&self) -> &'static str {
@@ -105,6 +108,17 @@ impl Cgroups {
         match self {
             Cgroups::V2(t) => t.create(name, limits).map(Cgroup::V2),
             Cgroups::V1(t) => t.create(name, limits).map(Cgroup::V1),
+        }
+    }
+
+    /// Removes this server's scope directory (at shutdown; fails harmlessly if not empty).
+    pub fn remove_scope(&self) {
+        let parents = match self {
+            Cgroups::V2(t) => vec![t.parent().to_path_buf()],
+            Cgroups::V1(t) => t.parents(),
+        };
+        for p in parents {
+            let _ = std::fs::remove_dir(p);
         }
     }
 
@@ -182,7 +196,11 @@ impl Cgroup {
 
 /// The mount point of a cgroup hierarchy (`fstype` cgroup2, or cgroup with `controller` in its
 /// super options) from /proc/self/mountinfo.
-pub(crate) fn mount_point(mountinfo: &str, fstype: &str, controller: Option<&str>) -> Option<PathBuf> {
+pub(crate) fn mount_point(
+    mountinfo: &str,
+    fstype: &str,
+    controller: Option<&str>,
+) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let mut r = right.split_whitespace();

@@ -30,17 +30,31 @@ impl Tree {
                 let (_, names, path) = (parts.next()?, parts.next()?, parts.next()?);
                 names.split(',').any(|n| n == controller).then_some(path)
             })?;
-            parents.push((controller, mount.join(path.trim_start_matches('/')).join(scope)));
+            parents.push((
+                controller,
+                mount.join(path.trim_start_matches('/')).join(scope),
+            ));
         }
-        parents.iter().any(|(c, _)| *c == "memory").then_some(Tree { parents })
+        parents
+            .iter()
+            .any(|(c, _)| *c == "memory")
+            .then_some(Tree { parents })
     }
 
     pub fn at(parents: Vec<(&'static str, PathBuf)>) -> Tree {
         Tree { parents }
     }
 
+    pub(super) fn parents(&self) -> Vec<PathBuf> {
+        self.parents.iter().map(|(_, p)| p.clone()).collect()
+    }
+
     pub(super) fn children(&self) -> Vec<String> {
-        let mut all: Vec<String> = self.parents.iter().flat_map(|(_, p)| super::v2::list_dirs(p)).collect();
+        let mut all: Vec<String> = self
+            .parents
+            .iter()
+            .flat_map(|(_, p)| super::v2::list_dirs(p))
+            .collect();
         all.sort();
         all.dedup();
         all
@@ -87,7 +101,10 @@ pub fn weight_to_shares(weight: u32) -> u64 {
 
 impl Group {
     fn dir(&self, controller: &str) -> Option<&Path> {
-        self.dirs.iter().find(|(c, _)| *c == controller).map(|(_, d)| d.as_path())
+        self.dirs
+            .iter()
+            .find(|(c, _)| *c == controller)
+            .map(|(_, d)| d.as_path())
     }
 
     pub(super) fn dirs(&self) -> Vec<PathBuf> {
@@ -96,8 +113,13 @@ impl Group {
 
     pub(super) fn usage(&self) -> Usage {
         Usage {
-            memory_bytes: self.dir("memory").and_then(|d| read_u64(&d.join("memory.usage_in_bytes"))),
-            cpu_usec: self.dir("cpuacct").and_then(|d| read_u64(&d.join("cpuacct.usage"))).map(|ns| ns / 1000),
+            memory_bytes: self
+                .dir("memory")
+                .and_then(|d| read_u64(&d.join("memory.usage_in_bytes"))),
+            cpu_usec: self
+                .dir("cpuacct")
+                .and_then(|d| read_u64(&d.join("cpuacct.usage")))
+                .map(|ns| ns / 1000),
         }
     }
 
@@ -120,12 +142,18 @@ impl Group {
         if let Some(f) = freezer {
             let _ = write(&f.join("freezer.state"), "FROZEN");
             let until = Instant::now() + Duration::from_millis(500);
-            while std::fs::read_to_string(f.join("freezer.state")).is_ok_and(|s| s.trim() == "FREEZING") && Instant::now() < until {
+            while std::fs::read_to_string(f.join("freezer.state"))
+                .is_ok_and(|s| s.trim() == "FREEZING")
+                && Instant::now() < until
+            {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
         for pid in self.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         if let Some(f) = freezer {
             let _ = write(&f.join("freezer.state"), "THAWED");
@@ -155,7 +183,11 @@ mod tests {
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
         let t = Tree::detect(own, mounts, "tenement").unwrap();
-        let m: Vec<(&str, &str)> = t.parents.iter().map(|(c, p)| (*c, p.to_str().unwrap())).collect();
+        let m: Vec<(&str, &str)> = t
+            .parents
+            .iter()
+            .map(|(c, p)| (*c, p.to_str().unwrap()))
+            .collect();
         assert_eq!(
             m,
             [
@@ -171,10 +203,29 @@ mod tests {
     #[test]
     fn limit_files() {
         let tmp = tempfile::tempdir().unwrap();
-        let t = Tree::at(["memory", "cpu", "pids"].into_iter().map(|c| (c, tmp.path().join(c).join("tenement"))).collect());
+        let t = Tree::at(
+            ["memory", "cpu", "pids"]
+                .into_iter()
+                .map(|c| (c, tmp.path().join(c).join("tenement")))
+                .collect(),
+        );
         std::fs::create_dir_all(tmp.path().join("memory/tenement/a-b")).unwrap();
-        std::fs::write(tmp.path().join("memory/tenement/a-b/memory.memsw.limit_in_bytes"), "").unwrap();
-        let g = t.create("a-b", &Limits { memory_mb: Some(64), cpu_weight: Some(50), pids_max: Some(100) }).unwrap();
+        std::fs::write(
+            tmp.path()
+                .join("memory/tenement/a-b/memory.memsw.limit_in_bytes"),
+            "",
+        )
+        .unwrap();
+        let g = t
+            .create(
+                "a-b",
+                &Limits {
+                    memory_mb: Some(64),
+                    cpu_weight: Some(50),
+                    pids_max: Some(100),
+                },
+            )
+            .unwrap();
         let read = |c: &str, f: &str| std::fs::read_to_string(g.dir(c).unwrap().join(f)).unwrap();
         assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
         assert_eq!(read("memory", "memory.memsw.limit_in_bytes"), "67108864");

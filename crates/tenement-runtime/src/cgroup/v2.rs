@@ -29,7 +29,8 @@ impl Tree {
 
     /// Sets up `<base>/<scope>` below `base` (the cgroup `ten serve` runs in).
     pub fn at(base: &Path, is_root: bool, scope: &str) -> Result<Tree, CgroupError> {
-        let available = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+        let available =
+            std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
         let wanted: Vec<&str> = ["memory", "cpu", "pids"]
             .into_iter()
             .filter(|c| available.split_whitespace().any(|a| a == *c))
@@ -50,6 +51,10 @@ impl Tree {
 
     pub(super) fn children(&self) -> Vec<String> {
         list_dirs(&self.parent)
+    }
+
+    pub(super) fn parent(&self) -> &Path {
+        &self.parent
     }
 
     pub(super) fn create(&self, name: &str, limits: &Limits) -> Result<Group, CgroupError> {
@@ -88,7 +93,10 @@ impl Group {
         // cgroup.kill (Linux 5.14) kills every member atomically, including ones forking now.
         if write(&self.dir.join("cgroup.kill"), "1").is_err() {
             for pid in super::v1::read_pids(&self.dir) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -114,25 +122,52 @@ mod tests {
     fn delegation_and_limit_files() {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path();
-        std::fs::write(base.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::write(
+            base.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
         let tree = Tree::at(base, false, "tenement").unwrap();
-        assert_eq!(std::fs::read_to_string(base.join("cgroup.subtree_control")).unwrap(), "+memory +cpu +pids");
-        assert_eq!(std::fs::read_to_string(base.join("supervisor/cgroup.procs")).unwrap(), std::process::id().to_string());
+        assert_eq!(
+            std::fs::read_to_string(base.join("cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids"
+        );
+        assert_eq!(
+            std::fs::read_to_string(base.join("supervisor/cgroup.procs")).unwrap(),
+            std::process::id().to_string()
+        );
         std::fs::create_dir_all(base.join("tenement/api-prod")).unwrap();
         std::fs::write(base.join("tenement/api-prod/memory.swap.max"), "max").unwrap();
         let g = tree
-            .create("api-prod", &Limits { memory_mb: Some(256), cpu_weight: Some(200), pids_max: Some(512) })
+            .create(
+                "api-prod",
+                &Limits {
+                    memory_mb: Some(256),
+                    cpu_weight: Some(200),
+                    pids_max: Some(512),
+                },
+            )
             .unwrap();
         let read = |f: &str| std::fs::read_to_string(g.dir.join(f)).unwrap();
         assert_eq!(read("memory.max"), (256u64 * 1024 * 1024).to_string());
         assert_eq!(read("memory.swap.max"), "0");
         assert_eq!(read("cpu.weight"), "200");
         assert_eq!(read("pids.max"), "512");
-        std::fs::write(g.dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        std::fs::write(
+            g.dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         std::fs::write(g.dir.join("memory.current"), "1048576\n").unwrap();
         std::fs::write(g.dir.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
         assert_eq!(g.oom_kills(), 1);
-        assert_eq!(g.usage(), Usage { memory_bytes: Some(1048576), cpu_usec: Some(1500) });
+        assert_eq!(
+            g.usage(),
+            Usage {
+                memory_bytes: Some(1048576),
+                cpu_usec: Some(1500)
+            }
+        );
         assert_eq!(tree.children(), ["api-prod"]);
     }
 }
