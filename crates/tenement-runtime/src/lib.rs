@@ -21,6 +21,7 @@ mod namespace;
 mod process;
 mod sandbox;
 pub mod shim;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::future::Future;

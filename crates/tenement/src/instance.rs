@@ -53,6 +53,11 @@ pub struct InstanceStatus {
     pub memory_bytes: Option<u64>,
     /// CPU time the current run has used, in microseconds.
     pub cpu_usec: Option<u64>,
+    /// The instance's data directory (`HOME`).
+    pub data_dir: PathBuf,
+    pub storage_quota_mb: Option<u64>,
+    /// Bytes used on the instance's quota'd filesystem.
+    pub storage_used_bytes: Option<u64>,
     pub socket: PathBuf,
     pub port: u16,
     pub weight: u8,
@@ -140,6 +145,9 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         oom_kills: 0,
         memory_bytes: None,
         cpu_usec: None,
+        data_dir: setup.spec.instance_dir.clone(),
+        storage_quota_mb: setup.service.storage_quota_mb,
+        storage_used_bytes: None,
         socket: setup.socket.clone(),
         port: setup.port,
         weight: setup.weight,
@@ -274,7 +282,7 @@ impl Actor {
             }
             return Ok(None);
         };
-        let name = format!("{}.{}", self.key.service, self.key.id);
+        let name = crate::supervisor::cgroup_name(&self.key);
         match cgroups.create(&name, &limits) {
             Ok(cg) => Ok(Some(cg)),
             Err(e) if refuse => Err(format!(

@@ -9,6 +9,7 @@ use tenement_core::InstanceKey;
 use tenement_core::config::{Config, Listen, Service, Vars};
 use tenement_core::lifecycle::Input;
 use tenement_runtime::cgroup::Cgroups;
+use tenement_runtime::storage::{self, Quota};
 use tenement_runtime::{Runtimes, Spec, argv_for};
 use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
@@ -35,6 +36,8 @@ struct Inner {
     store: Store,
     tokens: crate::Tokens,
     registry: Mutex<HashMap<InstanceKey, InstanceHandle>>,
+    /// Keys being created right now (so two creates of one key never both touch its files).
+    creating: Mutex<std::collections::HashSet<InstanceKey>>,
     ports: Mutex<Ports>,
     feed: broadcast::Sender<Arc<LogLine>>,
     tracker: TaskTracker,
@@ -62,6 +65,7 @@ impl Supervisor {
                 tokens: crate::Tokens::new(store.clone()),
                 store,
                 registry: Mutex::new(HashMap::new()),
+                creating: Mutex::default(),
                 ports: Mutex::new(Ports::default()),
                 feed: broadcast::channel(1024).0,
                 tracker: TaskTracker::new(),
@@ -115,6 +119,31 @@ impl Supervisor {
         if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
         }
+        {
+            let mut creating = self
+                .inner
+                .creating
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if self.registry().contains_key(key) || !creating.insert(key.clone()) {
+                return Err(Error::AlreadyExists(key.clone()));
+            }
+        }
+        let result = self.create_reserved(key, weight, record).await;
+        self.inner
+            .creating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        result
+    }
+
+    async fn create_reserved(
+        &self,
+        key: &InstanceKey,
+        weight: u8,
+        record: bool,
+    ) -> Result<InstanceHandle, Error> {
         let config = &self.inner.config;
         let service = config
             .service(&key.service)
@@ -127,20 +156,39 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
             .allocate()
             .ok_or(Error::NoFreePort)?;
-        let prepared = self.prepare(key, service, port);
-        let (spec, socket, data) = match prepared {
+        let (spec, socket, data) = match self.prepare(key, service, port) {
             Ok(p) => p,
             Err(e) => {
                 self.release_port(port);
                 return Err(e);
             }
         };
+        let quota = Quota::of(
+            service.storage_quota_mb,
+            service.storage_persist,
+            &config.settings.data_dir,
+            &cgroup_name(key),
+        );
+        if let Some(q) = quota.clone() {
+            let dir = data.clone();
+            let mounted = tokio::task::spawn_blocking(move || q.mount(&dir))
+                .await
+                .expect("mount task");
+            if let Err(e) = mounted {
+                self.release_port(port);
+                return Err(Error::Invalid {
+                    key: key.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
         let endpoint = match service.listen {
             Listen::Unix => Endpoint::Unix(socket.clone()),
             Listen::Tcp => Endpoint::Tcp(port),
         };
         let me = self.clone();
         let (cleanup_key, persist) = (key.clone(), service.storage_persist);
+        let has_quota = quota.is_some();
         let setup = Setup {
             key: key.clone(),
             service: Arc::new(service.clone()),
@@ -152,19 +200,13 @@ impl Supervisor {
             port,
             weight,
             feed: self.inner.feed.clone(),
-            cleanup: Box::new(move || me.cleanup(&cleanup_key, &socket, &data, persist, port)),
+            cleanup: Box::new(move || {
+                me.cleanup(&cleanup_key, &socket, &data, persist, has_quota, port)
+            }),
             cgroups: self.inner.cgroups,
         };
         let (handle, actor) = instance::start(setup);
-        {
-            let mut registry = self.registry();
-            if registry.contains_key(key) {
-                drop(registry);
-                self.release_port(port);
-                return Err(Error::AlreadyExists(key.clone()));
-            }
-            registry.insert(key.clone(), handle.clone());
-        }
+        self.registry().insert(key.clone(), handle.clone());
         // Start at once and record in parallel: the fsync is not on the path to ready, but
         // the caller hears back only once the instance is recorded.
         self.inner.tracker.spawn_on(actor, &self.inner.runtime);
@@ -247,10 +289,22 @@ impl Supervisor {
     }
 
     /// Runs when an instance actor ends: forget it and remove what it leaves behind.
-    fn cleanup(&self, key: &InstanceKey, socket: &Path, data: &Path, persist: bool, port: u16) {
+    #[allow(clippy::too_many_arguments)]
+    fn cleanup(
+        &self,
+        key: &InstanceKey,
+        socket: &Path,
+        data: &Path,
+        persist: bool,
+        quota: bool,
+        port: u16,
+    ) {
         self.registry().remove(key);
         self.release_port(port);
         instance::remove_stale_socket(socket);
+        if quota {
+            storage::unmount(data);
+        }
         if !persist {
             remove_instance_dir(&self.inner.config.settings.data_dir, key, data);
         }
@@ -371,6 +425,9 @@ impl Supervisor {
 fn status_of(h: &InstanceHandle) -> InstanceStatus {
     let mut s = h.status.borrow().clone();
     s.weight = h.activity.weight();
+    if s.storage_quota_mb.is_some() {
+        s.storage_used_bytes = storage::usage(&s.data_dir).map(|(used, _)| used);
+    }
     if let Some(cg) = h.cgroup.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         let usage = cg.usage();
         (s.memory_bytes, s.cpu_usec) = (usage.memory_bytes, usage.cpu_usec);
@@ -409,6 +466,12 @@ pub(crate) async fn wait_settled(
             .clone()
             .unwrap_or_else(|| "not ready".into()),
     })
+}
+
+/// `service.id`: the instance's name for its cgroup and storage image (unambiguous: `.` is
+/// not allowed in either part).
+pub(crate) fn cgroup_name(key: &InstanceKey) -> String {
+    format!("{}.{}", key.service, key.id)
 }
 
 /// `{data_dir}/{service}/{id}`: safe because both parts are validated DNS labels.

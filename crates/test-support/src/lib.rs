@@ -314,6 +314,7 @@ impl Drop for Building {
             let _ = child.wait();
         }
         self.remove_cgroup_scope();
+        self.unmount_all();
         if std::thread::panicking() {
             eprintln!("--- serve.log ---\n{}", self.serve_log());
         }
@@ -354,6 +355,25 @@ impl Building {
                 dir.is_dir().then_some(dir)
             })
             .collect()
+    }
+
+    /// Unmounts what a killed server left mounted in the building (quota filesystems), so the
+    /// temp directory can go and no loop device leaks.
+    fn unmount_all(&self) {
+        let dir = self.path().to_string_lossy().into_owned();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|p| p.starts_with(&dir))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            if let Ok(c) = std::ffi::CString::new(p) {
+                // SAFETY: umount2 with a valid NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
     }
 
     fn remove_cgroup_scope(&self) {

@@ -60,6 +60,8 @@ pub async fn run(
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
     let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
     runtimes.clean_stale();
+    // Quota mounts of a server that was killed are still there: start from a clean slate.
+    tenement_runtime::storage::clean_stale(&data_dir);
     let scope = Cgroups::scope_for(&data_dir);
     let cgroups: Option<&'static Cgroups> =
         Cgroups::detect(&scope).map(|c| &*Box::leak(Box::new(c)));
