@@ -192,3 +192,25 @@ fn stale_cgroups_are_cleaned_after_kill_9() {
         "only the live instance has a cgroup"
     );
 }
+
+#[test]
+fn limits_that_cannot_be_applied_fail_the_spawn_unless_allowed() {
+    let mut b = Building::new(TEN, CONFIG);
+    // As on a host that offers ten serve no cgroups.
+    b.start_with_env(&[("TENEMENT_NO_CGROUPS", "1")]);
+    let out = b.ten(&["spawn", "hog:a"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("memory_limit_mb/cpu_shares need cgroups")
+            && err.contains("allow_unlimited = true"),
+        "{err}"
+    );
+    b.ten_ok(&["spawn", "plain:a"]); // no limits asked: runs
+    b.terminate();
+
+    b.write_config(&CONFIG.replace("[settings]", "[settings]\nallow_unlimited = true"));
+    b.start_with_env(&[("TENEMENT_NO_CGROUPS", "1")]);
+    b.ten_ok(&["spawn", "hog:b"]);
+    assert!(b.cgroup_scopes().iter().all(|s| !s.join("hog.b").exists()));
+}

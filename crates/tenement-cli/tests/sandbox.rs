@@ -95,6 +95,16 @@ fn the_app_runs_on_gvisor_and_is_reachable_through_the_proxy() {
         (r.status, r.text().unwrap())
     };
     assert_eq!(code, 200, "root is the host's / (read-only), as documented");
+    // runsc run, its gofer and its sandbox are all in the instance's cgroup.
+    let procs = b
+        .cgroup_scopes()
+        .iter()
+        .map(|s| s.join("sb.a/cgroup.procs"))
+        .find(|p| p.exists())
+        .map(|p| std::fs::read_to_string(p).unwrap().lines().count());
+    if let Some(n) = procs {
+        assert!(n >= 4, "shim, runsc, gofer, sandbox: {n}");
+    }
     let logs = b.ten_ok(&["logs", "sb:a"]);
     assert!(logs.contains("listening on"), "output captured: {logs}");
 

@@ -161,6 +161,11 @@ impl Building {
 
     /// Starts `ten serve` on a free port and waits until its control socket answers.
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// [`Building::start`] with extra environment variables for `ten serve`.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.server.is_none(), "already started");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -182,6 +187,7 @@ impl Building {
             .stderr(log)
             .env("TENEMENT_LOG", "info,tenement=debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .spawn()
             .expect("spawn ten serve");
         self.server = Some(child);

@@ -63,8 +63,14 @@ pub async fn run(
     // Quota mounts of a server that was killed are still there: start from a clean slate.
     tenement_runtime::storage::clean_stale(&data_dir);
     let scope = Cgroups::scope_for(&data_dir);
-    let cgroups: Option<&'static Cgroups> =
-        Cgroups::detect(&scope).map(|c| &*Box::leak(Box::new(c)));
+    // TENEMENT_NO_CGROUPS=1: diagnostics and benchmarks only (instances run without cgroups).
+    let disabled = std::env::var_os("TENEMENT_NO_CGROUPS").is_some_and(|v| v == "1");
+    let detected = if disabled {
+        None
+    } else {
+        Cgroups::detect(&scope)
+    };
+    let cgroups: Option<&'static Cgroups> = detected.map(|c| &*Box::leak(Box::new(c)));
     match cgroups {
         Some(c) => {
             info!(
