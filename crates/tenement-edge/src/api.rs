@@ -37,6 +37,7 @@ pub fn router(supervisor: Supervisor, access: Access) -> Router {
         .route("/instances/{key}/restart", post(restart))
         .route("/instances/{key}/logs", get(logs))
         .route("/instances/{key}/weight", post(weight))
+        .route("/logs", get(crate::logs_api::logs))
         .route("/route", post(route))
         .route("/deploy", post(deploy))
         .route("/health", get(list))

@@ -15,6 +15,7 @@ mod api;
 mod error;
 mod frontdoor;
 mod headers;
+mod logs_api;
 mod pool;
 mod proxy;
 

@@ -13,11 +13,11 @@ use tenement_core::config::{Service, Settings};
 use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
 use tenement_runtime::cgroup::{Cgroup, Cgroups, Limits};
 use tenement_runtime::{Runtime, Spec, Workload};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::activity::Activity;
-use crate::logs::{self, LogLine, Stream, Tail};
+use crate::logs::{self, LogLine, Sink, Stream, Tail};
 use crate::probe::{self, Endpoint};
 
 /// Consecutive failed health checks that restart an instance.
@@ -88,7 +88,7 @@ pub struct Setup {
     pub endpoint: Endpoint,
     pub port: u16,
     pub weight: u8,
-    pub feed: broadcast::Sender<Arc<LogLine>>,
+    pub sink: Sink,
     /// Runs once the instance is stopped for good, before the final status is published.
     pub cleanup: Box<dyn FnOnce() + Send>,
     pub cgroups: Option<&'static Cgroups>,
@@ -306,12 +306,13 @@ impl Actor {
             self.oom_kills += 1;
             let limit = self.setup.service.memory_limit_mb.unwrap_or(0);
             warn!(instance = %self.key, memory_limit_mb = limit, "killed by the kernel: out of memory");
-            self.tail.note(
-                &self.key,
-                &format!(
-                    "[tenement] killed by the kernel: out of memory (memory_limit_mb = {limit})"
-                ),
-            );
+            let note = Arc::new(LogLine {
+                instance: self.key.clone(),
+                ts_ms: logs::now_ms(),
+                stream: Stream::Stderr,
+                text: format!("[tenement] killed by the kernel: out of memory (memory_limit_mb = {limit})"),
+            });
+            self.setup.sink.send(&self.tail, note);
         }
         let _ = tokio::task::spawn_blocking(move || {
             cg.kill_all();
@@ -363,7 +364,7 @@ impl Actor {
                 self.key.clone(),
                 stream,
                 self.tail.clone(),
-                self.setup.feed.clone(),
+                self.setup.sink.clone(),
             ));
         }
         self.workload = Some(started.workload);

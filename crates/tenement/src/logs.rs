@@ -61,16 +61,6 @@ impl Tail {
         }
     }
 
-    /// Adds a line from tenement itself (shown as stderr).
-    pub fn note(&self, instance: &InstanceKey, text: &str) {
-        self.push(Arc::new(LogLine {
-            instance: Arc::new(instance.clone()),
-            ts_ms: now_ms(),
-            stream: Stream::Stderr,
-            text: text.to_owned(),
-        }));
-    }
-
     /// The newest `limit` lines, oldest first.
     pub fn last(&self, limit: usize) -> Vec<Arc<LogLine>> {
         let t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -79,14 +69,26 @@ impl Tail {
     }
 }
 
-/// Reads `pipe` until EOF, line by line, into `tail` and the live `feed`.
-pub async fn capture(
-    pipe: impl AsyncRead + Unpin,
-    instance: Arc<InstanceKey>,
-    stream: Stream,
-    tail: Arc<Tail>,
-    feed: broadcast::Sender<Arc<LogLine>>,
-) {
+/// Where captured lines go besides the instance's tail: the live feed (`-f`, SSE) and the
+/// persistent store.
+#[derive(Clone)]
+pub struct Sink {
+    pub feed: broadcast::Sender<Arc<LogLine>>,
+    pub store: Option<crate::LogStore>,
+}
+
+impl Sink {
+    pub fn send(&self, tail: &Tail, line: Arc<LogLine>) {
+        tail.push(line.clone());
+        if let Some(store) = &self.store {
+            store.push(line.clone());
+        }
+        let _ = self.feed.send(line);
+    }
+}
+
+/// Reads `pipe` until EOF, line by line, into `tail` and `sink`.
+pub async fn capture(pipe: impl AsyncRead + Unpin, instance: Arc<InstanceKey>, stream: Stream, tail: Arc<Tail>, sink: Sink) {
     let mut reader = BufReader::with_capacity(4096, pipe);
     let mut line: Vec<u8> = Vec::new();
     let mut dropped = 0usize;
@@ -116,8 +118,7 @@ pub async fn capture(
                 stream,
                 text,
             });
-            tail.push(entry.clone());
-            let _ = feed.send(entry);
+            sink.send(&tail, entry);
             line.clear();
             if line.capacity() > 2 * 4096 {
                 line.shrink_to(256);
@@ -159,9 +160,9 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
         input.extend_from_slice(b"\nbad \xff\xfe utf8\nlast without newline");
         let tail = Arc::new(Tail::default());
-        let (tx, _) = broadcast::channel(4);
+        let sink = Sink { feed: broadcast::channel(4).0, store: None };
         let key = Arc::new("api:prod".parse().unwrap());
-        capture(&input[..], key, Stream::Stdout, tail.clone(), tx).await;
+        capture(&input[..], key, Stream::Stdout, tail.clone(), sink).await;
         let lines: Vec<String> = tail.last(10).iter().map(|l| l.text.clone()).collect();
         assert_eq!(
             lines.len(),

@@ -83,6 +83,7 @@ struct Shared {
     wake: Condvar,
     dropped: AtomicU64,
     written: AtomicU64,
+    pushed: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -120,6 +121,7 @@ impl LogStore {
             wake: Condvar::new(),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
+            pushed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -137,6 +139,7 @@ impl LogStore {
 
     /// Queues a line for writing; never blocks for longer than a mutex push.
     pub fn push(&self, line: Arc<LogLine>) {
+        self.shared.pushed.fetch_add(1, Ordering::Relaxed);
         let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
         let queue = p.queues.entry(line.instance.clone()).or_default();
         queue.push_back(line);
@@ -159,6 +162,18 @@ impl LogStore {
     /// Lines written so far.
     pub fn written(&self) -> u64 {
         self.shared.written.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most 1 s; blocking) until every line pushed so far is written or dropped, so a
+    /// query sees what was captured before it.
+    pub fn flush(&self) {
+        let target = self.shared.pushed.load(Ordering::SeqCst);
+        let until = Instant::now() + Duration::from_secs(1);
+        self.shared.wake.notify_one();
+        while self.written() + self.dropped() < target && Instant::now() < until {
+            self.shared.wake.notify_one();
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Writes what is pending and stops the writer (at shutdown).
@@ -253,7 +268,7 @@ fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
     loop {
         let batch: Vec<Arc<LogLine>> = {
             let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if p.total == 0 && !shared.closed.load(Ordering::SeqCst) {
+            if p.total == 0 && p.queues.is_empty() && !shared.closed.load(Ordering::SeqCst) {
                 p = shared.wake.wait_timeout(p, FLUSH_EVERY).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
             }
             p.total = 0;

@@ -16,7 +16,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::instance::{self, InstanceHandle, InstanceStatus, Setup};
-use crate::logs::LogLine;
+use crate::logs::{LogLine, Sink};
+use crate::LogStore;
 use crate::ports::Ports;
 use crate::probe::Endpoint;
 use crate::{Error, Store};
@@ -40,6 +41,7 @@ struct Inner {
     creating: Mutex<std::collections::HashSet<InstanceKey>>,
     ports: Mutex<Ports>,
     feed: broadcast::Sender<Arc<LogLine>>,
+    logs: Option<LogStore>,
     tracker: TaskTracker,
     /// The runtime instance actors run on, whichever runtime asked for the instance (the front
     /// door runs one runtime per core).
@@ -68,11 +70,22 @@ impl Supervisor {
                 creating: Mutex::default(),
                 ports: Mutex::new(Ports::default()),
                 feed: broadcast::channel(1024).0,
+                logs: None,
                 tracker: TaskTracker::new(),
                 runtime: tokio::runtime::Handle::current(),
                 closed: Default::default(),
             }),
         }
+    }
+
+    /// Persists every captured line in `store` from now on (call before spawning anything).
+    pub fn with_log_store(mut self, store: LogStore) -> Self {
+        Arc::get_mut(&mut self.inner).expect("called right after new").logs = Some(store);
+        self
+    }
+
+    pub fn log_store(&self) -> Option<&LogStore> {
+        self.inner.logs.as_ref()
     }
 
     pub fn tokens(&self) -> &crate::Tokens {
@@ -199,7 +212,10 @@ impl Supervisor {
             endpoint,
             port,
             weight,
-            feed: self.inner.feed.clone(),
+            sink: Sink {
+                feed: self.inner.feed.clone(),
+                store: self.inner.logs.clone(),
+            },
             cleanup: Box::new(move || {
                 me.cleanup(&cleanup_key, &socket, &data, persist, has_quota, port)
             }),

@@ -1,4 +1,6 @@
-//! `ten logs INSTANCE [--limit N] [-f]`: the captured output tail, optionally followed live.
+//! `ten logs TARGET [--search TEXT] [--stream stdout|stderr] [--since 10m] [--limit N] [-f]`:
+//! captured output of an instance (`api:prod`) or of every instance of a service (`api`),
+//! from the persistent log store, oldest first; `-f` keeps printing new lines.
 
 use std::process::ExitCode;
 
@@ -6,15 +8,24 @@ use anyhow::bail;
 use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::Value;
-use tenement_core::InstanceKey;
+use tenement_core::{InstanceKey, ServiceName};
 
 use crate::client::Client;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The instance, as SERVICE:ID.
-    instance: String,
-    /// How many of the newest lines to show.
+    /// SERVICE:ID for one instance, or SERVICE for all of its instances.
+    target: String,
+    /// Only lines containing this text (full-text search).
+    #[arg(long)]
+    search: Option<String>,
+    /// Only stdout or only stderr.
+    #[arg(long, value_parser = ["stdout", "stderr"])]
+    stream: Option<String>,
+    /// Only lines newer than this: a duration back from now (30s, 10m, 2h, 7d) or ms since the epoch.
+    #[arg(long)]
+    since: Option<String>,
+    /// How many of the newest matching lines to show.
     #[arg(long, default_value_t = 100)]
     limit: usize,
     /// Keep printing new lines as they arrive.
@@ -26,20 +37,37 @@ fn print(line: &Value) {
     let stream = line["stream"].as_str().unwrap_or("?");
     let text = line["text"].as_str().unwrap_or("");
     let ts = line["ts_ms"].as_u64().unwrap_or(0);
-    println!("{}.{:03} {stream} {text}", ts / 1000, ts % 1000);
+    let who = line["instance"].as_str().unwrap_or("");
+    println!("{}.{:03} {who} {stream} {text}", ts / 1000, ts % 1000);
+}
+
+/// `application/x-www-form-urlencoded` for a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
-    let key: InstanceKey = args.instance.parse()?;
-    let path = format!("/instances/{key}/logs?limit={}", args.limit);
+    let mut query = match args.target.contains(':') {
+        true => format!("instance={}", args.target.parse::<InstanceKey>()?),
+        false => format!("service={}", args.target.parse::<ServiceName>()?),
+    };
+    query.push_str(&format!("&limit={}", args.limit));
+    for (name, value) in [("search", &args.search), ("stream", &args.stream), ("since", &args.since)] {
+        if let Some(v) = value {
+            query.push_str(&format!("&{name}={}", encode(v)));
+        }
+    }
     if !args.follow {
-        let lines: Vec<Value> = client.call(Method::GET, &path, None).await?;
-        lines.iter().for_each(print);
+        let lines: Vec<Value> = client.call(Method::GET, &format!("/logs?{query}"), None).await?;
+        lines.iter().rev().for_each(print);
         return Ok(ExitCode::SUCCESS);
     }
-    let res = client
-        .request(Method::GET, &format!("{path}&follow=true"), None)
-        .await?;
+    let res = client.request(Method::GET, &format!("/logs?{query}&follow=true"), None).await?;
     if !res.status().is_success() {
         let body = res.into_body().collect().await?.to_bytes();
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -48,9 +76,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let mut body = res.into_body();
     let mut pending = String::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
+        let Ok(data) = frame?.into_data() else { continue };
         pending.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();
@@ -62,4 +88,12 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encodes_query_values() {
+        assert_eq!(super::encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
 }

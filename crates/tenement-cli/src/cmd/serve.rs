@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
-use tenement::{Store, Supervisor};
+use tenement::{LogStore, Retention, Store, Supervisor};
 use tenement_edge::{Access, bind, front_door, serve};
 use tenement_runtime::Runtimes;
 use tenement_runtime::cgroup::Cgroups;
@@ -81,7 +81,12 @@ pub async fn run(
         }
         None => warn!("no usable cgroups: memory_limit_mb/cpu_shares cannot be enforced here"),
     }
-    let supervisor = Supervisor::new(Arc::new(config), store, runtimes, cgroups);
+    let retention = Retention {
+        max_age: std::time::Duration::from_secs(config.settings.log_retention_days * 86_400),
+        max_bytes: config.settings.log_max_mb * 1024 * 1024,
+    };
+    let logs = LogStore::open(&data_dir.join("logs.db"), retention)?;
+    let supervisor = Supervisor::new(Arc::new(config), store, runtimes, cgroups).with_log_store(logs.clone());
 
     let socket_path = control_socket(&data_dir);
     let _ = std::fs::remove_file(&socket_path); // stale: the lock above proves no server owns it
@@ -120,6 +125,7 @@ pub async fn run(
     }
     restoring.abort();
     supervisor.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || logs.close()).await;
     stop_http.cancel();
     if let Ok(Err(e)) = control.await {
         warn!(error = %e, "control socket ended with an error");

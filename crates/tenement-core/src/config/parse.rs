@@ -28,6 +28,8 @@ const SETTINGS: &[&str] = &[
     "tls",
     "sandbox",
     "allow_unlimited",
+    "log_retention_days",
+    "log_max_mb",
 ];
 const SANDBOX: &[&str] = &["runsc", "platform", "network"];
 const TLS: &[&str] = &[
@@ -168,6 +170,8 @@ impl Settings {
             upstream_timeout: 60,
             sandbox: Sandbox::default(),
             allow_unlimited: false,
+            log_retention_days: 7,
+            log_max_mb: 1024,
         }
     }
 }
@@ -236,6 +240,12 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
         s.upstream_timeout = n as u64;
     }
     s.allow_unlimited = f.bool(ctx, "allow_unlimited").unwrap_or(false);
+    if let Some((n, _)) = f.int(ctx, "log_retention_days", 1, 3650) {
+        s.log_retention_days = n as u64;
+    }
+    if let Some((n, _)) = f.int(ctx, "log_max_mb", 1, 1 << 30) {
+        s.log_max_mb = n as u64;
+    }
     if let Some(mut sb) = f.table(ctx, "sandbox") {
         if let Some((runsc, span)) = sb.string(ctx, "runsc") {
             if runsc.trim().is_empty() {

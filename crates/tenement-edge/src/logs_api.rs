@@ -1,0 +1,139 @@
+//! `GET /api/logs`: query the persistent log store (instance or service, stream, time range,
+//! full-text search, newest first with a limit), or follow it live over Server-Sent Events
+//! with the same filters (`follow=true`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, StreamExt};
+use serde::Deserialize;
+use tenement::{LogLine, LogQuery, Stream, Supervisor};
+use tenement_core::InstanceKey;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::ApiError;
+
+#[derive(Deserialize, Default)]
+pub struct LogParams {
+    /// `service:id`
+    pub instance: Option<String>,
+    pub service: Option<String>,
+    /// `stdout` or `stderr`
+    pub stream: Option<String>,
+    /// Milliseconds since the epoch, or a duration back from now (`90s`, `10m`, `2h`, `7d`).
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub search: Option<String>,
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// A point in time from `since`/`until`.
+fn instant_ms(raw: &str) -> Result<u64, ApiError> {
+    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "bad_time", format!("{raw:?} is neither ms since the epoch nor a duration like 10m"));
+    if let Ok(ms) = raw.parse::<u64>() {
+        return Ok(ms);
+    }
+    let (num, unit) = raw.split_at(raw.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(bad()),
+    };
+    Ok(tenement_now_ms().saturating_sub(secs * 1000))
+}
+
+fn tenement_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn to_query(p: &LogParams) -> Result<LogQuery, ApiError> {
+    let instance = p.instance.as_deref().map(str::parse::<InstanceKey>).transpose()?;
+    let service = p.service.as_deref().map(str::parse::<tenement_core::ServiceName>).transpose()?;
+    let stream = match p.stream.as_deref() {
+        None | Some("") => None,
+        Some("stdout") => Some(Stream::Stdout),
+        Some("stderr") => Some(Stream::Stderr),
+        Some(other) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_stream", format!("stream must be stdout or stderr, not {other:?}"))),
+    };
+    Ok(LogQuery {
+        instance,
+        service: service.map(|s| s.to_string()),
+        ids: None,
+        stream,
+        since_ms: p.since.as_deref().map(instant_ms).transpose()?,
+        until_ms: p.until.as_deref().map(instant_ms).transpose()?,
+        search: p.search.clone(),
+        limit: p.limit.unwrap_or(100),
+    })
+}
+
+fn matches(q: &LogQuery, l: &LogLine) -> bool {
+    q.instance.as_ref().is_none_or(|k| *k == *l.instance)
+        && q.service.as_deref().is_none_or(|s| s == l.instance.service.as_str())
+        && q.ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == l.instance.id.as_str()))
+        && q.stream.is_none_or(|s| s == l.stream)
+        && q.search.as_deref().is_none_or(|s| l.text.to_lowercase().contains(&s.to_lowercase()))
+}
+
+pub async fn logs(State(s): State<Supervisor>, Query(p): Query<LogParams>) -> Result<Response, ApiError> {
+    let q = to_query(&p)?;
+    let Some(store) = s.log_store().cloned() else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_log_store", "this server keeps no log store"));
+    };
+    let live = p.follow.then(|| s.follow_logs());
+    let found = {
+        let q = q.clone();
+        tokio::task::spawn_blocking(move || {
+            store.flush();
+            store.query(&q)
+        })
+        .await
+        .expect("log query task")?
+    };
+    let Some(live) = live else {
+        return Ok(Json(found).into_response());
+    };
+    let backlog = stream::iter(found.into_iter().rev().map(|l| {
+        Ok::<_, Infallible>(Event::default().event("log").data(serde_json::to_string(&l).expect("json")))
+    }));
+    let live = stream::unfold((live, q), |(mut live, q)| async move {
+        loop {
+            let ev = match live.recv().await {
+                Ok(line) if matches(&q, &line) => Event::default().event("log").data(serde_json::to_string(&*line).expect("json")),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                Err(RecvError::Closed) => return None,
+            };
+            return Some((Ok(ev), (live, q)));
+        }
+    });
+    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(instant_ms("1700000000000").unwrap(), 1_700_000_000_000);
+        let ten_min_ago = instant_ms("10m").unwrap();
+        let now = tenement_now_ms();
+        assert!((now - ten_min_ago).abs_diff(600_000) < 5_000);
+        for bad in ["10x", "m", "", "-5m", "1.5h"] {
+            assert!(instant_ms(bad).is_err(), "{bad}");
+        }
+    }
+}
