@@ -396,6 +396,12 @@ where
             // Introspection for isolation tests: what this process can see.
             ("GET", "/ps") => (200, visible_pids().into_bytes()),
             ("GET", "/zombies") => (200, zombies().to_string().into_bytes()),
+            ("GET", "/say") => {
+                let text = query.split('&').find_map(|kv| kv.strip_prefix("text=")).unwrap_or("");
+                println!("{text}");
+                eprintln!("said {text}");
+                (200, b"said".to_vec())
+            }
             ("GET", "/alloc") => (200, alloc(num("mb", 1)).into_bytes()),
             ("GET", "/forkbomb") => (200, forkbomb(num("max", 10_000)).into_bytes()),
             ("GET", "/write") => write_file(num("mb", 1)),

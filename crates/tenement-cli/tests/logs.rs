@@ -1,0 +1,91 @@
+//! Logs are kept: searchable by instance, service, stream, time and text; they survive a
+//! `kill -9` of the server; a flooding app neither blocks nor pushes out another's lines.
+
+use std::time::Duration;
+
+use test_support::http::get;
+use test_support::{Building, SOON, wait_for};
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+const CONFIG: &str = r#"
+[service.web]
+command = "{fixture}"
+socket = "{dir}/s/{name}-{id}.sock"
+health = "/health"
+isolation = "process"
+
+[service.noisy]
+command = "{fixture} --spam"
+socket = "{dir}/s/{name}-{id}.sock"
+health = "/health"
+isolation = "process"
+"#;
+
+fn say(addr: &str, key: &str, text: &str) {
+    let (svc, id) = key.split_once(':').unwrap();
+    assert_eq!(get(addr, &format!("{id}.{svc}.tenement.test"), &format!("/say?text={text}")).unwrap().status, 200);
+}
+
+#[test]
+fn search_filters_and_service_wide_queries() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "web:a"]);
+    b.ten_ok(&["spawn", "web:b"]);
+    say(&addr, "web:a", "alpha-one");
+    say(&addr, "web:b", "beta-two");
+    say(&addr, "web:a", "alpha-three");
+
+    let a = b.ten_ok(&["logs", "web:a", "--search", "alpha", "--stream", "stdout"]);
+    let lines: Vec<&str> = a.lines().collect();
+    assert_eq!(lines.len(), 2, "{a}");
+    assert!(lines[0].ends_with("web:a stdout alpha-one") && lines[1].ends_with("web:a stdout alpha-three"), "oldest first: {a}");
+    let err = b.ten_ok(&["logs", "web:a", "--stream", "stderr", "--search", "alpha-one"]);
+    assert!(err.contains("stderr said alpha-one"), "{err}");
+    let all = b.ten_ok(&["logs", "web", "--search", "two"]);
+    assert!(all.contains("web:b stdout beta-two"), "service-wide: {all}");
+    assert_eq!(b.ten_ok(&["logs", "web", "--since", "1h", "--limit", "1"]).lines().count(), 1);
+    assert!(b.ten_ok(&["logs", "web", "--since", "1700000000000", "--search", "nothing-like-this"]).is_empty());
+    let bad = b.ten(&["logs", "web:a", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn logs_survive_kill_9_of_the_server() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "web:a"]);
+    say(&addr, "web:a", "before-the-crash");
+    // The writer commits every 250 ms: one second is more than enough.
+    std::thread::sleep(Duration::from_millis(1000));
+    b.kill9();
+    b.start();
+    let out = b.ten_ok(&["logs", "web:a", "--search", "before-the-crash"]);
+    assert!(out.contains("before-the-crash"), "{out}");
+}
+
+#[test]
+fn a_flood_neither_blocks_the_app_nor_starves_a_neighbour() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "noisy:a"]);
+    b.ten_ok(&["spawn", "web:quiet"]);
+    for i in 0..20 {
+        say(&addr, "web:quiet", &format!("quiet-line-{i}"));
+        // The flooding app still answers promptly (its output is being drained).
+        assert_eq!(get(&addr, "a.noisy.tenement.test", "/health").unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let quiet = wait_for("all quiet lines stored", SOON, || {
+        let out = b.ten_ok(&["logs", "web:quiet", "--search", "quiet-line", "--stream", "stdout", "--limit", "100"]);
+        (out.lines().count() == 20).then_some(out)
+    });
+    assert!(quiet.contains("quiet-line-0") && quiet.contains("quiet-line-19"));
+    let noisy = b.ten_ok(&["logs", "noisy:a", "--limit", "5"]);
+    assert_eq!(noisy.lines().count(), 5, "the flood is stored too: {noisy}");
+    assert_eq!(b.instance("noisy:a").unwrap()["state"], "running");
+}
