@@ -397,7 +397,10 @@ where
             ("GET", "/ps") => (200, visible_pids().into_bytes()),
             ("GET", "/zombies") => (200, zombies().to_string().into_bytes()),
             ("GET", "/say") => {
-                let text = query.split('&').find_map(|kv| kv.strip_prefix("text=")).unwrap_or("");
+                let text = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("text="))
+                    .unwrap_or("");
                 println!("{text}");
                 eprintln!("said {text}");
                 (200, b"said".to_vec())

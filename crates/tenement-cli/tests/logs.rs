@@ -24,7 +24,16 @@ isolation = "process"
 
 fn say(addr: &str, key: &str, text: &str) {
     let (svc, id) = key.split_once(':').unwrap();
-    assert_eq!(get(addr, &format!("{id}.{svc}.tenement.test"), &format!("/say?text={text}")).unwrap().status, 200);
+    assert_eq!(
+        get(
+            addr,
+            &format!("{id}.{svc}.tenement.test"),
+            &format!("/say?text={text}")
+        )
+        .unwrap()
+        .status,
+        200
+    );
 }
 
 #[test]
@@ -41,13 +50,39 @@ fn search_filters_and_service_wide_queries() {
     let a = b.ten_ok(&["logs", "web:a", "--search", "alpha", "--stream", "stdout"]);
     let lines: Vec<&str> = a.lines().collect();
     assert_eq!(lines.len(), 2, "{a}");
-    assert!(lines[0].ends_with("web:a stdout alpha-one") && lines[1].ends_with("web:a stdout alpha-three"), "oldest first: {a}");
-    let err = b.ten_ok(&["logs", "web:a", "--stream", "stderr", "--search", "alpha-one"]);
+    assert!(
+        lines[0].ends_with("web:a stdout alpha-one")
+            && lines[1].ends_with("web:a stdout alpha-three"),
+        "oldest first: {a}"
+    );
+    let err = b.ten_ok(&[
+        "logs",
+        "web:a",
+        "--stream",
+        "stderr",
+        "--search",
+        "alpha-one",
+    ]);
     assert!(err.contains("stderr said alpha-one"), "{err}");
     let all = b.ten_ok(&["logs", "web", "--search", "two"]);
     assert!(all.contains("web:b stdout beta-two"), "service-wide: {all}");
-    assert_eq!(b.ten_ok(&["logs", "web", "--since", "1h", "--limit", "1"]).lines().count(), 1);
-    assert!(b.ten_ok(&["logs", "web", "--since", "1700000000000", "--search", "nothing-like-this"]).is_empty());
+    assert_eq!(
+        b.ten_ok(&["logs", "web", "--since", "1h", "--limit", "1"])
+            .lines()
+            .count(),
+        1
+    );
+    assert!(
+        b.ten_ok(&[
+            "logs",
+            "web",
+            "--since",
+            "1700000000000",
+            "--search",
+            "nothing-like-this"
+        ])
+        .is_empty()
+    );
     let bad = b.ten(&["logs", "web:a", "--since", "yesterday"]);
     assert!(!bad.status.success());
 }
@@ -77,11 +112,25 @@ fn a_flood_neither_blocks_the_app_nor_starves_a_neighbour() {
     for i in 0..20 {
         say(&addr, "web:quiet", &format!("quiet-line-{i}"));
         // The flooding app still answers promptly (its output is being drained).
-        assert_eq!(get(&addr, "a.noisy.tenement.test", "/health").unwrap().status, 200);
+        assert_eq!(
+            get(&addr, "a.noisy.tenement.test", "/health")
+                .unwrap()
+                .status,
+            200
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let quiet = wait_for("all quiet lines stored", SOON, || {
-        let out = b.ten_ok(&["logs", "web:quiet", "--search", "quiet-line", "--stream", "stdout", "--limit", "100"]);
+        let out = b.ten_ok(&[
+            "logs",
+            "web:quiet",
+            "--search",
+            "quiet-line",
+            "--stream",
+            "stdout",
+            "--limit",
+            "100",
+        ]);
         (out.lines().count() == 20).then_some(out)
     });
     assert!(quiet.contains("quiet-line-0") && quiet.contains("quiet-line-19"));

@@ -5,11 +5,11 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use tenement::{LogLine, LogQuery, Stream, Supervisor};
@@ -36,7 +36,13 @@ pub struct LogParams {
 
 /// A point in time from `since`/`until`.
 fn instant_ms(raw: &str) -> Result<u64, ApiError> {
-    let bad = || ApiError::new(StatusCode::BAD_REQUEST, "bad_time", format!("{raw:?} is neither ms since the epoch nor a duration like 10m"));
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_time",
+            format!("{raw:?} is neither ms since the epoch nor a duration like 10m"),
+        )
+    };
     if let Ok(ms) = raw.parse::<u64>() {
         return Ok(ms);
     }
@@ -59,13 +65,27 @@ fn tenement_now_ms() -> u64 {
 }
 
 pub fn to_query(p: &LogParams) -> Result<LogQuery, ApiError> {
-    let instance = p.instance.as_deref().map(str::parse::<InstanceKey>).transpose()?;
-    let service = p.service.as_deref().map(str::parse::<tenement_core::ServiceName>).transpose()?;
+    let instance = p
+        .instance
+        .as_deref()
+        .map(str::parse::<InstanceKey>)
+        .transpose()?;
+    let service = p
+        .service
+        .as_deref()
+        .map(str::parse::<tenement_core::ServiceName>)
+        .transpose()?;
     let stream = match p.stream.as_deref() {
         None | Some("") => None,
         Some("stdout") => Some(Stream::Stdout),
         Some("stderr") => Some(Stream::Stderr),
-        Some(other) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_stream", format!("stream must be stdout or stderr, not {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_stream",
+                format!("stream must be stdout or stderr, not {other:?}"),
+            ));
+        }
     };
     Ok(LogQuery {
         instance,
@@ -81,16 +101,29 @@ pub fn to_query(p: &LogParams) -> Result<LogQuery, ApiError> {
 
 fn matches(q: &LogQuery, l: &LogLine) -> bool {
     q.instance.as_ref().is_none_or(|k| *k == *l.instance)
-        && q.service.as_deref().is_none_or(|s| s == l.instance.service.as_str())
-        && q.ids.as_ref().is_none_or(|ids| ids.iter().any(|i| i == l.instance.id.as_str()))
+        && q.service
+            .as_deref()
+            .is_none_or(|s| s == l.instance.service.as_str())
+        && q.ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == l.instance.id.as_str()))
         && q.stream.is_none_or(|s| s == l.stream)
-        && q.search.as_deref().is_none_or(|s| l.text.to_lowercase().contains(&s.to_lowercase()))
+        && q.search
+            .as_deref()
+            .is_none_or(|s| l.text.to_lowercase().contains(&s.to_lowercase()))
 }
 
-pub async fn logs(State(s): State<Supervisor>, Query(p): Query<LogParams>) -> Result<Response, ApiError> {
+pub async fn logs(
+    State(s): State<Supervisor>,
+    Query(p): Query<LogParams>,
+) -> Result<Response, ApiError> {
     let q = to_query(&p)?;
     let Some(store) = s.log_store().cloned() else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_log_store", "this server keeps no log store"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_log_store",
+            "this server keeps no log store",
+        ));
     };
     let live = p.follow.then(|| s.follow_logs());
     let found = {
@@ -106,12 +139,18 @@ pub async fn logs(State(s): State<Supervisor>, Query(p): Query<LogParams>) -> Re
         return Ok(Json(found).into_response());
     };
     let backlog = stream::iter(found.into_iter().rev().map(|l| {
-        Ok::<_, Infallible>(Event::default().event("log").data(serde_json::to_string(&l).expect("json")))
+        Ok::<_, Infallible>(
+            Event::default()
+                .event("log")
+                .data(serde_json::to_string(&l).expect("json")),
+        )
     }));
     let live = stream::unfold((live, q), |(mut live, q)| async move {
         loop {
             let ev = match live.recv().await {
-                Ok(line) if matches(&q, &line) => Event::default().event("log").data(serde_json::to_string(&*line).expect("json")),
+                Ok(line) if matches(&q, &line) => Event::default()
+                    .event("log")
+                    .data(serde_json::to_string(&*line).expect("json")),
                 Ok(_) => continue,
                 Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
                 Err(RecvError::Closed) => return None,
@@ -119,7 +158,9 @@ pub async fn logs(State(s): State<Supervisor>, Query(p): Query<LogParams>) -> Re
             return Some((Ok(ev), (live, q)));
         }
     });
-    Ok(Sse::new(backlog.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(backlog.chain(live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 #[cfg(test)]

@@ -310,7 +310,9 @@ impl Actor {
                 instance: self.key.clone(),
                 ts_ms: logs::now_ms(),
                 stream: Stream::Stderr,
-                text: format!("[tenement] killed by the kernel: out of memory (memory_limit_mb = {limit})"),
+                text: format!(
+                    "[tenement] killed by the kernel: out of memory (memory_limit_mb = {limit})"
+                ),
             });
             self.setup.sink.send(&self.tail, note);
         }

@@ -88,7 +88,13 @@ impl Sink {
 }
 
 /// Reads `pipe` until EOF, line by line, into `tail` and `sink`.
-pub async fn capture(pipe: impl AsyncRead + Unpin, instance: Arc<InstanceKey>, stream: Stream, tail: Arc<Tail>, sink: Sink) {
+pub async fn capture(
+    pipe: impl AsyncRead + Unpin,
+    instance: Arc<InstanceKey>,
+    stream: Stream,
+    tail: Arc<Tail>,
+    sink: Sink,
+) {
     let mut reader = BufReader::with_capacity(4096, pipe);
     let mut line: Vec<u8> = Vec::new();
     let mut dropped = 0usize;
@@ -160,7 +166,10 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
         input.extend_from_slice(b"\nbad \xff\xfe utf8\nlast without newline");
         let tail = Arc::new(Tail::default());
-        let sink = Sink { feed: broadcast::channel(4).0, store: None };
+        let sink = Sink {
+            feed: broadcast::channel(4).0,
+            store: None,
+        };
         let key = Arc::new("api:prod".parse().unwrap());
         capture(&input[..], key, Stream::Stdout, tail.clone(), sink).await;
         let lines: Vec<String> = tail.last(10).iter().map(|l| l.text.clone()).collect();

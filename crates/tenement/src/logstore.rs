@@ -140,7 +140,11 @@ impl LogStore {
     /// Queues a line for writing; never blocks for longer than a mutex push.
     pub fn push(&self, line: Arc<LogLine>) {
         self.shared.pushed.fetch_add(1, Ordering::Relaxed);
-        let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let queue = p.queues.entry(line.instance.clone()).or_default();
         queue.push_back(line);
         if queue.len() > PENDING_PER_INSTANCE {
@@ -187,7 +191,8 @@ impl LogStore {
 
     /// Runs a query (blocking: call from a blocking thread).
     pub fn query(&self, q: &LogQuery) -> Result<Vec<StoredLine>, Error> {
-        let mut sql = String::from("SELECT l.id, l.ts_ms, l.instance, l.stream, l.text FROM logs l");
+        let mut sql =
+            String::from("SELECT l.id, l.ts_ms, l.instance, l.stream, l.text FROM logs l");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut conds: Vec<String> = Vec::new();
         if let Some(search) = q.search.as_deref().filter(|s| !s.trim().is_empty()) {
@@ -205,7 +210,9 @@ impl LogStore {
         }
         if let Some(ids) = &q.ids {
             let marks = vec!["?"; ids.len().max(1)].join(",");
-            conds.push(format!("substr(l.instance, instr(l.instance, ':') + 1) IN ({marks})"));
+            conds.push(format!(
+                "substr(l.instance, instr(l.instance, ':') + 1) IN ({marks})"
+            ));
             if ids.is_empty() {
                 args.push(rusqlite::types::Value::Null);
             }
@@ -227,7 +234,15 @@ impl LogStore {
             sql.push_str(" WHERE ");
             sql.push_str(&conds.join(" AND "));
         }
-        sql.push_str(" ORDER BY l.id DESC LIMIT ?");
+        // With a search, the FTS index drives the scan in rowid order, newest first, so a
+        // common word stops after `limit` matches instead of sorting all of them.
+        sql.push_str(
+            if q.search.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+                " ORDER BY f.rowid DESC LIMIT ?"
+            } else {
+                " ORDER BY l.id DESC LIMIT ?"
+            },
+        );
         args.push((q.limit.clamp(1, 10_000) as i64).into());
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let fail = |source| Error::Store {
@@ -242,7 +257,11 @@ impl LogStore {
                     id: r.get(0)?,
                     ts_ms: r.get::<_, i64>(1)? as u64,
                     instance: r.get(2)?,
-                    stream: if stream == "stderr" { Stream::Stderr } else { Stream::Stdout },
+                    stream: if stream == "stderr" {
+                        Stream::Stderr
+                    } else {
+                        Stream::Stdout
+                    },
                     text: r.get(4)?,
                 })
             })
@@ -269,7 +288,11 @@ fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
         let batch: Vec<Arc<LogLine>> = {
             let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             if p.total == 0 && p.queues.is_empty() && !shared.closed.load(Ordering::SeqCst) {
-                p = shared.wake.wait_timeout(p, FLUSH_EVERY).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+                p = shared
+                    .wake
+                    .wait_timeout(p, FLUSH_EVERY)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
             }
             p.total = 0;
             let mut batch = Vec::new();
@@ -281,9 +304,13 @@ fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
         if !batch.is_empty() {
             match insert(&mut conn, &batch) {
                 Ok(()) => {
-                    shared.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    shared
+                        .written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
-                Err(e) => tracing::warn!(error = %e, lines = batch.len(), "could not write log lines"),
+                Err(e) => {
+                    tracing::warn!(error = %e, lines = batch.len(), "could not write log lines")
+                }
             }
         }
         if last_retention.elapsed() >= RETENTION_EVERY {
@@ -292,7 +319,9 @@ fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
                 tracing::warn!(error = %e, "log retention failed");
             }
         }
-        if shared.closed.load(Ordering::SeqCst) && shared.pending.lock().map(|p| p.total == 0).unwrap_or(true) {
+        if shared.closed.load(Ordering::SeqCst)
+            && shared.pending.lock().map(|p| p.total == 0).unwrap_or(true)
+        {
             return;
         }
     }
@@ -303,10 +332,19 @@ fn insert(conn: &mut Connection, batch: &[Arc<LogLine>]) -> rusqlite::Result<()>
     sorted.sort_by_key(|l| l.ts_ms);
     let tx = conn.transaction()?;
     {
-        let mut line_stmt = tx.prepare_cached("INSERT INTO logs (ts_ms, service, instance, stream, text) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        let mut fts_stmt = tx.prepare_cached("INSERT INTO logs_fts (rowid, text) VALUES (?1, ?2)")?;
+        let mut line_stmt = tx.prepare_cached(
+            "INSERT INTO logs (ts_ms, service, instance, stream, text) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut fts_stmt =
+            tx.prepare_cached("INSERT INTO logs_fts (rowid, text) VALUES (?1, ?2)")?;
         for l in sorted {
-            line_stmt.execute(params![l.ts_ms as i64, l.instance.service.as_str(), l.instance.to_string(), stream_name(l.stream), l.text])?;
+            line_stmt.execute(params![
+                l.ts_ms as i64,
+                l.instance.service.as_str(),
+                l.instance.to_string(),
+                stream_name(l.stream),
+                l.text
+            ])?;
             fts_stmt.execute(params![tx.last_insert_rowid(), l.text])?;
         }
     }
@@ -316,18 +354,35 @@ fn insert(conn: &mut Connection, batch: &[Arc<LogLine>]) -> rusqlite::Result<()>
 /// Deletes lines older than `max_age`, then the oldest tenth while the file is over `max_bytes`.
 pub fn retain(conn: &Connection, r: Retention) -> rusqlite::Result<()> {
     let cutoff = crate::logs::now_ms().saturating_sub(r.max_age.as_millis() as u64) as i64;
-    let upto: Option<i64> = conn.query_row("SELECT max(id) FROM logs WHERE ts_ms < ?1", [cutoff], |row| row.get(0))?;
+    let upto: Option<i64> = conn.query_row(
+        "SELECT max(id) FROM logs WHERE ts_ms < ?1",
+        [cutoff],
+        |row| row.get(0),
+    )?;
     if let Some(id) = upto {
         delete_upto(conn, id)?;
     }
     for _ in 0..20 {
-        let size: i64 = conn.query_row("SELECT page_count * page_size FROM pragma_page_count, pragma_page_size", [], |r| r.get(0))?;
-        let free: i64 = conn.query_row("SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size", [], |r| r.get(0))?;
+        let size: i64 = conn.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+            [],
+            |r| r.get(0),
+        )?;
+        let free: i64 = conn.query_row(
+            "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
+            [],
+            |r| r.get(0),
+        )?;
         if ((size - free) as u64) <= r.max_bytes {
             break;
         }
-        let (lo, hi): (Option<i64>, Option<i64>) = conn.query_row("SELECT min(id), max(id) FROM logs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let (Some(lo), Some(hi)) = (lo, hi) else { break };
+        let (lo, hi): (Option<i64>, Option<i64>) =
+            conn.query_row("SELECT min(id), max(id) FROM logs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let (Some(lo), Some(hi)) = (lo, hi) else {
+            break;
+        };
         delete_upto(conn, lo + (hi - lo) / 10 + 1)?;
     }
     Ok(())

@@ -15,9 +15,9 @@ use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::LogStore;
 use crate::instance::{self, InstanceHandle, InstanceStatus, Setup};
 use crate::logs::{LogLine, Sink};
-use crate::LogStore;
 use crate::ports::Ports;
 use crate::probe::Endpoint;
 use crate::{Error, Store};
@@ -80,7 +80,9 @@ impl Supervisor {
 
     /// Persists every captured line in `store` from now on (call before spawning anything).
     pub fn with_log_store(mut self, store: LogStore) -> Self {
-        Arc::get_mut(&mut self.inner).expect("called right after new").logs = Some(store);
+        Arc::get_mut(&mut self.inner)
+            .expect("called right after new")
+            .logs = Some(store);
         self
     }
 

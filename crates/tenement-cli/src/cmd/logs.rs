@@ -45,7 +45,9 @@ fn print(line: &Value) {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -57,17 +59,25 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         false => format!("service={}", args.target.parse::<ServiceName>()?),
     };
     query.push_str(&format!("&limit={}", args.limit));
-    for (name, value) in [("search", &args.search), ("stream", &args.stream), ("since", &args.since)] {
+    for (name, value) in [
+        ("search", &args.search),
+        ("stream", &args.stream),
+        ("since", &args.since),
+    ] {
         if let Some(v) = value {
             query.push_str(&format!("&{name}={}", encode(v)));
         }
     }
     if !args.follow {
-        let lines: Vec<Value> = client.call(Method::GET, &format!("/logs?{query}"), None).await?;
+        let lines: Vec<Value> = client
+            .call(Method::GET, &format!("/logs?{query}"), None)
+            .await?;
         lines.iter().rev().for_each(print);
         return Ok(ExitCode::SUCCESS);
     }
-    let res = client.request(Method::GET, &format!("/logs?{query}&follow=true"), None).await?;
+    let res = client
+        .request(Method::GET, &format!("/logs?{query}&follow=true"), None)
+        .await?;
     if !res.status().is_success() {
         let body = res.into_body().collect().await?.to_bytes();
         let v: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -76,7 +86,9 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let mut body = res.into_body();
     let mut pending = String::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
         pending.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();

@@ -86,7 +86,8 @@ pub async fn run(
         max_bytes: config.settings.log_max_mb * 1024 * 1024,
     };
     let logs = LogStore::open(&data_dir.join("logs.db"), retention)?;
-    let supervisor = Supervisor::new(Arc::new(config), store, runtimes, cgroups).with_log_store(logs.clone());
+    let supervisor =
+        Supervisor::new(Arc::new(config), store, runtimes, cgroups).with_log_store(logs.clone());
 
     let socket_path = control_socket(&data_dir);
     let _ = std::fs::remove_file(&socket_path); // stale: the lock above proves no server owns it

@@ -10,7 +10,14 @@ fn line(key: &str, ts_ms: u64, stream: Stream, text: &str) -> Arc<LogLine> {
 }
 
 fn store(dir: &Path) -> LogStore {
-    LogStore::open(&dir.join("logs.db"), Retention { max_age: Duration::from_secs(3600), max_bytes: 1 << 30 }).unwrap()
+    LogStore::open(
+        &dir.join("logs.db"),
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: 1 << 30,
+        },
+    )
+    .unwrap()
 }
 
 fn flushed(s: &LogStore, n: u64) {
@@ -26,26 +33,76 @@ fn query_by_instance_service_stream_time_and_text() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let now = crate::logs::now_ms();
-    s.push(line("api:prod", now - 3000, Stream::Stdout, "GET /users 200"));
-    s.push(line("api:prod", now - 2000, Stream::Stderr, "panic: connection refused"));
-    s.push(line("api:staging", now - 1000, Stream::Stdout, "GET /users 500"));
+    s.push(line(
+        "api:prod",
+        now - 3000,
+        Stream::Stdout,
+        "GET /users 200",
+    ));
+    s.push(line(
+        "api:prod",
+        now - 2000,
+        Stream::Stderr,
+        "panic: connection refused",
+    ));
+    s.push(line(
+        "api:staging",
+        now - 1000,
+        Stream::Stdout,
+        "GET /users 500",
+    ));
     s.push(line("web:a", now, Stream::Stdout, "hello \"quoted\" world"));
     flushed(&s, 4);
     let q = |f: fn(&mut LogQuery)| {
-        let mut q = LogQuery { limit: 100, ..Default::default() };
+        let mut q = LogQuery {
+            limit: 100,
+            ..Default::default()
+        };
         f(&mut q);
-        s.query(&q).unwrap().into_iter().map(|l| l.text).collect::<Vec<_>>()
+        s.query(&q)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.text)
+            .collect::<Vec<_>>()
     };
     assert_eq!(q(|_| {}).len(), 4);
-    assert_eq!(q(|q| q.instance = Some("api:prod".parse().unwrap())), ["panic: connection refused", "GET /users 200"], "newest first");
+    assert_eq!(
+        q(|q| q.instance = Some("api:prod".parse().unwrap())),
+        ["panic: connection refused", "GET /users 200"],
+        "newest first"
+    );
     assert_eq!(q(|q| q.service = Some("api".into())).len(), 3);
-    assert_eq!(q(|q| q.stream = Some(Stream::Stderr)), ["panic: connection refused"]);
-    assert_eq!(q(|q| q.search = Some("users".into())), ["GET /users 500", "GET /users 200"]);
-    assert_eq!(q(|q| q.search = Some("connection refused".into())), ["panic: connection refused"]);
-    assert_eq!(q(|q| q.search = Some("\"quoted\" world".into())).len(), 1, "quotes are literal");
-    assert_eq!(q(|q| q.search = Some("users OR hello".into())).len(), 0, "no query syntax: a phrase");
-    assert_eq!(q(|q| q.since_ms = Some(crate::logs::now_ms() - 1500)).len(), 2);
-    assert_eq!(q(|q| q.ids = Some(vec!["prod".into()])).len(), 2, "a tenant's view by id");
+    assert_eq!(
+        q(|q| q.stream = Some(Stream::Stderr)),
+        ["panic: connection refused"]
+    );
+    assert_eq!(
+        q(|q| q.search = Some("users".into())),
+        ["GET /users 500", "GET /users 200"]
+    );
+    assert_eq!(
+        q(|q| q.search = Some("connection refused".into())),
+        ["panic: connection refused"]
+    );
+    assert_eq!(
+        q(|q| q.search = Some("\"quoted\" world".into())).len(),
+        1,
+        "quotes are literal"
+    );
+    assert_eq!(
+        q(|q| q.search = Some("users OR hello".into())).len(),
+        0,
+        "no query syntax: a phrase"
+    );
+    assert_eq!(
+        q(|q| q.since_ms = Some(crate::logs::now_ms() - 1500)).len(),
+        2
+    );
+    assert_eq!(
+        q(|q| q.ids = Some(vec!["prod".into()])).len(),
+        2,
+        "a tenant's view by id"
+    );
     assert_eq!(q(|q| q.ids = Some(vec![])).len(), 0);
     assert_eq!(q(|q| q.limit = 1), ["hello \"quoted\" world"]);
 }
@@ -56,19 +113,52 @@ fn lines_survive_reopen_and_retention_deletes_old_ones() {
     let now = crate::logs::now_ms();
     {
         let s = store(dir.path());
-        s.push(line("api:prod", now - 10 * 86_400_000, Stream::Stdout, "ancient"));
+        s.push(line(
+            "api:prod",
+            now - 10 * 86_400_000,
+            Stream::Stdout,
+            "ancient",
+        ));
         s.push(line("api:prod", now, Stream::Stdout, "fresh"));
         flushed(&s, 2);
         s.close();
     }
     let s = store(dir.path());
-    let all = |s: &LogStore| s.query(&LogQuery { limit: 10, ..Default::default() }).unwrap().len();
+    let all = |s: &LogStore| {
+        s.query(&LogQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .len()
+    };
     assert_eq!(all(&s), 2);
     let conn = Connection::open(dir.path().join("logs.db")).unwrap();
-    retain(&conn, Retention { max_age: Duration::from_secs(86_400), max_bytes: 1 << 30 }).unwrap();
-    let texts: Vec<String> = s.query(&LogQuery { limit: 10, ..Default::default() }).unwrap().into_iter().map(|l| l.text).collect();
+    retain(
+        &conn,
+        Retention {
+            max_age: Duration::from_secs(86_400),
+            max_bytes: 1 << 30,
+        },
+    )
+    .unwrap();
+    let texts: Vec<String> = s
+        .query(&LogQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
     assert_eq!(texts, ["fresh"]);
-    let hits = s.query(&LogQuery { limit: 10, search: Some("ancient".into()), ..Default::default() }).unwrap();
+    let hits = s
+        .query(&LogQuery {
+            limit: 10,
+            search: Some("ancient".into()),
+            ..Default::default()
+        })
+        .unwrap();
     assert!(hits.is_empty(), "the index forgot it too");
 }
 
@@ -83,7 +173,13 @@ fn a_flood_drops_its_own_oldest_lines_not_others() {
     }
     s.push(line("quiet:a", now, Stream::Stdout, "important"));
     s.close();
-    let quiet = s.query(&LogQuery { limit: 10, instance: Some("quiet:a".parse().unwrap()), ..Default::default() }).unwrap();
+    let quiet = s
+        .query(&LogQuery {
+            limit: 10,
+            instance: Some("quiet:a".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(quiet.len(), 1);
     let written = s.written();
     assert_eq!(written + s.dropped(), (PENDING_PER_INSTANCE + 5_001) as u64);
