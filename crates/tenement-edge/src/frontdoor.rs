@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use hyper::body::Incoming;
@@ -20,12 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::debug;
 
+use crate::metrics::{KindLabel, Metrics, ServiceLabel};
 use crate::pool::{Pool, pool};
 use crate::proxy::{Limits, forward, plain};
 use crate::{Access, router};
 
 struct FrontDoor {
     supervisor: Supervisor,
+    metrics: Arc<Metrics>,
     routes: Router,
     api: axum::Router,
     pool: Pool,
@@ -80,8 +82,10 @@ pub async fn front_door(
         (s.max_header_kb as usize * 1024).max(8192),
     );
     let mut threads = Vec::new();
+    let metrics = Metrics::new(supervisor.clone());
     for (i, listener) in listeners.into_iter().enumerate() {
         let door = FrontDoor {
+            metrics: metrics.clone(),
             routes: Router::new(
                 domain,
                 config.routing.clone(),
@@ -179,17 +183,34 @@ impl FrontDoor {
             }
             Err(e) => return plain(StatusCode::NOT_FOUND, &e.to_string()),
         };
-        let lease = match target {
+        let service = match &target {
+            Target::Building if req.uri().path() == "/metrics" => return self.metrics(&req).await,
             Target::Building => {
                 return match self.api.clone().oneshot(req.map(Body::new)).await {
                     Ok(res) => res,
                     Err(never) => match never {},
                 };
             }
+            Target::Instance(key) => key.service.to_string(),
+            Target::Service(service) => service.to_string(),
+        };
+        let started = Instant::now();
+        let lease = match target {
             Target::Instance(key) => self.supervisor.lease(&key).await,
             Target::Service(service) => self.supervisor.lease_service(&service).await,
+            Target::Building => unreachable!("answered above"),
         };
-        match lease {
+        if let Ok(l) = &lease
+            && l.waited
+        {
+            self.metrics
+                .wake_duration
+                .get_or_create(&ServiceLabel {
+                    service: service.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+        }
+        let res = match lease {
             Ok(lease) => {
                 forward(
                     &self.pool,
@@ -202,7 +223,64 @@ impl FrontDoor {
                 .await
             }
             Err(e) => unavailable(e),
+        };
+        let kind = match res.status() {
+            StatusCode::BAD_GATEWAY => Some("upstream"),
+            StatusCode::GATEWAY_TIMEOUT => Some("timeout"),
+            StatusCode::SERVICE_UNAVAILABLE => Some("unavailable"),
+            StatusCode::PAYLOAD_TOO_LARGE => Some("too_large"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.metrics
+                .proxy_errors
+                .get_or_create(&KindLabel { kind })
+                .inc();
         }
+        self.metrics
+            .record_request(&service, res.status().as_u16(), started.elapsed());
+        res
+    }
+
+    /// `/metrics`: public unless `[settings] metrics_auth = true`.
+    async fn metrics(&self, req: &Request<Incoming>) -> Response<Body> {
+        if self.supervisor.config().settings.metrics_auth {
+            let token = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let ok = match token {
+                Some(t) => self.supervisor.tokens().verify(t.trim()).await,
+                None => false,
+            };
+            if !ok {
+                return plain(
+                    StatusCode::UNAUTHORIZED,
+                    "metrics need a bearer token (metrics_auth = true)",
+                );
+            }
+        }
+        let openmetrics = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("application/openmetrics-text"));
+        let (body, kind) = if openmetrics {
+            (
+                self.metrics.render_openmetrics(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        } else {
+            (
+                self.metrics.render_text(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        };
+        let mut res = Response::new(Body::from(body));
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+        res
     }
 }
 

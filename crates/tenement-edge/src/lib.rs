@@ -16,6 +16,7 @@ mod error;
 mod frontdoor;
 mod headers;
 mod logs_api;
+pub mod metrics;
 mod pool;
 mod proxy;
 

@@ -49,6 +49,8 @@ pub struct InstanceStatus {
     pub last_exit: Option<String>,
     /// Times the kernel OOM-killed this instance.
     pub oom_kills: u32,
+    /// Failed health checks over the instance's life.
+    pub health_check_failures: u64,
     /// Current memory use of the instance's cgroup, in bytes.
     pub memory_bytes: Option<u64>,
     /// CPU time the current run has used, in microseconds.
@@ -143,6 +145,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         restarts: 0,
         last_exit: None,
         oom_kills: 0,
+        health_check_failures: 0,
         memory_bytes: None,
         cpu_usec: None,
         data_dir: setup.spec.instance_dir.clone(),
@@ -427,6 +430,7 @@ impl Actor {
             (Phase::Running, Err(e)) => {
                 self.health = Health::Unhealthy;
                 self.health_failures += 1;
+                self.status.send_modify(|s| s.health_check_failures += 1);
                 warn!(instance = %self.key, failures = self.health_failures, error = %e, "health check failed");
                 self.next_health = Some(Instant::now() + interval);
                 if self.health_failures >= HEALTH_FAILURES {

@@ -19,6 +19,8 @@ pub struct Lease {
     pub key: InstanceKey,
     pub endpoint: Endpoint,
     pub guard: ActivityGuard,
+    /// Whether the request had to wait for the instance (wake or start).
+    pub waited: bool,
 }
 
 impl Supervisor {
@@ -41,6 +43,15 @@ impl Supervisor {
         handle: InstanceHandle,
         guard: ActivityGuard,
     ) -> Result<Lease, Error> {
+        // The common case: already running, nothing to wait for (and no timer to arm).
+        if handle.status.borrow().state == "running" {
+            return Ok(Lease {
+                key: key.clone(),
+                endpoint: handle.endpoint.clone(),
+                guard,
+                waited: false,
+            });
+        }
         let wait = self
             .config()
             .service(&key.service)
@@ -52,6 +63,7 @@ impl Supervisor {
                 key: key.clone(),
                 endpoint: handle.endpoint.clone(),
                 guard,
+                waited: true,
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::NotReady {

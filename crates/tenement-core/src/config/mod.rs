@@ -56,6 +56,8 @@ pub struct Settings {
     pub sandbox: Sandbox,
     /// Run instances whose limits cannot be applied (no cgroups here) instead of failing.
     pub allow_unlimited: bool,
+    /// Whether `/metrics` needs a bearer token.
+    pub metrics_auth: bool,
     /// Days captured log lines are kept.
     pub log_retention_days: u64,
     /// Most space the log store may use, in MB (oldest lines go first).

@@ -30,6 +30,7 @@ const SETTINGS: &[&str] = &[
     "allow_unlimited",
     "log_retention_days",
     "log_max_mb",
+    "metrics_auth",
 ];
 const SANDBOX: &[&str] = &["runsc", "platform", "network"];
 const TLS: &[&str] = &[
@@ -172,6 +173,7 @@ impl Settings {
             allow_unlimited: false,
             log_retention_days: 7,
             log_max_mb: 1024,
+            metrics_auth: false,
         }
     }
 }
@@ -240,6 +242,7 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
         s.upstream_timeout = n as u64;
     }
     s.allow_unlimited = f.bool(ctx, "allow_unlimited").unwrap_or(false);
+    s.metrics_auth = f.bool(ctx, "metrics_auth").unwrap_or(false);
     if let Some((n, _)) = f.int(ctx, "log_retention_days", 1, 3650) {
         s.log_retention_days = n as u64;
     }
