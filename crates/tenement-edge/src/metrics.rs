@@ -161,6 +161,9 @@ pub fn openmetrics_to_text(om: &str) -> String {
     out
 }
 
+/// Reads one per-instance counter from a status.
+type Reader = fn(&tenement::InstanceStatus) -> Option<u64>;
+
 /// Per-instance figures, read at scrape time.
 struct Instances(Supervisor);
 
@@ -193,7 +196,7 @@ impl Collector for Instances {
             instance: i.id.clone(),
         };
         let c = ConstCounter::new(0u64);
-        let counters: [(&str, &str, fn(&tenement::InstanceStatus) -> Option<u64>); 3] = [
+        let counters: [(&str, &str, Reader); 3] = [
             ("instance_restarts", "Restarts of each instance", |i| {
                 Some(i.restarts as u64)
             }),
