@@ -58,7 +58,10 @@ enum Command {
     /// Start an instance and wait until it is healthy; optionally replace another.
     Deploy(cmd::traffic::DeployArgs),
     /// Create an API token for `--server`/`TENEMENT_SERVER` (printed once).
-    TokenGen,
+    TokenGen(cmd::tokens::GenArgs),
+    /// List or revoke API tokens.
+    #[command(subcommand)]
+    Token(cmd::tokens::TokenCommand),
     /// Write a commented starter tenement.toml.
     Init(cmd::init::Args),
 }
@@ -109,7 +112,8 @@ fn run_async(
             Command::Ps(a) => cmd::ps::ps(&client, a).await,
             Command::Health(a) => cmd::ps::health(&client, a).await,
             Command::Logs(a) => cmd::logs::run(&client, a).await,
-            Command::TokenGen => cmd::instance::token_gen(&client).await,
+            Command::TokenGen(a) => cmd::tokens::generate(&client, a).await,
+            Command::Token(c) => cmd::tokens::run(&client, c).await,
             Command::Weight(a) => cmd::traffic::weight(&client, a).await,
             Command::Route(a) => cmd::traffic::route(&client, a).await,
             Command::Deploy(a) => cmd::traffic::deploy(&client, a).await,

@@ -3,34 +3,31 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
-use tenement::{InstanceStatus, LogLine, Supervisor};
+use tenement::{InstanceStatus, LogLine, Principal, Supervisor};
 use tenement_core::{InstanceId, InstanceKey, ServiceName};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::auth::{self, Access, Gate, RateLimiter};
 use crate::error::ApiError;
-
-/// Who is on the other end of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// The local control socket: its file mode (0600) already decided.
-    ControlSocket,
-    /// A TCP client: `/api/` needs a bearer token.
-    Network,
-}
 
 type Result<T> = std::result::Result<T, ApiError>;
 
 /// The management API and `/health`.
-pub fn router(supervisor: Supervisor, access: Access) -> Router {
+pub fn router(supervisor: Supervisor, access: Access, limiter: RateLimiter) -> Router {
+    let gate = Gate {
+        supervisor: supervisor.clone(),
+        access,
+        limiter,
+    };
     let api = Router::new()
         .route("/instances", get(list).post(spawn))
         .route("/instances/{key}", get(get_one).delete(stop))
@@ -41,14 +38,11 @@ pub fn router(supervisor: Supervisor, access: Access) -> Router {
         .route("/route", post(route))
         .route("/deploy", post(deploy))
         .route("/health", get(list))
-        .route("/tokens", post(token_gen));
-    let api = match access {
-        Access::ControlSocket => api,
-        Access::Network => api.layer(middleware::from_fn_with_state(
-            supervisor.clone(),
-            require_token,
-        )),
-    };
+        .route("/config", get(config_summary))
+        .route("/tokens", post(auth::token_gen).get(auth::token_list))
+        .route("/tokens/{id}", delete(auth::token_revoke))
+        .route("/openapi.json", get(crate::openapi::document))
+        .layer(middleware::from_fn_with_state(gate, auth::authenticate));
     Router::new()
         .route("/", get(lobby))
         .route("/health", get(health))
@@ -59,34 +53,35 @@ pub fn router(supervisor: Supervisor, access: Access) -> Router {
         .with_state(supervisor)
 }
 
-/// Over TCP, `/api/` needs `Authorization: Bearer <token>` (a token from `ten token-gen`).
-async fn require_token(State(s): State<Supervisor>, req: Request, next: Next) -> Response {
-    let bearer = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let msg = match bearer {
-        Some(token) if s.tokens().verify(token).await => return next.run(req).await,
-        Some(_) => "invalid token",
-        None => "missing bearer token (Authorization: Bearer ...)",
-    };
-    let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
-    res.headers_mut().insert(
-        axum::http::header::WWW_AUTHENTICATE,
-        "Bearer".parse().expect("static header"),
-    );
-    res
+/// `key`, if `p` may see it; otherwise the same 404 as for an instance that does not exist,
+/// so a tenant learns nothing about others.
+fn visible(p: &Principal, raw: &str) -> Result<InstanceKey> {
+    let key = key(raw)?;
+    if p.allows(&key) {
+        Ok(key)
+    } else {
+        Err(tenement::Error::NotFound(key).into())
+    }
 }
 
-/// Creates an admin token; the only time it is ever shown.
-async fn token_gen(State(s): State<Supervisor>) -> Result<(StatusCode, Json<serde_json::Value>)> {
-    let token = s.tokens().generate().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "token": token })),
-    ))
+/// `GET /api/config`: the services and settings the server runs with (admin only). Values of
+/// `env` are left out: `${VAR}` may have put secrets there.
+async fn config_summary(
+    State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<serde_json::Value>> {
+    auth::admin_only(&p)?;
+    let mut v = serde_json::to_value(s.config())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if let Some(services) = v.get_mut("service").and_then(|x| x.as_object_mut()) {
+        for svc in services.values_mut() {
+            if let Some(env) = svc.get_mut("env").and_then(|e| e.as_object_mut()) {
+                let keys: Vec<String> = env.keys().cloned().collect();
+                svc["env"] = serde_json::json!(keys);
+            }
+        }
+    }
+    Ok(Json(v))
 }
 
 /// The bare domain's front page until the dashboard exists.
@@ -103,8 +98,16 @@ async fn health(State(s): State<Supervisor>) -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok", "instances": s.list().len() }))
 }
 
-async fn list(State(s): State<Supervisor>) -> Json<Vec<InstanceStatus>> {
-    Json(s.list())
+async fn list(
+    State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
+) -> Json<Vec<InstanceStatus>> {
+    Json(
+        s.list()
+            .into_iter()
+            .filter(|i| p.allows(&i.instance))
+            .collect(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -115,6 +118,7 @@ struct SpawnBody {
 
 async fn spawn(
     State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
     body: JsonBody<SpawnBody>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
     let body = json(body)?;
@@ -122,6 +126,16 @@ async fn spawn(
         body.service.parse::<ServiceName>()?,
         body.id.parse::<InstanceId>()?,
     );
+    if !p.allows(&key) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token may only act on instances with id {}",
+                tenant_of(&p)
+            ),
+        ));
+    }
     let status = s.spawn(&key).await?;
     Ok((StatusCode::CREATED, Json(status)))
 }
@@ -132,21 +146,34 @@ fn key(raw: &str) -> Result<InstanceKey> {
 
 async fn get_one(
     State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
     Path(raw): Path<String>,
 ) -> Result<Json<InstanceStatus>> {
-    Ok(Json(s.get(&key(&raw)?)?))
+    Ok(Json(s.get(&visible(&p, &raw)?)?))
 }
 
-async fn stop(State(s): State<Supervisor>, Path(raw): Path<String>) -> Result<StatusCode> {
-    s.stop(&key(&raw)?).await?;
+async fn stop(
+    State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode> {
+    s.stop(&visible(&p, &raw)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn restart(
     State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
     Path(raw): Path<String>,
 ) -> Result<Json<InstanceStatus>> {
-    Ok(Json(s.restart(&key(&raw)?).await?))
+    Ok(Json(s.restart(&visible(&p, &raw)?).await?))
+}
+
+fn tenant_of(p: &Principal) -> String {
+    match p {
+        Principal::Admin => "any".into(),
+        Principal::Tenant(id) => id.to_string(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -156,11 +183,13 @@ struct WeightBody {
 
 async fn weight(
     State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
     Path(raw): Path<String>,
     body: JsonBody<WeightBody>,
 ) -> Result<Json<InstanceStatus>> {
+    let key = visible(&p, &raw)?;
     let body = json(body)?;
-    Ok(Json(s.set_weight(&key(&raw)?, body.weight).await?))
+    Ok(Json(s.set_weight(&key, body.weight).await?))
 }
 
 #[derive(Deserialize)]
@@ -172,12 +201,13 @@ struct RouteBody {
 
 async fn route(
     State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
     body: JsonBody<RouteBody>,
 ) -> Result<Json<serde_json::Value>> {
     let b = json(body)?;
     let service: ServiceName = b.service.parse()?;
-    let from = InstanceKey::new(service.clone(), b.from.parse()?);
-    let to = InstanceKey::new(service, b.to.parse()?);
+    let from = visible(&p, &format!("{service}:{}", b.from))?;
+    let to = visible(&p, &format!("{service}:{}", b.to))?;
     let (wf, wt) = s.route(&from, &to).await?;
     Ok(Json(
         serde_json::json!({ "from": from, "from_weight": wf, "to": to, "to_weight": wt }),
@@ -197,13 +227,24 @@ struct DeployBody {
 
 async fn deploy(
     State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
     body: JsonBody<DeployBody>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
     let b = json(body)?;
     let service: ServiceName = b.service.parse()?;
     let key = InstanceKey::new(service.clone(), b.id.parse()?);
+    if !p.allows(&key) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token may only act on instances with id {}",
+                tenant_of(&p)
+            ),
+        ));
+    }
     let replace = match b.replace {
-        Some(old) => Some(InstanceKey::new(service.clone(), old.parse()?)),
+        Some(old) => Some(visible(&p, &format!("{service}:{old}"))?),
         None => None,
     };
     let svc = s
@@ -240,10 +281,11 @@ struct LogQuery {
 
 async fn logs(
     State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
     Path(raw): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Response> {
-    let key = key(&raw)?;
+    let key = visible(&p, &raw)?;
     let limit = q.limit.unwrap_or(100);
     if !q.follow {
         let lines: Vec<LogLine> = s.logs(&key, limit)?.iter().map(|l| (**l).clone()).collect();

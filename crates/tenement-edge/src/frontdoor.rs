@@ -83,6 +83,7 @@ pub async fn front_door(
     );
     let mut threads = Vec::new();
     let metrics = Metrics::new(supervisor.clone());
+    let limiter = crate::RateLimiter::default();
     for (i, listener) in listeners.into_iter().enumerate() {
         let door = FrontDoor {
             metrics: metrics.clone(),
@@ -91,7 +92,7 @@ pub async fn front_door(
                 config.routing.clone(),
                 config.services.keys().cloned(),
             ),
-            api: router(supervisor.clone(), Access::Network),
+            api: router(supervisor.clone(), Access::Network, limiter.clone()),
             supervisor: supervisor.clone(),
             pool: pool(),
             limits,
@@ -186,7 +187,9 @@ impl FrontDoor {
         let service = match &target {
             Target::Building if req.uri().path() == "/metrics" => return self.metrics(&req).await,
             Target::Building => {
-                return match self.api.clone().oneshot(req.map(Body::new)).await {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(crate::PeerAddr(peer));
+                return match self.api.clone().oneshot(req).await {
                     Ok(res) => res,
                     Err(never) => match never {},
                 };
@@ -251,7 +254,11 @@ impl FrontDoor {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             let ok = match token {
-                Some(t) => self.supervisor.tokens().verify(t.trim()).await,
+                // Metrics span every tenant: admins only.
+                Some(t) => {
+                    self.supervisor.tokens().verify(t.trim()).await
+                        == Some(tenement::Principal::Admin)
+                }
                 None => false,
             };
             if !ok {

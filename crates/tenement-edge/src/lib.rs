@@ -12,15 +12,18 @@
 //! Tokens are all admin tokens for now (tenant scoping, listing, revocation come later).
 
 mod api;
+mod auth;
 mod error;
 mod frontdoor;
 mod headers;
 mod logs_api;
 pub mod metrics;
+mod openapi;
 mod pool;
 mod proxy;
 
-pub use api::{Access, router};
+pub use api::router;
+pub use auth::{Access, PeerAddr, RateLimiter};
 pub use frontdoor::{bind, front_door};
 
 /// Serves the API on `listener` until `shutdown` is cancelled (in-flight requests finish).
@@ -34,7 +37,7 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    axum::serve(listener, router(supervisor, access))
+    axum::serve(listener, router(supervisor, access, RateLimiter::default()))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

@@ -5,14 +5,14 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
-use tenement::{LogLine, LogQuery, Stream, Supervisor};
+use tenement::{LogLine, LogQuery, Principal, Stream, Supervisor};
 use tenement_core::InstanceKey;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -115,9 +115,17 @@ fn matches(q: &LogQuery, l: &LogLine) -> bool {
 
 pub async fn logs(
     State(s): State<Supervisor>,
+    Extension(principal): Extension<Principal>,
     Query(p): Query<LogParams>,
 ) -> Result<Response, ApiError> {
-    let q = to_query(&p)?;
+    let mut q = to_query(&p)?;
+    if let Principal::Tenant(id) = &principal {
+        // A tenant sees only its own instances' lines.
+        if let Some(k) = q.instance.as_ref().filter(|k| !principal.allows(k)) {
+            return Err(tenement::Error::NotFound(k.clone()).into());
+        }
+        q.ids = Some(vec![id.to_string()]);
+    }
     let Some(store) = s.log_store().cloned() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

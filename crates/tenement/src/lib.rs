@@ -34,5 +34,5 @@ pub use logs::{LogLine, Stream};
 pub use logstore::{LogQuery, LogStore, Retention, StoredLine};
 pub use store::Store;
 pub use supervisor::Supervisor;
-pub use tokens::Tokens;
+pub use tokens::{Principal, TokenInfo, Tokens};
 pub use wake::Lease;

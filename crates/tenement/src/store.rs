@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE TABLE IF NOT EXISTS tokens (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     hash       TEXT NOT NULL,
-    created_at INTEGER NOT NULL DEFAULT (unixepoch())
+    created_at INTEGER NOT NULL DEFAULT (unixepoch()),
+    tenant     TEXT
 );
 ";
 
@@ -45,6 +46,19 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(fail)?;
         conn.execute_batch(SCHEMA).map_err(fail)?;
+        // Stores from before tenant tokens lack the column.
+        let has_tenant: bool = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('tokens') WHERE name = 'tenant'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(fail)?
+            > 0;
+        if !has_tenant {
+            conn.execute_batch("ALTER TABLE tokens ADD COLUMN tenant TEXT")
+                .map_err(fail)?;
+        }
         Ok(Store {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
@@ -99,21 +113,44 @@ impl Store {
         })
     }
 
-    /// Stores a token hash; returns the token's id.
-    pub fn insert_token(&self, hash: &str) -> Result<i64, Error> {
+    /// Stores a token hash (and the tenant it is limited to); returns the token's id.
+    pub fn insert_token(&self, hash: &str, tenant: Option<&str>) -> Result<i64, Error> {
         self.with(|c| {
-            c.execute("INSERT INTO tokens (hash) VALUES (?1)", params![hash])?;
+            c.execute(
+                "INSERT INTO tokens (hash, tenant) VALUES (?1, ?2)",
+                params![hash, tenant],
+            )?;
             Ok(c.last_insert_rowid())
         })
     }
 
-    pub fn token_hash(&self, id: i64) -> Result<Option<String>, Error> {
+    /// The hash and tenant of token `id`.
+    pub fn token(&self, id: i64) -> Result<Option<(String, Option<String>)>, Error> {
         use rusqlite::OptionalExtension;
         self.with(|c| {
-            c.query_row("SELECT hash FROM tokens WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })
+            c.query_row(
+                "SELECT hash, tenant FROM tokens WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
+        })
+    }
+
+    /// Every token: (id, tenant, created_at in seconds since the epoch).
+    pub fn tokens(&self) -> Result<Vec<(i64, Option<String>, i64)>, Error> {
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, tenant, created_at FROM tokens ORDER BY id")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+    }
+
+    /// Deletes token `id`; whether it existed.
+    pub fn delete_token(&self, id: i64) -> Result<bool, Error> {
+        self.with(|c| {
+            c.execute("DELETE FROM tokens WHERE id = ?1", params![id])
+                .map(|n| n > 0)
         })
     }
 

@@ -1,6 +1,8 @@
 //! API tokens for the network API: `ten_<id>_<secret>`. Only an Argon2 hash of the secret is
-//! stored; the token is shown once, when created. Verification runs on the blocking pool (it is
-//! deliberately slow) and verified tokens are remembered for a minute.
+//! stored; the token is shown once, when created. A token is either an admin's or limited to
+//! one tenant — the instances whose id is the tenant's name. Verification runs on the blocking
+//! pool (Argon2 is deliberately slow) and verified tokens are remembered for a minute (the
+//! memory is cleared when any token is revoked).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,15 +10,47 @@ use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::Serialize;
+use tenement_core::{InstanceId, InstanceKey};
 
 use crate::{Error, Store};
 
 const CACHE_FOR: Duration = Duration::from_secs(60);
 
+/// Who a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The control socket, or an admin token: everything.
+    Admin,
+    /// A tenant token: only instances with this id.
+    Tenant(InstanceId),
+}
+
+impl Principal {
+    pub fn allows(&self, key: &InstanceKey) -> bool {
+        match self {
+            Principal::Admin => true,
+            Principal::Tenant(id) => key.id == *id,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        *self == Principal::Admin
+    }
+}
+
+/// A token as listed (never its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub tenant: Option<String>,
+    pub created_at: i64,
+}
+
 #[derive(Clone)]
 pub struct Tokens {
     store: Store,
-    verified: Arc<Mutex<HashMap<String, Instant>>>,
+    verified: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
 }
 
 impl Tokens {
@@ -27,66 +61,95 @@ impl Tokens {
         }
     }
 
-    /// Creates an admin token and returns it; it cannot be recovered later.
-    pub async fn generate(&self) -> Result<String, Error> {
+    /// Creates a token (an admin's, or limited to `tenant`) and returns it; it cannot be
+    /// recovered later.
+    pub async fn generate(&self, tenant: Option<InstanceId>) -> Result<String, Error> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let mut secret = [0u8; 24];
-            getrandom::fill(&mut secret).expect("the OS random source works");
-            let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            let mut salt = [0u8; 16];
-            getrandom::fill(&mut salt).expect("the OS random source works");
-            let salt = SaltString::encode_b64(&salt).expect("16 bytes is a valid salt");
+            let secret = hex(&random::<24>());
+            let salt = SaltString::encode_b64(&random::<16>()).expect("16 bytes is a valid salt");
             let hash = Argon2::default()
                 .hash_password(secret.as_bytes(), &salt)
                 .expect("argon2 with default parameters hashes any input")
                 .to_string();
-            let id = store.insert_token(&hash)?;
+            let id = store.insert_token(&hash, tenant.as_ref().map(|t| t.as_str()))?;
             Ok(format!("ten_{id}_{secret}"))
         })
         .await
         .expect("token task")
     }
 
-    /// Whether `token` is a valid, unrevoked token.
-    pub async fn verify(&self, token: &str) -> bool {
+    /// Who `token` stands for, if it is valid and not revoked.
+    pub async fn verify(&self, token: &str) -> Option<Principal> {
         let now = Instant::now();
-        if self
+        if let Some((p, until)) = self
             .verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(token)
-            .is_some_and(|t| *t > now)
+            && *until > now
         {
-            return true;
+            return Some(p.clone());
         }
-        let Some((id, secret)) = token
+        let (id, secret) = token
             .strip_prefix("ten_")
             .and_then(|rest| rest.split_once('_'))
-            .and_then(|(id, secret)| Some((id.parse::<i64>().ok()?, secret.to_owned())))
-        else {
-            return false;
-        };
+            .and_then(|(id, secret)| Some((id.parse::<i64>().ok()?, secret.to_owned())))?;
         let store = self.store.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            let Ok(Some(hash)) = store.token_hash(id) else {
-                return false;
-            };
-            PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(secret.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
+        let principal = tokio::task::spawn_blocking(move || {
+            let (hash, tenant) = store.token(id).ok()??;
+            let hash = PasswordHash::new(&hash).ok()?;
+            Argon2::default()
+                .verify_password(secret.as_bytes(), &hash)
+                .ok()?;
+            match tenant {
+                None => Some(Principal::Admin),
+                Some(t) => t.parse().ok().map(Principal::Tenant),
+            }
         })
         .await
-        .unwrap_or(false);
-        if ok {
-            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            cache.retain(|_, until| *until > now);
-            cache.insert(token.to_owned(), now + CACHE_FOR);
-        }
-        ok
+        .ok()??;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (_, until)| *until > now);
+        cache.insert(token.to_owned(), (principal.clone(), now + CACHE_FOR));
+        Some(principal)
     }
+
+    pub async fn list(&self) -> Result<Vec<TokenInfo>, Error> {
+        let store = self.store.clone();
+        let rows = tokio::task::spawn_blocking(move || store.tokens())
+            .await
+            .expect("token task")?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant, created_at)| TokenInfo {
+                id,
+                tenant,
+                created_at,
+            })
+            .collect())
+    }
+
+    /// Revokes token `id` at once (the verification memory is cleared); whether it existed.
+    pub async fn revoke(&self, id: i64) -> Result<bool, Error> {
+        let store = self.store.clone();
+        let existed = tokio::task::spawn_blocking(move || store.delete_token(id))
+            .await
+            .expect("token task")?;
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(existed)
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

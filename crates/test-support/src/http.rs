@@ -87,7 +87,57 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<(u64, &mut dyn Read)>,
 ) -> io::Result<Response> {
-    let mut s = TcpStream::connect(addr)?;
+    send(TcpStream::connect(addr)?, host, method, path, headers, body)
+}
+
+/// Like [`request`], from a chosen local address (e.g. 127.0.0.2), to look like another client.
+pub fn request_from(
+    from: std::net::Ipv4Addr,
+    addr: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<Response> {
+    use std::os::fd::FromRawFd;
+    let to: std::net::SocketAddrV4 = addr.parse().map_err(io::Error::other)?;
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2)/bind(2)/connect(2) with valid, correctly sized addresses; the fd
+    // is owned by the TcpStream from then on.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin(from, 0);
+        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let remote = sin(*to.ip(), to.port());
+        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        send(stream, host, method, path, headers, None)
+    }
+}
+
+fn send(
+    mut s: TcpStream,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(u64, &mut dyn Read)>,
+) -> io::Result<Response> {
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {

@@ -1,4 +1,4 @@
-//! `ten spawn`, `ten stop`, `ten restart`, `ten token-gen`.
+//! `ten spawn`, `ten stop`, `ten restart`.
 
 use std::process::ExitCode;
 
@@ -66,13 +66,5 @@ pub async fn restart(client: &Client, args: KeyArg) -> anyhow::Result<ExitCode> 
         .call(Method::POST, &format!("/instances/{key}/restart"), None)
         .await?;
     println!("{key} {}", status["state"].as_str().unwrap_or("?"));
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn token_gen(client: &Client) -> anyhow::Result<ExitCode> {
-    let answer: serde_json::Value = client.call(Method::POST, "/tokens", None).await?;
-    let token = answer["token"].as_str().unwrap_or_default();
-    println!("{token}");
-    eprintln!("keep it safe: it is not stored and cannot be shown again; use it as TENEMENT_TOKEN");
     Ok(ExitCode::SUCCESS)
 }

@@ -6,4 +6,5 @@ pub mod instance;
 pub mod logs;
 pub mod ps;
 pub mod serve;
+pub mod tokens;
 pub mod traffic;

@@ -1,0 +1,64 @@
+//! `ten token-gen [--tenant ID]`, `ten token list`, `ten token revoke ID`.
+
+use std::process::ExitCode;
+
+use hyper::Method;
+use serde_json::{Value, json};
+use tenement_core::InstanceId;
+
+use crate::client::Client;
+
+#[derive(clap::Args)]
+pub struct GenArgs {
+    /// Limit the token to instances with this id (e.g. every `*:alice`).
+    #[arg(long)]
+    tenant: Option<String>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum TokenCommand {
+    /// Ids, tenants and creation times (never the secrets).
+    List,
+    /// Revoke a token at once.
+    Revoke { id: i64 },
+}
+
+pub async fn generate(client: &Client, args: GenArgs) -> anyhow::Result<ExitCode> {
+    if let Some(t) = &args.tenant {
+        t.parse::<InstanceId>()?;
+    }
+    let answer: Value = client
+        .call(
+            Method::POST,
+            "/tokens",
+            Some(json!({ "tenant": args.tenant })),
+        )
+        .await?;
+    println!("{}", answer["token"].as_str().unwrap_or_default());
+    eprintln!("keep it safe: it is not stored and cannot be shown again; use it as TENEMENT_TOKEN");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(client: &Client, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TokenCommand::List => {
+            let tokens: Vec<Value> = client.call(Method::GET, "/tokens", None).await?;
+            println!("{:<6} {:<20} CREATED", "ID", "TENANT");
+            for t in tokens {
+                println!(
+                    "{:<6} {:<20} {}",
+                    t["id"],
+                    t["tenant"].as_str().unwrap_or("(admin)"),
+                    t["created_at"]
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let _: Value = client
+                .call(Method::DELETE, &format!("/tokens/{id}"), None)
+                .await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,185 @@
+//! Who may call the API. Over the control socket everyone is admin (its file mode decided);
+//! over TCP a bearer token says who: an admin, or a tenant limited to the instances whose id
+//! is the tenant's name. Failed attempts are rate-limited per client address, so an anonymous
+//! client hammering bad tokens never locks anyone else out. Tokens are never logged.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use tenement::{Principal, Supervisor, TokenInfo};
+use tenement_core::InstanceId;
+
+use crate::error::ApiError;
+
+/// Who is on the other end of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The local control socket: its file mode (0600) already decided.
+    ControlSocket,
+    /// A TCP client: `/api/` needs a bearer token.
+    Network,
+}
+
+/// The client's address, put into request extensions by the front door.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Failed attempts allowed per client address per window.
+const MAX_FAILURES: usize = 10;
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Failed token attempts per client address.
+#[derive(Clone, Default)]
+pub struct RateLimiter {
+    failures: Arc<Mutex<HashMap<IpAddr, Vec<Instant>>>>,
+}
+
+impl RateLimiter {
+    fn blocked(&self, ip: IpAddr) -> bool {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let recent = f.entry(ip).or_default();
+        recent.retain(|t| now.duration_since(*t) < WINDOW);
+        recent.len() >= MAX_FAILURES
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if f.len() > 100_000 {
+            // Bounded memory under a spray of addresses: forget the quiet ones.
+            let now = Instant::now();
+            f.retain(|_, v| v.iter().any(|t| now.duration_since(*t) < WINDOW));
+        }
+        f.entry(ip).or_default().push(Instant::now());
+    }
+}
+
+/// State of the auth middleware.
+#[derive(Clone)]
+pub struct Gate {
+    pub supervisor: Supervisor,
+    pub access: Access,
+    pub limiter: RateLimiter,
+}
+
+fn unauthorized(msg: &str) -> Response {
+    let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        "Bearer".parse().expect("static header"),
+    );
+    res
+}
+
+/// Decides the request's [`Principal`] (or refuses it) and puts it in its extensions.
+pub async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    if gate.access == Access::ControlSocket {
+        req.extensions_mut().insert(Principal::Admin);
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<PeerAddr>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let Some(token) = bearer else {
+        return unauthorized("missing bearer token (Authorization: Bearer ...)");
+    };
+    if gate.limiter.blocked(ip) {
+        let mut res = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed attempts from this address; wait a minute",
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, "60".parse().expect("static header"));
+        return res;
+    }
+    match gate.supervisor.tokens().verify(&token).await {
+        Some(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        None => {
+            gate.limiter.failed(ip);
+            tracing::info!(client = %ip, "rejected an invalid API token");
+            unauthorized("invalid token")
+        }
+    }
+}
+
+pub fn admin_only(p: &Principal) -> Result<(), ApiError> {
+    if p.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin token may do this",
+        ))
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct TokenGenBody {
+    pub tenant: Option<String>,
+}
+
+/// `POST /api/tokens`: the only time a token is ever shown.
+pub async fn token_gen(
+    State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
+    body: Option<Json<TokenGenBody>>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    admin_only(&p)?;
+    let tenant = body
+        .and_then(|Json(b)| b.tenant)
+        .map(|t| t.parse::<InstanceId>())
+        .transpose()?;
+    let token = s.tokens().generate(tenant.clone()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "token": token, "tenant": tenant })),
+    ))
+}
+
+/// `GET /api/tokens`: ids and tenants, never secrets.
+pub async fn token_list(
+    State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    admin_only(&p)?;
+    Ok(Json(s.tokens().list().await?))
+}
+
+/// `DELETE /api/tokens/{id}`: takes effect at once.
+pub async fn token_revoke(
+    State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    admin_only(&p)?;
+    if s.tokens().revoke(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no token {id}"),
+        ))
+    }
+}
