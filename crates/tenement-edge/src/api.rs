@@ -44,7 +44,8 @@ pub fn router(supervisor: Supervisor, access: Access, limiter: RateLimiter) -> R
         .route("/openapi.json", get(crate::openapi::document))
         .layer(middleware::from_fn_with_state(gate, auth::authenticate));
     Router::new()
-        .route("/", get(lobby))
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{*path}", get(crate::dashboard::asset))
         .route("/health", get(health))
         .nest("/api", api)
         .fallback(|| async {
@@ -82,16 +83,6 @@ async fn config_summary(
         }
     }
     Ok(Json(v))
-}
-
-/// The bare domain's front page until the dashboard exists.
-async fn lobby(State(s): State<Supervisor>) -> String {
-    let all = s.list();
-    let running = all.iter().filter(|i| i.state == "running").count();
-    format!(
-        "tenement: {} instances ({running} running). The dashboard is not built yet; the API is under /api/ (bearer token), health at /health.\n",
-        all.len()
-    )
 }
 
 async fn health(State(s): State<Supervisor>) -> impl IntoResponse {

@@ -13,6 +13,7 @@
 
 mod api;
 mod auth;
+mod dashboard;
 mod error;
 mod frontdoor;
 mod headers;
