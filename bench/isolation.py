@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from tenbench import FIXTURE, ROOT, TEN, request
+from tenbench import FIXTURE, ROOT, Server, request
 
 
 
@@ -75,48 +75,27 @@ def request_ok(sock):
 
 
 def run_level(level, n):
-    tmp = tempfile.mkdtemp(prefix="ten-iso-bench-")
-    with open(f"{tmp}/tenement.toml", "w") as f:
-        f.write(f"""
-[settings]
-data_dir = "{tmp}/data"
-health_check_interval = 60
-
-[service.app]
+    services = f"""[service.app]
 command = "{FIXTURE}"
-socket = "{tmp}/s/{{id}}.sock"
+socket = "{{tmp}}/s/{{id}}.sock"
 health = "/health"
 startup_timeout = 30
 isolation = "{level}"
-""")
-    log = open(f"{tmp}/serve.log", "w")
-    serve = subprocess.Popen([TEN, "serve", "--config", f"{tmp}/tenement.toml", "--port", "0", "--bind", "127.0.0.1"],
-                             stdout=log, stderr=log, env={**os.environ, "TENEMENT_LOG": "warn"})
-    ctl = f"{tmp}/data/ten.sock"
-    try:
-        for _ in range(500):
-            try:
-                request(ctl, "GET", "/api/instances")
-                break
-            except OSError:
-                time.sleep(0.01)
+"""
+    with Server(services, "ten-iso-bench-") as s:
         times = []
         for i in range(n):
             t0 = time.perf_counter()
-            status, body = request(ctl, "POST", "/api/instances", {"service": "app", "id": f"i{i}"})
+            status, body = request(s.ctl, "POST", "/api/instances", {"service": "app", "id": f"i{i}"})
             if status != 201:
                 return None, f"spawn failed: {body[:200]!r}"
-            while not request_ok(f"{tmp}/s/i{i}.sock"):
+            while not request_ok(f"{s.tmp}/s/i{i}.sock"):
                 time.sleep(0.0005)
             times.append((time.perf_counter() - t0) * 1000)
         time.sleep(1)
-        pids = processes_mentioning(tmp, {serve.pid, os.getpid()})
+        pids = processes_mentioning(s.tmp, {s.proc.pid, os.getpid()})
         total = sum(pss_kb(p) for p in pids)
         return (statistics.median(times), max(times), total / n, len(pids) / n), None
-    finally:
-        serve.terminate()
-        serve.wait(timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main():

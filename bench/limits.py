@@ -11,15 +11,12 @@ the image with mkfs; the re-spawn after a stop only loop-mounts it). Prints a ma
 """
 
 import argparse
-import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-from tenbench import FIXTURE, ROOT, TEN, api
+from tenbench import FIXTURE, ROOT, Server, api
 
 ROWS = [
     ("no cgroup, plain directory", "", {"TENEMENT_NO_CGROUPS": "1"}),
@@ -30,36 +27,19 @@ ROWS = [
 
 
 def run(extra, env, n, respawn):
-    tmp = tempfile.mkdtemp(prefix="ten-limits-bench-")
-    with open(f"{tmp}/tenement.toml", "w") as f:
-        f.write(f"""
-[settings]
-data_dir = "{tmp}/data"
-health_check_interval = 60
-
-[service.app]
+    services = f"""[service.app]
 command = "{FIXTURE}"
-socket = "{tmp}/s/{{id}}.sock"
+socket = "{{tmp}}/s/{{id}}.sock"
 health = "/health"
 isolation = "process"
-{extra}""")
-    log = open(f"{tmp}/serve.log", "w")
-    serve = subprocess.Popen([TEN, "serve", "--config", f"{tmp}/tenement.toml", "--port", "0", "--bind", "127.0.0.1"],
-                             stdout=log, stderr=log, env={**os.environ, "TENEMENT_LOG": "warn", **env})
-    ctl = f"{tmp}/data/ten.sock"
-    try:
-        for _ in range(500):
-            try:
-                api(ctl, "GET", "/api/instances")
-                break
-            except (OSError, RuntimeError):
-                time.sleep(0.01)
+{extra}"""
+    with Server(services, "ten-limits-bench-", env) as s:
 
         def spawn_all():
             times = []
             for i in range(n):
                 t0 = time.perf_counter()
-                api(ctl, "POST", "/api/instances", {"service": "app", "id": f"i{i}"})
+                api(s.ctl, "POST", "/api/instances", {"service": "app", "id": f"i{i}"})
                 times.append((time.perf_counter() - t0) * 1000)
             return times
 
@@ -67,13 +47,9 @@ isolation = "process"
         again = None
         if respawn:
             for i in range(n):
-                api(ctl, "DELETE", f"/api/instances/app:i{i}")
+                api(s.ctl, "DELETE", f"/api/instances/app:i{i}")
             again = spawn_all()
         return first, again
-    finally:
-        serve.terminate()
-        serve.wait(timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main():

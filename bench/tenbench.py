@@ -39,3 +39,41 @@ def api(ctl, method, path, body=None):
     if status >= 300:
         raise RuntimeError(f"{method} {path}: {status} {data!r}")
     return json.loads(data) if data else None
+
+
+class Server:
+    """A real `ten serve` (release build) on a temp data dir, for `with` blocks.
+
+    `services` is the TOML after [settings]; `{tmp}` in it is replaced by the temp directory.
+    """
+
+    def __init__(self, services, prefix="ten-bench-", env=None, args=()):
+        import subprocess
+        import tempfile
+        self.tmp = tempfile.mkdtemp(prefix=prefix)
+        with open(f"{self.tmp}/tenement.toml", "w") as f:
+            f.write(f'[settings]\ndata_dir = "{self.tmp}/data"\nhealth_check_interval = 60\n\n')
+            f.write(services.replace("{tmp}", self.tmp))
+        self.log = open(f"{self.tmp}/serve.log", "w")
+        self.proc = subprocess.Popen(
+            [TEN, "serve", "--config", f"{self.tmp}/tenement.toml", "--port", "0", "--bind", "127.0.0.1", *args],
+            stdout=self.log, stderr=self.log, env={**os.environ, "TENEMENT_LOG": "warn", **(env or {})})
+        self.ctl = f"{self.tmp}/data/ten.sock"
+        import time
+        for _ in range(1000):
+            try:
+                api(self.ctl, "GET", "/api/instances")
+                return
+            except (OSError, RuntimeError):
+                time.sleep(0.01)
+        raise RuntimeError("ten serve did not start")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        import shutil
+        self.proc.terminate()
+        self.proc.wait(timeout=300)
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)

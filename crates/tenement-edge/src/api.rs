@@ -117,16 +117,7 @@ async fn spawn(
         body.service.parse::<ServiceName>()?,
         body.id.parse::<InstanceId>()?,
     );
-    if !p.allows(&key) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this token may only act on instances with id {}",
-                tenant_of(&p)
-            ),
-        ));
-    }
+    may_act(&p, &key)?;
     let status = s.spawn(&key).await?;
     Ok((StatusCode::CREATED, Json(status)))
 }
@@ -158,6 +149,18 @@ async fn restart(
     Path(raw): Path<String>,
 ) -> Result<Json<InstanceStatus>> {
     Ok(Json(s.restart(&visible(&p, &raw)?).await?))
+}
+
+/// A tenant may create and change only instances with its own id.
+fn may_act(p: &Principal, key: &InstanceKey) -> Result<()> {
+    if p.allows(key) {
+        return Ok(());
+    }
+    let msg = format!(
+        "this token may only act on instances with id {}",
+        tenant_of(p)
+    );
+    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg))
 }
 
 fn tenant_of(p: &Principal) -> String {
@@ -224,16 +227,7 @@ async fn deploy(
     let b = json(body)?;
     let service: ServiceName = b.service.parse()?;
     let key = InstanceKey::new(service.clone(), b.id.parse()?);
-    if !p.allows(&key) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "this token may only act on instances with id {}",
-                tenant_of(&p)
-            ),
-        ));
-    }
+    may_act(&p, &key)?;
     let replace = match b.replace {
         Some(old) => Some(visible(&p, &format!("{service}:{old}"))?),
         None => None,

@@ -5,6 +5,8 @@
 
 mod error;
 mod parse;
+mod routing;
+mod service;
 pub mod template;
 mod walk;
 

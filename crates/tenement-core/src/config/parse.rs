@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use toml_span::Span;
 
 use super::error::{ConfigError, ConfigErrors, line_col};
-use super::template::{ALL_VARS, SOCKET_VARS, Template};
-use super::walk::{Ctx, Fields, expect_string, expect_strings};
-use super::{Config, Isolation, Listen, RestartPolicy, Routing, Sandbox, Service, Settings, Tls};
-use crate::{InstanceId, InstanceKey, ServiceName};
+use super::routing::{instances, routing};
+use super::service::service;
+use super::template::Template;
+use super::walk::{Ctx, Fields};
+use super::{Config, Routing, Sandbox, Settings, Tls};
+use crate::{InstanceKey, ServiceName};
 
-type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 const TOP: &[&str] = &["settings", "service", "process", "instances", "routing"];
 const SETTINGS: &[&str] = &[
@@ -43,31 +45,7 @@ const TLS: &[&str] = &[
     "http_port",
     "dns_provider",
 ];
-const SERVICE: &[&str] = &[
-    "command",
-    "args",
-    "workdir",
-    "socket",
-    "health",
-    "startup_timeout",
-    "idle_timeout",
-    "restart",
-    "isolation",
-    "runtime",
-    "stop_timeout",
-    "listen",
-    "spawn_on_request",
-    "max_instances",
-    "memory_limit_mb",
-    "cpu_shares",
-    "pids_max",
-    "storage_quota_mb",
-    "storage_persist",
-    "env",
-];
-const ROUTING: &[&str] = &["default", "subdomain", "path"];
-const DEFAULT_SOCKET: &str = "/tmp/tenement/{name}-{id}.sock";
-const DAY: i64 = 86_400;
+pub(super) const DAY: i64 = 86_400;
 
 pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, ConfigErrors> {
     let root = toml_span::parse(src).map_err(|e| {
@@ -150,7 +128,7 @@ pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, Conf
     })
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
     base.join(p)
 }
 
@@ -340,7 +318,7 @@ fn tls(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, data_dir: &Path) -> Tl
     t
 }
 
-fn template(
+pub(super) fn template(
     ctx: &mut Ctx<'_>,
     field: &str,
     (raw, span): (String, Span),
@@ -352,7 +330,7 @@ fn template(
         .ok()
 }
 
-fn choice<T: Copy>(
+pub(super) fn choice<T: Copy>(
     ctx: &mut Ctx<'_>,
     field: &str,
     (raw, span): (String, Span),
@@ -370,277 +348,6 @@ fn choice<T: Copy>(
             None
         }
     }
-}
-
-fn service(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> Option<Service> {
-    let command = f.string(ctx, "command");
-    if command.is_none() && !ctx.errors.iter().any(|e| e.field == f.field("command")) {
-        ctx.error(
-            f.span,
-            &f.field("command"),
-            "missing required field `command`",
-        );
-    }
-    let command = command.and_then(|c| {
-        if c.0.trim().is_empty() {
-            ctx.error(c.1, &f.field("command"), "must not be empty");
-        }
-        template(ctx, &f.field("command"), c, ALL_VARS, env)
-    });
-    let args = f
-        .strings(ctx, "args")
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, a)| template(ctx, &format!("{}[{i}]", f.field("args")), a, ALL_VARS, env))
-        .collect();
-    let workdir = match f.string(ctx, "workdir") {
-        Some((w, _)) => resolve(base, &w),
-        None => base.to_path_buf(),
-    };
-    let socket = match f.string(ctx, "socket") {
-        Some((raw, span)) => {
-            let field = f.field("socket");
-            let t = template(ctx, &field, (raw, span), SOCKET_VARS, env);
-            if let Some(t) = &t
-                && !t.contains("id")
-            {
-                ctx.error(
-                    span,
-                    &field,
-                    "must contain {id} so that instances get distinct sockets",
-                );
-            }
-            if let Some(t) = &t
-                && !t.as_str().starts_with('/')
-                && !t.as_str().starts_with("{data_dir}")
-            {
-                ctx.error(span, &field, "must be an absolute path");
-            }
-            t
-        }
-        None => Some(Template::literal(DEFAULT_SOCKET)),
-    };
-    let health = f.string(ctx, "health").map(|(h, span)| {
-        if !h.starts_with('/') || h.contains(char::is_whitespace) {
-            ctx.error(
-                span,
-                &f.field("health"),
-                format!("{h:?} must be an HTTP path starting with '/'"),
-            );
-        }
-        h
-    });
-    let startup_timeout = f
-        .int(ctx, "startup_timeout", 1, 3600)
-        .map_or(10, |(n, _)| n as u64);
-    let idle_timeout = f
-        .int(ctx, "idle_timeout", 0, 365 * DAY)
-        .map_or(0, |(n, _)| n as u64);
-    let stop_timeout = f
-        .int(ctx, "stop_timeout", 0, 3600)
-        .map_or(10, |(n, _)| n as u64);
-    let restart = f
-        .string(ctx, "restart")
-        .and_then(|r| {
-            let opts = [
-                ("always", RestartPolicy::Always),
-                ("on-failure", RestartPolicy::OnFailure),
-                ("never", RestartPolicy::Never),
-            ];
-            choice(ctx, &f.field("restart"), r, &opts)
-        })
-        .unwrap_or(RestartPolicy::OnFailure);
-    let isolation = f.string(ctx, "isolation");
-    let runtime = f.string(ctx, "runtime");
-    if let (Some(_), Some((_, span))) = (&isolation, &runtime) {
-        ctx.error(
-            *span,
-            &f.field("runtime"),
-            "`runtime` is an alias of `isolation`: give only one",
-        );
-    }
-    let isolation = isolation
-        .map(|v| (v, "isolation"))
-        .or(runtime.map(|v| (v, "runtime")))
-        .and_then(|(v, name)| choice(ctx, &f.field(name), v, &Isolation::ALL))
-        .unwrap_or(Isolation::Namespace);
-    let listen = f
-        .string(ctx, "listen")
-        .and_then(|v| {
-            choice(
-                ctx,
-                &f.field("listen"),
-                v,
-                &[("unix", Listen::Unix), ("tcp", Listen::Tcp)],
-            )
-        })
-        .unwrap_or(Listen::Unix);
-    let spawn_on_request = f.bool(ctx, "spawn_on_request").unwrap_or(false);
-    let max_instances = f
-        .int(ctx, "max_instances", 0, 1_000_000)
-        .map_or(0, |(n, _)| n as u32);
-    let memory_limit_mb = f
-        .int(ctx, "memory_limit_mb", 1, 1 << 30)
-        .map(|(n, _)| n as u64);
-    let cpu_shares = f.int(ctx, "cpu_shares", 1, 10_000).map(|(n, _)| n as u32);
-    let pids_max = f
-        .int(ctx, "pids_max", 1, 4_194_304)
-        .map_or(1024, |(n, _)| n as u32);
-    let storage_quota_mb = f
-        .int(ctx, "storage_quota_mb", 1, 1 << 30)
-        .map(|(n, _)| n as u64);
-    let storage_persist = f.bool(ctx, "storage_persist").unwrap_or(false);
-    let env_vars = f
-        .table(ctx, "env")
-        .map(|t| env_table(ctx, t, env))
-        .unwrap_or_default();
-    f.finish(ctx, SERVICE);
-    Some(Service {
-        command: command?,
-        args,
-        workdir,
-        socket: socket?,
-        health,
-        startup_timeout,
-        idle_timeout,
-        restart,
-        isolation,
-        stop_timeout,
-        listen,
-        spawn_on_request,
-        max_instances,
-        memory_limit_mb,
-        cpu_shares,
-        pids_max,
-        storage_quota_mb,
-        storage_persist,
-        env: env_vars,
-    })
-}
-
-fn env_table(ctx: &mut Ctx<'_>, mut f: Fields<'_>, env: Env<'_>) -> BTreeMap<String, Template> {
-    let mut out = BTreeMap::new();
-    for (key, key_span, value) in f.drain() {
-        let field = f.field(&key);
-        if key.is_empty() || key.contains(['=', '\0']) {
-            ctx.error(key_span, &field, "not a valid environment variable name");
-            continue;
-        }
-        if let Some(raw) = expect_string(ctx, &field, value)
-            && let Some(t) = template(ctx, &field, raw, ALL_VARS, env)
-        {
-            out.insert(key, t);
-        }
-    }
-    out
-}
-
-fn known_service(
-    ctx: &mut Ctx<'_>,
-    field: &str,
-    (raw, span): (String, Span),
-    known: &BTreeMap<ServiceName, Span>,
-) -> Option<ServiceName> {
-    match raw.parse::<ServiceName>() {
-        Ok(name) if known.contains_key(&name) => Some(name),
-        Ok(name) => {
-            ctx.error(span, field, format!("unknown service `{name}`"));
-            None
-        }
-        Err(e) => {
-            ctx.error(span, field, e.to_string());
-            None
-        }
-    }
-}
-
-fn instances(
-    ctx: &mut Ctx<'_>,
-    value: toml_span::Value<'_>,
-    known: &BTreeMap<ServiceName, Span>,
-) -> Vec<InstanceKey> {
-    let Some(mut f) = Fields::open(ctx, "instances", value) else {
-        return Vec::new();
-    };
-    let mut entries = f.drain();
-    entries.sort_by_key(|(_, span, _)| span.start);
-    let mut out = Vec::new();
-    for (name, span, ids) in entries {
-        let field = f.field(&name);
-        let Some(service) = known_service(ctx, &field, (name, span), known) else {
-            continue;
-        };
-        for (i, (id, span)) in expect_strings(ctx, &field, ids)
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-        {
-            match id.parse::<InstanceId>() {
-                Ok(id) => {
-                    let key = InstanceKey::new(service.clone(), id);
-                    if out.contains(&key) {
-                        ctx.error(
-                            span,
-                            &format!("{field}[{i}]"),
-                            format!("{key} is listed twice"),
-                        );
-                    } else {
-                        out.push(key);
-                    }
-                }
-                Err(e) => ctx.error(span, &format!("{field}[{i}]"), e.to_string()),
-            }
-        }
-    }
-    out
-}
-
-fn routing(ctx: &mut Ctx<'_>, mut f: Fields<'_>, known: &BTreeMap<ServiceName, Span>) -> Routing {
-    let mut r = Routing {
-        default: f
-            .string(ctx, "default")
-            .and_then(|v| known_service(ctx, "routing.default", v, known)),
-        ..Routing::default()
-    };
-    if let Some(mut sub) = f.table(ctx, "subdomain") {
-        for (label, span, value) in sub.drain() {
-            let field = sub.field(&label);
-            if let Err(e) = label.parse::<ServiceName>() {
-                ctx.error(
-                    span,
-                    &field,
-                    format!("subdomain must be a DNS label: {}", e.reason),
-                );
-                continue;
-            }
-            if let Some(target) =
-                expect_string(ctx, &field, value).and_then(|v| known_service(ctx, &field, v, known))
-            {
-                r.subdomain.insert(label, target);
-            }
-        }
-    }
-    if let Some(mut paths) = f.table(ctx, "path") {
-        for (prefix, span, value) in paths.drain() {
-            let field = paths.field(&prefix);
-            if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
-                ctx.error(
-                    span,
-                    &field,
-                    format!("path prefix {prefix:?} must start with '/'"),
-                );
-                continue;
-            }
-            if let Some(target) =
-                expect_string(ctx, &field, value).and_then(|v| known_service(ctx, &field, v, known))
-            {
-                r.path.insert(prefix, target);
-            }
-        }
-    }
-    f.finish(ctx, ROUTING);
-    r
 }
 
 /// Serializes `[instances]` back into its `service = ["id", ...]` form.
