@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
@@ -23,6 +23,9 @@ pub struct Limits {
     pub max_body: usize,
     pub upstream_timeout: Duration,
 }
+
+/// Response bodies up to this size (with a Content-Length) are read whole before answering.
+const SMALL_BODY: usize = 16 * 1024;
 
 /// A short plain-text answer.
 pub fn plain(status: StatusCode, msg: &str) -> Response<Body> {
@@ -84,6 +87,26 @@ pub async fn forward(
     };
     let (mut parts, body) = res.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
+    let small = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n <= SMALL_BODY);
+    if small {
+        // A small body of known length is read whole, so head and body go out in one write
+        // (nginx's proxy_buffering does the same); anything larger or open-ended streams.
+        if let Ok(Ok(collected)) =
+            tokio::time::timeout(limits.upstream_timeout, body.collect()).await
+        {
+            drop(lease.guard);
+            return Response::from_parts(parts, Body::from(collected.to_bytes()));
+        }
+        return plain(
+            StatusCode::BAD_GATEWAY,
+            "the instance failed to send its answer",
+        );
+    }
     Response::from_parts(
         parts,
         Body::new(Guarded {
