@@ -13,12 +13,7 @@ health = "/health"
 "#;
 
 fn root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED: namespace isolation needs root");
-    }
-    root
+    test_support::root_or_skip("namespace isolation needs root")
 }
 
 fn get(b: &Building, key: &str, path: &str) -> (u16, String) {

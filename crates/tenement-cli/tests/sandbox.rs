@@ -20,8 +20,7 @@ isolation = "sandbox"
 "#;
 
 fn runsc_available() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = test_support::root_or_skip("sandbox tests need root");
     let runsc = std::process::Command::new("runsc")
         .arg("--version")
         .output()

@@ -28,12 +28,7 @@ storage_quota_mb = 8
 "#;
 
 fn root() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("SKIPPED: storage quotas mount filesystems and need root");
-    }
-    root
+    test_support::root_or_skip("storage quotas mount filesystems and need root")
 }
 
 fn write(addr: &str, host: &str, mb: u32) -> (u16, String) {

@@ -1,20 +1,16 @@
 //! `/api/...`: list, spawn, stop, restart instances; their logs; health.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
-use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use tenement::{InstanceStatus, LogLine, Principal, Supervisor};
 use tenement_core::{InstanceId, InstanceKey, ServiceName};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::{self, Access, Gate, RateLimiter};
 use crate::error::ApiError;
@@ -278,31 +274,12 @@ async fn logs(
     }
     // Subscribe before reading the tail so no line falls between the two.
     let live = s.follow_logs();
-    let backlog = s.logs(&key, limit)?;
-    let backlog = stream::iter(backlog.into_iter().map(|l| Ok(event(&l))));
-    let live = stream::unfold(live, move |mut live| {
-        let key = key.clone();
-        async move {
-            loop {
-                let ev = match live.recv().await {
-                    Ok(line) if *line.instance == key => event(&line),
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => {
-                        Event::default().event("lagged").data(n.to_string())
-                    }
-                    Err(RecvError::Closed) => return None,
-                };
-                return Some((Ok::<_, Infallible>(ev), live));
-            }
-        }
-    });
-    Ok(Sse::new(backlog.chain(live))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
-}
-
-fn event(line: &LogLine) -> Event {
-    Event::default()
-        .event("log")
-        .data(serde_json::to_string(line).expect("log lines serialize"))
+    let backlog = s
+        .logs(&key, limit)?
+        .iter()
+        .map(|l| crate::logs_api::log_event(&**l))
+        .collect();
+    Ok(crate::logs_api::sse(backlog, live, move |line| {
+        *line.instance == key
+    }))
 }

@@ -55,13 +55,7 @@ fn instant_ms(raw: &str) -> Result<u64, ApiError> {
         "d" => n * 86_400,
         _ => return Err(bad()),
     };
-    Ok(tenement_now_ms().saturating_sub(secs * 1000))
-}
-
-fn tenement_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    Ok(tenement::now_ms().saturating_sub(secs * 1000))
 }
 
 pub fn to_query(p: &LogParams) -> Result<LogQuery, ApiError> {
@@ -146,29 +140,39 @@ pub async fn logs(
     let Some(live) = live else {
         return Ok(Json(found).into_response());
     };
-    let backlog = stream::iter(found.into_iter().rev().map(|l| {
-        Ok::<_, Infallible>(
-            Event::default()
-                .event("log")
-                .data(serde_json::to_string(&l).expect("json")),
-        )
-    }));
-    let live = stream::unfold((live, q), |(mut live, q)| async move {
+    let backlog: Vec<Event> = found.iter().rev().map(log_event).collect();
+    Ok(sse(backlog, live, move |line| matches(&q, line)))
+}
+
+/// One line as an SSE `log` event.
+pub fn log_event(line: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event("log")
+        .data(serde_json::to_string(line).expect("log lines serialize"))
+}
+
+/// `backlog`, then every live line `keep` accepts, as Server-Sent Events (a `lagged` event
+/// says how many lines a slow reader missed).
+pub fn sse(
+    backlog: Vec<Event>,
+    live: tokio::sync::broadcast::Receiver<std::sync::Arc<LogLine>>,
+    keep: impl Fn(&LogLine) -> bool + Send + Sync + 'static,
+) -> Response {
+    let backlog = stream::iter(backlog.into_iter().map(Ok::<_, Infallible>));
+    let live = stream::unfold((live, keep), |(mut live, keep)| async move {
         loop {
             let ev = match live.recv().await {
-                Ok(line) if matches(&q, &line) => Event::default()
-                    .event("log")
-                    .data(serde_json::to_string(&*line).expect("json")),
+                Ok(line) if keep(&line) => log_event(&*line),
                 Ok(_) => continue,
                 Err(RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
                 Err(RecvError::Closed) => return None,
             };
-            return Some((Ok(ev), (live, q)));
+            return Some((Ok(ev), (live, keep)));
         }
     });
-    Ok(Sse::new(backlog.chain(live))
+    Sse::new(backlog.chain(live))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+        .into_response()
 }
 
 #[cfg(test)]
@@ -179,7 +183,7 @@ mod tests {
     fn times() {
         assert_eq!(instant_ms("1700000000000").unwrap(), 1_700_000_000_000);
         let ten_min_ago = instant_ms("10m").unwrap();
-        let now = tenement_now_ms();
+        let now = tenement::now_ms();
         assert!((now - ten_min_ago).abs_diff(600_000) < 5_000);
         for bad in ["10x", "m", "", "-5m", "1.5h"] {
             assert!(instant_ms(bad).is_err(), "{bad}");

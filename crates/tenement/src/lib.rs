@@ -30,7 +30,7 @@ mod wake;
 pub use activity::{Activity, ActivityGuard};
 pub use error::Error;
 pub use instance::{Health, InstanceStatus};
-pub use logs::{LogLine, Stream};
+pub use logs::{LogLine, Stream, now_ms};
 pub use logstore::{LogQuery, LogStore, Retention, StoredLine};
 pub use store::Store;
 pub use supervisor::Supervisor;

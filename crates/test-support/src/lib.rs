@@ -405,6 +405,16 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// Whether the tests run as root; if not, prints `SKIPPED: {why}` so the skip is visible.
+pub fn root_or_skip(why: &str) -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIPPED: {why}");
+    }
+    root
+}
+
 /// Whether a process exists (zombies count as gone).
 pub fn alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
