@@ -13,17 +13,14 @@ Prints markdown tables.
 """
 
 import argparse
-import os
-import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 
-from tenbench import FIXTURE, ROOT, TEN, api, request
+from tenbench import FIXTURE, ROOT, Server, api, request
 
 
 def count(db):
@@ -40,30 +37,13 @@ def main():
     ap.add_argument("--searches", type=int, default=20)
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--locked", "--bins"], cwd=ROOT, check=True)
-    tmp = tempfile.mkdtemp(prefix="ten-logs-bench-")
-    with open(f"{tmp}/tenement.toml", "w") as f:
-        f.write(f"""
-[settings]
-data_dir = "{tmp}/data"
-health_check_interval = 60
-
-[service.noisy]
+    services = f"""[service.noisy]
 command = "{FIXTURE} --spam"
-socket = "{tmp}/s/{{id}}.sock"
+socket = "{{tmp}}/s/{{id}}.sock"
 isolation = "process"
-""")
-    log = open(f"{tmp}/serve.log", "w")
-    serve = subprocess.Popen([TEN, "serve", "--config", f"{tmp}/tenement.toml", "--port", "0", "--bind", "127.0.0.1"],
-                             stdout=log, stderr=log, env={**os.environ, "TENEMENT_LOG": "warn"})
-    ctl = f"{tmp}/data/ten.sock"
-    db = f"{tmp}/data/logs.db"
-    try:
-        for _ in range(500):
-            try:
-                api(ctl, "GET", "/api/instances")
-                break
-            except (OSError, RuntimeError):
-                time.sleep(0.01)
+"""
+    with Server(services, "ten-logs-bench-") as server:
+        ctl, db = server.ctl, f"{server.tmp}/data/logs.db"
         api(ctl, "POST", "/api/instances", {"service": "noisy", "id": "a"})
         time.sleep(1)
         c0, t0 = count(db), time.perf_counter()
@@ -102,10 +82,6 @@ isolation = "process"
                 assert status == 200, body[:200]
                 n = body.count(b'"id"')
             print(f"| {name} | {statistics.median(times):.2f} | {sorted(times)[int(0.9 * (len(times) - 1))]:.2f} | {n} |", flush=True)
-    finally:
-        serve.terminate()
-        serve.wait(timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
