@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Front-door benchmark: proxy throughput/latency against direct and nginx, and cold-wake latency.
 
-Usage: bench/proxy.py [--seconds 10] [--connections 32] [--wakes 10]
+Usage: bench/proxy.py [--seconds 10] [--connections 32] [--rounds 3] [--wakes 20]
 
 Same backend, same run: one instance of the compiled fixture app (crates/fixture-app) under
 `ten serve`; the load generator (crates/loadgen, N keep-alive connections) hits
   1. its Unix socket directly,
   2. `ten serve` on TCP with Host a.tiny.bench.test,
-  3. nginx (when installed) on TCP, proxying to the same socket with upstream keepalive.
+  3. nginx (when installed) on TCP, proxying to the same socket with upstream keepalive
+     (2 workers, reuseport, no keep-alive request cap: its best setup for this test),
+alternating for --rounds rounds, since this shared machine drifts between runs.
 Cold wake: an instance with idle_timeout = 1 is left to sleep, then one request is timed
 through `ten serve`; the app's own start-to-listen time (measured by starting the same command
 by hand and polling its socket) is subtracted. Prints markdown tables.
@@ -84,7 +86,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--wakes", type=int, default=10)
+    ap.add_argument("--wakes", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="ten serve and nginx alternate this many times")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--locked", "--bins"], cwd=ROOT, check=True)
 
@@ -145,9 +148,10 @@ pid {tmp}/nginx/nginx.pid;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
-  upstream app {{ server unix:{sock}; keepalive 64; }}
+  keepalive_requests 1000000000;
+  upstream app {{ server unix:{sock}; keepalive 64; keepalive_requests 1000000000; }}
   server {{
-    listen 127.0.0.1:{nport};
+    listen 127.0.0.1:{nport} reuseport;
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
@@ -156,11 +160,17 @@ http {{
             time.sleep(0.5)
             runs.append(("through nginx", ["--tcp", f"127.0.0.1:{nport}", "--host", "x"]))
         print(f"\n## Proxy: {a.connections} keep-alive connections, {a.seconds:.0f} s each, GET / (17-byte body)\n")
-        print("| path | requests/s | p50 (µs) | p99 (µs) | errors |")
-        print("|---|---|---|---|---|")
-        for name, args in runs:
-            r = loadgen(args, a.seconds, a.connections)
-            print(f"| {name} | {r['rps']} | {r['p50_us']} | {r['p99_us']} | {r['errors']} |", flush=True)
+        print("| round | path | requests/s | p50 (µs) | p99 (µs) | errors |")
+        print("|---|---|---|---|---|---|")
+        rps = {name: [] for name, _ in runs}
+        for round_ in range(1, a.rounds + 1):
+            for name, args in runs:
+                r = loadgen(args, a.seconds, a.connections)
+                rps[name].append(float(r["rps"]))
+                print(f"| {round_} | {name} | {r['rps']} | {r['p50_us']} | {r['p99_us']} | {r['errors']} |", flush=True)
+        if "through nginx" in rps:
+            ratios = [t / n for t, n in zip(rps["through ten serve"], rps["through nginx"])]
+            print(f"\nten serve / nginx, per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
 
         print(f"\n## Cold wake through ten serve ({a.wakes} wakes each; medians)\n")
         print("| backend | request → response, sleeping (ms) | app start-to-listen alone (ms) | tenement overhead (ms) |")

@@ -12,8 +12,7 @@
 //! performs its effects.
 //!
 //! # Limitations
-//! Knows nothing about HTTP routing (that is `tenement-edge`). Logs are an in-memory tail per
-//! instance for now.
+//! Knows nothing about HTTP routing (that is `tenement-edge`).
 
 mod activity;
 mod error;
@@ -22,6 +21,7 @@ mod logs;
 mod logstore;
 mod ports;
 pub mod probe;
+mod socket_watch;
 mod store;
 mod supervisor;
 mod tokens;

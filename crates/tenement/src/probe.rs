@@ -114,19 +114,43 @@ pub async fn check(
 
 /// Polls until the instance is ready: it accepts connections and, with a health path, answers
 /// 2xx. Never gives up by itself; the caller bounds it with `startup_timeout`.
+///
+/// A Unix socket that is not there yet is waited for with inotify on its directory, so the
+/// check runs the moment the app binds instead of at the next tick of tokio's 1 ms timer
+/// (cold wakes wait on this); each wait is bounded by 20 ms, so a missed event costs at most
+/// that. Between bind and listen a connect is refused: the task yields and retries (16 times)
+/// before falling back to the timer.
 pub async fn until_ready(endpoint: &Endpoint, health: Option<&str>) {
-    // Connecting to a socket that is not there yet costs microseconds: poll every millisecond
-    // for the first half second (most apps are up by then), then back off.
-    let mut attempts = 0u32;
+    let watch = match endpoint {
+        Endpoint::Unix(path) => crate::socket_watch::SocketWatch::new(path),
+        Endpoint::Tcp(_) => None,
+    };
+    let (mut attempts, mut refused) = (0u32, 0u32);
     loop {
-        if check(endpoint, health, Duration::from_secs(2))
-            .await
-            .is_ok()
-        {
-            return;
-        }
+        let error = match check(endpoint, health, Duration::from_secs(2)).await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
         attempts += 1;
-        let pause = if attempts < 500 { 1 } else { 20 };
-        tokio::time::sleep(Duration::from_millis(pause)).await;
+        // Poll every millisecond for the first half second (most apps are up by then).
+        let pause = Duration::from_millis(if attempts < 500 { 1 } else { 20 });
+        let kind = match &error {
+            ProbeError::Connect(e) => Some(e.kind()),
+            _ => None,
+        };
+        refused = match kind {
+            Some(std::io::ErrorKind::ConnectionRefused) => refused + 1,
+            _ => 0,
+        };
+        match (&watch, kind) {
+            (Some(w), Some(std::io::ErrorKind::NotFound)) => {
+                w.created(pause.max(Duration::from_millis(20))).await;
+            }
+            // Bound, not listening yet: that takes microseconds.
+            (_, Some(std::io::ErrorKind::ConnectionRefused)) if refused <= 16 => {
+                tokio::task::yield_now().await
+            }
+            _ => tokio::time::sleep(pause).await,
+        }
     }
 }

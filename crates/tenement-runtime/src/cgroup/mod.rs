@@ -6,7 +6,8 @@
 //! cgroup v2 is first-class ([`v2`]); hosts whose memory/cpu controllers are still on v1 use
 //! [`v1`]. Both are rooted at injected paths, so the file formats are unit-tested against a
 //! temp directory. The shim joins the instance cgroup before it forks the app (it writes `0`
-//! to each `cgroup.procs`), so every process of the instance is inside from the start.
+//! to each v1 `tasks` file, or to v2's `cgroup.procs`), so every process of the instance is
+//! inside from the start.
 
 pub mod v1;
 pub mod v2;
@@ -138,7 +139,7 @@ impl Cgroups {
 }
 
 impl Cgroup {
-    /// Directories the shim joins (it writes `0` to each `cgroup.procs`).
+    /// Directories the shim joins.
     pub fn dirs(&self) -> Vec<PathBuf> {
         match self {
             Cgroup::V2(g) => vec![g.dir.clone()],
