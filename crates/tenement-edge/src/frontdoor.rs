@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::debug;
 
-use crate::metrics::{KindLabel, Metrics, ServiceLabel};
-use crate::pool::{Pool, pool};
+use crate::headers::Forwarding;
+use crate::metrics::{KindLabel, Metrics, RequestFigures, ServiceLabel};
+use crate::pool::{IDLE_TIMEOUT, Pool};
 use crate::proxy::{Limits, forward, plain};
 use crate::{Access, router};
 
@@ -30,8 +31,15 @@ struct FrontDoor {
     metrics: Arc<Metrics>,
     routes: Router,
     api: axum::Router,
-    pool: Pool,
+    pool: Arc<Pool>,
+    figures: RequestFigures,
     limits: Limits,
+}
+
+/// One client connection.
+struct Client {
+    peer: SocketAddr,
+    forwarding: Forwarding,
 }
 
 /// Binds the front door: one listening socket per worker thread, all on `addr`
@@ -94,7 +102,8 @@ pub async fn front_door(
             ),
             api: router(supervisor.clone(), Access::Network, limiter.clone()),
             supervisor: supervisor.clone(),
-            pool: pool(),
+            pool: Arc::default(),
+            figures: RequestFigures::default(),
             limits,
         };
         let shutdown = shutdown.clone();
@@ -130,6 +139,13 @@ async fn accept_loop(
         .max_buf_size(max_buf)
         .keep_alive(true);
     let connections = tokio_util::task::TaskTracker::new();
+    let pool = door.pool.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+            pool.sweep();
+        }
+    });
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -143,10 +159,16 @@ async fn accept_loop(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let door = door.clone();
+        let (door, client) = (
+            door.clone(),
+            Arc::new(Client {
+                peer,
+                forwarding: Forwarding::new(peer, "http"),
+            }),
+        );
         let service = service_fn(move |req| {
-            let door = door.clone();
-            async move { Ok::<_, Infallible>(door.handle(req, peer).await) }
+            let (door, client) = (door.clone(), client.clone());
+            async move { Ok::<_, Infallible>(door.handle(req, &client).await) }
         });
         let mut conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -171,13 +193,12 @@ async fn accept_loop(
 }
 
 impl FrontDoor {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
         let host = req
             .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
-        let target = match self.routes.route(host.as_deref(), req.uri().path()) {
+            .and_then(|h| h.to_str().ok());
+        let target = match self.routes.route(host, req.uri().path()) {
             Ok(t) => t,
             Err(e @ RouteError::BadHost(_)) => {
                 return plain(StatusCode::BAD_REQUEST, &e.to_string());
@@ -188,19 +209,19 @@ impl FrontDoor {
             Target::Building if req.uri().path() == "/metrics" => return self.metrics(&req).await,
             Target::Building => {
                 let mut req = req.map(Body::new);
-                req.extensions_mut().insert(crate::PeerAddr(peer));
+                req.extensions_mut().insert(crate::PeerAddr(client.peer));
                 return match self.api.clone().oneshot(req).await {
                     Ok(res) => res,
                     Err(never) => match never {},
                 };
             }
-            Target::Instance(key) => key.service.to_string(),
-            Target::Service(service) => service.to_string(),
+            Target::Instance(key) => key.service.as_str(),
+            Target::Service(service) => service.as_str(),
         };
         let started = Instant::now();
-        let lease = match target {
-            Target::Instance(key) => self.supervisor.lease(&key).await,
-            Target::Service(service) => self.supervisor.lease_service(&service).await,
+        let lease = match &target {
+            Target::Instance(key) => self.supervisor.lease(key).await,
+            Target::Service(service) => self.supervisor.lease_service(service).await,
             Target::Building => unreachable!("answered above"),
         };
         if let Ok(l) = &lease
@@ -209,22 +230,12 @@ impl FrontDoor {
             self.metrics
                 .wake_duration
                 .get_or_create(&ServiceLabel {
-                    service: service.clone(),
+                    service: service.to_owned(),
                 })
                 .observe(started.elapsed().as_secs_f64());
         }
         let res = match lease {
-            Ok(lease) => {
-                forward(
-                    &self.pool,
-                    lease,
-                    req,
-                    peer,
-                    host.as_deref().unwrap_or(""),
-                    self.limits,
-                )
-                .await
-            }
+            Ok(lease) => forward(&self.pool, lease, req, &client.forwarding, self.limits).await,
             Err(e) => unavailable(e),
         };
         let kind = match res.status() {
@@ -240,8 +251,12 @@ impl FrontDoor {
                 .get_or_create(&KindLabel { kind })
                 .inc();
         }
-        self.metrics
-            .record_request(&service, res.status().as_u16(), started.elapsed());
+        self.metrics.record_request(
+            &self.figures,
+            service,
+            res.status().as_u16(),
+            started.elapsed(),
+        );
         res
     }
 

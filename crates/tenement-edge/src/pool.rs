@@ -1,121 +1,161 @@
-//! Connections to instances: a keep-alive pool per instance endpoint (hyper-util's pooled
-//! client with a connector that dials the instance's Unix socket or TCP port), and one-off
-//! connections for protocol upgrades.
+//! Connections to instances: keep-alive HTTP/1 connections per instance endpoint, one pool
+//! per front-door thread (its lock is never contended and no request hops threads), and
+//! one-off connections for protocol upgrades.
+//!
+//! A connection is lent for one exchange and given back ([`Pool::put`]) once its response
+//! body has been read to the end, so a pooled connection is always ready for a new request.
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use hyper::Uri;
+use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tenement::probe::{Endpoint, Io};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tenement::probe::Endpoint;
 
-/// Idle connections kept per instance.
+/// Idle connections kept per instance and thread.
 const IDLE_PER_INSTANCE: usize = 64;
+/// An idle connection unused this long is closed (the app may hold a file or thread for it).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub type Pool = Client<Connector, Body>;
+pub type Sender = SendRequest<Body>;
+pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
-pub fn pool() -> Pool {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(IDLE_PER_INSTANCE)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(TokioTimer::new())
-        .build(Connector)
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<Endpoint, Vec<(Sender, Instant)>>>,
 }
 
-/// The URI authority that names `endpoint` in the pool (one pool per authority).
-pub fn authority(endpoint: &Endpoint) -> String {
-    let raw = match endpoint {
-        Endpoint::Unix(p) => format!("u{}", p.display()),
-        Endpoint::Tcp(port) => format!("t{port}"),
-    };
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(raw.len() * 2);
-    for b in raw.bytes() {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
+impl Pool {
+    /// Sends `req` on an idle connection to `endpoint`, or on a new one. A request the idle
+    /// connection could not take (the app closed it meanwhile) goes on a new connection.
+    /// Returns the connection with the response; give it back with [`Pool::put`].
+    pub async fn send(
+        &self,
+        endpoint: &Endpoint,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
+        if let Some(mut sender) = self.take(endpoint) {
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok((res, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(e.into_error().into()),
+                },
+            }
+        }
+        let mut sender = connect(endpoint).await?;
+        let res = sender.send_request(req).await?;
+        Ok((res, sender))
     }
-    out
+
+    fn take(&self, endpoint: &Endpoint) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(endpoint)?;
+        while let Some((sender, _)) = list.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Gives a connection back after its exchange is complete: the response body read to the
+    /// end. (hyper reports a connection ready as soon as the response head is in: pooled
+    /// earlier, the next request would queue behind the rest of a possibly endless body.)
+    pub fn put(&self, endpoint: &Endpoint, sender: Sender) {
+        if !sender.is_ready() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = match idle.get_mut(endpoint) {
+            Some(list) => list,
+            None => idle.entry(endpoint.clone()).or_default(),
+        };
+        if list.len() < IDLE_PER_INSTANCE {
+            list.push((sender, Instant::now()));
+        }
+    }
+
+    /// Closes connections idle for [`IDLE_TIMEOUT`] or closed by the app.
+    pub fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|(sender, since)| sender.is_ready() && since.elapsed() < IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self, endpoint: &Endpoint) -> usize {
+        let idle = self.idle.lock().unwrap();
+        idle.get(endpoint).map_or(0, Vec::len)
+    }
 }
 
-fn endpoint_of(uri: &Uri) -> Option<Endpoint> {
-    let hex = uri.host()?;
-    let bytes: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    let raw = String::from_utf8(bytes?).ok()?;
-    match raw.split_at_checked(1)? {
-        ("u", path) => Some(Endpoint::Unix(path.into())),
-        ("t", port) => port.parse().ok().map(Endpoint::Tcp),
-        _ => None,
+/// A response body that gives its connection back to the pool once read to the end (an
+/// abandoned body closes the connection instead: hyper cannot reuse it).
+pub struct Returning {
+    body: Incoming,
+    back: Option<(Arc<Pool>, Endpoint, Sender)>,
+}
+
+impl Returning {
+    pub fn new(body: Incoming, pool: Arc<Pool>, endpoint: Endpoint, sender: Sender) -> Self {
+        Self {
+            body,
+            back: Some((pool, endpoint, sender)),
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some((pool, endpoint, sender)) = self.back.take() {
+            pool.put(&endpoint, sender);
+        }
     }
 }
 
-/// Dials the endpoint encoded in the URI's authority.
-#[derive(Clone, Copy)]
-pub struct Connector;
+impl HttpBody for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
 
-impl tower::Service<Uri> for Connector {
-    type Response = Conn;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Conn>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(async move {
-            let endpoint = endpoint_of(&uri)
-                .ok_or_else(|| std::io::Error::other(format!("not an instance address: {uri}")))?;
-            Ok(Conn(TokioIo::new(endpoint.connect().await?)))
-        })
-    }
-}
-
-/// A connection to an instance.
-pub struct Conn(TokioIo<Box<dyn Io>>);
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl hyper::rt::Read for Conn {
-    fn poll_read(
+    fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
-impl hyper::rt::Write for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
+/// A new keep-alive connection (its task runs on the calling thread's runtime).
+async fn connect(endpoint: &Endpoint) -> Result<Sender, UpstreamError> {
+    let io = endpoint.connect().await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// A new connection that can switch protocols (websockets), outside the pool.
-pub async fn connect_upgradable(endpoint: &Endpoint) -> std::io::Result<SendRequest<Body>> {
+pub async fn connect_upgradable(endpoint: &Endpoint) -> std::io::Result<Sender> {
     let io = endpoint.connect().await?;
     let (sender, conn) = http1::handshake(TokioIo::new(io))
         .await
@@ -127,15 +167,96 @@ pub async fn connect_upgradable(endpoint: &Endpoint) -> std::io::Result<SendRequ
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[test]
-    fn endpoints_round_trip_through_the_authority() {
-        for e in [
-            Endpoint::Unix("/tmp/tenement/api-prod.sock".into()),
-            Endpoint::Tcp(30001),
-        ] {
-            let uri: Uri = format!("http://{}/x?y", authority(&e)).parse().unwrap();
-            assert_eq!(endpoint_of(&uri), Some(e));
+    /// A tiny HTTP/1 server on a real Unix socket: answers `n` requests per connection, then
+    /// closes it; counts connections.
+    fn serve(
+        path: &std::path::Path,
+        per_conn: usize,
+    ) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..per_conn {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = s.read(&mut buf).await.unwrap();
+                            if n == 0 {
+                                return;
+                            }
+                            got.extend_from_slice(&buf[..n]);
+                        }
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        conns
+    }
+
+    fn get() -> Request<Body> {
+        Request::get("/x")
+            .header("host", "a.tiny.example.com")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reuses_connections_and_survives_the_app_closing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"));
+        let Endpoint::Unix(path) = &endpoint else {
+            unreachable!()
+        };
+        // The app closes each connection after 3 requests.
+        let conns = serve(path, 3);
+        let pool = Pool::default();
+        for _ in 0..9 {
+            let (res, sender) = pool.send(&endpoint, get()).await.unwrap();
+            assert_eq!(res.status(), 200);
+            assert_eq!(
+                &res.into_body().collect().await.unwrap().to_bytes()[..],
+                b"ok"
+            );
+            pool.put(&endpoint, sender);
+            // Let the connection task see a close before the next checkout (a request racing
+            // the app's close is the one case a keep-alive pool cannot hide).
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(pool.idle_count(&endpoint) <= 1);
+    }
+
+    #[tokio::test]
+    async fn a_streaming_body_keeps_its_connection_until_read_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"));
+        let Endpoint::Unix(path) = &endpoint else {
+            unreachable!()
+        };
+        let conns = serve(path, 100);
+        let pool = Arc::new(Pool::default());
+        let (res, sender) = pool.send(&endpoint, get()).await.unwrap();
+        let mut body = Returning::new(res.into_body(), pool.clone(), endpoint.clone(), sender);
+        assert_eq!(pool.idle_count(&endpoint), 0, "body not read yet");
+        // Meanwhile another request gets a connection of its own and is answered.
+        let (other, sender2) = pool.send(&endpoint, get()).await.unwrap();
+        assert_eq!(other.status(), 200);
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+        drop((other, sender2));
+        while let Some(frame) = body.frame().await {
+            frame.unwrap();
+        }
+        assert_eq!(pool.idle_count(&endpoint), 1, "given back at the end");
     }
 }

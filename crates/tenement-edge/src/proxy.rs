@@ -1,8 +1,8 @@
 //! Forwarding one request to an instance: bodies streamed both ways, websockets tunnelled,
 //! the instance kept awake (its activity guard travels with the response body or the tunnel).
 
-use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,8 +14,8 @@ use hyper_util::rt::TokioIo;
 use tenement::{ActivityGuard, Lease};
 use tracing::debug;
 
-use crate::headers::{add_forwarded, strip_hop_by_hop, wants_upgrade};
-use crate::pool::{Pool, authority, connect_upgradable};
+use crate::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
+use crate::pool::{Pool, Returning, Sender, UpstreamError, connect_upgradable};
 
 /// Front-door limits, from `[settings]`.
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +43,10 @@ pub fn plain(status: StatusCode, msg: &str) -> Response<Body> {
 }
 
 pub async fn forward(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     lease: Lease,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
-    host: &str,
+    forwarding: &Forwarding,
     limits: Limits,
 ) -> Response<Body> {
     let declared = req
@@ -62,58 +61,63 @@ pub async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarded(&mut parts.headers, peer, host, "http");
+    forwarding.apply(&mut parts.headers);
     if let Some(client_upgrade) = client_upgrade {
         return tunnel(lease, parts, client_upgrade, limits).await;
     }
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match format!("http://{}{path}", authority(&lease.endpoint)).parse() {
-        Ok(uri) => uri,
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target"),
+    // The request target stays in origin form (`/path?query`), as the client sent it.
+    let body = if body.is_end_stream() {
+        Body::empty()
+    } else {
+        Body::new(Limited::new(body, limits.max_body))
     };
-    let out = Request::from_parts(parts, Body::new(Limited::new(body, limits.max_body)));
-    let res = match tokio::time::timeout(limits.upstream_timeout, pool.request(out)).await {
-        Ok(Ok(res)) => res,
-        Ok(Err(e)) => {
-            debug!(instance = %lease.key, error = %e, "upstream failed");
-            return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer");
+    let out = Request::from_parts(parts, body);
+    let exchange = async {
+        let (res, sender) = pool.send(&lease.endpoint, out).await?;
+        let (mut parts, body) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let small = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n <= SMALL_BODY);
+        if !small {
+            return Ok::<_, UpstreamError>((parts, Reply::Stream(body, sender)));
         }
-        Err(_) => {
-            return plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the instance did not answer in time",
-            );
-        }
-    };
-    let (mut parts, body) = res.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    let small = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n <= SMALL_BODY);
-    if small {
         // A small body of known length is read whole, so head and body go out in one write
         // (nginx's proxy_buffering does the same); anything larger or open-ended streams.
-        if let Ok(Ok(collected)) =
-            tokio::time::timeout(limits.upstream_timeout, body.collect()).await
-        {
-            drop(lease.guard);
-            return Response::from_parts(parts, Body::from(collected.to_bytes()));
+        let whole = body.collect().await?.to_bytes();
+        pool.put(&lease.endpoint, sender);
+        Ok((parts, Reply::Whole(whole)))
+    };
+    match tokio::time::timeout(limits.upstream_timeout, exchange).await {
+        Ok(Ok((parts, Reply::Whole(bytes)))) => Response::from_parts(parts, Body::from(bytes)),
+        Ok(Ok((parts, Reply::Stream(body, sender)))) => {
+            let body = Returning::new(body, pool.clone(), lease.endpoint.clone(), sender);
+            Response::from_parts(
+                parts,
+                Body::new(Guarded {
+                    body,
+                    _guard: lease.guard,
+                }),
+            )
         }
-        return plain(
-            StatusCode::BAD_GATEWAY,
-            "the instance failed to send its answer",
-        );
+        Ok(Err(e)) => {
+            debug!(instance = %lease.key, error = %e, "upstream failed");
+            plain(StatusCode::BAD_GATEWAY, "the instance failed to answer")
+        }
+        Err(_) => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the instance did not answer in time",
+        ),
     }
-    Response::from_parts(
-        parts,
-        Body::new(Guarded {
-            body,
-            _guard: lease.guard,
-        }),
-    )
+}
+
+/// An instance's answer: read whole, or streamed on the connection it came on.
+enum Reply {
+    Whole(Bytes),
+    Stream(Incoming, Sender),
 }
 
 /// Websocket (or any `Upgrade`): a fresh connection, then bytes copied both ways for as long
@@ -173,12 +177,12 @@ async fn tunnel(
 }
 
 /// A response body that keeps its instance awake until it is finished or dropped.
-struct Guarded {
-    body: Incoming,
+struct Guarded<B> {
+    body: B,
     _guard: ActivityGuard,
 }
 
-impl HttpBody for Guarded {
+impl<B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin> HttpBody for Guarded<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 

@@ -138,7 +138,10 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let decoy = std::os::unix::net::UnixListener::bind(&other).unwrap();
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                (decoy, std::os::unix::net::UnixListener::bind(&path).unwrap())
+                (
+                    decoy,
+                    std::os::unix::net::UnixListener::bind(&path).unwrap(),
+                )
             })
         };
         // Far longer than any machine needs: a broken watch fails instead of passing late.
