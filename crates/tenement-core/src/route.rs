@@ -72,15 +72,15 @@ impl Router {
         else {
             return Err(RouteError::UnknownHost(host));
         };
-        let labels: Vec<&str> = sub.split('.').collect();
-        match labels[..] {
-            [label] => {
+        let mut labels = sub.split('.');
+        match (labels.next(), labels.next(), labels.next()) {
+            (Some(label), None, _) => {
                 if let Some(service) = self.routing.subdomain.get(label) {
                     return Ok(Target::Service(service.clone()));
                 }
                 self.service(label).map(Target::Service)
             }
-            [id, service] => {
+            (Some(id), Some(service), None) => {
                 let service = self.service(service)?;
                 let id: InstanceId = id
                     .parse()
@@ -127,7 +127,9 @@ fn under(path: &str, prefix: &str) -> bool {
 }
 
 fn is_ip(host: &str) -> bool {
-    host.parse::<std::net::IpAddr>().is_ok()
+    // Hostnames (the common case) end in a letter: skip the parse.
+    (host.ends_with(|c: char| c.is_ascii_digit()) || host.contains(':'))
+        && host.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Lowercase, no port, no trailing dot; every label a valid DNS label.

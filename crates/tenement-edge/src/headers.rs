@@ -1,6 +1,7 @@
 //! Request and response header rewriting for the reverse proxy (RFC 9110 §7.6.1, RFC 7239).
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -45,6 +46,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Where a client connection comes from, prepared once per connection: adds
 /// `X-Forwarded-For` (appended to any existing chain), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host` and `Forwarded` (RFC 7239) to each of its proxied requests.
@@ -52,6 +57,9 @@ pub struct Forwarding {
     ip: HeaderValue,
     node: String,
     proto: &'static str,
+    /// This connection's `Forwarded` element for the last Host it sent (requests on one
+    /// connection nearly always carry the same Host): (host, element).
+    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
 }
 
 impl Forwarding {
@@ -66,13 +74,15 @@ impl Forwarding {
             ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
             node,
             proto,
+            last: Mutex::new(None),
         }
     }
 
     /// Adds the forwarding headers; the host is the `Host` header the client sent.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.reserve(4);
         let host = headers.get(header::HOST).cloned();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => {
                 let ip = self.ip.to_str().unwrap_or_default();
                 HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
@@ -80,27 +90,48 @@ impl Forwarding {
             None => Some(self.ip.clone()),
         };
         if let Some(xff) = xff {
-            headers.insert("x-forwarded-for", xff);
+            headers.insert(X_FORWARDED_FOR.clone(), xff);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(self.proto));
-        let mut forwarded = format!("for={}", self.node);
-        if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-            forwarded.push_str(";host=\"");
-            forwarded.extend(host.chars().filter(|c| !matches!(c, '"' | '\\')));
-            forwarded.push('"');
-        }
-        forwarded.push_str(";proto=");
-        forwarded.push_str(self.proto);
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(self.proto),
+        );
+        let element = self.element(host.as_ref());
         if let Some(host) = host {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST.clone(), host);
         }
-        let joined = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {forwarded}"),
-            None => forwarded,
+        let joined = match headers.get(header::FORWARDED).map(HeaderValue::as_bytes) {
+            Some(prior) => {
+                HeaderValue::from_bytes(&[prior, b", ", element.as_bytes()].concat()).ok()
+            }
+            None => Some(element),
         };
-        if let Ok(v) = HeaderValue::from_str(&joined) {
+        if let Some(v) = joined {
             headers.insert(header::FORWARDED, v);
         }
+    }
+
+    /// `for=...;host="...";proto=...` for `host`, remembered for the next request.
+    fn element(&self, host: Option<&HeaderValue>) -> HeaderValue {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, element)) = last.as_ref()
+            && Some(seen) == host
+        {
+            return element.clone();
+        }
+        let mut element = format!("for={}", self.node);
+        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+            element.push_str(";host=\"");
+            element.extend(h.chars().filter(|c| !matches!(c, '"' | '\\')));
+            element.push('"');
+        }
+        element.push_str(";proto=");
+        element.push_str(self.proto);
+        let element = HeaderValue::from_str(&element).expect("built from valid header text");
+        if let Some(h) = host {
+            *last = Some((h.clone(), element.clone()));
+        }
+        element
     }
 }
 
@@ -153,6 +184,21 @@ mod tests {
             h["forwarded"],
             "for=192.0.2.7;host=\"prod.api.example.com\";proto=http, for=\"[2001:db8::1]\";host=\"prod.api.example.com\";proto=https"
         );
+    }
+
+    #[test]
+    fn each_request_gets_its_own_host_on_a_shared_connection() {
+        let f = Forwarding::new("192.0.2.7:5555".parse().unwrap(), "http");
+        for host in ["a.api.example.com", "a.api.example.com", "b.api.example.com"] {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_static(host));
+            f.apply(&mut h);
+            assert_eq!(h["x-forwarded-host"], host);
+            assert_eq!(
+                h["forwarded"],
+                format!("for=192.0.2.7;host=\"{host}\";proto=http").as_str()
+            );
+        }
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub async fn forward(
     };
     let out = Request::from_parts(parts, body);
     let exchange = async {
-        let (res, sender) = pool.send(&lease.endpoint, out).await?;
+        let (res, sender) = pool.send(lease.endpoint(), out).await?;
         let (mut parts, body) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         let small = parts
@@ -88,13 +88,13 @@ pub async fn forward(
         // A small body of known length is read whole, so head and body go out in one write
         // (nginx's proxy_buffering does the same); anything larger or open-ended streams.
         let whole = body.collect().await?.to_bytes();
-        pool.put(&lease.endpoint, sender);
+        pool.put(lease.endpoint(), sender);
         Ok((parts, Reply::Whole(whole)))
     };
     match tokio::time::timeout(limits.upstream_timeout, exchange).await {
         Ok(Ok((parts, Reply::Whole(bytes)))) => Response::from_parts(parts, Body::from(bytes)),
         Ok(Ok((parts, Reply::Stream(body, sender)))) => {
-            let body = Returning::new(body, pool.clone(), lease.endpoint.clone(), sender);
+            let body = Returning::new(body, pool.clone(), lease.endpoint().clone(), sender);
             Response::from_parts(
                 parts,
                 Body::new(Guarded {
@@ -104,7 +104,7 @@ pub async fn forward(
             )
         }
         Ok(Err(e)) => {
-            debug!(instance = %lease.key, error = %e, "upstream failed");
+            debug!(instance = %lease.key(), error = %e, "upstream failed");
             plain(StatusCode::BAD_GATEWAY, "the instance failed to answer")
         }
         Err(_) => plain(
@@ -129,7 +129,7 @@ async fn tunnel(
     limits: Limits,
 ) -> Response<Body> {
     let out = Request::from_parts(parts, Body::empty());
-    let mut sender = match connect_upgradable(&lease.endpoint).await {
+    let mut sender = match connect_upgradable(lease.endpoint()).await {
         Ok(s) => s,
         Err(_) => {
             return plain(

@@ -34,8 +34,9 @@ impl Activity {
 
     /// Counts something in flight until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> ActivityGuard {
+        // No touch: while anything is in flight the instance is not idle, and the guard
+        // touches when it ends.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.touch();
         ActivityGuard(self.clone())
     }
 

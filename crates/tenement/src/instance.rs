@@ -65,9 +65,20 @@ pub struct InstanceStatus {
     pub weight: u8,
 }
 
-/// The cheap, cloneable way to reach an instance actor.
+/// The cheap, cloneable way to reach an instance actor (one reference count: the front door
+/// clones it for every request).
 #[derive(Clone)]
-pub struct InstanceHandle {
+pub struct InstanceHandle(Arc<Handle>);
+
+impl std::ops::Deref for InstanceHandle {
+    type Target = Handle;
+    fn deref(&self) -> &Handle {
+        &self.0
+    }
+}
+
+pub struct Handle {
+    pub key: InstanceKey,
     pub inputs: mpsc::Sender<Input>,
     pub status: watch::Receiver<InstanceStatus>,
     pub tail: Arc<Tail>,
@@ -177,14 +188,15 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         tail: tail.clone(),
         status,
     };
-    let handle = InstanceHandle {
+    let handle = InstanceHandle(Arc::new(Handle {
+        key: actor.setup.key.clone(),
         inputs,
         status: status_rx,
         tail,
         activity,
         endpoint,
         cgroup,
-    };
+    }));
     (handle, actor.run(rx))
 }
 

@@ -16,11 +16,20 @@ use crate::{Error, InstanceStatus, Supervisor};
 
 /// An instance ready for a request, kept awake while the lease (its guard) lives.
 pub struct Lease {
-    pub key: InstanceKey,
-    pub endpoint: Endpoint,
+    handle: InstanceHandle,
     pub guard: ActivityGuard,
     /// Whether the request had to wait for the instance (wake or start).
     pub waited: bool,
+}
+
+impl Lease {
+    pub fn key(&self) -> &InstanceKey {
+        &self.handle.key
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.handle.endpoint
+    }
 }
 
 impl Supervisor {
@@ -46,8 +55,7 @@ impl Supervisor {
         // The common case: already running, nothing to wait for (and no timer to arm).
         if handle.status.borrow().state == "running" {
             return Ok(Lease {
-                key: key.clone(),
-                endpoint: handle.endpoint.clone(),
+                handle,
                 guard,
                 waited: false,
             });
@@ -60,8 +68,7 @@ impl Supervisor {
             });
         match tokio::time::timeout(wait, until_running(key, &handle)).await {
             Ok(Ok(())) => Ok(Lease {
-                key: key.clone(),
-                endpoint: handle.endpoint.clone(),
+                handle,
                 guard,
                 waited: true,
             }),
