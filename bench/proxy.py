@@ -48,6 +48,22 @@ def loadgen(args, seconds, conns):
     return dict(kv.split("=") for kv in out.split())
 
 
+def cpu_ticks(pids):
+    """(user, system) clock ticks of every thread of `pids` so far."""
+    u = st = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            u, st = u + int(fields[11]), st + int(fields[12])
+    return u, st
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
 def start_to_listen(cmd, cwd, tmp):
     """Seconds from exec to a connectable socket, for the app alone."""
     sock = os.path.join(tmp, "baseline.sock")
@@ -134,8 +150,9 @@ isolation = "process"
         api(ctl, "POST", "/api/instances", {"service": "tiny", "id": "a"})
         sock = f"{tmp}/tiny-a.sock"
 
-        runs = [("direct to the Unix socket", ["--unix", sock])]
-        runs.append(("through ten serve", ["--tcp", f"127.0.0.1:{port}", "--host", "a.tiny.bench.test"]))
+        # (name, loadgen args, pids whose CPU time is the proxy's)
+        runs = [("direct to the Unix socket", ["--unix", sock], [])]
+        runs.append(("through ten serve", ["--tcp", f"127.0.0.1:{port}", "--host", "a.tiny.bench.test"], [serve.pid]))
         if shutil.which("nginx"):
             nport = free_port()
             os.makedirs(f"{tmp}/nginx/logs", exist_ok=True)
@@ -158,16 +175,20 @@ http {{
 """)
             nginx = subprocess.Popen(["nginx", "-p", f"{tmp}/nginx", "-c", f"{tmp}/nginx/nginx.conf", "-g", "daemon off;"])
             time.sleep(0.5)
-            runs.append(("through nginx", ["--tcp", f"127.0.0.1:{nport}", "--host", "x"]))
+            runs.append(("through nginx", ["--tcp", f"127.0.0.1:{nport}", "--host", "x"], children(nginx.pid)))
         print(f"\n## Proxy: {a.connections} keep-alive connections, {a.seconds:.0f} s each, GET / (17-byte body)\n")
-        print("| round | path | requests/s | p50 (µs) | p99 (µs) | errors |")
-        print("|---|---|---|---|---|---|")
-        rps = {name: [] for name, _ in runs}
+        print("| round | path | requests/s | p50 (µs) | p99 (µs) | errors | proxy CPU user + sys (µs/request) |")
+        print("|---|---|---|---|---|---|---|")
+        rps = {name: [] for name, _, _ in runs}
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         for round_ in range(1, a.rounds + 1):
-            for name, args in runs:
+            for name, args, pids in runs:
+                before = cpu_ticks(pids)
                 r = loadgen(args, a.seconds, a.connections)
+                after, n = cpu_ticks(pids), int(r["requests"])
+                cpu = "-" if not pids else f"{(after[0] - before[0]) * tick_us / n:.1f} + {(after[1] - before[1]) * tick_us / n:.1f}"
                 rps[name].append(float(r["rps"]))
-                print(f"| {round_} | {name} | {r['rps']} | {r['p50_us']} | {r['p99_us']} | {r['errors']} |", flush=True)
+                print(f"| {round_} | {name} | {r['rps']} | {r['p50_us']} | {r['p99_us']} | {r['errors']} | {cpu} |", flush=True)
         if "through nginx" in rps:
             ratios = [t / n for t, n in zip(rps["through ten serve"], rps["through nginx"])]
             print(f"\nten serve / nginx, per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")

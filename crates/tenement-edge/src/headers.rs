@@ -189,7 +189,11 @@ mod tests {
     #[test]
     fn each_request_gets_its_own_host_on_a_shared_connection() {
         let f = Forwarding::new("192.0.2.7:5555".parse().unwrap(), "http");
-        for host in ["a.api.example.com", "a.api.example.com", "b.api.example.com"] {
+        for host in [
+            "a.api.example.com",
+            "a.api.example.com",
+            "b.api.example.com",
+        ] {
             let mut h = HeaderMap::new();
             h.insert("host", HeaderValue::from_static(host));
             f.apply(&mut h);

@@ -370,12 +370,10 @@ impl Actor {
             .map_err(|e| e.to_string())?;
         info!(instance = %self.key, pid = started.workload.pid(), "started");
         for (pipe, stream) in [
-            (
-                Box::new(started.stdout) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                Stream::Stdout,
-            ),
-            (Box::new(started.stderr), Stream::Stderr),
+            (started.stdout.into_owned_fd(), Stream::Stdout),
+            (started.stderr.into_owned_fd(), Stream::Stderr),
         ] {
+            let Ok(pipe) = pipe else { continue };
             tokio::spawn(logs::capture(
                 pipe,
                 self.key.clone(),

@@ -5,12 +5,12 @@
 //! neither block on a full pipe nor break capture.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tenement_core::InstanceKey;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::broadcast;
 
 /// Longest line kept, in bytes; the rest is dropped and noted.
@@ -88,60 +88,95 @@ impl Sink {
 }
 
 /// Reads `pipe` until EOF, line by line, into `tail` and `sink`.
+///
+/// An idle pipe holds no buffer: bytes are read into a stack buffer only once the pipe is
+/// readable, so a thousand quiet instances do not keep two 4 KB read buffers each (that was a
+/// third of the supervisor's memory per instance).
 pub async fn capture(
-    pipe: impl AsyncRead + Unpin,
+    pipe: OwnedFd,
     instance: Arc<InstanceKey>,
     stream: Stream,
     tail: Arc<Tail>,
     sink: Sink,
 ) {
-    let mut reader = BufReader::with_capacity(4096, pipe);
-    let mut line: Vec<u8> = Vec::new();
-    let mut dropped = 0usize;
-    loop {
-        let (done, used, eof) = match reader.fill_buf().await {
-            Ok([]) | Err(_) => (!line.is_empty() || dropped > 0, 0, true),
-            Ok(buf) => match memchr(buf) {
-                Some(i) => {
-                    keep(&mut line, &mut dropped, &buf[..i]);
-                    (true, i + 1, false)
-                }
-                None => {
-                    keep(&mut line, &mut dropped, buf);
-                    (false, buf.len(), false)
-                }
-            },
-        };
-        reader.consume(used);
-        if done {
-            let mut text = String::from_utf8_lossy(&line).into_owned();
-            if dropped > 0 {
-                text.push_str(&format!(" [line truncated: {dropped} more bytes dropped]"));
+    let mut lines = Lines {
+        instance,
+        stream,
+        tail,
+        sink,
+        line: Vec::new(),
+        dropped: 0,
+    };
+    if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
+        while pipe.readable().await.is_ok() {
+            let mut chunk = [0u8; 4096];
+            match pipe.try_read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => lines.feed(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
             }
-            let entry = Arc::new(LogLine {
-                instance: instance.clone(),
-                ts_ms: now_ms(),
-                stream,
-                text,
-            });
-            sink.send(&tail, entry);
-            line.clear();
-            if line.capacity() > 2 * 4096 {
-                line.shrink_to(256);
-            }
-            dropped = 0;
-        }
-        if eof {
-            return;
         }
     }
+    lines.finish();
 }
 
-fn keep(line: &mut Vec<u8>, dropped: &mut usize, bytes: &[u8]) {
-    let room = MAX_LINE.saturating_sub(line.len());
-    let take = room.min(bytes.len());
-    line.extend_from_slice(&bytes[..take]);
-    *dropped += bytes.len() - take;
+/// Cuts a byte stream into log lines.
+struct Lines {
+    instance: Arc<InstanceKey>,
+    stream: Stream,
+    tail: Arc<Tail>,
+    sink: Sink,
+    /// The line so far (empty, with no allocation, between lines).
+    line: Vec<u8>,
+    /// Bytes of the current line beyond [`MAX_LINE`].
+    dropped: usize,
+}
+
+impl Lines {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some(i) = memchr(bytes) {
+            self.keep(&bytes[..i]);
+            self.emit();
+            bytes = &bytes[i + 1..];
+        }
+        self.keep(bytes);
+    }
+
+    /// The unterminated last line, if any.
+    fn finish(&mut self) {
+        if !self.line.is_empty() || self.dropped > 0 {
+            self.emit();
+        }
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        let room = MAX_LINE.saturating_sub(self.line.len());
+        let take = room.min(bytes.len());
+        self.line.extend_from_slice(&bytes[..take]);
+        self.dropped += bytes.len() - take;
+    }
+
+    fn emit(&mut self) {
+        let mut text = match String::from_utf8(std::mem::take(&mut self.line)) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        if self.dropped > 0 {
+            text.push_str(&format!(
+                " [line truncated: {} more bytes dropped]",
+                self.dropped
+            ));
+            self.dropped = 0;
+        }
+        let entry = Arc::new(LogLine {
+            instance: self.instance.clone(),
+            ts_ms: now_ms(),
+            stream: self.stream,
+            text,
+        });
+        self.sink.send(&self.tail, entry);
+    }
 }
 
 fn memchr(buf: &[u8]) -> Option<usize> {
@@ -171,7 +206,13 @@ mod tests {
             store: None,
         };
         let key = Arc::new("api:prod".parse().unwrap());
-        capture(&input[..], key, Stream::Stdout, tail.clone(), sink).await;
+        // Through a real pipe, written from another thread.
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::io::Write::write_all(&mut std::fs::File::from(write), &input).unwrap()
+        });
+        capture(read, key, Stream::Stdout, tail.clone(), sink).await;
+        writer.join().unwrap();
         let lines: Vec<String> = tail.last(10).iter().map(|l| l.text.clone()).collect();
         assert_eq!(
             lines.len(),
