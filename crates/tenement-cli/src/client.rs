@@ -27,6 +27,17 @@ pub fn control_socket(data_dir: &Path) -> PathBuf {
 }
 
 impl Client {
+    /// The local data directory when no server answers on its control socket (so the
+    /// caller may work on the files directly); `None` for a remote server or a live one.
+    pub fn offline_data_dir(&self) -> Option<PathBuf> {
+        match &self.target {
+            Target::Socket(sock) if std::os::unix::net::UnixStream::connect(sock).is_err() => {
+                sock.parent().map(Path::to_path_buf)
+            }
+            _ => None,
+        }
+    }
+
     pub fn resolve(
         config: Option<&Path>,
         data_dir: Option<PathBuf>,
@@ -43,10 +54,12 @@ impl Client {
                 target: Target::Tcp { authority, token },
             });
         }
+        // No configuration anywhere: the default data_dir. A configuration that exists but
+        // does not load is reported, not guessed around (its data_dir may be elsewhere).
         let data_dir = match data_dir {
             Some(d) => d,
-            None => match crate::config_file::load(config) {
-                Ok(c) => c.settings.data_dir,
+            None => match crate::config_file::find(config) {
+                Ok(_) => crate::config_file::load(config)?.settings.data_dir,
                 Err(_) => PathBuf::from("/var/lib/tenement"),
             },
         };

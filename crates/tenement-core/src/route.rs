@@ -35,8 +35,21 @@ pub enum RouteError {
     UnknownService(String),
 }
 
-/// Paths on the bare domain that always belong to tenement.
-const OWN_PATHS: [&str; 3] = ["/api", "/health", "/metrics"];
+/// Paths on the bare domain that always belong to tenement: health, metrics and the
+/// management API's endpoints (kept in step with `tenement-edge/src/api.rs`). Other `/api…`
+/// paths are free for `[routing.path]` rules and `[routing] default`.
+pub const OWN_PATHS: [&str; 10] = [
+    "/health",
+    "/metrics",
+    "/api/instances",
+    "/api/logs",
+    "/api/route",
+    "/api/deploy",
+    "/api/health",
+    "/api/config",
+    "/api/tokens",
+    "/api/openapi.json",
+];
 
 pub struct Router {
     domain: String,
@@ -63,14 +76,13 @@ impl Router {
 
     pub fn route(&self, host: Option<&str>, path: &str) -> Result<Target, RouteError> {
         let host = normalize(host.ok_or(RouteError::BadHost("missing"))?)?;
-        if host == self.domain || is_ip(&host) {
-            return Ok(self.bare(path));
-        }
         let Some(sub) = host
             .strip_suffix(&self.domain)
             .and_then(|s| s.strip_suffix('.'))
         else {
-            return Err(RouteError::UnknownHost(host));
+            // Not below the domain: the domain itself, an IP address, `localhost`, the
+            // machine's own name: all reach tenement (and the bare-domain rules).
+            return Ok(self.bare(path));
         };
         let mut labels = sub.split('.');
         match (labels.next(), labels.next(), labels.next()) {
@@ -124,12 +136,6 @@ fn under(path: &str, prefix: &str) -> bool {
     }
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
-}
-
-fn is_ip(host: &str) -> bool {
-    // Hostnames (the common case) end in a letter: skip the parse.
-    (host.ends_with(|c: char| c.is_ascii_digit()) || host.contains(':'))
-        && host.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Lowercase, no port, no trailing dot; every label a valid DNS label.
@@ -197,6 +203,7 @@ mod tests {
             routing.subdomain.insert("admin".into(), svc("backoffice"));
             routing.path.insert("/docs".into(), svc("docs"));
             routing.path.insert("/docs/v2".into(), svc("api"));
+            routing.path.insert("/api".into(), svc("api"));
         }
         Router::new(
             "example.com",
@@ -222,9 +229,14 @@ mod tests {
             ("api.example.com", "/", Service(svc("api"))),
             ("example.com", "/", Building),
             ("example.com", "/api/instances", Building),
+            ("example.com", "/api/anything", Building),
             ("example.com:8080", "/health", Building),
             ("127.0.0.1:8080", "/", Building),
             ("[::1]:8080", "/health", Building),
+            ("localhost:8080", "/api/instances", Building),
+            ("other.org", "/metrics", Building),
+            ("example.com.evil.org", "/", Building),
+            ("xexample.com", "/", Building),
         ];
         for (host, path, want) in table {
             assert_eq!(r.route(Some(host), path), Ok(want), "{host} {path}");
@@ -244,7 +256,13 @@ mod tests {
             ("example.com", "/docsx", Service(svc("web"))),
             ("example.com", "/docs/v2/x", Service(svc("api"))),
             ("example.com", "/api/instances", Building),
+            ("example.com", "/api/instances/api:prod/logs", Building),
             ("example.com", "/health", Building),
+            ("example.com", "/metrics", Building),
+            // The spec's own example: `"/api" = ...` takes every /api path but tenement's.
+            ("example.com", "/api/users", Service(svc("api"))),
+            ("example.com", "/api", Service(svc("api"))),
+            ("localhost", "/docs", Service(svc("docs"))),
             ("admin.example.com", "/", Service(svc("backoffice"))),
             ("prod.api.example.com", "/docs", inst("api", "prod")),
         ];
@@ -281,9 +299,6 @@ mod tests {
             ("nope.example.com", "unknown service"),
             ("prod.nope.example.com", "unknown service"),
             ("a.b.api.example.com", "unknown host"),
-            ("other.org", "unknown host"),
-            ("example.com.evil.org", "unknown host"),
-            ("xexample.com", "unknown host"),
         ];
         for (host, _) in not_found {
             let got = r.route(Some(host), "/");

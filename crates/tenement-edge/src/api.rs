@@ -31,6 +31,7 @@ pub fn router(supervisor: Supervisor, access: Access, limiter: RateLimiter) -> R
         .route("/instances/{key}/logs", get(logs))
         .route("/instances/{key}/weight", post(weight))
         .route("/logs", get(crate::logs_api::logs))
+        .route("/logs/stream", get(crate::logs_api::stream))
         .route("/route", post(route))
         .route("/deploy", post(deploy))
         .route("/health", get(list))

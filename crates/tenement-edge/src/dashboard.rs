@@ -39,15 +39,12 @@ fn file(path: &str, cache: &'static str) -> Response {
 }
 
 pub async fn index() -> Response {
-    file("index.html", "no-cache")
+    file("index.html", "no-cache, must-revalidate")
 }
 
 pub async fn asset(Path(path): Path<String>) -> Response {
     // rust-embed only knows the embedded names: `..` cannot reach anything else.
-    file(
-        &format!("assets/{path}"),
-        "public, max-age=31536000, immutable",
-    )
+    file(&format!("assets/{path}"), "public, max-age=86400")
 }
 
 #[cfg(test)]

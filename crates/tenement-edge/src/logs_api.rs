@@ -144,6 +144,16 @@ pub async fn logs(
     Ok(sse(backlog, live, move |line| matches(&q, line)))
 }
 
+/// `GET /api/logs/stream`: the same as `GET /api/logs?follow=true` (the spec's name for it).
+pub async fn stream(
+    supervisor: State<Supervisor>,
+    principal: Extension<Principal>,
+    Query(mut p): Query<LogParams>,
+) -> Result<Response, ApiError> {
+    p.follow = true;
+    logs(supervisor, principal, Query(p)).await
+}
+
 /// One line as an SSE `log` event.
 pub fn log_event(line: &impl serde::Serialize) -> Event {
     Event::default()

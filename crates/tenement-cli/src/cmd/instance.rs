@@ -12,8 +12,8 @@ use crate::client::Client;
 pub struct SpawnArgs {
     /// SERVICE (with --id) or SERVICE:ID.
     target: String,
-    /// Instance id.
-    #[arg(long)]
+    /// Instance id (also accepted as --version, as in blue-green guides).
+    #[arg(long, alias = "version")]
     id: Option<String>,
 }
 
@@ -24,7 +24,7 @@ pub struct KeyArg {
 }
 
 impl SpawnArgs {
-    fn key(&self) -> anyhow::Result<InstanceKey> {
+    pub fn key(&self) -> anyhow::Result<InstanceKey> {
         Ok(match (&self.id, self.target.contains(':')) {
             (Some(id), false) => InstanceKey::new(
                 self.target.parse::<ServiceName>()?,
@@ -32,7 +32,7 @@ impl SpawnArgs {
             ),
             (None, true) => self.target.parse()?,
             (Some(_), true) => bail!("give either SERVICE:ID or SERVICE --id ID, not both"),
-            (None, false) => bail!("which instance? use `ten spawn {} --id ID`", self.target),
+            (None, false) => bail!("which instance? give `{} --id ID` or `{0}:ID`", self.target),
         })
     }
 }

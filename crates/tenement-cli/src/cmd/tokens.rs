@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use hyper::Method;
 use serde_json::{Value, json};
 use tenement_core::InstanceId;
@@ -24,8 +25,24 @@ pub enum TokenCommand {
 }
 
 pub async fn generate(client: &Client, args: GenArgs) -> anyhow::Result<ExitCode> {
-    if let Some(t) = &args.tenant {
-        t.parse::<InstanceId>()?;
+    let tenant = args
+        .tenant
+        .as_deref()
+        .map(str::parse::<InstanceId>)
+        .transpose()?;
+    // Before the first `ten serve` there is no server to ask: write the token into the
+    // state store it will open (SQLite in WAL mode; a server starting meanwhile is fine).
+    if let Some(data_dir) = client.offline_data_dir() {
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let store = tenement::Store::open(&data_dir.join("tenement.db"))?;
+        let token = tenement::Tokens::new(store).generate(tenant).await?;
+        println!("{token}");
+        eprintln!(
+            "no server was running: stored in {}; keep it safe: it cannot be shown again; use it as TENEMENT_TOKEN",
+            data_dir.join("tenement.db").display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let answer: Value = client
         .call(

@@ -29,8 +29,9 @@ pub struct RouteArgs {
 
 #[derive(clap::Args)]
 pub struct DeployArgs {
-    /// SERVICE:ID of the new instance.
-    instance: String,
+    /// The new instance: SERVICE:ID, or SERVICE with --id ID.
+    #[command(flatten)]
+    instance: crate::cmd::instance::SpawnArgs,
     /// Share of traffic once healthy (0-100).
     #[arg(long, default_value_t = 100)]
     weight: u32,
@@ -77,13 +78,25 @@ pub async fn route(client: &Client, a: RouteArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> {
-    let key: InstanceKey = a.instance.parse()?;
-    if let Some(old) = &a.replace {
+    let key = a.instance.key()?;
+    // --replace v1, or the whole key api:v1 (of the same service).
+    let replace = match a.replace.as_deref().map(|r| r.split_once(':')) {
+        Some(Some((service, id))) if service == key.service.as_str() => Some(id.to_owned()),
+        Some(Some((service, _))) => {
+            anyhow::bail!(
+                "--replace names service `{service}`, but this deploys `{}`",
+                key.service
+            )
+        }
+        Some(None) => a.replace.clone(),
+        None => None,
+    };
+    if let Some(old) = &replace {
         old.parse::<InstanceId>()?;
     }
     let body = json!({
         "service": key.service, "id": key.id, "weight": a.weight,
-        "timeout": a.timeout, "replace": a.replace,
+        "timeout": a.timeout, "replace": replace,
     });
     let s: Value = client.call(Method::POST, "/deploy", Some(body)).await?;
     println!(
@@ -91,7 +104,7 @@ pub async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> 
         s["state"].as_str().unwrap_or("?"),
         s["weight"]
     );
-    if let Some(old) = a.replace {
+    if let Some(old) = replace {
         println!("{}:{old} replaced", key.service);
     }
     Ok(ExitCode::SUCCESS)
