@@ -78,6 +78,35 @@ fn idle_instance_sleeps_and_fifty_concurrent_requests_share_one_wake() {
 }
 
 #[test]
+fn a_restart_brings_scale_to_zero_instances_back_asleep() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "sleepy:a"]);
+    b.ten_ok(&["spawn", "ondemand:b"]); // no idle_timeout: comes back running
+    b.terminate();
+    b.start();
+    b.wait_instance("ondemand:b", "running", |i| i["state"] == "running");
+    // At once, not after idle_timeout: it was never started by the restore.
+    assert_eq!(b.instance("sleepy:a").unwrap()["state"], "sleeping");
+    assert_eq!(
+        starts(&b, "sleepy:a"),
+        1,
+        "started once, before the restart"
+    );
+    assert_eq!(
+        b.tenant_processes().len(),
+        2,
+        "only the instance without idle_timeout runs (its shim and app)"
+    );
+    let mut r = get(&b.http_addr(), "a.sleepy.tenement.test", "/").unwrap();
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, "hello from sleepy:a\n".into())
+    );
+    assert_eq!(starts(&b, "sleepy:a"), 2, "woken by the request");
+}
+
+#[test]
 fn an_open_websocket_or_stream_keeps_it_awake() {
     let mut b = Building::new(TEN, CONFIG);
     b.start();

@@ -216,6 +216,14 @@ impl Lifecycle {
         }
     }
 
+    /// An instance that begins asleep: the first [`Input::Wake`] (or `Start`) spawns it.
+    pub fn asleep() -> Self {
+        Self {
+            phase: Phase::Sleeping,
+            ..Self::new()
+        }
+    }
+
     /// Applies one input. `jitter` is a random number in `[0, 1)` for the backoff.
     pub fn step(
         &mut self,

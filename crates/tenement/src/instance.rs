@@ -105,6 +105,8 @@ pub struct Setup {
     /// Runs once the instance is stopped for good, before the final status is published.
     pub cleanup: Box<dyn FnOnce() + Send>,
     pub cgroups: Option<&'static Cgroups>,
+    /// Begin asleep (woken by the first request) instead of starting at once.
+    pub asleep: bool,
 }
 
 type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -202,7 +204,12 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
 
 impl Actor {
     async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
-        self.apply(Input::Start);
+        if self.setup.asleep {
+            self.life = Lifecycle::asleep();
+            self.publish();
+        } else {
+            self.apply(Input::Start);
+        }
         while self.life.phase != Phase::Stopped {
             let deadline = self.next_deadline();
             tokio::select! {

@@ -121,15 +121,18 @@ impl Supervisor {
     /// Starts `key` (recording it first, so it comes back after a server restart) and waits
     /// until it is ready or has failed to become ready.
     pub async fn spawn(&self, key: &InstanceKey) -> Result<InstanceStatus, Error> {
-        let handle = self.create(key, 100, true).await?;
+        let handle = self.create(key, 100, true, false).await?;
         wait_settled(key, handle).await
     }
 
+    /// Registers `key` and starts its actor: spawning at once, or (`asleep`) sleeping until
+    /// its first request.
     pub(crate) async fn create(
         &self,
         key: &InstanceKey,
         weight: u8,
         record: bool,
+        asleep: bool,
     ) -> Result<InstanceHandle, Error> {
         if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::ShuttingDown);
@@ -144,7 +147,7 @@ impl Supervisor {
                 return Err(Error::AlreadyExists(key.clone()));
             }
         }
-        let result = self.create_reserved(key, weight, record).await;
+        let result = self.create_reserved(key, weight, record, asleep).await;
         self.inner
             .creating
             .lock()
@@ -158,6 +161,7 @@ impl Supervisor {
         key: &InstanceKey,
         weight: u8,
         record: bool,
+        asleep: bool,
     ) -> Result<InstanceHandle, Error> {
         let config = &self.inner.config;
         let service = config
@@ -222,6 +226,7 @@ impl Supervisor {
                 me.cleanup(&cleanup_key, &socket, &data, persist, has_quota, port)
             }),
             cgroups: self.inner.cgroups,
+            asleep,
         };
         let (handle, actor) = instance::start(setup);
         self.registry().insert(key.clone(), handle.clone());
@@ -388,7 +393,9 @@ impl Supervisor {
     }
 
     /// Brings back every recorded instance and the configuration's `[instances]`, all at once;
-    /// one failure is logged and does not hold up the others.
+    /// one failure is logged and does not hold up the others. Instances of services that scale
+    /// to zero (`idle_timeout` > 0) come back asleep and start on their first request, so a
+    /// restart does not start a thousand mostly idle processes at once.
     pub async fn restore(&self) {
         let store = self.inner.store.clone();
         let recorded = match tokio::task::spawn_blocking(move || store.list())
@@ -410,8 +417,14 @@ impl Supervisor {
         let mut starts = tokio::task::JoinSet::new();
         for (key, weight) in wanted {
             let me = self.clone();
+            let asleep = me
+                .inner
+                .config
+                .service(&key.service)
+                .is_some_and(|s| s.idle_timeout > 0);
             starts.spawn(async move {
-                let result = match me.create(&key, weight, true).await {
+                let result = match me.create(&key, weight, true, asleep).await {
+                    Ok(_) if asleep => Ok(()),
                     Ok(handle) => wait_settled(&key, handle).await.map(drop),
                     Err(e) => Err(e),
                 };

@@ -277,3 +277,21 @@ fn zero_max_restarts_fails_at_once() {
         .unwrap();
     assert_eq!(l.phase, Phase::Failed);
 }
+
+#[test]
+fn an_instance_brought_back_asleep_starts_on_its_first_wake() {
+    let (t, p) = (Instant::now(), policy(RestartPolicy::OnFailure));
+    let mut l = Lifecycle::asleep();
+    assert_eq!(l.phase, Phase::Sleeping);
+    assert_eq!(l.step(Input::Idle, &p, t, NO_JITTER).ok(), None);
+    assert_eq!(
+        l.step(Input::Wake, &p, t, NO_JITTER).unwrap(),
+        vec![Effect::Spawn]
+    );
+    assert_eq!(l.phase, Phase::Starting);
+    let mut l = Lifecycle::asleep();
+    assert_eq!(
+        l.step(Input::Stop, &p, t, NO_JITTER).unwrap(),
+        vec![Effect::Forget]
+    );
+}
