@@ -204,3 +204,24 @@ health = "/health"
         eprintln!("SKIPPED (part): python3 missing");
     }
 }
+
+#[test]
+fn the_specs_data_dir_id_example_is_the_instances_own_directory() {
+    if !root() {
+        return;
+    }
+    // configuration.md's `DATABASE_PATH = "{data_dir}/{id}/app.db"`: under namespace
+    // isolation only the instance's own directory exists, so that is what it must name.
+    let config = format!("{CONFIG}[service.web.env]\nHOME = \"{{data_dir}}/{{id}}\"\n");
+    let mut b = Building::new(TEN, &config);
+    b.start();
+    b.ten_ok(&["spawn", "web:a"]);
+    let (code, body) = get(&b, "web:a", "/write?mb=1");
+    assert_eq!(code, 200, "{body}");
+    let home = b.instance("web:a").unwrap()["data_dir"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(home.ends_with("/web/a"), "{home}");
+    assert!(std::path::Path::new(&home).join("fill").is_file());
+}

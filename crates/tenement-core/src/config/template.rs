@@ -72,7 +72,23 @@ impl Template {
             match word {
                 "name" => out.push_str(v.name),
                 "id" => out.push_str(v.id),
-                "data_dir" => out.push_str(v.data_dir),
+                "data_dir" => {
+                    out.push_str(v.data_dir);
+                    // `{data_dir}/{id}` as a directory is the instance's own directory,
+                    // `{data_dir}/{name}/{id}`: the only one it can write to under namespace
+                    // and sandbox isolation (the spec's own `{data_dir}/{id}/app.db` example).
+                    let after = &rest[end..];
+                    if let Some(tail) = after.strip_prefix("/{id}")
+                        && (tail.is_empty() || tail.starts_with('/'))
+                    {
+                        out.push('/');
+                        out.push_str(v.name);
+                        out.push('/');
+                        out.push_str(v.id);
+                        rest = tail;
+                        continue;
+                    }
+                }
                 "socket" => out.push_str(v.socket),
                 "port" => out.push_str(&v.port.to_string()),
                 other => {
@@ -161,7 +177,11 @@ mod tests {
             port: 30001,
         };
         let table = [
-            ("{data_dir}/{id}/app.db", "/var/lib/t/prod/app.db"),
+            ("{data_dir}/{id}/app.db", "/var/lib/t/api/prod/app.db"),
+            ("{data_dir}/{id}", "/var/lib/t/api/prod"),
+            ("{data_dir}/{id}.sock", "/var/lib/t/prod.sock"),
+            ("{data_dir}/{name}/{id}/x", "/var/lib/t/api/prod/x"),
+            ("{data_dir}/cache", "/var/lib/t/cache"),
             ("${SECRET}-{name}", "s3cret-api"),
             ("{socket} {port}", "/tmp/api-prod.sock 30001"),
             (r#"{"json": 1}"#, r#"{"json": 1}"#),
