@@ -96,14 +96,14 @@ fn sigterm_stops_instances_gracefully_and_they_come_back() {
     all_running(&b, 3);
     let keep_file = b.data_dir().join("keep/a/state.txt");
     std::fs::write(&keep_file, "persisted").unwrap();
+    // Not persistent, but a server restart is not `ten stop`: like a crash, it keeps data.
+    let web_file = b.data_dir().join("web/b/state.txt");
+    std::fs::write(&web_file, "still here").unwrap();
     let status = b.terminate();
     assert!(status.success(), "{status}");
     assert!(b.tenant_processes().is_empty());
     assert!(b.serve_log().contains("SIGTERM: stopping every instance"));
-    assert!(
-        !b.data_dir().join("web/b").exists(),
-        "non-persistent data removed on stop"
-    );
+    assert_eq!(std::fs::read_to_string(&web_file).unwrap(), "still here");
     assert_eq!(std::fs::read_to_string(&keep_file).unwrap(), "persisted");
 
     b.start();
@@ -111,6 +111,10 @@ fn sigterm_stops_instances_gracefully_and_they_come_back() {
     let keys: Vec<&str> = after.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["keep:a", "web:auto", "web:b"]);
     assert_eq!(std::fs::read_to_string(&keep_file).unwrap(), "persisted");
+    assert_eq!(std::fs::read_to_string(&web_file).unwrap(), "still here");
+    // `ten stop` is what removes it.
+    b.ten_ok(&["stop", "web:b"]);
+    assert!(!b.data_dir().join("web/b").exists());
 }
 
 #[test]

@@ -328,7 +328,10 @@ impl Supervisor {
         if quota {
             storage::unmount(data);
         }
-        if !persist {
+        // A server shutting down keeps the data of the instances it will bring back, as a
+        // crash would: only `ten stop` (or an instance's final exit) removes it.
+        let shutting_down = self.inner.closed.load(std::sync::atomic::Ordering::SeqCst);
+        if !persist && !shutting_down {
             remove_instance_dir(&self.inner.config.settings.data_dir, key, data);
         }
     }
