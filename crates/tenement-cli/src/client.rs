@@ -31,10 +31,18 @@ impl Client {
     /// caller may work on the files directly); `None` for a remote server or a live one.
     pub fn offline_data_dir(&self) -> Option<PathBuf> {
         match &self.target {
-            Target::Socket(sock) if std::os::unix::net::UnixStream::connect(sock).is_err() => {
-                sock.parent().map(Path::to_path_buf)
-            }
-            _ => None,
+            Target::Socket(sock) => match std::os::unix::net::UnixStream::connect(sock) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    sock.parent().map(Path::to_path_buf)
+                }
+                _ => None,
+            },
+            Target::Tcp { .. } => None,
         }
     }
 

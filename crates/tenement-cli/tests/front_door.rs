@@ -106,6 +106,19 @@ fn routes_by_host() {
     )
     .unwrap();
     assert!(r.text().unwrap().contains("status"));
+    // An absolute-form target is routed by Host and reaches the app in origin form.
+    b.ten_ok(&["spawn", "web:abs"]);
+    let mut r = http::request(
+        &addr,
+        "abs.web.tenement.test",
+        "GET",
+        "http://admin.internal/pid",
+        &[],
+        None,
+    )
+    .unwrap();
+    let status = r.status;
+    assert_eq!(status, 200, "{}", r.text().unwrap());
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! - `{id}.{service}.{domain}` → that instance;
 //! - `{label}.{domain}` → the service `[routing.subdomain]` maps `label` to, else the service
 //!   named `label`, chosen among its instances by weight;
-//! - `{domain}` (or an IP address) → tenement itself for `/api`, `/health` and `/metrics`;
-//!   otherwise the longest matching `[routing.path]` prefix, else `[routing] default`, else
-//!   tenement itself (the dashboard).
+//! - `{domain}`, or any Host not below it (an IP address, `localhost`) → tenement itself for
+//!   [`OWN_PATHS`] (health, metrics, the API's endpoints); otherwise the longest matching
+//!   `[routing.path]` prefix, else `[routing] default`, else tenement itself (the dashboard).
 //!
 //! Port suffix, upper case and a trailing dot are normalised; anything else that is not a
 //! hostname is malformed.

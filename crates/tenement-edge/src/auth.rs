@@ -79,6 +79,17 @@ fn unauthorized(msg: &str) -> Response {
     res
 }
 
+/// The token of an `Authorization: Bearer …` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+pub fn bearer(headers: &header::HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+}
+
 /// Decides the request's [`Principal`] (or refuses it) and puts it in its extensions.
 pub async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
     if gate.access == Access::ControlSocket {
@@ -89,15 +100,7 @@ pub async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next
         .extensions()
         .get::<PeerAddr>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.ip());
-    // The scheme is case-insensitive (RFC 9110 §11.1).
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
-    let Some(token) = bearer else {
+    let Some(token) = bearer(req.headers()) else {
         return unauthorized("missing bearer token (Authorization: Bearer ...)");
     };
     // A blocked address still gets in with a token verified in the last minute (no hashing

@@ -263,16 +263,10 @@ impl FrontDoor {
     /// `/metrics`: public unless `[settings] metrics_auth = true`.
     async fn metrics(&self, req: &Request<Incoming>) -> Response<Body> {
         if self.supervisor.config().settings.metrics_auth {
-            let token = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            let ok = match token {
+            let ok = match crate::auth::bearer(req.headers()) {
                 // Metrics span every tenant: admins only.
                 Some(t) => {
-                    self.supervisor.tokens().verify(t.trim()).await
-                        == Some(tenement::Principal::Admin)
+                    self.supervisor.tokens().verify(&t).await == Some(tenement::Principal::Admin)
                 }
                 None => false,
             };

@@ -62,10 +62,18 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     forwarding.apply(&mut parts.headers);
+    // An absolute-form target (`GET http://other.host/x`) would name another authority than
+    // the Host that routed it: the app gets the origin form, as routed.
+    if parts.uri.authority().is_some() {
+        let origin = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = match origin.parse() {
+            Ok(uri) => uri,
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target"),
+        };
+    }
     if let Some(client_upgrade) = client_upgrade {
         return tunnel(lease, parts, client_upgrade, limits).await;
     }
-    // The request target stays in origin form (`/path?query`), as the client sent it.
     let body = if body.is_end_stream() {
         Body::empty()
     } else {

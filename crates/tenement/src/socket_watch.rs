@@ -51,8 +51,13 @@ fn read_events() {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        let state = w.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = w.state.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
+            if e.mask.contains(AddWatchFlags::IN_IGNORED) {
+                // The directory is gone (or unwatched): forget its descriptor.
+                state.dirs.remove(&e.wd);
+                continue;
+            }
             if e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                 // Events were lost: let everyone re-check.
                 state.waiting.values().for_each(|n| n.notify_one());

@@ -5,6 +5,7 @@
 //! memory is cleared when any token is revoked).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,9 @@ pub struct TokenInfo {
 pub struct Tokens {
     store: Store,
     verified: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
+    /// Bumped by every revocation, so a verification that read a token before it was
+    /// revoked does not put it back in the cache.
+    revocations: Arc<AtomicU64>,
 }
 
 impl Tokens {
@@ -58,6 +62,7 @@ impl Tokens {
         Self {
             store,
             verified: Arc::default(),
+            revocations: Arc::default(),
         }
     }
 
@@ -79,7 +84,6 @@ impl Tokens {
         .expect("token task")
     }
 
-    /// Who `token` stands for, if it is valid and not revoked.
     /// The principal of a token verified in the last minute, without hashing anything.
     pub fn cached(&self, token: &str) -> Option<Principal> {
         let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
@@ -87,8 +91,10 @@ impl Tokens {
         (*until > Instant::now()).then(|| p.clone())
     }
 
+    /// Who `token` stands for, if it is valid and not revoked.
     pub async fn verify(&self, token: &str) -> Option<Principal> {
         let now = Instant::now();
+        let revocations = self.revocations.load(Ordering::SeqCst);
         if let Some(p) = self.cached(token) {
             return Some(p);
         }
@@ -112,7 +118,10 @@ impl Tokens {
         .ok()??;
         let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|_, (_, until)| *until > now);
-        cache.insert(token.to_owned(), (principal.clone(), now + CACHE_FOR));
+        // (revoke bumps the count under this same lock)
+        if self.revocations.load(Ordering::SeqCst) == revocations {
+            cache.insert(token.to_owned(), (principal.clone(), now + CACHE_FOR));
+        }
         Some(principal)
     }
 
@@ -137,10 +146,9 @@ impl Tokens {
         let existed = tokio::task::spawn_blocking(move || store.delete_token(id))
             .await
             .expect("token task")?;
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        verified.clear();
+        self.revocations.fetch_add(1, Ordering::SeqCst);
         Ok(existed)
     }
 }
