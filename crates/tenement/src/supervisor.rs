@@ -39,6 +39,8 @@ struct Inner {
     registry: Mutex<HashMap<InstanceKey, InstanceHandle>>,
     /// Keys being created right now (so two creates of one key never both touch its files).
     creating: Mutex<std::collections::HashSet<InstanceKey>>,
+    /// Keys being stopped for good (`ten stop`): their data goes even during a shutdown.
+    forgetting: Mutex<std::collections::HashSet<InstanceKey>>,
     ports: Mutex<Ports>,
     feed: broadcast::Sender<Arc<LogLine>>,
     logs: Option<LogStore>,
@@ -68,6 +70,7 @@ impl Supervisor {
                 store,
                 registry: Mutex::new(HashMap::new()),
                 creating: Mutex::default(),
+                forgetting: Mutex::default(),
                 ports: Mutex::new(Ports::default()),
                 feed: broadcast::channel(1024).0,
                 logs: None,
@@ -329,9 +332,15 @@ impl Supervisor {
             storage::unmount(data);
         }
         // A server shutting down keeps the data of the instances it will bring back, as a
-        // crash would: only `ten stop` (or an instance's final exit) removes it.
+        // crash would: only `ten stop` removes it (even when a shutdown overtakes the stop).
         let shutting_down = self.inner.closed.load(std::sync::atomic::Ordering::SeqCst);
-        if !persist && !shutting_down {
+        let forgotten = self
+            .inner
+            .forgetting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if !persist && (forgotten || !shutting_down) {
             remove_instance_dir(&self.inner.config.settings.data_dir, key, data);
         }
     }
@@ -351,6 +360,11 @@ impl Supervisor {
         tokio::task::spawn_blocking(move || store.remove(&k))
             .await
             .expect("store task")?;
+        self.inner
+            .forgetting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
         stop_and_wait(handle).await;
         info!(instance = %key, "stopped by user");
         Ok(())
