@@ -99,6 +99,13 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
     let http_addr = front_listeners[0].local_addr()?;
     info!(control = %socket_path.display(), http = %http_addr, domain = %args.domain, "ten serve listening");
+    if supervisor.config().settings.tls.enabled {
+        // Said loudly rather than refused, so a configuration written for a later version
+        // still runs; but nobody should believe they are on HTTPS.
+        warn!(
+            "[settings.tls] enabled = true, but ACME/TLS is not built yet: serving plain HTTP only on {http_addr}"
+        );
+    }
 
     let stop_http = CancellationToken::new();
     let control = tokio::spawn(serve(
