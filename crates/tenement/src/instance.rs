@@ -380,7 +380,13 @@ impl Actor {
             (started.stdout.into_owned_fd(), Stream::Stdout),
             (started.stderr.into_owned_fd(), Stream::Stderr),
         ] {
-            let Ok(pipe) = pipe else { continue };
+            let pipe = match pipe {
+                Ok(pipe) => pipe,
+                Err(e) => {
+                    warn!(instance = %self.key, ?stream, error = %e, "cannot capture output");
+                    continue;
+                }
+            };
             tokio::spawn(logs::capture(
                 pipe,
                 self.key.clone(),

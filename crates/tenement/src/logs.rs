@@ -107,7 +107,11 @@ pub async fn capture(
         line: Vec::new(),
         dropped: 0,
     };
-    if let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe);
+    if let Err(e) = &pipe {
+        tracing::warn!(instance = %lines.instance, ?stream, error = %e, "cannot capture output");
+    }
+    if let Ok(pipe) = pipe {
         while pipe.readable().await.is_ok() {
             let mut chunk = [0u8; 4096];
             match pipe.try_read(&mut chunk) {
