@@ -73,7 +73,7 @@ impl Pool {
                 },
             }
         }
-        let mut sender = connect(endpoint).await?;
+        let mut sender = connect(endpoint, false).await?;
         let res = sender.send_request(req).await?;
         Ok((res, sender))
     }
@@ -182,21 +182,16 @@ impl HttpBody for Returning {
     }
 }
 
-/// A new keep-alive connection (its task runs on the calling thread's runtime).
-async fn connect(endpoint: &Endpoint) -> Result<Sender, UpstreamError> {
+/// A new connection (its task runs on the calling thread's runtime); with `upgrades` it can
+/// switch protocols (websockets) and is never pooled.
+pub async fn connect(endpoint: &Endpoint, upgrades: bool) -> Result<Sender, UpstreamError> {
     let io = endpoint.connect().await?;
     let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// A new connection that can switch protocols (websockets), outside the pool.
-pub async fn connect_upgradable(endpoint: &Endpoint) -> std::io::Result<Sender> {
-    let io = endpoint.connect().await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(conn.with_upgrades());
+    if upgrades {
+        tokio::spawn(conn.with_upgrades());
+    } else {
+        tokio::spawn(conn);
+    }
     Ok(sender)
 }
 

@@ -15,7 +15,7 @@ use tenement::{ActivityGuard, Lease};
 use tracing::debug;
 
 use crate::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
-use crate::pool::{Pool, Returning, Sender, UpstreamError, connect_upgradable};
+use crate::pool::{Pool, Returning, Sender, UpstreamError, connect};
 
 /// Front-door limits, from `[settings]`.
 #[derive(Debug, Clone, Copy)]
@@ -137,7 +137,7 @@ async fn tunnel(
     limits: Limits,
 ) -> Response<Body> {
     let out = Request::from_parts(parts, Body::empty());
-    let mut sender = match connect_upgradable(lease.endpoint()).await {
+    let mut sender = match connect(lease.endpoint(), true).await {
         Ok(s) => s,
         Err(_) => {
             return plain(

@@ -124,7 +124,7 @@ impl Supervisor {
     /// Starts `key` (recording it first, so it comes back after a server restart) and waits
     /// until it is ready or has failed to become ready.
     pub async fn spawn(&self, key: &InstanceKey) -> Result<InstanceStatus, Error> {
-        let handle = self.create(key, 100, true, false).await?;
+        let handle = self.create(key, 100, false).await?;
         wait_settled(key, handle).await
     }
 
@@ -134,7 +134,6 @@ impl Supervisor {
         &self,
         key: &InstanceKey,
         weight: u8,
-        record: bool,
         asleep: bool,
     ) -> Result<InstanceHandle, Error> {
         if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
@@ -150,7 +149,7 @@ impl Supervisor {
                 return Err(Error::AlreadyExists(key.clone()));
             }
         }
-        let result = self.create_reserved(key, weight, record, asleep).await;
+        let result = self.create_reserved(key, weight, asleep).await;
         self.inner
             .creating
             .lock()
@@ -163,7 +162,6 @@ impl Supervisor {
         &self,
         key: &InstanceKey,
         weight: u8,
-        record: bool,
         asleep: bool,
     ) -> Result<InstanceHandle, Error> {
         let config = &self.inner.config;
@@ -236,15 +234,13 @@ impl Supervisor {
         // Start at once and record in parallel: the fsync is not on the path to ready, but
         // the caller hears back only once the instance is recorded.
         self.inner.tracker.spawn_on(actor, &self.inner.runtime);
-        if record {
-            let (store, k) = (self.inner.store.clone(), key.clone());
-            let stored = tokio::task::spawn_blocking(move || store.insert_with_weight(&k, weight))
-                .await
-                .expect("store task");
-            if let Err(e) = stored {
-                stop_and_wait(handle).await;
-                return Err(e);
-            }
+        let (store, k) = (self.inner.store.clone(), key.clone());
+        let stored = tokio::task::spawn_blocking(move || store.insert_with_weight(&k, weight))
+            .await
+            .expect("store task");
+        if let Err(e) = stored {
+            stop_and_wait(handle).await;
+            return Err(e);
         }
         Ok(handle)
     }
@@ -440,7 +436,7 @@ impl Supervisor {
                 .service(&key.service)
                 .is_some_and(|s| s.idle_timeout > 0);
             starts.spawn(async move {
-                let result = match me.create(&key, weight, true, asleep).await {
+                let result = match me.create(&key, weight, asleep).await {
                     Ok(_) if asleep => Ok(()),
                     Ok(handle) => wait_settled(&key, handle).await.map(drop),
                     Err(e) => Err(e),

@@ -135,7 +135,7 @@ impl Supervisor {
                 max,
             });
         }
-        match self.create(key, 100, true, false).await {
+        match self.create(key, 100, false).await {
             Err(Error::AlreadyExists(_)) => self.handle(key),
             other => other,
         }
@@ -195,7 +195,7 @@ impl Supervisor {
         if let Some(old) = replace {
             self.handle(old)?;
         }
-        let handle = self.create(key, weight, true, false).await?;
+        let handle = self.create(key, weight, false).await?;
         let settled = tokio::time::timeout(timeout, wait_settled(key, handle.clone())).await;
         let ready = match settled {
             Ok(Ok(status)) => status,
