@@ -1,7 +1,8 @@
-//! Request and response header rewriting for the reverse proxy (RFC 9110 §7.6.1, RFC 7239).
+//! Header rules of the reverse proxy (RFC 9110 §7.6.1, RFC 7239): which headers stay on one
+//! connection, and the forwarding headers added to each request. The request head is written
+//! straight out as HTTP/1 text (see [`crate::upstream`]), so nothing here edits a `HeaderMap`.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -17,49 +18,34 @@ const HOP_BY_HOP: [&str; 8] = [
     "transfer-encoding",
 ];
 
-/// Removes hop-by-hop headers, including those the `Connection` header names. With `upgrade`,
-/// keeps `Upgrade` and sets `Connection: upgrade` so the protocol switch reaches the other end.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the names present (usually a handful) instead of a lookup per hop-by-hop
-    // name: this runs twice per proxied request.
-    let mut doomed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
+/// Whether the header `name` stays on its connection: hop-by-hop, or named by the message's
+/// `Connection` header (its values in `connection`). `Upgrade` passes only with `upgrade`
+/// (a protocol switch being forwarded).
+pub fn hop_by_hop(name: &str, connection: &[&[u8]], upgrade: bool) -> bool {
+    if name.eq_ignore_ascii_case("upgrade") {
+        return !upgrade;
+    }
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || connection_tokens(connection).any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// The comma-separated tokens of `Connection` header values.
+pub fn connection_tokens<'a>(values: &'a [&'a [u8]]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    values
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !(upgrade && name == header::UPGRADE))
-        .collect();
-    doomed.extend(
-        headers
-            .keys()
-            .filter(|name| HOP_BY_HOP.contains(&name.as_str()))
-            .cloned(),
-    );
-    for name in doomed {
-        headers.remove(name);
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Where a client connection comes from, prepared once per connection: adds
-/// `X-Forwarded-For` (appended to any existing chain), `X-Forwarded-Proto`,
-/// `X-Forwarded-Host` and `Forwarded` (RFC 7239) to each of its proxied requests.
+/// Where a client connection comes from, prepared once per connection, for the forwarding
+/// headers of each of its proxied requests.
 pub struct Forwarding {
-    ip: HeaderValue,
+    ip: String,
+    /// The RFC 7239 node: the IP, quoted and bracketed for IPv6.
     node: String,
     proto: &'static str,
-    /// This connection's `Forwarded` element for the last Host it sent (requests on one
-    /// connection nearly always carry the same Host): (host, element).
-    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
 }
 
 impl Forwarding {
@@ -70,69 +56,73 @@ impl Forwarding {
         } else {
             ip.clone()
         };
-        Self {
-            ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
-            node,
-            proto,
-            last: Mutex::new(None),
-        }
+        Self { ip, node, proto }
     }
 
-    /// Adds the forwarding headers; the host is the `Host` header the client sent.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.reserve(4);
-        let host = headers.get(header::HOST).cloned();
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) => {
-                let ip = self.ip.to_str().unwrap_or_default();
-                HeaderValue::from_str(&format!("{prior}, {ip}")).ok()
+    /// Writes a request's `headers` for the instance as HTTP/1 header lines: hop-by-hop ones
+    /// dropped (with `upgrade`: `Upgrade` kept and `Connection: upgrade` set), `Expect`
+    /// dropped (the front door answers it), and the forwarding headers added:
+    /// `X-Forwarded-For` (appended to the client's chain), `X-Forwarded-Proto`,
+    /// `X-Forwarded-Host` (the raw `Host`) and `Forwarded` (appended to any prior elements).
+    pub fn write_headers(&self, headers: &HeaderMap, upgrade: bool, out: &mut Vec<u8>) {
+        let connection: Vec<&[u8]> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        for (name, value) in headers {
+            let name = name.as_str();
+            let replaced = matches!(
+                name,
+                "x-forwarded-for"
+                    | "x-forwarded-proto"
+                    | "x-forwarded-host"
+                    | "forwarded"
+                    | "expect"
+            );
+            if !replaced && !hop_by_hop(name, &connection, upgrade) {
+                line(out, name, value.as_bytes());
             }
-            None => Some(self.ip.clone()),
-        };
-        if let Some(xff) = xff {
-            headers.insert(X_FORWARDED_FOR.clone(), xff);
         }
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(self.proto),
-        );
-        let element = self.element(host.as_ref());
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
+            out.extend_from_slice(prior.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(self.ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        line(out, "x-forwarded-proto", self.proto.as_bytes());
+        let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
         if let Some(host) = host {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
+            line(out, "x-forwarded-host", host);
         }
-        let joined = match headers.get(header::FORWARDED).map(HeaderValue::as_bytes) {
-            Some(prior) => {
-                HeaderValue::from_bytes(&[prior, b", ", element.as_bytes()].concat()).ok()
-            }
-            None => Some(element),
-        };
-        if let Some(v) = joined {
-            headers.insert(header::FORWARDED, v);
+        out.extend_from_slice(b"forwarded: ");
+        for prior in headers.get_all(header::FORWARDED) {
+            out.extend_from_slice(prior.as_bytes());
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"for=");
+        out.extend_from_slice(self.node.as_bytes());
+        if let Some(host) = host {
+            out.extend_from_slice(b";host=\"");
+            out.extend(host.iter().filter(|b| !matches!(b, b'"' | b'\\')));
+            out.push(b'"');
+        }
+        out.extend_from_slice(b";proto=");
+        out.extend_from_slice(self.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if upgrade {
+            line(out, "connection", b"upgrade");
         }
     }
+}
 
-    /// `for=...;host="...";proto=...` for `host`, remembered for the next request.
-    fn element(&self, host: Option<&HeaderValue>) -> HeaderValue {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((seen, element)) = last.as_ref()
-            && Some(seen) == host
-        {
-            return element.clone();
-        }
-        let mut element = format!("for={}", self.node);
-        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-            element.push_str(";host=\"");
-            element.extend(h.chars().filter(|c| !matches!(c, '"' | '\\')));
-            element.push('"');
-        }
-        element.push_str(";proto=");
-        element.push_str(self.proto);
-        let element = HeaderValue::from_str(&element).expect("built from valid header text");
-        if let Some(h) = host {
-            *last = Some((h.clone(), element.clone()));
-        }
-        element
-    }
+/// One `name: value` header line.
+pub fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether the request asks to switch protocols (websockets).
@@ -152,57 +142,96 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
 
+    /// The header lines `write_headers` produces, as (name, value) pairs in order.
+    fn written(f: &Forwarding, h: &HeaderMap, upgrade: bool) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        f.write_headers(h, upgrade, &mut out);
+        String::from_utf8(out)
+            .unwrap()
+            .split_terminator("\r\n")
+            .map(|l| {
+                let (n, v) = l.split_once(": ").unwrap();
+                (n.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    fn get<'a>(lines: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        lines
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     #[test]
     fn hop_by_hop_removed_and_forwarding_added() {
         let mut h = HeaderMap::new();
         h.insert(
             "connection",
-            HeaderValue::from_static("keep-alive, x-secret"),
+            HeaderValue::from_static("keep-alive, X-Secret"),
         );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("expect", HeaderValue::from_static("100-continue"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert("x-keep", HeaderValue::from_static("yes"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
+        h.append("x-keep", HeaderValue::from_static("yes"));
+        h.append("x-keep", HeaderValue::from_static("twice"));
         h.insert("host", HeaderValue::from_static("prod.api.example.com"));
-        strip_hop_by_hop(&mut h, false);
-        Forwarding::new("192.0.2.7:5555".parse().unwrap(), "http").apply(&mut h);
-        assert!(h.get("connection").is_none() && h.get("keep-alive").is_none());
-        assert!(h.get("x-secret").is_none() && h.get("te").is_none());
-        assert_eq!(h["x-keep"], "yes");
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "prod.api.example.com");
-        assert_eq!(
-            h["forwarded"],
-            "for=192.0.2.7;host=\"prod.api.example.com\";proto=http"
+        let lines = written(
+            &Forwarding::new("192.0.2.7:5555".parse().unwrap(), "http"),
+            &h,
+            false,
         );
-        // A second proxy hop appends; IPv6 nodes are quoted and bracketed.
-        Forwarding::new("[2001:db8::1]:443".parse().unwrap(), "https").apply(&mut h);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7, 2001:db8::1");
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-secret",
+            "te",
+            "expect",
+            "upgrade",
+        ] {
+            assert!(get(&lines, gone).is_empty(), "{gone} forwarded");
+        }
+        assert_eq!(get(&lines, "x-keep"), ["yes", "twice"]);
+        assert_eq!(get(&lines, "host"), ["prod.api.example.com"]);
+        assert_eq!(get(&lines, "x-forwarded-for"), ["10.0.0.1, 192.0.2.7"]);
+        assert_eq!(get(&lines, "x-forwarded-proto"), ["http"]);
+        assert_eq!(get(&lines, "x-forwarded-host"), ["prod.api.example.com"]);
         assert_eq!(
-            h["forwarded"],
-            "for=192.0.2.7;host=\"prod.api.example.com\";proto=http, for=\"[2001:db8::1]\";host=\"prod.api.example.com\";proto=https"
+            get(&lines, "forwarded"),
+            ["for=192.0.2.7;host=\"prod.api.example.com\";proto=http"]
         );
     }
 
     #[test]
-    fn each_request_gets_its_own_host_on_a_shared_connection() {
-        let f = Forwarding::new("192.0.2.7:5555".parse().unwrap(), "http");
-        for host in [
-            "a.api.example.com",
-            "a.api.example.com",
-            "b.api.example.com",
-        ] {
-            let mut h = HeaderMap::new();
-            h.insert("host", HeaderValue::from_static(host));
-            f.apply(&mut h);
-            assert_eq!(h["x-forwarded-host"], host);
-            assert_eq!(
-                h["forwarded"],
-                format!("for=192.0.2.7;host=\"{host}\";proto=http").as_str()
-            );
-        }
+    fn a_second_hop_appends_and_quotes_ipv6() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a.api.example.com"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("192.0.2.7"));
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=192.0.2.7;proto=http"),
+        );
+        let lines = written(
+            &Forwarding::new("[2001:db8::1]:443".parse().unwrap(), "https"),
+            &h,
+            false,
+        );
+        assert_eq!(
+            get(&lines, "x-forwarded-for"),
+            ["10.0.0.1, 192.0.2.7, 2001:db8::1"]
+        );
+        assert_eq!(
+            get(&lines, "forwarded"),
+            [
+                "for=192.0.2.7;proto=http, for=\"[2001:db8::1]\";host=\"a.api.example.com\";proto=https"
+            ]
+        );
     }
 
     #[test]
@@ -211,11 +240,24 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("Upgrade"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         assert!(wants_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h["upgrade"], "websocket");
-        assert_eq!(h["connection"], "upgrade");
+        let lines = written(
+            &Forwarding::new("192.0.2.7:1".parse().unwrap(), "http"),
+            &h,
+            true,
+        );
+        assert_eq!(get(&lines, "upgrade"), ["websocket"]);
+        assert_eq!(get(&lines, "connection"), ["upgrade"]);
         let mut plain = HeaderMap::new();
         plain.insert("upgrade", HeaderValue::from_static("h2c"));
         assert!(!wants_upgrade(&plain));
+    }
+
+    #[test]
+    fn connection_named_headers_are_hop_by_hop() {
+        let conn: [&[u8]; 2] = [b"close", b" X-Trace , keep-alive"];
+        assert!(hop_by_hop("x-trace", &conn, false));
+        assert!(hop_by_hop("Transfer-Encoding", &[], false));
+        assert!(!hop_by_hop("content-length", &conn, false));
+        assert!(hop_by_hop("upgrade", &[], false) && !hop_by_hop("upgrade", &[], true));
     }
 }

@@ -22,6 +22,7 @@ pub mod metrics;
 mod openapi;
 mod pool;
 mod proxy;
+mod upstream;
 
 pub use api::router;
 pub use auth::{Access, PeerAddr, RateLimiter};

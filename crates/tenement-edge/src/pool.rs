@@ -1,6 +1,5 @@
-//! Connections to instances: keep-alive HTTP/1 connections per instance endpoint, one pool
-//! per front-door thread (its lock is never contended and no request hops threads), and
-//! one-off connections for protocol upgrades.
+//! Keep-alive connections to instances: one pool per front-door thread (its lock is never
+//! contended and no request hops threads), idle connections per instance endpoint.
 //!
 //! A connection is lent for one exchange and given back ([`Pool::put`]) once its response
 //! body has been read to the end, so a pooled connection is always ready for a new request.
@@ -9,23 +8,19 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tenement::probe::Endpoint;
+
+use crate::upstream::{Conn, Framing, UpstreamError};
 
 /// Idle connections kept per instance and thread.
 const IDLE_PER_INSTANCE: usize = 64;
 /// An idle connection unused this long is closed (the app may hold a file or thread for it).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-pub type Sender = SendRequest<Body>;
-pub type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Default)]
 pub struct Pool {
@@ -33,7 +28,7 @@ pub struct Pool {
 }
 
 /// Idle connections to one endpoint, each with when it was given back.
-type Idle = Vec<(Sender, Instant)>;
+type Idle = Vec<(Conn, Instant)>;
 
 /// FNV-1a: the pool is looked up twice per request, and its keys are socket paths from the
 /// configuration, never client input, so a DoS-resistant hash buys nothing here.
@@ -56,61 +51,44 @@ impl Hasher for Fnv {
 }
 
 impl Pool {
-    /// Sends `req` on an idle connection to `endpoint`, or on a new one. A request the idle
-    /// connection could not take (the app closed it meanwhile) goes on a new connection.
-    /// Returns the connection with the response; give it back with [`Pool::put`].
-    pub async fn send(
-        &self,
-        endpoint: &Endpoint,
-        mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Sender), UpstreamError> {
-        if let Some(mut sender) = self.take(endpoint) {
-            match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(e.into_error().into()),
-                },
+    /// An idle connection to `endpoint` that the instance has not closed meanwhile (`true`:
+    /// reused), or a new one.
+    pub async fn checkout(&self, endpoint: &Endpoint) -> Result<(Conn, bool), UpstreamError> {
+        while let Some(mut conn) = self.take(endpoint) {
+            if conn.is_idle().await {
+                return Ok((conn, true));
             }
         }
-        let mut sender = connect(endpoint, false).await?;
-        let res = sender.send_request(req).await?;
-        Ok((res, sender))
+        Ok((Conn::open(endpoint).await?, false))
     }
 
-    fn take(&self, endpoint: &Endpoint) -> Option<Sender> {
+    fn take(&self, endpoint: &Endpoint) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(endpoint)?;
-        while let Some((sender, _)) = list.pop() {
-            if sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        None
+        idle.get_mut(endpoint)?.pop().map(|(conn, _)| conn)
     }
 
-    /// Gives a connection back after its exchange is complete: the response body read to the
-    /// end. (hyper reports a connection ready as soon as the response head is in: pooled
-    /// earlier, the next request would queue behind the rest of a possibly endless body.)
-    pub fn put(&self, endpoint: &Endpoint, sender: Sender) {
-        if !sender.is_ready() {
+    /// Gives a connection back once its exchange is complete: the response body read to
+    /// the end. (Pooled earlier, the next request would queue behind the rest of a possibly
+    /// endless body.)
+    pub fn put(&self, endpoint: &Endpoint, conn: Conn) {
+        let Some(conn) = conn.park() else {
             return;
-        }
+        };
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = match idle.get_mut(endpoint) {
             Some(list) => list,
             None => idle.entry(endpoint.clone()).or_default(),
         };
         if list.len() < IDLE_PER_INSTANCE {
-            list.push((sender, Instant::now()));
+            list.push((conn, Instant::now()));
         }
     }
 
-    /// Closes connections idle for [`IDLE_TIMEOUT`] or closed by the app.
+    /// Closes connections idle for [`IDLE_TIMEOUT`].
     pub fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain(|(sender, since)| sender.is_ready() && since.elapsed() < IDLE_TIMEOUT);
+            list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
             !list.is_empty()
         });
     }
@@ -122,82 +100,94 @@ impl Pool {
     }
 }
 
-/// A response body that gives its connection back to the pool once read to the end (an
-/// abandoned body closes the connection instead: hyper cannot reuse it).
-pub struct Returning {
-    body: Incoming,
-    back: Option<(Arc<Pool>, Endpoint, Sender)>,
+/// A response body read from its connection as the client takes it. The connection goes back
+/// to the pool once the body has been read to the end; an abandoned body closes it.
+pub struct Streaming {
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+    pool: Arc<Pool>,
+    endpoint: Endpoint,
 }
 
-impl Returning {
-    pub fn new(body: Incoming, pool: Arc<Pool>, endpoint: Endpoint, sender: Sender) -> Self {
+impl Streaming {
+    pub fn new(
+        conn: Conn,
+        framing: Framing,
+        reusable: bool,
+        pool: Arc<Pool>,
+        endpoint: Endpoint,
+    ) -> Self {
         let mut this = Self {
-            body,
-            back: Some((pool, endpoint, sender)),
+            conn: Some(conn),
+            framing,
+            reusable,
+            pool,
+            endpoint,
         };
-        if this.body.is_end_stream() {
-            this.give_back(); // nothing to read (HEAD, 204, 304, empty)
+        if framing.is_done() {
+            this.finish();
         }
         this
     }
 
-    /// Once the body is read to its end. hyper's server stops polling a body as soon as it
-    /// reports its end, so this runs on the last frame, not on a final `None`; the connection
-    /// becomes ready moments later, hence the wait for it.
-    fn give_back(&mut self) {
-        if let Some((pool, endpoint, mut sender)) = self.back.take() {
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.put(&endpoint, sender);
-                }
-            });
+    /// The body has been read to its end. (hyper's server stops polling a body as soon as it
+    /// reports its end, so this runs with the last piece, not only on a final `None`.)
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+        {
+            self.pool.put(&self.endpoint, conn);
         }
     }
 }
 
-impl HttpBody for Returning {
+impl HttpBody for Streaming {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(conn.poll_piece(cx, &mut this.framing)) {
+            Ok(Some(data)) => {
+                if this.framing.is_done() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Ok(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.conn.is_none() || self.framing.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
-}
-
-/// A new connection (its task runs on the calling thread's runtime); with `upgrades` it can
-/// switch protocols (websockets) and is never pooled.
-pub async fn connect(endpoint: &Endpoint, upgrades: bool) -> Result<Sender, UpstreamError> {
-    let io = endpoint.connect().await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
-    if upgrades {
-        tokio::spawn(conn.with_upgrades());
-    } else {
-        tokio::spawn(conn);
-    }
-    Ok(sender)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Outgoing;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -235,26 +225,20 @@ mod tests {
         conns
     }
 
-    /// Polls `cond` (the connection goes back from a task of its own).
-    async fn wait_until(cond: impl Fn() -> bool) {
-        for _ in 0..1000 {
-            if cond() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("not within 10 s");
-    }
-
-    fn get() -> Request<Body> {
-        Request::get("/x")
-            .header("host", "a.tiny.example.com")
-            .body(Body::empty())
-            .unwrap()
+    /// One GET through the pool: the answer's status, framing and connection.
+    async fn get(pool: &Pool, endpoint: &Endpoint) -> (u16, Framing, Conn, bool) {
+        let (mut conn, _) = pool.checkout(endpoint).await.unwrap();
+        let head = b"GET /x HTTP/1.1\r\nhost: a.tiny.example.com\r\n\r\n";
+        let answer = conn
+            .exchange(head, &mut Outgoing::None, 0, &hyper::Method::GET)
+            .await
+            .unwrap();
+        let status = answer.head.status().as_u16();
+        (status, answer.framing, conn, answer.reusable)
     }
 
     #[tokio::test]
-    async fn reuses_connections_and_survives_the_app_closing_one() {
+    async fn reuses_connections_and_notices_the_app_closing_one() {
         let dir = tempfile::tempdir().unwrap();
         let endpoint = Endpoint::Unix(dir.path().join("app.sock"));
         let Endpoint::Unix(path) = &endpoint else {
@@ -264,15 +248,12 @@ mod tests {
         let conns = serve(path, 3);
         let pool = Pool::default();
         for _ in 0..9 {
-            let (res, sender) = pool.send(&endpoint, get()).await.unwrap();
-            assert_eq!(res.status(), 200);
-            assert_eq!(
-                &res.into_body().collect().await.unwrap().to_bytes()[..],
-                b"ok"
-            );
-            pool.put(&endpoint, sender);
-            // Let the connection task see a close before the next checkout (a request racing
-            // the app's close is the one case a keep-alive pool cannot hide).
+            let (status, framing, mut conn, reusable) = get(&pool, &endpoint).await;
+            assert_eq!((status, framing, reusable), (200, Framing::Length(2), true));
+            assert_eq!(&conn.read_body(2).await.unwrap()[..], b"ok");
+            pool.put(&endpoint, conn);
+            // Let the close reach this end before the next checkout (a request racing the
+            // app's close is retried by the proxy; see proxy.rs).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 3);
@@ -288,18 +269,19 @@ mod tests {
         };
         let conns = serve(path, 100);
         let pool = Arc::new(Pool::default());
-        let (res, sender) = pool.send(&endpoint, get()).await.unwrap();
-        let mut body = Returning::new(res.into_body(), pool.clone(), endpoint.clone(), sender);
+        let (_, framing, conn, reusable) = get(&pool, &endpoint).await;
+        let mut body = Streaming::new(conn, framing, reusable, pool.clone(), endpoint.clone());
         assert_eq!(pool.idle_count(&endpoint), 0, "body not read yet");
         // Meanwhile another request gets a connection of its own and is answered.
-        let (other, sender2) = pool.send(&endpoint, get()).await.unwrap();
-        assert_eq!(other.status(), 200);
+        let (status, ..) = get(&pool, &endpoint).await;
+        assert_eq!(status, 200);
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
-        drop((other, sender2));
         // Read the way hyper's server does: until the body says it has ended, not to `None`.
+        let mut got = Vec::new();
         while !body.is_end_stream() {
-            body.frame().await.unwrap().unwrap();
+            got.extend_from_slice(&body.frame().await.unwrap().unwrap().into_data().unwrap());
         }
-        wait_until(|| pool.idle_count(&endpoint) == 1).await;
+        assert_eq!(got, b"ok");
+        assert_eq!(pool.idle_count(&endpoint), 1);
     }
 }

@@ -7,15 +7,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming};
-use hyper::{Request, Response, StatusCode, header};
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use tenement::probe::Endpoint;
 use tenement::{ActivityGuard, Lease};
+use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
-use crate::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
-use crate::pool::{Pool, Returning, Sender, UpstreamError, connect};
+use crate::headers::{Forwarding, wants_upgrade};
+use crate::pool::{Pool, Streaming};
+use crate::upstream::{Answer, Conn, Framing, Outgoing, UpstreamError, idempotent, request_head};
 
 /// Front-door limits, from `[settings]`.
 #[derive(Debug, Clone, Copy)]
@@ -25,7 +28,7 @@ pub struct Limits {
 }
 
 /// Response bodies up to this size (with a Content-Length) are read whole before answering.
-const SMALL_BODY: usize = 16 * 1024;
+const SMALL_BODY: u64 = 16 * 1024;
 
 /// A short plain-text answer.
 pub fn plain(status: StatusCode, msg: &str) -> Response<Body> {
@@ -59,129 +62,155 @@ pub async fn forward(
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    forwarding.apply(&mut parts.headers);
-    // An absolute-form target (`GET http://other.host/x`) would name another authority than
-    // the Host that routed it: the app gets the origin form, as routed.
-    if parts.uri.authority().is_some() {
-        let origin = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = match origin.parse() {
-            Ok(uri) => uri,
-            Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target"),
-        };
-    }
-    if let Some(client_upgrade) = client_upgrade {
-        return tunnel(lease, parts, client_upgrade, limits).await;
-    }
-    let body = if body.is_end_stream() {
-        Body::empty()
-    } else {
-        Body::new(Limited::new(body, limits.max_body))
+    let (parts, mut body) = req.into_parts();
+    let mut outgoing = match (body.is_end_stream(), declared) {
+        (true, _) => Outgoing::None,
+        (false, Some(_)) => Outgoing::Length(&mut body),
+        (false, None) => Outgoing::Chunked(&mut body),
     };
-    let out = Request::from_parts(parts, body);
+    let head = request_head(
+        &parts,
+        forwarding,
+        upgrade,
+        matches!(outgoing, Outgoing::Chunked(_)),
+    );
+    let endpoint = lease.endpoint();
     let exchange = async {
-        let (res, sender) = pool.send(lease.endpoint(), out).await?;
-        let (mut parts, body) = res.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
-        let small = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n <= SMALL_BODY);
-        if !small {
-            return Ok::<_, UpstreamError>((parts, Reply::Stream(body, sender)));
+        let (mut conn, answer) = send(
+            pool,
+            endpoint,
+            &head,
+            &mut outgoing,
+            &parts.method,
+            limits.max_body,
+            upgrade,
+        )
+        .await?;
+        let Answer {
+            head,
+            framing,
+            reusable,
+        } = answer;
+        if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((head, Reply::Switched(conn)));
         }
-        // A small body of known length is read whole, so head and body go out in one write
-        // (nginx's proxy_buffering does the same); anything larger or open-ended streams.
-        let whole = body.collect().await?.to_bytes();
-        pool.put(lease.endpoint(), sender);
-        Ok((parts, Reply::Whole(whole)))
+        match framing {
+            Framing::Length(n) if n <= SMALL_BODY => {
+                // A small body of known length is read whole, so head and body go out in one
+                // write (nginx's proxy_buffering does the same); anything larger streams.
+                let whole = conn.read_body(n as usize).await?;
+                if reusable {
+                    pool.put(endpoint, conn);
+                }
+                Ok((head, Reply::Whole(whole)))
+            }
+            _ => Ok((head, Reply::Stream(conn, framing, reusable))),
+        }
     };
-    match tokio::time::timeout(limits.upstream_timeout, exchange).await {
-        Ok(Ok((parts, Reply::Whole(bytes)))) => Response::from_parts(parts, Body::from(bytes)),
-        Ok(Ok((parts, Reply::Stream(body, sender)))) => {
-            let body = Returning::new(body, pool.clone(), lease.endpoint().clone(), sender);
-            Response::from_parts(
-                parts,
-                Body::new(Guarded {
-                    body,
-                    _guard: lease.guard,
-                }),
-            )
+    let (head, reply) = match tokio::time::timeout(limits.upstream_timeout, exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(UpstreamError::TooLarge)) => {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        Ok(Err(UpstreamError::Client(e))) => {
+            debug!(error = %e, "client request body failed");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
         }
         Ok(Err(e)) => {
             debug!(instance = %lease.key(), error = %e, "upstream failed");
-            plain(StatusCode::BAD_GATEWAY, "the instance failed to answer")
+            return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer");
         }
-        Err(_) => plain(
-            StatusCode::GATEWAY_TIMEOUT,
-            "the instance did not answer in time",
-        ),
-    }
-}
-
-/// An instance's answer: read whole, or streamed on the connection it came on.
-enum Reply {
-    Whole(Bytes),
-    Stream(Incoming, Sender),
-}
-
-/// Websocket (or any `Upgrade`): a fresh connection, then bytes copied both ways for as long
-/// as either side keeps it open, with the instance counted as active throughout.
-async fn tunnel(
-    lease: Lease,
-    parts: hyper::http::request::Parts,
-    client_upgrade: hyper::upgrade::OnUpgrade,
-    limits: Limits,
-) -> Response<Body> {
-    let out = Request::from_parts(parts, Body::empty());
-    let mut sender = match connect(lease.endpoint(), true).await {
-        Ok(s) => s,
         Err(_) => {
             return plain(
-                StatusCode::BAD_GATEWAY,
-                "the instance is not accepting connections",
+                StatusCode::GATEWAY_TIMEOUT,
+                "the instance did not answer in time",
             );
         }
     };
-    let mut res =
-        match tokio::time::timeout(limits.upstream_timeout, sender.send_request(out)).await {
-            Ok(Ok(res)) => res,
-            Ok(Err(_)) => return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer"),
-            Err(_) => {
-                return plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the instance did not answer in time",
-                );
+    match reply {
+        Reply::Whole(bytes) => head.map(|()| Body::from(bytes)),
+        Reply::Stream(conn, framing, reusable) => {
+            let body = Streaming::new(conn, framing, reusable, pool.clone(), endpoint.clone());
+            head.map(|()| {
+                Body::new(Guarded {
+                    body,
+                    _guard: lease.guard,
+                })
+            })
+        }
+        Reply::Switched(conn) => match client_upgrade {
+            Some(client) => {
+                tunnel(conn, client, lease.guard);
+                head.map(|()| Body::empty())
             }
-        };
-    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = res.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
-        return Response::from_parts(
-            parts,
-            Body::new(Guarded {
-                body,
-                _guard: lease.guard,
-            }),
-        );
+            None => plain(
+                StatusCode::BAD_GATEWAY,
+                "the instance switched protocols unasked",
+            ),
+        },
     }
-    let upstream_upgrade = hyper::upgrade::on(&mut res);
-    let guard = lease.guard;
+}
+
+/// An instance's answer past its head.
+enum Reply {
+    /// A small body, read whole.
+    Whole(Bytes),
+    /// A body to stream from the connection, framed so, and whether the connection can be
+    /// pooled after it.
+    Stream(Conn, Framing, bool),
+    /// `101 Switching Protocols`: the connection is now the other protocol's.
+    Switched(Conn),
+}
+
+/// Sends the request on a pooled connection (a new one for upgrades, which are never pooled).
+/// When a kept-alive connection turns out closed, the request goes once more on a new one: if
+/// its head could not be written, or (body-less idempotent requests only, as nginx does) if
+/// the connection closed before any answer.
+async fn send(
+    pool: &Pool,
+    endpoint: &Endpoint,
+    head: &[u8],
+    body: &mut Outgoing<'_>,
+    method: &Method,
+    max_body: usize,
+    upgrade: bool,
+) -> Result<(Conn, Answer), UpstreamError> {
+    let (mut conn, reused) = if upgrade {
+        (Conn::open(endpoint).await?, false)
+    } else {
+        pool.checkout(endpoint).await?
+    };
+    match conn.exchange(head, body, max_body, method).await {
+        Ok(answer) => return Ok((conn, answer)),
+        Err(UpstreamError::Send(_)) if reused => {}
+        Err(UpstreamError::Closed)
+            if reused && matches!(body, Outgoing::None) && idempotent(method) => {}
+        Err(e) => return Err(e),
+    }
+    let mut conn = Conn::open(endpoint).await?;
+    let answer = conn.exchange(head, body, max_body, method).await?;
+    Ok((conn, answer))
+}
+
+/// Websocket (or any `Upgrade`) after the instance's 101: bytes copied both ways for as long
+/// as either side keeps it open, with the instance counted as active throughout.
+fn tunnel(conn: Conn, client: hyper::upgrade::OnUpgrade, guard: ActivityGuard) {
+    let (mut upstream, early) = conn.into_parts();
     tokio::spawn(async move {
         let _guard = guard;
-        let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
+        let Ok(client) = client.await else {
             return;
         };
-        let _ =
-            tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream))
-                .await;
+        let mut client = TokioIo::new(client);
+        // Whatever the instance sent right after its 101 came in with the head.
+        if !early.is_empty() && client.write_all(&early).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     });
-    let (mut parts, _) = res.into_parts();
-    strip_hop_by_hop(&mut parts.headers, true);
-    Response::from_parts(parts, Body::empty())
 }
 
 /// A response body that keeps its instance awake until it is finished or dropped.
@@ -190,14 +219,14 @@ struct Guarded<B> {
     _guard: ActivityGuard,
 }
 
-impl<B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin> HttpBody for Guarded<B> {
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Guarded<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -207,5 +236,81 @@ impl<B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin> HttpBody for Guard
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+
+    /// An app on a real Unix socket that answers the first request on each connection and
+    /// then reads the next one and closes without answering: a keep-alive connection that
+    /// dies under the next request. Counts connections.
+    fn flaky(path: &std::path::Path) -> Arc<AtomicUsize> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    for answer in [true, false] {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        if answer {
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            s.write_all(ok).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        conns
+    }
+
+    async fn once(pool: &Pool, endpoint: &Endpoint, method: Method) -> Result<u16, String> {
+        let head = format!("{method} / HTTP/1.1\r\nhost: a.web.example.com\r\n\r\n");
+        let (mut conn, answer) = send(
+            pool,
+            endpoint,
+            head.as_bytes(),
+            &mut Outgoing::None,
+            &method,
+            0,
+            false,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        conn.read_body(2).await.unwrap();
+        pool.put(endpoint, conn);
+        Ok(answer.head.status().as_u16())
+    }
+
+    #[tokio::test]
+    async fn a_dead_kept_alive_connection_is_retried_only_for_idempotent_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"));
+        let Endpoint::Unix(path) = &endpoint else {
+            unreachable!()
+        };
+        let conns = flaky(path);
+        let pool = Pool::default();
+        assert_eq!(once(&pool, &endpoint, Method::GET).await, Ok(200));
+        // The pooled connection dies under this GET: it goes again on a new connection.
+        assert_eq!(once(&pool, &endpoint, Method::GET).await, Ok(200));
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        // A POST the app may have acted on is never sent twice.
+        let err = once(&pool, &endpoint, Method::POST).await.unwrap_err();
+        assert!(err.contains("closed before an answer"), "{err}");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 }

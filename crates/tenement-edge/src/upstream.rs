@@ -1,0 +1,607 @@
+//! The proxy's HTTP/1.1 client for instances. The request's own task writes the request on
+//! the connection and parses the answer (httparse) itself: no connection task and no channel
+//! between them, and a response body is read from the socket only as the client takes it.
+//!
+//! Message framing follows RFC 9112 §6: `Content-Length`, `chunked`, or (responses only)
+//! until the connection closes; no body for HEAD, 1xx, 204 and 304. Interim 1xx answers other
+//! than 101 are skipped (the front door has already answered `Expect: 100-continue`).
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body as HttpBody, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request;
+use hyper::{Method, Response, StatusCode};
+use tenement::probe::{Endpoint, Io};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
+
+use crate::headers::{Forwarding, connection_tokens, hop_by_hop};
+
+/// Largest response head accepted from an instance.
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header lines accepted in a response head.
+const MAX_HEADERS: usize = 100;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+/// Longest chunk-size line or trailer section accepted.
+const MAX_CHUNK_META: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting: {0}")]
+    Connect(io::Error),
+    /// Sending the request head failed: the instance received nothing.
+    #[error("sending the request: {0}")]
+    Send(io::Error),
+    /// The connection closed before any byte of an answer.
+    #[error("the connection closed before an answer")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    #[error("request body larger than max_body_mb")]
+    TooLarge,
+    #[error("the client's request body failed: {0}")]
+    Client(hyper::Error),
+}
+
+fn malformed(what: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Malformed(what.to_string())
+}
+
+/// One HTTP/1.1 connection to an instance, with the bytes read from it and not yet used.
+pub struct Conn {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+}
+
+/// How the rest of a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// This many bytes still to come.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, at this step of decoding.
+    Chunked(Chunk),
+    /// Until the instance closes the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes to come.
+    Data(u64),
+    /// Expecting the CRLF that ends a chunk.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    Done,
+}
+
+impl Framing {
+    pub fn is_done(self) -> bool {
+        matches!(self, Framing::Length(0) | Framing::Chunked(Chunk::Done))
+    }
+}
+
+/// An instance's answer: its head (hop-by-hop headers removed) and how its body is framed.
+pub struct Answer {
+    pub head: Response<()>,
+    pub framing: Framing,
+    /// Whether the connection can carry another request once the body has been read.
+    pub reusable: bool,
+}
+
+/// How the request body is sent.
+pub enum Outgoing<'a> {
+    None,
+    /// As the client framed it with `Content-Length` (the header is forwarded).
+    Length(&'a mut Incoming),
+    /// `Transfer-Encoding: chunked`: its length is unknown.
+    Chunked(&'a mut Incoming),
+}
+
+/// The request head for the instance: origin-form target, headers rewritten by `forwarding`.
+pub fn request_head(
+    parts: &request::Parts,
+    forwarding: &Forwarding,
+    upgrade: bool,
+    chunked: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    // An absolute-form target (`GET http://other.host/x`) would name another authority than
+    // the Host that routed the request: the instance gets the origin form.
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    forwarding.write_headers(&parts.headers, upgrade, &mut out);
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Methods a request may be sent again for when a kept-alive connection turned out closed.
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl Conn {
+    pub async fn open(endpoint: &Endpoint) -> Result<Self, UpstreamError> {
+        let io = endpoint.connect().await.map_err(UpstreamError::Connect)?;
+        Ok(Self {
+            io,
+            buf: BytesMut::new(),
+        })
+    }
+
+    /// For a connection back from the pool: whether nothing has arrived on it since its last
+    /// exchange. An instance that closed it has sent EOF, which shows here without waiting.
+    pub async fn is_idle(&mut self) -> bool {
+        poll_fn(|cx| Poll::Ready(self.poll_fill(cx).is_pending())).await
+    }
+
+    /// Ready to rest in the pool: clean (no stray bytes) and holding no buffer.
+    pub fn park(mut self) -> Option<Self> {
+        self.buf.is_empty().then(|| {
+            self.buf = BytesMut::new();
+            self
+        })
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_SIZE);
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// Sends a request (`head` from [`request_head`], then `body`) and reads the answer's head.
+    pub async fn exchange(
+        &mut self,
+        head: &[u8],
+        body: &mut Outgoing<'_>,
+        max_body: usize,
+        method: &Method,
+    ) -> Result<Answer, UpstreamError> {
+        self.io.write_all(head).await.map_err(UpstreamError::Send)?;
+        let complete = match body {
+            Outgoing::None => true,
+            Outgoing::Length(body) => self.send_body(body, false, max_body).await?,
+            Outgoing::Chunked(body) => self.send_body(body, true, max_body).await?,
+        };
+        let mut answer = self.read_answer(method == Method::HEAD).await?;
+        answer.reusable &= complete;
+        Ok(answer)
+    }
+
+    /// Streams the request body, watching for an early answer meanwhile (an instance may
+    /// refuse a body without reading it). Returns whether the whole body was sent.
+    async fn send_body(
+        &mut self,
+        body: &mut Incoming,
+        chunked: bool,
+        max_body: usize,
+    ) -> Result<bool, UpstreamError> {
+        let (mut out, mut sent, mut ended) = (Bytes::new(), 0usize, false);
+        poll_fn(|cx| {
+            loop {
+                if !out.is_empty() {
+                    match Pin::new(&mut self.io).poll_write(cx, &out) {
+                        // The instance may have answered before it stopped reading.
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
+                        Poll::Ready(Ok(n)) => {
+                            let _ = out.split_to(n);
+                            continue;
+                        }
+                        Poll::Pending => {}
+                    }
+                } else if ended {
+                    return Poll::Ready(Ok(true));
+                } else {
+                    match Pin::new(&mut *body).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            let Ok(data) = frame.into_data() else {
+                                continue; // trailers are not forwarded
+                            };
+                            sent += data.len();
+                            if sent > max_body {
+                                return Poll::Ready(Err(UpstreamError::TooLarge));
+                            }
+                            out = if chunked && !data.is_empty() {
+                                let mut c = BytesMut::with_capacity(data.len() + 20);
+                                c.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                                c.extend_from_slice(&data);
+                                c.extend_from_slice(b"\r\n");
+                                c.freeze()
+                            } else {
+                                data
+                            };
+                            continue;
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            return Poll::Ready(Err(UpstreamError::Client(e)));
+                        }
+                        Poll::Ready(None) => {
+                            ended = true;
+                            if chunked {
+                                out = Bytes::from_static(b"0\r\n\r\n");
+                            }
+                            continue;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                // Nothing to send right now: has the instance answered already?
+                return match self.poll_fill(cx) {
+                    Poll::Ready(_) => Poll::Ready(Ok(false)),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+        })
+        .await
+    }
+
+    /// Reads an answer's head, skipping interim (1xx other than 101) answers.
+    async fn read_answer(&mut self, head_request: bool) -> Result<Answer, UpstreamError> {
+        loop {
+            if let Some(answer) = self.parse_answer(head_request)? {
+                let status = answer.head.status();
+                if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                    continue;
+                }
+                return Ok(answer);
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(malformed("response head larger than 64 KB"));
+            }
+            match self.fill().await {
+                Ok(0) | Err(_) if self.buf.is_empty() => return Err(UpstreamError::Closed),
+                Ok(0) => return Err(malformed("connection closed inside the head")),
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Parses a complete head at the start of the buffer, if there is one.
+    fn parse_answer(&mut self, head_request: bool) -> Result<Option<Answer>, UpstreamError> {
+        let len = match parse(
+            &self.buf,
+            &mut [const { MaybeUninit::uninit() }; MAX_HEADERS],
+        ) {
+            Ok((httparse::Status::Complete(len), _)) => len,
+            Ok((httparse::Status::Partial, _)) => return Ok(None),
+            Err(e) => return Err(malformed(e)),
+        };
+        // Parsed again over the frozen head, so header values share its memory.
+        let raw = self.buf.split_to(len).freeze();
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let (_, parsed) = parse(&raw, &mut slots).map_err(malformed)?;
+        let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(malformed)?;
+        let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
+
+        let mut connection: Vec<&[u8]> = Vec::new();
+        let (mut length, mut chunked, mut encoded) = (None, false, false);
+        for h in parsed.headers.iter() {
+            if h.name.eq_ignore_ascii_case("connection") {
+                connection.push(h.value);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                encoded = true;
+                // Only a final `chunked` coding delimits the body (RFC 9112 §6.3).
+                chunked = h
+                    .value
+                    .trim_ascii_end()
+                    .to_ascii_lowercase()
+                    .ends_with(b"chunked");
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| malformed("bad Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(malformed("conflicting Content-Length"));
+                }
+                length = Some(n);
+            }
+        }
+        let bodiless = head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = match (bodiless, encoded, length) {
+            (true, _, _) => Framing::Length(0),
+            (false, true, _) if chunked => Framing::Chunked(Chunk::Size),
+            (false, true, _) => Framing::Close,
+            (false, false, Some(n)) => Framing::Length(n),
+            (false, false, None) => Framing::Close,
+        };
+        let close = connection_tokens(&connection).any(|t| t.eq_ignore_ascii_case(b"close"));
+        let keep_alive =
+            connection_tokens(&connection).any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
+        let reusable = !close
+            && (parsed.version == Some(1) || keep_alive)
+            && framing != Framing::Close
+            && !upgraded;
+
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 1);
+        for h in parsed.headers.iter() {
+            // With Transfer-Encoding, Content-Length is meaningless (and the body is decoded).
+            if hop_by_hop(h.name, &connection, upgraded)
+                || (encoded && h.name.eq_ignore_ascii_case("content-length"))
+            {
+                continue;
+            }
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(malformed)?;
+            let value =
+                HeaderValue::from_maybe_shared(raw.slice_ref(h.value)).map_err(malformed)?;
+            headers.append(name, value);
+        }
+        if upgraded {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        *head.headers_mut() = headers;
+        Ok(Some(Answer {
+            head,
+            framing,
+            reusable,
+        }))
+    }
+
+    /// The whole body of `n` bytes (a small one, read before answering the client).
+    pub async fn read_body(&mut self, n: usize) -> Result<Bytes, UpstreamError> {
+        while self.buf.len() < n {
+            if self.fill().await? == 0 {
+                return Err(malformed("connection closed inside the body"));
+            }
+        }
+        Ok(self.buf.split_to(n).freeze())
+    }
+
+    /// The next piece of a body framed by `framing`, reading as needed; `None` at its end.
+    pub fn poll_piece(
+        &mut self,
+        cx: &mut Context<'_>,
+        framing: &mut Framing,
+    ) -> Poll<Result<Option<Bytes>, UpstreamError>> {
+        loop {
+            match decode(framing, &mut self.buf)? {
+                Piece::Data(data) => return Poll::Ready(Ok(Some(data))),
+                Piece::End => return Poll::Ready(Ok(None)),
+                Piece::More => {}
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(match framing {
+                    Framing::Close => Ok(None),
+                    _ => Err(malformed("connection closed inside the body")),
+                });
+            }
+        }
+    }
+
+    /// The connection itself and any bytes already read from it (after a 101 answer).
+    pub fn into_parts(self) -> (Box<dyn Io>, BytesMut) {
+        (self.io, self.buf)
+    }
+}
+
+/// Parses a response head at the start of `buf`, into header slots left uninitialised.
+fn parse<'b>(
+    buf: &'b [u8],
+    slots: &'b mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<(httparse::Status<usize>, httparse::Response<'b, 'b>), httparse::Error> {
+    let mut res = httparse::Response::new(&mut []);
+    let status = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, slots)?;
+    Ok((status, res))
+}
+
+enum Piece {
+    Data(Bytes),
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+/// Takes the next piece of body out of `buf`.
+fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Piece, UpstreamError> {
+    loop {
+        match framing {
+            Framing::Length(0) | Framing::Chunked(Chunk::Done) => return Ok(Piece::End),
+            _ if buf.is_empty() => return Ok(Piece::More),
+            Framing::Close => return Ok(Piece::Data(buf.split().freeze())),
+            Framing::Length(left) => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                return Ok(Piece::Data(buf.split_to(n as usize).freeze()));
+            }
+            Framing::Chunked(Chunk::Data(left)) => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *framing = Framing::Chunked(Chunk::DataEnd);
+                }
+                return Ok(Piece::Data(buf.split_to(n as usize).freeze()));
+            }
+            Framing::Chunked(step) => {
+                let consumed = match step {
+                    Chunk::Size => match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            *step = if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            };
+                            Some(used)
+                        }
+                        Ok(httparse::Status::Partial) => None,
+                        Err(_) => return Err(malformed("bad chunk size")),
+                    },
+                    Chunk::DataEnd if buf.len() < 2 => None,
+                    Chunk::DataEnd if buf.starts_with(b"\r\n") => {
+                        *step = Chunk::Size;
+                        Some(2)
+                    }
+                    Chunk::DataEnd => return Err(malformed("chunk without its CRLF")),
+                    // Trailers are not forwarded: skip lines up to the empty one.
+                    Chunk::Trailers => buf.windows(2).position(|w| w == b"\r\n").map(|at| {
+                        if at == 0 {
+                            *step = Chunk::Done;
+                        }
+                        at + 2
+                    }),
+                    Chunk::Data(_) | Chunk::Done => unreachable!("handled above"),
+                };
+                match consumed {
+                    Some(n) => {
+                        let _ = buf.split_to(n);
+                    }
+                    None if buf.len() > MAX_CHUNK_META => {
+                        return Err(malformed("chunk metadata too long"));
+                    }
+                    None => return Ok(Piece::More),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `wire` fed in pieces of `step` bytes; returns the body, or the error.
+    fn decode_all(mut framing: Framing, wire: &[u8], step: usize) -> Result<Vec<u8>, String> {
+        let (mut buf, mut body) = (BytesMut::new(), Vec::new());
+        let mut feed = wire.chunks(step);
+        loop {
+            match decode(&mut framing, &mut buf).map_err(|e| e.to_string())? {
+                Piece::Data(d) => body.extend_from_slice(&d),
+                Piece::End => return Ok(body),
+                Piece::More => match feed.next() {
+                    Some(piece) => buf.extend_from_slice(piece),
+                    None if framing == Framing::Close => return Ok(body),
+                    None => return Err("ran out".into()),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_in_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for step in [1, 2, 3, 7, wire.len()] {
+            assert_eq!(
+                decode_all(Framing::Chunked(Chunk::Size), wire, step).unwrap(),
+                b"hello, world",
+                "fed {step} bytes at a time"
+            );
+        }
+        assert!(decode_all(Framing::Chunked(Chunk::Size), b"zz\r\n", 4).is_err());
+        assert!(decode_all(Framing::Chunked(Chunk::Size), b"2\r\nabXY", 8).is_err());
+        assert!(decode_all(Framing::Chunked(Chunk::Size), b"5\r\nhel", 8).is_err());
+    }
+
+    #[test]
+    fn length_and_close_framing() {
+        assert_eq!(
+            decode_all(Framing::Length(3), b"abcdef", 2).unwrap(),
+            b"abc"
+        );
+        assert_eq!(decode_all(Framing::Length(0), b"", 1).unwrap(), b"");
+        assert_eq!(
+            decode_all(Framing::Close, b"all of it", 4).unwrap(),
+            b"all of it"
+        );
+    }
+
+    /// Parses `raw` as an answer to a GET (or a HEAD).
+    fn answer(raw: &[u8], head_request: bool) -> Result<Answer, UpstreamError> {
+        let (io, _) = tokio::io::duplex(64);
+        let mut conn = Conn {
+            io: Box::new(io),
+            buf: BytesMut::from(raw),
+        };
+        Ok(conn.parse_answer(head_request)?.expect("a complete head"))
+    }
+
+    #[test]
+    fn answer_heads() {
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nX-App: yes\r\n\r\nhello",
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.head.status(), 200);
+        assert_eq!((a.framing, a.reusable), (Framing::Length(5), true));
+        let h = a.head.headers();
+        assert_eq!(h["content-length"], "5");
+        assert_eq!(h["x-app"], "yes");
+        assert!(h.get("x-hop").is_none() && h.get("connection").is_none());
+        assert!(h.get("keep-alive").is_none());
+
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::Chunked(Chunk::Size));
+        assert!(a.head.headers().get("content-length").is_none());
+        assert!(a.head.headers().get("transfer-encoding").is_none());
+
+        let a = answer(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert!(!a.reusable, "Connection: close");
+        let a = answer(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", false).unwrap();
+        assert!(!a.reusable, "HTTP/1.0 without keep-alive");
+        let a = answer(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
+        assert_eq!((a.framing, a.reusable), (Framing::Close, false));
+        let a = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true).unwrap();
+        assert_eq!(a.framing, Framing::Length(0), "HEAD has no body");
+        assert_eq!(a.head.headers()["content-length"], "10");
+        let a = answer(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(a.framing, Framing::Length(0));
+        let a = answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", false).unwrap();
+        assert_eq!(a.head.headers()["upgrade"], "websocket");
+        assert_eq!(a.head.headers()["connection"], "upgrade");
+        assert!(!a.reusable);
+
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"SMTP ready\r\n\r\n",
+        ] {
+            assert!(
+                matches!(answer(bad, false), Err(UpstreamError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
