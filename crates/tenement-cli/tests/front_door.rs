@@ -161,6 +161,64 @@ fn forwarding_headers_and_hop_by_hop() {
     );
 }
 
+#[test]
+fn framing_and_host_cannot_be_smuggled() {
+    let (b, addr) = building();
+    b.ten_ok(&["spawn", "web:a"]);
+    let host = "a.web.tenement.test";
+    // A Connection token naming Content-Length must not strip the body's framing: the app
+    // would read this body as a second request, of the client's making.
+    let smuggled = b"GET /headers HTTP/1.1\r\nHost: a.web.tenement.test\r\n\r\n";
+    let mut body = &smuggled[..];
+    let mut r = http::request(
+        &addr,
+        host,
+        "POST",
+        "/upload",
+        &[("Connection", "content-length")],
+        Some((smuggled.len() as u64, &mut body)),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, format!("received {} bytes", smuggled.len()))
+    );
+    // Two Host headers: routed by one, perhaps read by the app as the other.
+    let r = http::request(
+        &addr,
+        host,
+        "GET",
+        "/",
+        &[("Host", "b.web.tenement.test")],
+        None,
+    );
+    assert_eq!(r.unwrap().status, 400);
+    let r = http::request(&addr, host, "CONNECT", "a.web.tenement.test:443", &[], None);
+    assert_eq!(r.unwrap().status, 405);
+}
+
+#[test]
+fn an_interim_answer_before_the_body_is_read_does_not_stop_the_upload() {
+    let (b, addr) = building();
+    b.ten_ok(&["spawn", "web:a"]);
+    // The app sends 103 Early Hints, then reads the 2 MB body, then answers.
+    let len = 2 * 1024 * 1024;
+    let mut up = Zeros(len);
+    let mut r = http::request(
+        &addr,
+        "a.web.tenement.test",
+        "POST",
+        "/upload?hints=1",
+        &[],
+        Some((len, &mut up)),
+    )
+    .unwrap();
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, format!("received {len} bytes"))
+    );
+}
+
 /// A reader of `n` bytes that never holds them all.
 struct Zeros(u64);
 

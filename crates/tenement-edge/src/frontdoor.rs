@@ -11,7 +11,7 @@ use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode, header};
+use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tenement::{Error, Supervisor};
 use tenement_core::route::{RouteError, Router, Target};
@@ -194,10 +194,18 @@ async fn accept_loop(
 
 impl FrontDoor {
     async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = hosts.next().and_then(|h| h.to_str().ok());
+        if hosts.next().is_some() {
+            // Routed by one, read by the app as another: refused (RFC 9112 §3.2).
+            return plain(StatusCode::BAD_REQUEST, "more than one Host header");
+        }
+        if req.method() == Method::CONNECT {
+            return plain(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not supported here",
+            );
+        }
         let target = match self.routes.route(host, req.uri().path()) {
             Ok(t) => t,
             Err(e @ RouteError::BadHost(_)) => {

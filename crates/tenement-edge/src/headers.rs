@@ -20,10 +20,14 @@ const HOP_BY_HOP: [&str; 8] = [
 
 /// Whether the header `name` stays on its connection: hop-by-hop, or named by the message's
 /// `Connection` header (its values in `connection`). `Upgrade` passes only with `upgrade`
-/// (a protocol switch being forwarded).
+/// (a protocol switch being forwarded). `Host` and `Content-Length` always pass: a
+/// `Connection` token naming them would change where the message goes or where it ends.
 pub fn hop_by_hop(name: &str, connection: &[&[u8]], upgrade: bool) -> bool {
     if name.eq_ignore_ascii_case("upgrade") {
         return !upgrade;
+    }
+    if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
+        return false;
     }
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
         || connection_tokens(connection).any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
@@ -61,7 +65,8 @@ impl Forwarding {
 
     /// Writes a request's `headers` for the instance as HTTP/1 header lines: hop-by-hop ones
     /// dropped (with `upgrade`: `Upgrade` kept and `Connection: upgrade` set), `Expect`
-    /// dropped (the front door answers it), and the forwarding headers added:
+    /// dropped (the front door answers it), `Content-Length` left to the caller (it writes
+    /// the body's framing itself), and the forwarding headers added:
     /// `X-Forwarded-For` (appended to the client's chain), `X-Forwarded-Proto`,
     /// `X-Forwarded-Host` (the raw `Host`) and `Forwarded` (appended to any prior elements).
     pub fn write_headers(&self, headers: &HeaderMap, upgrade: bool, out: &mut Vec<u8>) {
@@ -79,6 +84,7 @@ impl Forwarding {
                     | "x-forwarded-host"
                     | "forwarded"
                     | "expect"
+                    | "content-length"
             );
             if !replaced && !hop_by_hop(name, &connection, upgrade) {
                 line(out, name, value.as_bytes());
@@ -259,5 +265,8 @@ mod tests {
         assert!(hop_by_hop("Transfer-Encoding", &[], false));
         assert!(!hop_by_hop("content-length", &conn, false));
         assert!(hop_by_hop("upgrade", &[], false) && !hop_by_hop("upgrade", &[], true));
+        // Smuggling: a Connection token must not strip the message's framing or its Host.
+        let sly: [&[u8]; 1] = [b"content-length, host"];
+        assert!(!hop_by_hop("content-length", &sly, false) && !hop_by_hop("Host", &sly, false));
     }
 }

@@ -187,7 +187,6 @@ impl HttpBody for Streaming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Outgoing;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -230,7 +229,7 @@ mod tests {
         let (mut conn, _) = pool.checkout(endpoint).await.unwrap();
         let head = b"GET /x HTTP/1.1\r\nhost: a.tiny.example.com\r\n\r\n";
         let answer = conn
-            .exchange(head, &mut Outgoing::None, 0, &hyper::Method::GET)
+            .exchange(head, &mut None, &hyper::Method::GET)
             .await
             .unwrap();
         let status = answer.head.status().as_u16();

@@ -18,7 +18,7 @@ use tracing::debug;
 
 use crate::headers::{Forwarding, wants_upgrade};
 use crate::pool::{Pool, Streaming};
-use crate::upstream::{Answer, Conn, Framing, Outgoing, UpstreamError, idempotent, request_head};
+use crate::upstream::{Answer, Conn, Framing, Upload, UpstreamError, idempotent, request_head};
 
 /// Front-door limits, from `[settings]`.
 #[derive(Debug, Clone, Copy)]
@@ -62,30 +62,19 @@ pub async fn forward(
     }
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, mut body) = req.into_parts();
-    let mut outgoing = match (body.is_end_stream(), declared) {
-        (true, _) => Outgoing::None,
-        (false, Some(_)) => Outgoing::Length(&mut body),
-        (false, None) => Outgoing::Chunked(&mut body),
+    let (parts, body) = req.into_parts();
+    // The body goes as the client framed it: with its declared length, else chunked.
+    let (length, chunked) = match (body.is_end_stream(), declared) {
+        (true, _) => (declared, false),
+        (false, Some(n)) => (Some(n), false),
+        (false, None) => (None, true),
     };
-    let head = request_head(
-        &parts,
-        forwarding,
-        upgrade,
-        matches!(outgoing, Outgoing::Chunked(_)),
-    );
+    let mut upload = (!body.is_end_stream()).then(|| Upload::new(body, chunked, limits.max_body));
+    let head = request_head(&parts, forwarding, upgrade, length, chunked);
     let endpoint = lease.endpoint();
     let exchange = async {
-        let (mut conn, answer) = send(
-            pool,
-            endpoint,
-            &head,
-            &mut outgoing,
-            &parts.method,
-            limits.max_body,
-            upgrade,
-        )
-        .await?;
+        let (mut conn, answer) =
+            send(pool, endpoint, &head, &mut upload, &parts.method, upgrade).await?;
         let Answer {
             head,
             framing,
@@ -173,9 +162,8 @@ async fn send(
     pool: &Pool,
     endpoint: &Endpoint,
     head: &[u8],
-    body: &mut Outgoing<'_>,
+    upload: &mut Option<Upload>,
     method: &Method,
-    max_body: usize,
     upgrade: bool,
 ) -> Result<(Conn, Answer), UpstreamError> {
     let (mut conn, reused) = if upgrade {
@@ -183,15 +171,14 @@ async fn send(
     } else {
         pool.checkout(endpoint).await?
     };
-    match conn.exchange(head, body, max_body, method).await {
+    match conn.exchange(head, upload, method).await {
         Ok(answer) => return Ok((conn, answer)),
         Err(UpstreamError::Send(_)) if reused => {}
-        Err(UpstreamError::Closed)
-            if reused && matches!(body, Outgoing::None) && idempotent(method) => {}
+        Err(UpstreamError::Closed) if reused && upload.is_none() && idempotent(method) => {}
         Err(e) => return Err(e),
     }
     let mut conn = Conn::open(endpoint).await?;
-    let answer = conn.exchange(head, body, max_body, method).await?;
+    let answer = conn.exchange(head, upload, method).await?;
     Ok((conn, answer))
 }
 
@@ -279,17 +266,9 @@ mod tests {
 
     async fn once(pool: &Pool, endpoint: &Endpoint, method: Method) -> Result<u16, String> {
         let head = format!("{method} / HTTP/1.1\r\nhost: a.web.example.com\r\n\r\n");
-        let (mut conn, answer) = send(
-            pool,
-            endpoint,
-            head.as_bytes(),
-            &mut Outgoing::None,
-            &method,
-            0,
-            false,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let (mut conn, answer) = send(pool, endpoint, head.as_bytes(), &mut None, &method, false)
+            .await
+            .map_err(|e| e.to_string())?;
         conn.read_body(2).await.unwrap();
         pool.put(endpoint, conn);
         Ok(answer.head.status().as_u16())

@@ -60,6 +60,10 @@ fn malformed(what: impl std::fmt::Display) -> UpstreamError {
 pub struct Conn {
     io: Box<dyn Io>,
     buf: BytesMut,
+    /// The rest of the request body, still being sent.
+    upload: Option<Upload>,
+    /// Sending the request failed part-way: the connection can never carry another.
+    broken: bool,
 }
 
 /// How the rest of a response body is delimited.
@@ -100,20 +104,97 @@ pub struct Answer {
     pub reusable: bool,
 }
 
-/// How the request body is sent.
-pub enum Outgoing<'a> {
-    None,
-    /// As the client framed it with `Content-Length` (the header is forwarded).
-    Length(&'a mut Incoming),
-    /// `Transfer-Encoding: chunked`: its length is unknown.
-    Chunked(&'a mut Incoming),
+impl Answer {
+    /// An interim answer (1xx other than 101): skipped, the final one follows.
+    fn interim(&self) -> bool {
+        let status = self.head.status();
+        status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
+    }
+}
+
+/// A request body on its way to the instance: framed as the client sent it with
+/// `Content-Length`, else chunked. It is sent while the answer comes back: an app may answer
+/// before it has read the whole body, or stream its answer as it reads.
+pub struct Upload {
+    body: Incoming,
+    chunked: bool,
+    /// Bytes taken from the client's body and not yet written.
+    out: Bytes,
+    sent: usize,
+    max: usize,
+    ended: bool,
+}
+
+impl Upload {
+    pub fn new(body: Incoming, chunked: bool, max: usize) -> Self {
+        Self {
+            body,
+            chunked,
+            out: Bytes::new(),
+            sent: 0,
+            max,
+            ended: false,
+        }
+    }
+
+    /// Writes as much of the body to `io` as is available; ready once all of it is sent.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut Box<dyn Io>,
+    ) -> Poll<Result<(), UpstreamError>> {
+        loop {
+            if !self.out.is_empty() {
+                match ready!(Pin::new(&mut *io).poll_write(cx, &self.out))? {
+                    0 => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
+                    n => {
+                        let _ = self.out.split_to(n);
+                        continue;
+                    }
+                }
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers are not forwarded
+                    };
+                    self.sent += data.len();
+                    if self.sent > self.max {
+                        return Poll::Ready(Err(UpstreamError::TooLarge));
+                    }
+                    self.out = if self.chunked && !data.is_empty() {
+                        let mut c = BytesMut::with_capacity(data.len() + 20);
+                        c.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        c.extend_from_slice(&data);
+                        c.extend_from_slice(b"\r\n");
+                        c.freeze()
+                    } else {
+                        data
+                    };
+                }
+                Some(Err(e)) => return Poll::Ready(Err(UpstreamError::Client(e))),
+                None => {
+                    self.ended = true;
+                    if self.chunked {
+                        self.out = Bytes::from_static(b"0\r\n\r\n");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The request head for the instance: origin-form target, headers rewritten by `forwarding`.
+/// `length`: the body's declared length (the client's `Content-Length` is written from it,
+/// never copied); `chunked`: a body of unknown length follows.
 pub fn request_head(
     parts: &request::Parts,
     forwarding: &Forwarding,
     upgrade: bool,
+    length: Option<u64>,
     chunked: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
@@ -125,7 +206,9 @@ pub fn request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     forwarding.write_headers(&parts.headers, upgrade, &mut out);
-    if chunked {
+    if let Some(n) = length {
+        out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+    } else if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -146,6 +229,8 @@ impl Conn {
         Ok(Self {
             io,
             buf: BytesMut::new(),
+            upload: None,
+            broken: false,
         })
     }
 
@@ -155,9 +240,9 @@ impl Conn {
         poll_fn(|cx| Poll::Ready(self.poll_fill(cx).is_pending())).await
     }
 
-    /// Ready to rest in the pool: clean (no stray bytes) and holding no buffer.
+    /// Ready to rest in the pool: the request sent whole, no stray bytes; holding no buffer.
     pub fn park(mut self) -> Option<Self> {
-        self.buf.is_empty().then(|| {
+        (self.buf.is_empty() && self.upload.is_none() && !self.broken).then(|| {
             self.buf = BytesMut::new();
             self
         })
@@ -172,98 +257,80 @@ impl Conn {
         poll_fn(|cx| self.poll_fill(cx)).await
     }
 
-    /// Sends a request (`head` from [`request_head`], then `body`) and reads the answer's head.
+    /// Sends a request (`head` from [`request_head`], then the body, taken from `upload` once
+    /// the head is written) and reads the answer's head. What the instance has not taken of
+    /// the body when it answers keeps going out while the answer is read ([`Conn::poll_piece`]).
     pub async fn exchange(
         &mut self,
         head: &[u8],
-        body: &mut Outgoing<'_>,
-        max_body: usize,
+        upload: &mut Option<Upload>,
         method: &Method,
     ) -> Result<Answer, UpstreamError> {
         self.io.write_all(head).await.map_err(UpstreamError::Send)?;
-        let complete = match body {
-            Outgoing::None => true,
-            Outgoing::Length(body) => self.send_body(body, false, max_body).await?,
-            Outgoing::Chunked(body) => self.send_body(body, true, max_body).await?,
-        };
-        let mut answer = self.read_answer(method == Method::HEAD).await?;
-        answer.reusable &= complete;
-        Ok(answer)
+        self.upload = upload.take();
+        let head_request = method == Method::HEAD;
+        match poll_fn(|cx| self.poll_early(cx, head_request)).await? {
+            Some(answer) => Ok(answer),
+            None => self.read_answer(head_request).await,
+        }
     }
 
-    /// Streams the request body, watching for an early answer meanwhile (an instance may
-    /// refuse a body without reading it). Returns whether the whole body was sent.
-    async fn send_body(
+    /// Sends the body until it is all out or the instance answers (interim 1xx answers
+    /// skipped); the answer, if a whole head came meanwhile.
+    fn poll_early(
         &mut self,
-        body: &mut Incoming,
-        chunked: bool,
-        max_body: usize,
-    ) -> Result<bool, UpstreamError> {
-        let (mut out, mut sent, mut ended) = (Bytes::new(), 0usize, false);
-        poll_fn(|cx| {
-            loop {
-                if !out.is_empty() {
-                    match Pin::new(&mut self.io).poll_write(cx, &out) {
-                        // The instance may have answered before it stopped reading.
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
-                        Poll::Ready(Ok(n)) => {
-                            let _ = out.split_to(n);
-                            continue;
-                        }
-                        Poll::Pending => {}
-                    }
-                } else if ended {
-                    return Poll::Ready(Ok(true));
-                } else {
-                    match Pin::new(&mut *body).poll_frame(cx) {
-                        Poll::Ready(Some(Ok(frame))) => {
-                            let Ok(data) = frame.into_data() else {
-                                continue; // trailers are not forwarded
-                            };
-                            sent += data.len();
-                            if sent > max_body {
-                                return Poll::Ready(Err(UpstreamError::TooLarge));
-                            }
-                            out = if chunked && !data.is_empty() {
-                                let mut c = BytesMut::with_capacity(data.len() + 20);
-                                c.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                                c.extend_from_slice(&data);
-                                c.extend_from_slice(b"\r\n");
-                                c.freeze()
-                            } else {
-                                data
-                            };
-                            continue;
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            return Poll::Ready(Err(UpstreamError::Client(e)));
-                        }
-                        Poll::Ready(None) => {
-                            ended = true;
-                            if chunked {
-                                out = Bytes::from_static(b"0\r\n\r\n");
-                            }
-                            continue;
-                        }
-                        Poll::Pending => {}
-                    }
-                }
-                // Nothing to send right now: has the instance answered already?
-                return match self.poll_fill(cx) {
-                    Poll::Ready(_) => Poll::Ready(Ok(false)),
-                    Poll::Pending => Poll::Pending,
-                };
+        cx: &mut Context<'_>,
+        head_request: bool,
+    ) -> Poll<Result<Option<Answer>, UpstreamError>> {
+        loop {
+            if self.poll_upload(cx)?.is_ready() {
+                return Poll::Ready(Ok(None));
             }
-        })
-        .await
+            // Waiting on the client's body or the socket: has the instance answered?
+            match self.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(_)) => {}
+            }
+            while let Some(answer) = self.parse_answer(head_request)? {
+                if !answer.interim() {
+                    return Poll::Ready(Ok(Some(answer)));
+                }
+            }
+            if !self.buf.is_empty() {
+                return Poll::Ready(Ok(None)); // an answer has begun: read_answer finishes it
+            }
+        }
+    }
+
+    /// Drives the rest of the request body; ready when none is left to send. A failed write
+    /// (the instance stopped reading) ends the upload: its answer may still be coming.
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), UpstreamError>> {
+        let Some(upload) = self.upload.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let sent = ready!(upload.poll_send(cx, &mut self.io));
+        self.upload = None;
+        match sent {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(UpstreamError::Io(_)) => {
+                self.broken = true;
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => {
+                self.broken = true;
+                Poll::Ready(Err(e))
+            }
+        }
     }
 
     /// Reads an answer's head, skipping interim (1xx other than 101) answers.
     async fn read_answer(&mut self, head_request: bool) -> Result<Answer, UpstreamError> {
+        let mut interim = false;
         loop {
             if let Some(answer) = self.parse_answer(head_request)? {
-                let status = answer.head.status();
-                if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                if answer.interim() {
+                    interim = true;
                     continue;
                 }
                 return Ok(answer);
@@ -272,7 +339,12 @@ impl Conn {
                 return Err(malformed("response head larger than 64 KB"));
             }
             match self.fill().await {
-                Ok(0) | Err(_) if self.buf.is_empty() => return Err(UpstreamError::Closed),
+                Ok(0) | Err(_) if self.buf.is_empty() && !interim => {
+                    return Err(UpstreamError::Closed);
+                }
+                Ok(0) if self.buf.is_empty() => {
+                    return Err(malformed("connection closed after an interim answer"));
+                }
                 Ok(0) => return Err(malformed("connection closed inside the head")),
                 Ok(_) => {}
                 Err(e) => return Err(e.into()),
@@ -298,22 +370,25 @@ impl Conn {
         let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
 
         let mut connection: Vec<&[u8]> = Vec::new();
-        let (mut length, mut chunked, mut encoded) = (None, false, false);
+        let (mut length, mut encoded) = (None, false);
         for h in parsed.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection") {
                 connection.push(h.value);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // `chunked` is the one transfer coding every client understands, and the
+                // header does not reach the client (hop-by-hop): any other is refused.
+                let only_chunked = connection_tokens(&[h.value])
+                    .all(|t| t.is_empty() || t.eq_ignore_ascii_case(b"chunked"));
+                if encoded || !only_chunked {
+                    return Err(malformed("unsupported Transfer-Encoding"));
+                }
                 encoded = true;
-                // Only a final `chunked` coding delimits the body (RFC 9112 §6.3).
-                chunked = h
-                    .value
-                    .trim_ascii_end()
-                    .to_ascii_lowercase()
-                    .ends_with(b"chunked");
             } else if h.name.eq_ignore_ascii_case("content-length") {
-                let n = std::str::from_utf8(h.value)
+                let digits = h.value.trim_ascii();
+                let n = std::str::from_utf8(digits)
                     .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|d| d.parse::<u64>().ok())
                     .ok_or_else(|| malformed("bad Content-Length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(malformed("conflicting Content-Length"));
@@ -327,17 +402,19 @@ impl Conn {
             || status == StatusCode::NOT_MODIFIED;
         let framing = match (bodiless, encoded, length) {
             (true, _, _) => Framing::Length(0),
-            (false, true, _) if chunked => Framing::Chunked(Chunk::Size),
-            (false, true, _) => Framing::Close,
+            (false, true, _) => Framing::Chunked(Chunk::Size),
             (false, false, Some(n)) => Framing::Length(n),
             (false, false, None) => Framing::Close,
         };
         let close = connection_tokens(&connection).any(|t| t.eq_ignore_ascii_case(b"close"));
         let keep_alive =
             connection_tokens(&connection).any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
+        // Transfer-Encoding and Content-Length both: the app's framing is suspect (RFC 9112
+        // §6.3), so its connection is not used again.
         let reusable = !close
             && (parsed.version == Some(1) || keep_alive)
             && framing != Framing::Close
+            && !(encoded && length.is_some())
             && !upgraded;
 
         let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 1);
@@ -382,6 +459,11 @@ impl Conn {
         cx: &mut Context<'_>,
         framing: &mut Framing,
     ) -> Poll<Result<Option<Bytes>, UpstreamError>> {
+        // The rest of the request body, if any, keeps going out meanwhile. A failure there only
+        // means the connection is not kept: the answer is what the client is waiting for.
+        if let Poll::Ready(Err(_)) = self.poll_upload(cx) {
+            self.broken = true;
+        }
         loop {
             match decode(framing, &mut self.buf)? {
                 Piece::Data(data) => return Poll::Ready(Ok(Some(data))),
@@ -539,6 +621,8 @@ mod tests {
         let mut conn = Conn {
             io: Box::new(io),
             buf: BytesMut::from(raw),
+            upload: None,
+            broken: false,
         };
         Ok(conn.parse_answer(head_request)?.expect("a complete head"))
     }
@@ -566,6 +650,7 @@ mod tests {
         assert_eq!(a.framing, Framing::Chunked(Chunk::Size));
         assert!(a.head.headers().get("content-length").is_none());
         assert!(a.head.headers().get("transfer-encoding").is_none());
+        assert!(!a.reusable, "both framings: the connection is not trusted again");
 
         let a = answer(
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
@@ -594,6 +679,10 @@ mod tests {
         for bad in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
             b"SMTP ready\r\n\r\n",
         ] {
