@@ -219,6 +219,148 @@ fn an_interim_answer_before_the_body_is_read_does_not_stop_the_upload() {
     );
 }
 
+/// One response read off a kept-alive connection: status, headers (names lowercased), body
+/// (by Content-Length or chunked; none for a HEAD).
+fn next_response(
+    r: &mut impl std::io::BufRead,
+    head_request: bool,
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let Some((n, v)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if head_request {
+    } else if let Some(n) = header("content-length") {
+        body.resize(n.parse().unwrap(), 0);
+        r.read_exact(&mut body).unwrap();
+    } else if header("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            let n = usize::from_str_radix(line.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    (status, headers, body)
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let (b, addr) = building();
+    b.ten_ok(&["spawn", "web:a"]);
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    // Four requests in one write: the POST (a body) is where the connection moves from the
+    // front door's own loop to hyper, with the bytes already read.
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: a.web.tenement.test\r\n\r\n\
+          HEAD /pid HTTP/1.1\r\nHost: a.web.tenement.test\r\n\r\n\
+          POST /upload HTTP/1.1\r\nHost: a.web.tenement.test\r\nContent-Length: 3\r\n\r\nabc\
+          GET /pid HTTP/1.1\r\nHost: a.web.tenement.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (status, headers, body) = next_response(&mut r, false);
+    assert_eq!((status, &body[..]), (200, &b"hello from web:a\n"[..]));
+    assert!(headers.iter().any(|(n, _)| n == "date"), "{headers:?}");
+    let (status, _, body) = next_response(&mut r, true);
+    assert!(body.is_empty() && status != 0);
+    let (status, _, body) = next_response(&mut r, false);
+    assert_eq!((status, &body[..]), (200, &b"received 3 bytes"[..]));
+    let (status, headers, _) = next_response(&mut r, false);
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains(&("connection".into(), "close".into())),
+        "{headers:?}"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        r.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after Connection: close"
+    );
+
+    // The same on the front door's own path, with nothing else on the connection.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.web.tenement.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (status, headers, _) = next_response(&mut r, false);
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains(&("connection".into(), "close".into())),
+        "{headers:?}"
+    );
+    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0);
+}
+
+#[test]
+fn idle_and_slow_clients_are_cut_off_after_header_timeout() {
+    let config = CONFIG.replace("max_body_mb = 30", "max_body_mb = 30\nheader_timeout = 1");
+    let mut b = Building::new(TEN, &config);
+    b.start();
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "web:a"]);
+    let host = "a.web.tenement.test";
+    // Kept alive after an answer, then closed once idle for header_timeout.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.web.tenement.test\r\n\r\n")
+        .unwrap();
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    assert_eq!(next_response(&mut r, false).0, 200);
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(r.read_to_end(&mut rest).unwrap(), 0);
+    assert!(idle.elapsed().as_secs() < 20);
+    // A head trickling in a byte at a time is cut off too (the limit is for the whole head).
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    for byte in b"GET / HTTP/1.1\r\nHost: a.web.tenement.test\r\nX-Slow: 1234567890\r\n\r\n" {
+        if s.write_all(&[*byte]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(150));
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        cut || answer.is_empty(),
+        "a slow head was answered: {answer:?}"
+    );
+    assert!(started.elapsed().as_secs() < 20);
+    // An answer that streams for longer than header_timeout is not cut.
+    let mut r = get(&addr, host, "/drip?n=3&ms=800").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text().unwrap(), "chunk 0\nchunk 1\nchunk 2\n");
+}
+
 /// A reader of `n` bytes that never holds them all.
 struct Zeros(u64);
 

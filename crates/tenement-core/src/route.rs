@@ -10,7 +10,8 @@
 //! Port suffix, upper case and a trailing dot are normalised; anything else that is not a
 //! hostname is malformed.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use crate::config::Routing;
 use crate::{InstanceId, InstanceKey, ServiceName};
@@ -54,7 +55,8 @@ pub const OWN_PATHS: [&str; 10] = [
 pub struct Router {
     domain: String,
     routing: Routing,
-    services: BTreeSet<ServiceName>,
+    /// The services, by name (looked up by a Host label without parsing it first).
+    services: BTreeMap<String, ServiceName>,
 }
 
 impl Router {
@@ -66,7 +68,10 @@ impl Router {
         Self {
             domain: domain.trim_end_matches('.').to_ascii_lowercase(),
             routing,
-            services: services.into_iter().collect(),
+            services: services
+                .into_iter()
+                .map(|s| (s.as_str().to_owned(), s))
+                .collect(),
         }
     }
 
@@ -96,18 +101,17 @@ impl Router {
                 let service = self.service(service)?;
                 let id: InstanceId = id
                     .parse()
-                    .map_err(|_| RouteError::UnknownHost(host.clone()))?;
+                    .map_err(|_| RouteError::UnknownHost(host.to_string()))?;
                 Ok(Target::Instance(InstanceKey::new(service, id)))
             }
-            _ => Err(RouteError::UnknownHost(host)),
+            _ => Err(RouteError::UnknownHost(host.into_owned())),
         }
     }
 
     fn service(&self, label: &str) -> Result<ServiceName, RouteError> {
-        label
-            .parse::<ServiceName>()
-            .ok()
-            .filter(|s| self.services.contains(s))
+        self.services
+            .get(label)
+            .cloned()
             .ok_or_else(|| RouteError::UnknownService(label.to_owned()))
     }
 
@@ -138,8 +142,9 @@ fn under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
 }
 
-/// Lowercase, no port, no trailing dot; every label a valid DNS label.
-fn normalize(raw: &str) -> Result<String, RouteError> {
+/// Lowercase, no port, no trailing dot; every label a valid DNS label. (Borrowed unless it had
+/// to be lowercased: this runs for every request.)
+fn normalize(raw: &str) -> Result<Cow<'_, str>, RouteError> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Err(RouteError::BadHost("empty"));
@@ -154,7 +159,7 @@ fn normalize(raw: &str) -> Result<String, RouteError> {
         }
         return ip
             .parse::<std::net::Ipv6Addr>()
-            .map(|ip| ip.to_string())
+            .map(|ip| Cow::Owned(ip.to_string()))
             .map_err(|_| RouteError::BadHost("bad IPv6 address"));
     }
     let host = match raw.rsplit_once(':') {
@@ -162,23 +167,37 @@ fn normalize(raw: &str) -> Result<String, RouteError> {
         Some(_) => return Err(RouteError::BadHost("bad port")),
         None => raw,
     };
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() || host.len() > 253 {
         return Err(RouteError::BadHost("bad length"));
     }
-    for label in host.split('.') {
-        let ok = !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !label.starts_with('-')
-            && !label.ends_with('-');
-        if !ok {
-            return Err(RouteError::BadHost("not a hostname"));
+    // One pass: labels of letters, digits and '-', 1 to 63 long, no '-' at either end.
+    let bytes = host.as_bytes();
+    let (mut start, mut upper) = (0, false);
+    for i in 0..=bytes.len() {
+        match bytes.get(i) {
+            None | Some(b'.') => {
+                let label = &bytes[start..i];
+                if label.is_empty()
+                    || label.len() > 63
+                    || label[0] == b'-'
+                    || label[label.len() - 1] == b'-'
+                {
+                    return Err(RouteError::BadHost("not a hostname"));
+                }
+                start = i + 1;
+            }
+            Some(b) if b.is_ascii_alphanumeric() || *b == b'-' => {
+                upper |= b.is_ascii_uppercase();
+            }
+            Some(_) => return Err(RouteError::BadHost("not a hostname")),
         }
     }
-    Ok(host)
+    Ok(if upper {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn valid_port(p: &str) -> bool {

@@ -13,7 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tenement::{Error, Supervisor};
+use tenement::{Error, Lease, Supervisor};
 use tenement_core::route::{RouteError, Router, Target};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,20 +26,23 @@ use crate::pool::{IDLE_TIMEOUT, Pool};
 use crate::proxy::{Limits, forward, plain};
 use crate::{Access, router};
 
-struct FrontDoor {
+pub(crate) struct FrontDoor {
     supervisor: Supervisor,
     metrics: Arc<Metrics>,
-    routes: Router,
+    pub(crate) routes: Router,
     api: axum::Router,
-    pool: Arc<Pool>,
+    pub(crate) pool: Arc<Pool>,
     figures: RequestFigures,
-    limits: Limits,
+    pub(crate) limits: Limits,
+    /// The largest request head accepted (`max_header_kb`).
+    pub(crate) max_head: usize,
+    pub(crate) header_timeout: Duration,
 }
 
 /// One client connection.
-struct Client {
+pub(crate) struct Client {
     peer: SocketAddr,
-    forwarding: Forwarding,
+    pub(crate) forwarding: Forwarding,
 }
 
 /// Binds the front door: one listening socket per worker thread, all on `addr`
@@ -105,6 +108,8 @@ pub async fn front_door(
             pool: Arc::default(),
             figures: RequestFigures::default(),
             limits,
+            max_head: max_buf,
+            header_timeout,
         };
         let shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
@@ -159,40 +164,89 @@ async fn accept_loop(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (door, client) = (
-            door.clone(),
-            Arc::new(Client {
-                peer,
-                forwarding: Forwarding::new(peer, "http"),
-            }),
-        );
-        let service = service_fn(move |req| {
-            let (door, client) = (door.clone(), client.clone());
-            async move { Ok::<_, Infallible>(door.handle(req, &client).await) }
+        let client = Arc::new(Client {
+            peer,
+            forwarding: Forwarding::new(peer, "http"),
         });
-        let mut conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let result = tokio::select! {
-                r = &mut conn => r,
-                _ = shutdown.cancelled() => {
-                    // Finish the request in progress, then close.
-                    std::pin::Pin::new(&mut conn).graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                debug!(error = %e, "connection ended with an error");
-            }
-        });
+        let (door, builder, shutdown) = (door.clone(), builder.clone(), shutdown.clone());
+        connections.spawn(crate::fast::serve(door, stream, client, builder, shutdown));
     }
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), connections.wait()).await;
 }
 
+/// Serves a client connection with hyper from here on (`io` may start with bytes the fast
+/// path has read already), until it closes or `shutdown`, which lets the request in progress
+/// finish.
+pub(crate) async fn serve_hyper<I>(
+    door: Arc<FrontDoor>,
+    io: I,
+    client: Arc<Client>,
+    builder: http1::Builder,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let (door, client) = (door.clone(), client.clone());
+        async move { Ok::<_, Infallible>(door.handle(req, &client).await) }
+    });
+    let mut conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let result = tokio::select! {
+        r = &mut conn => r,
+        _ = shutdown.cancelled() => {
+            std::pin::Pin::new(&mut conn).graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
 impl FrontDoor {
+    /// The instance `target` names, awake and ready (the wait is timed when it had to wake).
+    pub(crate) async fn lease(&self, target: &Target, service: &str) -> Result<Lease, Error> {
+        let started = Instant::now();
+        let lease = match target {
+            Target::Instance(key) => self.supervisor.lease(key).await,
+            Target::Service(service) => self.supervisor.lease_service(service).await,
+            Target::Building => unreachable!("tenement's own requests are not proxied"),
+        };
+        if let Ok(l) = &lease
+            && l.waited
+        {
+            self.metrics
+                .wake_duration
+                .get_or_create(&ServiceLabel {
+                    service: service.to_owned(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+        }
+        lease
+    }
+
+    /// Counts a proxied request, answered with `status`, in the metrics.
+    pub(crate) fn record(&self, service: &str, status: StatusCode, started: Instant) {
+        let kind = match status {
+            StatusCode::BAD_GATEWAY => Some("upstream"),
+            StatusCode::GATEWAY_TIMEOUT => Some("timeout"),
+            StatusCode::SERVICE_UNAVAILABLE => Some("unavailable"),
+            StatusCode::PAYLOAD_TOO_LARGE => Some("too_large"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.metrics
+                .proxy_errors
+                .get_or_create(&KindLabel { kind })
+                .inc();
+        }
+        self.metrics
+            .record_request(&self.figures, service, status.as_u16(), started.elapsed());
+    }
+
     async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
         let mut hosts = req.headers().get_all(header::HOST).iter();
         let host = hosts.next().and_then(|h| h.to_str().ok());
@@ -227,44 +281,11 @@ impl FrontDoor {
             Target::Service(service) => service.as_str(),
         };
         let started = Instant::now();
-        let lease = match &target {
-            Target::Instance(key) => self.supervisor.lease(key).await,
-            Target::Service(service) => self.supervisor.lease_service(service).await,
-            Target::Building => unreachable!("answered above"),
-        };
-        if let Ok(l) = &lease
-            && l.waited
-        {
-            self.metrics
-                .wake_duration
-                .get_or_create(&ServiceLabel {
-                    service: service.to_owned(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-        }
-        let res = match lease {
+        let res = match self.lease(&target, service).await {
             Ok(lease) => forward(&self.pool, lease, req, &client.forwarding, self.limits).await,
             Err(e) => unavailable(e),
         };
-        let kind = match res.status() {
-            StatusCode::BAD_GATEWAY => Some("upstream"),
-            StatusCode::GATEWAY_TIMEOUT => Some("timeout"),
-            StatusCode::SERVICE_UNAVAILABLE => Some("unavailable"),
-            StatusCode::PAYLOAD_TOO_LARGE => Some("too_large"),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            self.metrics
-                .proxy_errors
-                .get_or_create(&KindLabel { kind })
-                .inc();
-        }
-        self.metrics.record_request(
-            &self.figures,
-            service,
-            res.status().as_u16(),
-            started.elapsed(),
-        );
+        self.record(service, res.status(), started);
         res
     }
 
@@ -309,10 +330,14 @@ impl FrontDoor {
 }
 
 fn unavailable(e: Error) -> Response<Body> {
-    let status = match &e {
+    plain(unavailable_status(&e), &e.to_string())
+}
+
+/// The answer when no instance could be leased.
+pub(crate) fn unavailable_status(e: &Error) -> StatusCode {
+    match e {
         Error::NotFound(_) | Error::UnknownService(_) => StatusCode::NOT_FOUND,
         Error::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    plain(status, &e.to_string())
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap};
 
 /// Hop-by-hop headers: meaningful for one connection only, never forwarded.
 const HOP_BY_HOP: [&str; 8] = [
@@ -41,8 +41,6 @@ pub fn connection_tokens<'a>(values: &'a [&'a [u8]]) -> impl Iterator<Item = &'a
         .map(<[u8]>::trim_ascii)
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
 /// Where a client connection comes from, prepared once per connection, for the forwarding
 /// headers of each of its proxied requests.
 pub struct Forwarding {
@@ -69,42 +67,38 @@ impl Forwarding {
     /// the body's framing itself), and the forwarding headers added:
     /// `X-Forwarded-For` (appended to the client's chain), `X-Forwarded-Proto`,
     /// `X-Forwarded-Host` (the raw `Host`) and `Forwarded` (appended to any prior elements).
-    pub fn write_headers(&self, headers: &HeaderMap, upgrade: bool, out: &mut Vec<u8>) {
-        let connection: Vec<&[u8]> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        for (name, value) in headers {
-            let name = name.as_str();
-            let replaced = matches!(
-                name,
-                "x-forwarded-for"
-                    | "x-forwarded-proto"
-                    | "x-forwarded-host"
-                    | "forwarded"
-                    | "expect"
-                    | "content-length"
-            );
+    /// `headers` gives the (name, value) pairs, in any case: a `HeaderMap`'s or a raw head's.
+    pub fn write_headers<'a, I>(&self, headers: impl Fn() -> I, upgrade: bool, out: &mut Vec<u8>)
+    where
+        I: Iterator<Item = (&'a str, &'a [u8])>,
+    {
+        let named = |want: &'static str| {
+            headers()
+                .filter(move |(name, _)| name.eq_ignore_ascii_case(want))
+                .map(|(_, value)| value)
+        };
+        let connection: Vec<&[u8]> = named("connection").collect();
+        for (name, value) in headers() {
+            let replaced = REPLACED.iter().any(|r| r.eq_ignore_ascii_case(name));
             if !replaced && !hop_by_hop(name, &connection, upgrade) {
-                line(out, name, value.as_bytes());
+                line(out, name, value);
             }
         }
         out.extend_from_slice(b"x-forwarded-for: ");
-        for prior in headers.get_all(&X_FORWARDED_FOR) {
-            out.extend_from_slice(prior.as_bytes());
+        for prior in named("x-forwarded-for") {
+            out.extend_from_slice(prior);
             out.extend_from_slice(b", ");
         }
         out.extend_from_slice(self.ip.as_bytes());
         out.extend_from_slice(b"\r\n");
         line(out, "x-forwarded-proto", self.proto.as_bytes());
-        let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+        let host = named("host").next();
         if let Some(host) = host {
             line(out, "x-forwarded-host", host);
         }
         out.extend_from_slice(b"forwarded: ");
-        for prior in headers.get_all(header::FORWARDED) {
-            out.extend_from_slice(prior.as_bytes());
+        for prior in named("forwarded") {
+            out.extend_from_slice(prior);
             out.extend_from_slice(b", ");
         }
         out.extend_from_slice(b"for=");
@@ -121,6 +115,24 @@ impl Forwarding {
             line(out, "connection", b"upgrade");
         }
     }
+}
+
+/// Request headers not copied to the instance: replaced by the forwarding headers, answered
+/// by the front door (`Expect`), or written from the body's framing (`Content-Length`).
+const REPLACED: [&str; 6] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "expect",
+    "content-length",
+];
+
+/// A `HeaderMap` as the (name, value) pairs [`Forwarding::write_headers`] takes.
+pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &[u8])> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()))
 }
 
 /// One `name: value` header line.
@@ -147,11 +159,12 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     /// The header lines `write_headers` produces, as (name, value) pairs in order.
     fn written(f: &Forwarding, h: &HeaderMap, upgrade: bool) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        f.write_headers(h, upgrade, &mut out);
+        f.write_headers(|| pairs(h), upgrade, &mut out);
         String::from_utf8(out)
             .unwrap()
             .split_terminator("\r\n")

@@ -15,6 +15,7 @@ mod api;
 mod auth;
 mod dashboard;
 mod error;
+mod fast;
 mod frontdoor;
 mod headers;
 mod logs_api;

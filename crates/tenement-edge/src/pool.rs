@@ -232,7 +232,7 @@ mod tests {
             .exchange(head, &mut None, &hyper::Method::GET)
             .await
             .unwrap();
-        let status = answer.head.status().as_u16();
+        let status = answer.status.as_u16();
         (status, answer.framing, conn, answer.reusable)
     }
 

@@ -16,7 +16,7 @@ use tenement::{ActivityGuard, Lease};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
-use crate::headers::{Forwarding, wants_upgrade};
+use crate::headers::{Forwarding, pairs, wants_upgrade};
 use crate::pool::{Pool, Streaming};
 use crate::upstream::{Answer, Conn, Framing, Upload, UpstreamError, idempotent, request_head};
 
@@ -70,58 +70,42 @@ pub async fn forward(
         (false, None) => (None, true),
     };
     let mut upload = (!body.is_end_stream()).then(|| Upload::new(body, chunked, limits.max_body));
-    let head = request_head(&parts, forwarding, upgrade, length, chunked);
+    // An absolute-form target (`GET http://other.host/x`) would name another authority than
+    // the Host that routed the request: the instance gets the origin form.
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let head = request_head(
+        parts.method.as_str(),
+        target,
+        || pairs(&parts.headers),
+        forwarding,
+        upgrade,
+        length,
+        chunked,
+    );
     let endpoint = lease.endpoint();
-    let exchange = async {
-        let (mut conn, answer) =
-            send(pool, endpoint, &head, &mut upload, &parts.method, upgrade).await?;
-        let Answer {
-            head,
-            framing,
-            reusable,
-        } = answer;
-        if head.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Ok((head, Reply::Switched(conn)));
-        }
-        match framing {
-            Framing::Length(n) if n <= SMALL_BODY => {
-                // A small body of known length is read whole, so head and body go out in one
-                // write (nginx's proxy_buffering does the same); anything larger streams.
-                let whole = conn.read_body(n as usize).await?;
-                if reusable {
-                    pool.put(endpoint, conn);
-                }
-                Ok((head, Reply::Whole(whole)))
-            }
-            _ => Ok((head, Reply::Stream(conn, framing, reusable))),
+    let fetched = fetch(
+        pool,
+        endpoint,
+        &head,
+        &mut upload,
+        &parts.method,
+        upgrade,
+        limits,
+    );
+    let (answer, reply) = match fetched.await {
+        Ok(answer) => answer,
+        Err(failure) => {
+            debug!(instance = %lease.key(), error = %failure.1, "upstream failed");
+            return plain(failure.0, failure.message());
         }
     };
-    let (head, reply) = match tokio::time::timeout(limits.upstream_timeout, exchange).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(UpstreamError::TooLarge)) => {
-            return plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-        }
-        Ok(Err(UpstreamError::Client(e))) => {
-            debug!(error = %e, "client request body failed");
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            );
-        }
-        Ok(Err(e)) => {
-            debug!(instance = %lease.key(), error = %e, "upstream failed");
-            return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer");
-        }
-        Err(_) => {
-            return plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the instance did not answer in time",
-            );
-        }
+    let Ok(head) = answer.response() else {
+        return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer");
     };
     match reply {
         Reply::Whole(bytes) => head.map(|()| Body::from(bytes)),
-        Reply::Stream(conn, framing, reusable) => {
+        Reply::Stream(conn) => {
+            let (framing, reusable) = (answer.framing, answer.reusable);
             let body = Streaming::new(conn, framing, reusable, pool.clone(), endpoint.clone());
             head.map(|()| {
                 Body::new(Guarded {
@@ -143,13 +127,67 @@ pub async fn forward(
     }
 }
 
+/// Why a request got no answer from its instance: the status to answer with, and the cause.
+pub struct Failure(pub StatusCode, pub UpstreamError);
+
+impl Failure {
+    pub fn message(&self) -> &'static str {
+        match self.0 {
+            StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
+            StatusCode::BAD_REQUEST => "the request body could not be read",
+            StatusCode::GATEWAY_TIMEOUT => "the instance did not answer in time",
+            _ => "the instance failed to answer",
+        }
+    }
+}
+
+/// Sends the request (`head`, then `upload`) and reads the answer's head, and a small body
+/// whole, within `upstream_timeout`.
+pub async fn fetch(
+    pool: &Pool,
+    endpoint: &Endpoint,
+    head: &[u8],
+    upload: &mut Option<Upload>,
+    method: &Method,
+    upgrade: bool,
+    limits: Limits,
+) -> Result<(Answer, Reply), Failure> {
+    let exchange = async {
+        let (mut conn, answer) = send(pool, endpoint, head, upload, method, upgrade).await?;
+        if answer.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok((answer, Reply::Switched(conn)));
+        }
+        match answer.framing {
+            Framing::Length(n) if n <= SMALL_BODY => {
+                // A small body of known length is read whole, so head and body go out in one
+                // write (nginx's proxy_buffering does the same); anything larger streams.
+                let whole = conn.read_body(n as usize).await?;
+                if answer.reusable {
+                    pool.put(endpoint, conn);
+                }
+                Ok((answer, Reply::Whole(whole)))
+            }
+            _ => Ok((answer, Reply::Stream(conn))),
+        }
+    };
+    match tokio::time::timeout(limits.upstream_timeout, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e @ UpstreamError::TooLarge)) => Err(Failure(StatusCode::PAYLOAD_TOO_LARGE, e)),
+        Ok(Err(e @ UpstreamError::Client(_))) => Err(Failure(StatusCode::BAD_REQUEST, e)),
+        Ok(Err(e)) => Err(Failure(StatusCode::BAD_GATEWAY, e)),
+        Err(_) => Err(Failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::TimedOut,
+        )),
+    }
+}
+
 /// An instance's answer past its head.
-enum Reply {
+pub enum Reply {
     /// A small body, read whole.
     Whole(Bytes),
-    /// A body to stream from the connection, framed so, and whether the connection can be
-    /// pooled after it.
-    Stream(Conn, Framing, bool),
+    /// A body to stream from the connection (framed as the answer says).
+    Stream(Conn),
     /// `101 Switching Protocols`: the connection is now the other protocol's.
     Switched(Conn),
 }
@@ -271,7 +309,7 @@ mod tests {
             .map_err(|e| e.to_string())?;
         conn.read_body(2).await.unwrap();
         pool.put(endpoint, conn);
-        Ok(answer.head.status().as_u16())
+        Ok(answer.status.as_u16())
     }
 
     #[tokio::test]

@@ -12,16 +12,15 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::request;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use tenement::probe::{Endpoint, Io};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
-use crate::headers::{Forwarding, connection_tokens, hop_by_hop};
+use crate::headers::{Forwarding, connection_tokens, hop_by_hop, line};
 
 /// Largest response head accepted from an instance.
 const MAX_HEAD: usize = 64 * 1024;
@@ -44,6 +43,8 @@ pub enum UpstreamError {
     Closed,
     #[error("{0}")]
     Io(#[from] io::Error),
+    #[error("no answer within upstream_timeout")]
+    TimedOut,
     #[error("malformed answer: {0}")]
     Malformed(String),
     #[error("request body larger than max_body_mb")]
@@ -96,9 +97,14 @@ impl Framing {
     }
 }
 
-/// An instance's answer: its head (hop-by-hop headers removed) and how its body is framed.
+/// An instance's answer: its head, ready for the client, and how its body is framed.
 pub struct Answer {
-    pub head: Response<()>,
+    pub status: StatusCode,
+    /// The status line and header lines to pass on (hop-by-hop ones left out), in HTTP/1.1
+    /// wire form without the closing empty line; names as the app wrote them.
+    pub head: Vec<u8>,
+    /// Whether the app sent a `Date`.
+    pub dated: bool,
     pub framing: Framing,
     /// Whether the connection can carry another request once the body has been read.
     pub reusable: bool,
@@ -107,8 +113,25 @@ pub struct Answer {
 impl Answer {
     /// An interim answer (1xx other than 101): skipped, the final one follows.
     fn interim(&self) -> bool {
-        let status = self.head.status();
-        status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS
+        self.status.is_informational() && self.status != StatusCode::SWITCHING_PROTOCOLS
+    }
+
+    /// The head as an `http` response, for hyper to write.
+    pub fn response(&self) -> Result<Response<()>, UpstreamError> {
+        let mut lines = self.head.split(|b| *b == b'\n').skip(1);
+        let mut headers = HeaderMap::new();
+        for line in lines.by_ref() {
+            let (name, value) = line
+                .split_at_checked(line.iter().position(|b| *b == b':').unwrap_or(0))
+                .ok_or_else(|| malformed("header line"))?;
+            let name = HeaderName::from_bytes(name).map_err(malformed)?;
+            let value = HeaderValue::from_bytes(value[1..].trim_ascii()).map_err(malformed)?;
+            headers.append(name, value);
+        }
+        let mut res = Response::new(());
+        *res.status_mut() = self.status;
+        *res.headers_mut() = headers;
+        Ok(res)
     }
 }
 
@@ -148,7 +171,7 @@ impl Upload {
                 match ready!(Pin::new(&mut *io).poll_write(cx, &self.out))? {
                     0 => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
                     n => {
-                        let _ = self.out.split_to(n);
+                        self.out.advance(n);
                         continue;
                     }
                 }
@@ -187,25 +210,25 @@ impl Upload {
     }
 }
 
-/// The request head for the instance: origin-form target, headers rewritten by `forwarding`.
-/// `length`: the body's declared length (the client's `Content-Length` is written from it,
-/// never copied); `chunked`: a body of unknown length follows.
-pub fn request_head(
-    parts: &request::Parts,
+/// The request head for the instance: `method` and `target` (origin form), the `headers`
+/// rewritten by `forwarding`; `length`: the body's declared length (the client's
+/// `Content-Length` is written from it, never copied); `chunked`: a body of unknown length
+/// follows.
+pub fn request_head<'a, I: Iterator<Item = (&'a str, &'a [u8])>>(
+    method: &str,
+    target: &str,
+    headers: impl Fn() -> I,
     forwarding: &Forwarding,
     upgrade: bool,
     length: Option<u64>,
     chunked: bool,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    // An absolute-form target (`GET http://other.host/x`) would name another authority than
-    // the Host that routed the request: the instance gets the origin form.
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    forwarding.write_headers(&parts.headers, upgrade, &mut out);
+    forwarding.write_headers(headers, upgrade, &mut out);
     if let Some(n) = length {
         out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
     } else if chunked {
@@ -352,20 +375,14 @@ impl Conn {
         }
     }
 
-    /// Parses a complete head at the start of the buffer, if there is one.
+    /// Parses a complete head at the start of the buffer, if there is one, and takes it out.
     fn parse_answer(&mut self, head_request: bool) -> Result<Option<Answer>, UpstreamError> {
-        let len = match parse(
-            &self.buf,
-            &mut [const { MaybeUninit::uninit() }; MAX_HEADERS],
-        ) {
-            Ok((httparse::Status::Complete(len), _)) => len,
+        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let (len, parsed) = match parse(&self.buf, &mut slots) {
+            Ok((httparse::Status::Complete(len), parsed)) => (len, parsed),
             Ok((httparse::Status::Partial, _)) => return Ok(None),
             Err(e) => return Err(malformed(e)),
         };
-        // Parsed again over the frozen head, so header values share its memory.
-        let raw = self.buf.split_to(len).freeze();
-        let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        let (_, parsed) = parse(&raw, &mut slots).map_err(malformed)?;
         let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(malformed)?;
         let upgraded = status == StatusCode::SWITCHING_PROTOCOLS;
 
@@ -417,7 +434,13 @@ impl Conn {
             && !(encoded && length.is_some())
             && !upgraded;
 
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 1);
+        let mut head = Vec::with_capacity(len + 32);
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        head.extend_from_slice(b"\r\n");
+        let mut dated = false;
         for h in parsed.headers.iter() {
             // With Transfer-Encoding, Content-Length is meaningless (and the body is decoded).
             if hop_by_hop(h.name, &connection, upgraded)
@@ -425,19 +448,18 @@ impl Conn {
             {
                 continue;
             }
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(malformed)?;
-            let value =
-                HeaderValue::from_maybe_shared(raw.slice_ref(h.value)).map_err(malformed)?;
-            headers.append(name, value);
+            dated |= h.name.eq_ignore_ascii_case("date");
+            line(&mut head, h.name, h.value);
         }
         if upgraded {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            line(&mut head, "connection", b"upgrade");
         }
-        let mut head = Response::new(());
-        *head.status_mut() = status;
-        *head.headers_mut() = headers;
+        head.truncate(head.len() - 2); // no CRLF after the last line
+        self.buf.advance(len);
         Ok(Some(Answer {
+            status,
             head,
+            dated,
             framing,
             reusable,
         }))
@@ -554,7 +576,7 @@ fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Piece, UpstreamEr
                 };
                 match consumed {
                     Some(n) => {
-                        let _ = buf.split_to(n);
+                        buf.advance(n);
                     }
                     None if buf.len() > MAX_CHUNK_META => {
                         return Err(malformed("chunk metadata too long"));
@@ -634,9 +656,10 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(a.head.status(), 200);
+        assert_eq!(a.status, 200);
         assert_eq!((a.framing, a.reusable), (Framing::Length(5), true));
-        let h = a.head.headers();
+        let res = a.response().unwrap();
+        let h = res.headers();
         assert_eq!(h["content-length"], "5");
         assert_eq!(h["x-app"], "yes");
         assert!(h.get("x-hop").is_none() && h.get("connection").is_none());
@@ -648,9 +671,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.framing, Framing::Chunked(Chunk::Size));
-        assert!(a.head.headers().get("content-length").is_none());
-        assert!(a.head.headers().get("transfer-encoding").is_none());
-        assert!(!a.reusable, "both framings: the connection is not trusted again");
+        assert!(
+            a.response()
+                .unwrap()
+                .headers()
+                .get("content-length")
+                .is_none()
+        );
+        assert!(
+            a.response()
+                .unwrap()
+                .headers()
+                .get("transfer-encoding")
+                .is_none()
+        );
+        assert!(
+            !a.reusable,
+            "both framings: the connection is not trusted again"
+        );
 
         let a = answer(
             b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n",
@@ -664,7 +702,7 @@ mod tests {
         assert_eq!((a.framing, a.reusable), (Framing::Close, false));
         let a = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true).unwrap();
         assert_eq!(a.framing, Framing::Length(0), "HEAD has no body");
-        assert_eq!(a.head.headers()["content-length"], "10");
+        assert_eq!(a.response().unwrap().headers()["content-length"], "10");
         let a = answer(
             b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
             false,
@@ -672,8 +710,8 @@ mod tests {
         .unwrap();
         assert_eq!(a.framing, Framing::Length(0));
         let a = answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", false).unwrap();
-        assert_eq!(a.head.headers()["upgrade"], "websocket");
-        assert_eq!(a.head.headers()["connection"], "upgrade");
+        assert_eq!(a.response().unwrap().headers()["upgrade"], "websocket");
+        assert_eq!(a.response().unwrap().headers()["connection"], "upgrade");
         assert!(!a.reusable);
 
         for bad in [

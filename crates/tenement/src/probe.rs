@@ -9,11 +9,35 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Where an instance listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Where an instance listens. Compared and hashed by the socket path's bytes (one `write`
+/// to the hasher, not `Path`'s component walk: the front door looks endpoints up twice per
+/// request).
+#[derive(Debug, Clone)]
 pub enum Endpoint {
     Unix(PathBuf),
     Tcp(u16),
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Endpoint::Unix(a), Endpoint::Unix(b)) => a.as_os_str() == b.as_os_str(),
+            (Endpoint::Tcp(a), Endpoint::Tcp(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Endpoint {}
+
+impl std::hash::Hash for Endpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            Endpoint::Unix(path) => state.write(path.as_os_str().as_bytes()),
+            Endpoint::Tcp(port) => state.write_u32(u32::from(*port) | 1 << 16),
+        }
+    }
 }
 
 /// A connected byte stream to an instance.
