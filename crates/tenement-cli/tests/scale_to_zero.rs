@@ -174,3 +174,25 @@ fn unknown_ids_are_404_unless_the_service_spawns_on_request() {
         (b.ps().len() == 2).then_some(())
     });
 }
+
+#[test]
+fn a_request_whose_client_hung_up_no_longer_keeps_the_instance_awake() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "sleepy:a"]);
+    // The app takes 40 s to answer; the client gives up after half a second.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /sleep?ms=40000 HTTP/1.1\r\nHost: a.sleepy.tenement.test\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(s);
+    // The abandoned request is dropped with the client: idle_timeout (1 s) puts the instance
+    // to sleep long before the app would have answered.
+    let started = std::time::Instant::now();
+    asleep(&b, "sleepy:a");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "stayed awake for the abandoned request"
+    );
+}

@@ -43,6 +43,9 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut buf = BytesMut::new();
+    // Bytes of `buf` known not to end a head: after a partial parse, httparse runs again only
+    // once a blank line has come (a head trickling in is not rescanned for every byte).
+    let mut scanned = None;
     let mut waiting_since = Instant::now();
     let timer = tokio::time::sleep(door.header_timeout);
     let stopping = shutdown.clone().cancelled_owned();
@@ -50,24 +53,44 @@ pub(crate) async fn serve(
     loop {
         // Parsed in place: the head's bytes stay in `buf` while the request is proxied.
         let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
-        match parse(&buf, &mut slots) {
-            Ok((httparse::Status::Complete(len), req)) => {
-                let Some(plan) = plan(&door, &req) else {
+        let parsed = match scanned {
+            Some(from) if !ends_head(&buf, from) => Ok((httparse::Status::Partial, None)),
+            _ => parse(&buf, &mut slots).map(|(status, req)| (status, Some(req))),
+        };
+        match parsed {
+            Ok((httparse::Status::Complete(len), Some(req))) => {
+                let Some(mut plan) = plan(&door, &req) else {
                     let read = buf.freeze();
                     return hand_over(door, stream, read, client, builder, shutdown).await;
                 };
+                // Shutting down: this answer says so, and is the last.
+                plan.close |= shutdown.is_cancelled();
                 let close = plan.close;
-                if !proxy(&door, &client, &req, plan, &mut stream).await || close {
-                    return;
-                }
-                if shutdown.is_cancelled() {
+                let (mut reader, mut writer) = stream.split();
+                let served = proxy(&door, &client, &req, plan, &mut writer);
+                let keep = if buf.len() == len {
+                    // Nothing more from the client yet: if it hangs up meanwhile (a long poll
+                    // or stream abandoned), the request is dropped, and with it the instance's
+                    // activity and the upstream connection, as hyper does.
+                    tokio::select! {
+                        biased;
+                        keep = served => keep,
+                        () = hung_up(&mut reader) => false,
+                    }
+                } else {
+                    served.await
+                };
+                if !keep || close {
                     return;
                 }
                 buf.advance(len); // a pipelined next request may follow
+                scanned = None;
                 waiting_since = Instant::now();
                 continue;
             }
-            Ok((httparse::Status::Partial, _)) if buf.len() <= door.max_head => {}
+            Ok((httparse::Status::Partial, _)) if buf.len() <= door.max_head => {
+                scanned = Some(buf.len());
+            }
             // Malformed or oversized: hyper answers it (400, 431).
             _ => return hand_over(door, stream, buf.freeze(), client, builder, shutdown).await,
         }
@@ -88,6 +111,30 @@ pub(crate) async fn serve(
             }
             () = &mut stopping => return,
         }
+    }
+}
+
+/// Whether `buf` may hold a whole head: a blank line (`\n\n` or `\n\r\n`) in the bytes from
+/// `from` on (or just before it).
+fn ends_head(buf: &[u8], from: usize) -> bool {
+    let mut at = from.saturating_sub(3);
+    while let Some(nl) = buf[at..].iter().position(|b| *b == b'\n') {
+        at += nl + 1;
+        match buf.get(at) {
+            Some(b'\n') => return true,
+            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Returns once the client has closed its side (or its connection failed); never if it sends
+/// more (a pipelined request: it is still there).
+async fn hung_up(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut byte = [0u8; 1];
+    if let Ok(1..) = reader.peek(&mut byte).await {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -133,7 +180,13 @@ fn plan(door: &FrontDoor, req: &httparse::Request<'_, '_>) -> Option<Plan> {
     }
     let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
     let path = req.path?;
-    if method == Method::CONNECT || !path.starts_with('/') {
+    // Origin form of plain URI characters only: anything else (a fragment, characters a URI
+    // may not hold, an absolute or asterisk form, a huge target) is hyper's to judge.
+    if method == Method::CONNECT
+        || !path.starts_with('/')
+        || path.len() > 65_534
+        || !path.bytes().all(uri_char)
+    {
         return None;
     }
     let (mut host, mut close, mut length) = (None, false, None);
@@ -170,13 +223,18 @@ fn plan(door: &FrontDoor, req: &httparse::Request<'_, '_>) -> Option<Plan> {
     }
 }
 
+/// RFC 3986 unreserved, sub-delims, `:@/?%`.
+fn uri_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)
+}
+
 /// Proxies one request and answers it; whether the connection can carry another.
 async fn proxy(
     door: &FrontDoor,
     client: &Client,
     req: &httparse::Request<'_, '_>,
     plan: Plan,
-    stream: &mut TcpStream,
+    stream: &mut tokio::net::tcp::WriteHalf<'_>,
 ) -> bool {
     let started = Instant::now();
     let service = match &plan.target {
@@ -236,6 +294,8 @@ async fn proxy(
                     (answer.status, stream.write_all(&out).await.is_ok())
                 }
                 Ok((answer, Reply::Stream(mut conn))) => {
+                    // Counted when the head is ready, as on hyper's path (a stream may be long).
+                    door.record(service, answer.status, started);
                     let chunked = !matches!(answer.framing, Framing::Length(_));
                     answer_head(&mut out, &answer, chunked, plan.close);
                     let sent = stream.write_all(&out).await.is_ok()
@@ -243,7 +303,7 @@ async fn proxy(
                     if sent && answer.reusable {
                         door.pool.put(endpoint, conn);
                     }
-                    (answer.status, sent)
+                    return sent;
                 }
             }
             // The lease (and with it the instance's activity) ends here, the body sent.
@@ -255,7 +315,12 @@ async fn proxy(
 
 /// Copies a streamed body from the instance to the client, chunk-framed when its length is
 /// not known; whether it all went through.
-async fn relay(conn: &mut Conn, mut framing: Framing, chunked: bool, to: &mut TcpStream) -> bool {
+async fn relay(
+    conn: &mut Conn,
+    mut framing: Framing,
+    chunked: bool,
+    to: &mut (impl AsyncWrite + Unpin),
+) -> bool {
     let mut framed = Vec::new();
     loop {
         let piece = match poll_fn(|cx| conn.poll_piece(cx, &mut framing)).await {
