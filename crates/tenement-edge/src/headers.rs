@@ -135,9 +135,10 @@ pub fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &[u8])> {
         .map(|(name, value)| (name.as_str(), value.as_bytes()))
 }
 
-/// One `name: value` header line.
+/// One `name: value` header line, the name in lower case (as hyper writes them, so an app or
+/// client sees the same spelling whichever path a request took).
 pub fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+    out.extend(name.bytes().map(|b| b.to_ascii_lowercase()));
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
