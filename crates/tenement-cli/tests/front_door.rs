@@ -354,6 +354,10 @@ fn idle_and_slow_clients_are_cut_off_after_header_timeout() {
         "a slow head was answered: {answer:?}"
     );
     assert!(started.elapsed().as_secs() < 20);
+    // upstream_timeout (2 s) runs on the same per-connection timer as header_timeout (1 s):
+    // an answer after 1.5 s is waited for, one after 4 s is a 504.
+    assert_eq!(text(&addr, host, "/sleep?ms=1500"), (200, "slept".into()));
+    assert_eq!(text(&addr, host, "/sleep?ms=4000").0, 504);
     // An answer that streams for longer than header_timeout is not cut.
     let mut r = get(&addr, host, "/drip?n=3&ms=800").unwrap();
     assert_eq!(r.status, 200);

@@ -11,6 +11,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod fnv;
 mod id;
 pub mod lifecycle;
 pub mod route;

@@ -24,6 +24,7 @@ use hyper::{Method, StatusCode};
 use tenement_core::route::Target;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
 use crate::frontdoor::{Client, FrontDoor, serve_hyper, unavailable_status};
@@ -67,7 +68,7 @@ pub(crate) async fn serve(
                 plan.close |= shutdown.is_cancelled();
                 let close = plan.close;
                 let (mut reader, mut writer) = stream.split();
-                let served = proxy(&door, &client, &req, plan, &mut writer);
+                let served = proxy(&door, &client, &req, plan, &mut writer, timer.as_mut());
                 let keep = if buf.len() == len {
                     // Nothing more from the client yet: if it hangs up meanwhile (a long poll
                     // or stream abandoned), the request is dropped, and with it the instance's
@@ -86,6 +87,11 @@ pub(crate) async fn serve(
                 buf.advance(len); // a pipelined next request may follow
                 scanned = None;
                 waiting_since = Instant::now();
+                // The timer may have been moved on for the answer: bring it back.
+                let due = (waiting_since + door.header_timeout).into();
+                if timer.deadline() > due {
+                    timer.as_mut().reset(due);
+                }
                 continue;
             }
             Ok((httparse::Status::Partial, _)) if buf.len() <= door.max_head => {
@@ -235,6 +241,7 @@ async fn proxy(
     req: &httparse::Request<'_, '_>,
     plan: Plan,
     stream: &mut tokio::net::tcp::WriteHalf<'_>,
+    timer: Pin<&mut Sleep>,
 ) -> bool {
     let started = Instant::now();
     let service = match &plan.target {
@@ -261,6 +268,7 @@ async fn proxy(
                 false,
             );
             let (endpoint, mut no_body) = (lease.endpoint(), None);
+            let expired = lapse(timer, started + door.limits.upstream_timeout);
             let fetched = fetch(
                 &door.pool,
                 endpoint,
@@ -268,7 +276,7 @@ async fn proxy(
                 &mut no_body,
                 &plan.method,
                 false,
-                door.limits,
+                expired,
             );
             match fetched.await {
                 Err(failure) => {
@@ -311,6 +319,23 @@ async fn proxy(
     };
     door.record(service, status, started);
     keep
+}
+
+/// Resolves at `deadline`, on the connection's one timer (the header timer, idle while a
+/// request is proxied): moved to `deadline` only when it fires earlier, so a request that is
+/// answered in time costs no timer work.
+async fn lapse(mut timer: Pin<&mut Sleep>, deadline: Instant) {
+    let deadline = deadline.into();
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
+    loop {
+        timer.as_mut().await;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        timer.as_mut().reset(deadline);
+    }
 }
 
 /// Copies a streamed body from the instance to the client, chunk-framed when its length is

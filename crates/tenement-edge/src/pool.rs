@@ -5,7 +5,6 @@
 //! body has been read to the end, so a pooled connection is always ready for a new request.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tenement::probe::Endpoint;
+use tenement_core::fnv::Fnv;
 
 use crate::upstream::{Conn, Framing, UpstreamError};
 
@@ -24,31 +24,11 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct Pool {
-    idle: Mutex<HashMap<Endpoint, Idle, BuildHasherDefault<Fnv>>>,
+    idle: Mutex<HashMap<Endpoint, Idle, Fnv>>,
 }
 
 /// Idle connections to one endpoint, each with when it was given back.
 type Idle = Vec<(Conn, Instant)>;
-
-/// FNV-1a: the pool is looked up twice per request, and its keys are socket paths from the
-/// configuration, never client input, so a DoS-resistant hash buys nothing here.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        if self.0 == 0 {
-            self.0 = 0xcbf2_9ce4_8422_2325;
-        }
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 impl Pool {
     /// An idle connection to `endpoint` that the instance has not closed meanwhile (`true`:

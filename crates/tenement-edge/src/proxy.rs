@@ -83,6 +83,7 @@ pub async fn forward(
         chunked,
     );
     let endpoint = lease.endpoint();
+    let expired = tokio::time::sleep(limits.upstream_timeout);
     let fetched = fetch(
         pool,
         endpoint,
@@ -90,7 +91,7 @@ pub async fn forward(
         &mut upload,
         &parts.method,
         upgrade,
-        limits,
+        expired,
     );
     let (answer, reply) = match fetched.await {
         Ok(answer) => answer,
@@ -142,7 +143,7 @@ impl Failure {
 }
 
 /// Sends the request (`head`, then `upload`) and reads the answer's head, and a small body
-/// whole, within `upstream_timeout`.
+/// whole, unless `expired` (the `upstream_timeout`) comes first.
 pub async fn fetch(
     pool: &Pool,
     endpoint: &Endpoint,
@@ -150,7 +151,7 @@ pub async fn fetch(
     upload: &mut Option<Upload>,
     method: &Method,
     upgrade: bool,
-    limits: Limits,
+    expired: impl Future<Output = ()>,
 ) -> Result<(Answer, Reply), Failure> {
     let exchange = async {
         let (mut conn, answer) = send(pool, endpoint, head, upload, method, upgrade).await?;
@@ -170,16 +171,17 @@ pub async fn fetch(
             _ => Ok((answer, Reply::Stream(conn))),
         }
     };
-    match tokio::time::timeout(limits.upstream_timeout, exchange).await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(e @ UpstreamError::TooLarge)) => Err(Failure(StatusCode::PAYLOAD_TOO_LARGE, e)),
-        Ok(Err(e @ UpstreamError::Client(_))) => Err(Failure(StatusCode::BAD_REQUEST, e)),
-        Ok(Err(e)) => Err(Failure(StatusCode::BAD_GATEWAY, e)),
-        Err(_) => Err(Failure(
-            StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::TimedOut,
-        )),
-    }
+    let outcome = tokio::select! {
+        biased;
+        outcome = exchange => outcome,
+        () = expired => Err(UpstreamError::TimedOut),
+    };
+    outcome.map_err(|e| match e {
+        UpstreamError::TooLarge => Failure(StatusCode::PAYLOAD_TOO_LARGE, e),
+        UpstreamError::Client(_) => Failure(StatusCode::BAD_REQUEST, e),
+        UpstreamError::TimedOut => Failure(StatusCode::GATEWAY_TIMEOUT, e),
+        e => Failure(StatusCode::BAD_GATEWAY, e),
+    })
 }
 
 /// An instance's answer past its head.

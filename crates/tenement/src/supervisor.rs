@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tenement_core::InstanceKey;
 use tenement_core::config::{Config, Listen, Service, Vars};
+use tenement_core::fnv::Fnv;
 use tenement_core::lifecycle::Input;
 use tenement_runtime::cgroup::Cgroups;
 use tenement_runtime::storage::{self, Quota};
@@ -36,7 +37,7 @@ struct Inner {
     cgroups: Option<&'static Cgroups>,
     store: Store,
     tokens: crate::Tokens,
-    registry: Mutex<HashMap<InstanceKey, InstanceHandle>>,
+    registry: Mutex<HashMap<InstanceKey, InstanceHandle, Fnv>>,
     /// Keys being created right now (so two creates of one key never both touch its files).
     creating: Mutex<std::collections::HashSet<InstanceKey>>,
     /// Keys being stopped for good (`ten stop`): their data goes even during a shutdown.
@@ -68,7 +69,7 @@ impl Supervisor {
                 cgroups,
                 tokens: crate::Tokens::new(store.clone()),
                 store,
-                registry: Mutex::new(HashMap::new()),
+                registry: Mutex::new(HashMap::default()),
                 creating: Mutex::default(),
                 forgetting: Mutex::default(),
                 ports: Mutex::new(Ports::default()),
@@ -107,7 +108,7 @@ impl Supervisor {
 
     pub(crate) fn registry(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, InstanceHandle>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<InstanceKey, InstanceHandle, Fnv>> {
         self.inner
             .registry
             .lock()
