@@ -9,7 +9,8 @@ Same backend, same run: one instance of the compiled fixture app (crates/fixture
   2. `ten serve` on TCP with Host a.tiny.bench.test,
   3. nginx (when installed) on TCP, proxying to the same socket with upstream keepalive
      (2 workers, reuseport, no keep-alive request cap: its best setup for this test),
-alternating for --rounds rounds, since this shared machine drifts between runs.
+alternating for --rounds rounds (ten serve and nginx swap places each round), since this
+shared machine drifts between runs.
 Cold wake: an instance with idle_timeout = 1 is left to sleep, then one request is timed
 through `ten serve`; the app's own start-to-listen time (measured by starting the same command
 by hand and polling its socket) is subtracted. Prints markdown tables.
@@ -182,7 +183,10 @@ http {{
         rps = {name: [] for name, _, _ in runs}
         tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
         for round_ in range(1, a.rounds + 1):
-            for name, args, pids in runs:
+            # The proxies swap places every round, so neither always runs right after the
+            # direct path (or first after a quiet spell of this shared machine).
+            order = runs if round_ % 2 else [runs[0], *reversed(runs[1:])]
+            for name, args, pids in order:
                 before = cpu_ticks(pids)
                 r = loadgen(args, a.seconds, a.connections)
                 after, n = cpu_ticks(pids), int(r["requests"])
