@@ -489,3 +489,33 @@ impl AsyncWrite for Rewind {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blank_line_is_found_however_the_head_arrives() {
+        let head = b"GET / HTTP/1.1\r\nHost: a.web.example.com\r\n\r\n";
+        assert!(ends_head(head, 0));
+        assert!(!ends_head(&head[..head.len() - 1], 0));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        // The blank line completed by the last byte read, its start read earlier.
+        for split in head.len() - 4..head.len() {
+            assert!(ends_head(head, split), "new bytes from {split}");
+        }
+        assert!(ends_head(b"GET / HTTP/1.1\nHost: a\n\n", 10), "bare LF");
+    }
+
+    #[test]
+    fn only_plain_uri_characters_take_the_fast_path() {
+        assert!(
+            b"/a/b-c_d.e~f?x=1&y=%20;z@:!$'()*+,"
+                .iter()
+                .all(|b| uri_char(*b))
+        );
+        for b in [b'#', b'<', b'>', b'"', b'`', b' ', b'{', b'\\', 0x80] {
+            assert!(!uri_char(b), "{}", b as char);
+        }
+    }
+}
