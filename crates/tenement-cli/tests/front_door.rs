@@ -203,18 +203,8 @@ fn an_interim_answer_before_the_body_is_read_does_not_stop_the_upload() {
     b.ten_ok(&["spawn", "web:a"]);
     // The app sends 103 Early Hints, then reads the 2 MB body, then answers.
     let len = 2 * 1024 * 1024;
-    let mut up = Zeros(len);
-    let mut r = http::request(
-        &addr,
-        "a.web.tenement.test",
-        "POST",
-        "/upload?hints=1",
-        &[],
-        Some((len, &mut up)),
-    )
-    .unwrap();
     assert_eq!(
-        (r.status, r.text().unwrap()),
+        upload(&addr, "/upload?hints=1", len),
         (200, format!("received {len} bytes"))
     );
 }
@@ -364,6 +354,14 @@ fn idle_and_slow_clients_are_cut_off_after_header_timeout() {
     assert_eq!(r.text().unwrap(), "chunk 0\nchunk 1\nchunk 2\n");
 }
 
+/// POSTs `len` bytes (never all held in memory) to web:a at `path`: status and answer.
+fn upload(addr: &str, path: &str, len: u64) -> (u16, String) {
+    let mut up = Zeros(len);
+    let host = "a.web.tenement.test";
+    let mut r = http::request(addr, host, "POST", path, &[], Some((len, &mut up))).unwrap();
+    (r.status, r.text().unwrap())
+}
+
 /// A reader of `n` bytes that never holds them all.
 struct Zeros(u64);
 
@@ -396,18 +394,8 @@ fn twenty_mb_up_and_down_are_streamed() {
     b.ten_ok(&["spawn", "web:a"]);
     let before = rss_kb(b.server_pid());
     let len = 20 * 1024 * 1024u64;
-    let mut up = Zeros(len);
-    let mut r = http::request(
-        &addr,
-        "a.web.tenement.test",
-        "POST",
-        "/upload",
-        &[],
-        Some((len, &mut up)),
-    )
-    .unwrap();
     assert_eq!(
-        (r.status, r.text().unwrap()),
+        upload(&addr, "/upload", len),
         (200, format!("received {len} bytes"))
     );
     let mut down = get(&addr, "a.web.tenement.test", "/download?mb=20").unwrap();

@@ -27,10 +27,11 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use crate::framing::Framing;
 use crate::frontdoor::{Client, FrontDoor, serve_hyper, unavailable_status};
 use crate::headers::{connection_tokens, line};
 use crate::proxy::{Reply, fetch};
-use crate::upstream::{Answer, Conn, Framing, request_head};
+use crate::upstream::{Answer, Conn, request_head};
 
 /// Most header lines in a request head the fast path takes (hyper's limit too).
 const MAX_HEADERS: usize = 100;

@@ -121,7 +121,7 @@ pub async fn front_door(
                     .expect("a tokio runtime");
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a listening socket");
-                    accept_loop(listener, Arc::new(door), header_timeout, max_buf, shutdown).await
+                    accept_loop(listener, Arc::new(door), shutdown).await
                 })
             });
         threads.extend(thread.ok());
@@ -130,18 +130,12 @@ pub async fn front_door(
         tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    door: Arc<FrontDoor>,
-    header_timeout: Duration,
-    max_buf: usize,
-    shutdown: CancellationToken,
-) {
+async fn accept_loop(listener: TcpListener, door: Arc<FrontDoor>, shutdown: CancellationToken) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .max_buf_size(max_buf)
+        .header_read_timeout(door.header_timeout)
+        .max_buf_size(door.max_head)
         .keep_alive(true);
     let connections = tokio_util::task::TaskTracker::new();
     let pool = door.pool.clone();

@@ -16,6 +16,7 @@ mod auth;
 mod dashboard;
 mod error;
 mod fast;
+mod framing;
 mod frontdoor;
 mod headers;
 mod logs_api;

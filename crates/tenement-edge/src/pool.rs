@@ -15,7 +15,8 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tenement::probe::Endpoint;
 use tenement_core::fnv::Fnv;
 
-use crate::upstream::{Conn, Framing, UpstreamError};
+use crate::framing::Framing;
+use crate::upstream::{Conn, UpstreamError};
 
 /// Idle connections kept per instance and thread.
 const IDLE_PER_INSTANCE: usize = 64;
@@ -165,38 +166,41 @@ impl HttpBody for Streaming {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A tiny HTTP/1 server on a real Unix socket: answers `n` requests per connection, then
-    /// closes it; counts connections.
-    fn serve(
+    /// A tiny HTTP/1 app on a real Unix socket. On each connection it reads requests and
+    /// follows `script`: `true` answers `200 ok`, `false` closes without answering; at the end
+    /// of the script it closes. Counts connections. (Also used by proxy.rs's tests.)
+    pub(crate) fn app(
         path: &std::path::Path,
-        per_conn: usize,
-    ) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        script: Vec<bool>,
+    ) -> Arc<std::sync::atomic::AtomicUsize> {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = conns.clone();
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let script = script.clone();
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    for _ in 0..per_conn {
+                    let mut buf = [0u8; 4096];
+                    for answer in script {
                         let mut got = Vec::new();
                         while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let n = s.read(&mut buf).await.unwrap();
-                            if n == 0 {
-                                return;
+                            match s.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
                             }
-                            got.extend_from_slice(&buf[..n]);
                         }
-                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await
-                            .unwrap();
+                        if !answer {
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        s.write_all(ok).await.unwrap();
                     }
                 });
             }
@@ -224,7 +228,7 @@ mod tests {
             unreachable!()
         };
         // The app closes each connection after 3 requests.
-        let conns = serve(path, 3);
+        let conns = app(path, vec![true; 3]);
         let pool = Pool::default();
         for _ in 0..9 {
             let (status, framing, mut conn, reusable) = get(&pool, &endpoint).await;
@@ -246,7 +250,7 @@ mod tests {
         let Endpoint::Unix(path) = &endpoint else {
             unreachable!()
         };
-        let conns = serve(path, 100);
+        let conns = app(path, vec![true; 100]);
         let pool = Arc::new(Pool::default());
         let (_, framing, conn, reusable) = get(&pool, &endpoint).await;
         let mut body = Streaming::new(conn, framing, reusable, pool.clone(), endpoint.clone());

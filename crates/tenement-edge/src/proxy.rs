@@ -16,9 +16,10 @@ use tenement::{ActivityGuard, Lease};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use crate::framing::Framing;
 use crate::headers::{Forwarding, pairs, wants_upgrade};
 use crate::pool::{Pool, Streaming};
-use crate::upstream::{Answer, Conn, Framing, Upload, UpstreamError, idempotent, request_head};
+use crate::upstream::{Answer, Conn, Upload, UpstreamError, idempotent, request_head};
 
 /// Front-door limits, from `[settings]`.
 #[derive(Debug, Clone, Copy)]
@@ -269,40 +270,7 @@ impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Guarded<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::AsyncReadExt;
-
-    /// An app on a real Unix socket that answers the first request on each connection and
-    /// then reads the next one and closes without answering: a keep-alive connection that
-    /// dies under the next request. Counts connections.
-    fn flaky(path: &std::path::Path) -> Arc<AtomicUsize> {
-        let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let counted = conns.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                counted.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    for answer in [true, false] {
-                        let mut got = Vec::new();
-                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => got.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        if answer {
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            s.write_all(ok).await.unwrap();
-                        }
-                    }
-                });
-            }
-        });
-        conns
-    }
+    use std::sync::atomic::Ordering;
 
     async fn once(pool: &Pool, endpoint: &Endpoint, method: Method) -> Result<u16, String> {
         let head = format!("{method} / HTTP/1.1\r\nhost: a.web.example.com\r\n\r\n");
@@ -321,7 +289,9 @@ mod tests {
         let Endpoint::Unix(path) = &endpoint else {
             unreachable!()
         };
-        let conns = flaky(path);
+        // The app answers the first request on each connection, then reads the next one and
+        // closes without answering: a kept-alive connection that dies under the next request.
+        let conns = crate::pool::tests::app(path, vec![true, false]);
         let pool = Pool::default();
         assert_eq!(once(&pool, &endpoint, Method::GET).await, Ok(200));
         // The pooled connection dies under this GET: it goes again on a new connection.
