@@ -67,7 +67,11 @@ impl Client {
         let data_dir = match data_dir {
             Some(d) => d,
             None => match crate::config_file::find(config) {
-                Ok(_) => crate::config_file::load(config)?.settings.data_dir,
+                Ok(_) => {
+                    crate::config_file::load_for_client(config)?
+                        .settings
+                        .data_dir
+                }
                 Err(_) => PathBuf::from("/var/lib/tenement"),
             },
         };

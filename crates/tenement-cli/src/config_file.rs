@@ -30,7 +30,18 @@ pub fn find(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Finds and loads the configuration; the error lists every problem.
 pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(&found(explicit)?)?)
+}
+
+/// The configuration as a client command needs it (to find `data_dir`): a `${VAR}` that only
+/// the server's environment has (`SECRET_KEY=... ten serve`) reads as empty here rather than
+/// failing `ten ps` in another shell.
+pub fn load_for_client(explicit: Option<&Path>) -> anyhow::Result<Config> {
+    let lenient = |name: &str| Some(std::env::var(name).unwrap_or_default());
+    Ok(Config::load_with(&found(explicit)?, &lenient)?)
+}
+
+fn found(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = find(explicit)?;
-    let path = std::path::absolute(&path).unwrap_or(path);
-    Ok(Config::load(&path)?)
+    Ok(std::path::absolute(&path).unwrap_or(path))
 }

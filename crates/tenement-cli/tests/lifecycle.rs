@@ -98,6 +98,50 @@ fn spawn_serves_on_its_socket_with_a_clean_environment() {
 }
 
 #[test]
+fn env_values_from_the_server_and_the_instance() {
+    let mut b = Building::new(
+        TEN,
+        r#"
+[settings]
+data_dir = "{dir}/data"
+
+[service.web]
+command = "{fixture}"
+socket = "{dir}/sock/{name}-{id}.sock"
+isolation = "process"
+
+[service.web.env]
+SECRET = "${TEN_TEST_SECRET}"
+LISTEN = "port ${PORT} at ${SOCKET_PATH}"
+WORKERS = 4
+"#,
+    );
+    // `ten serve` has a PORT of its own: the instance must get its own, not that one.
+    b.start_with_env(&[("TEN_TEST_SECRET", "s3cret"), ("PORT", "1")]);
+    // Client commands run in a shell without TEN_TEST_SECRET.
+    b.ten_ok(&["spawn", "web:a"]);
+    let port = b.instance("web:a").unwrap()["port"].as_u64().unwrap();
+    let socket = b.socket("web:a");
+    let (_, env) = get_unix(&socket, "/env").unwrap();
+    for want in [
+        "SECRET=s3cret".to_owned(),
+        format!("LISTEN=port {port} at {}", socket.display()),
+        "WORKERS=4".to_owned(),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} not in\n{env}");
+    }
+    // Found through the configuration's data_dir, whose ${TEN_TEST_SECRET} this shell lacks.
+    let ps = std::process::Command::new(TEN)
+        .args(["ps", "--config"])
+        .arg(b.config_path())
+        .env_remove("TEN_TEST_SECRET")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.status.success() && out.contains("web:a"), "{out}");
+}
+
+#[test]
 fn stop_leaves_no_process_no_socket_no_data() {
     let mut b = Building::new(TEN, CONFIG);
     b.start();

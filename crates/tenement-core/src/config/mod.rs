@@ -200,6 +200,14 @@ impl Config {
     /// Reads and validates a configuration file, with `${VAR}` taken from the process
     /// environment.
     pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+        Self::load_with(file, &|name| std::env::var(name).ok())
+    }
+
+    /// Reads and validates a configuration file; `env` answers `${VAR}` lookups.
+    pub fn load_with(
+        file: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
         let src = std::fs::read_to_string(file).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 file: file.to_path_buf(),
@@ -209,7 +217,7 @@ impl Config {
                 message: format!("cannot read configuration: {e}"),
             }])
         })?;
-        Self::parse(&src, file, &|name| std::env::var(name).ok())
+        Self::parse(&src, file, env)
     }
 
     /// Parses `src` as if read from `file`; `env` answers `${VAR}` lookups.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::parse::{DAY, Env, choice, resolve, template};
 use super::template::{ALL_VARS, SOCKET_VARS, Template};
-use super::walk::{Ctx, Fields, expect_string};
+use super::walk::{Ctx, Fields, expect_scalar};
 use super::{Isolation, Listen, RestartPolicy, Service};
 
 const SERVICE: &[&str] = &[
@@ -192,7 +192,7 @@ fn env_table(ctx: &mut Ctx<'_>, mut f: Fields<'_>, env: Env<'_>) -> BTreeMap<Str
             ctx.error(key_span, &field, "not a valid environment variable name");
             continue;
         }
-        if let Some(raw) = expect_string(ctx, &field, value)
+        if let Some(raw) = expect_scalar(ctx, &field, value)
             && let Some(t) = template(ctx, &field, raw, ALL_VARS, env)
         {
             out.insert(key, t);

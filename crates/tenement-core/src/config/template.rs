@@ -1,9 +1,11 @@
 //! `{placeholder}` and `${VAR}` templates in commands, args, env values and socket paths.
 //!
 //! `${VAR}` is read from the host environment once, when the configuration is loaded (an unset
-//! variable is a configuration error naming it). `{name}`-style placeholders are filled in per
-//! instance at spawn time. `{word}` with an unknown word is an error; braces around anything that
-//! is not a lowercase word (JSON, say) are left alone.
+//! variable is a configuration error naming it), except for the variables every instance is
+//! given (`PORT`, `SOCKET_PATH`, `INSTANCE_ID`, `SERVICE_NAME`): those are the instance's own.
+//! `{name}`-style placeholders are filled in per instance at spawn time. `{word}` with an
+//! unknown word is an error; braces around anything that is not a lowercase word (JSON, say)
+//! are left alone.
 
 use serde::Serialize;
 
@@ -132,6 +134,18 @@ fn placeholders(s: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The variables every instance is given, as the placeholders of their values: `${PORT}` in
+/// a command is the instance's port, never one `ten` happens to have in its own environment.
+fn instance_var(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "PORT" => "{port}",
+        "SOCKET_PATH" => "{socket}",
+        "INSTANCE_ID" => "{id}",
+        "SERVICE_NAME" => "{name}",
+        _ => return None,
+    })
+}
+
 fn resolve_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
@@ -149,9 +163,10 @@ fn resolve_env(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
         if name.is_empty() || !valid {
             return Err(format!("invalid environment variable name ${{{name}}}"));
         }
-        match env(name) {
-            Some(value) => out.push_str(&value),
-            None => return Err(format!("environment variable {name} is not set")),
+        match (instance_var(name), env(name)) {
+            (Some(placeholder), _) => out.push_str(placeholder),
+            (None, Some(value)) => out.push_str(&value),
+            (None, None) => return Err(format!("environment variable {name} is not set")),
         }
         rest = &after[end + 1..];
     }
@@ -183,6 +198,10 @@ mod tests {
             ("{data_dir}/{name}/{id}/x", "/var/lib/t/api/prod/x"),
             ("{data_dir}/cache", "/var/lib/t/cache"),
             ("${SECRET}-{name}", "s3cret-api"),
+            (
+                "app --port ${PORT} --socket ${SOCKET_PATH} ${SERVICE_NAME}:${INSTANCE_ID}",
+                "app --port 30001 --socket /tmp/api-prod.sock api:prod",
+            ),
             ("{socket} {port}", "/tmp/api-prod.sock 30001"),
             (r#"{"json": 1}"#, r#"{"json": 1}"#),
             ("{ {id}}", "{ prod}"),
@@ -207,5 +226,6 @@ mod tests {
             assert!(err.contains(want), "{raw}: {err}");
         }
         assert!(Template::parse("{socket}", SOCKET_VARS, &env).is_err());
+        assert!(Template::parse("${SOCKET_PATH}", SOCKET_VARS, &env).is_err());
     }
 }

@@ -159,6 +159,42 @@ args = [1]
 }
 
 #[test]
+fn env_scalars_and_the_instance_variables() {
+    let src = r#"
+[service.api]
+command = "sh -c 'exec app --port ${PORT}'"
+args = ["--socket", "${SOCKET_PATH}"]
+[service.api.env]
+WORKERS = 4
+RATIO = 0.5
+DEBUG = false
+ME = "${SERVICE_NAME}:${INSTANCE_ID}"
+"#;
+    // `PORT` set for `ten` itself must not leak into the instance's command.
+    let c = Config::parse(src, Path::new("/t.toml"), &|k| {
+        (k == "PORT").then(|| "8080".into())
+    })
+    .unwrap();
+    let api = &c.services[&"api".parse().unwrap()];
+    assert_eq!(api.command.as_str(), "sh -c 'exec app --port {port}'");
+    assert_eq!(api.args[1].as_str(), "{socket}");
+    let env: Vec<(&str, &str)> = api
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("DEBUG", "false"),
+            ("ME", "{name}:{id}"),
+            ("RATIO", "0.5"),
+            ("WORKERS", "4")
+        ]
+    );
+}
+
+#[test]
 fn rejected_configs() {
     let table = [
         (
@@ -177,6 +213,10 @@ fn rejected_configs() {
         (
             "[service.api]\ncommand = \"x\"\n[service.api.env]\nK = \"${NOPE}\"\n",
             "service.api.env.K: environment variable NOPE is not set",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\n[service.api.env]\nK = [1]\n",
+            "service.api.env.K: expected a string, number or boolean, found array",
         ),
         (
             "[service.api]\ncommand = \"x {nope}\"\n",

@@ -184,6 +184,32 @@ pub(crate) fn expect_string(
     }
 }
 
+/// A string, or a number or boolean taken as written (`WORKERS = 4` in an `env` table).
+pub(crate) fn expect_scalar(
+    ctx: &mut Ctx<'_>,
+    field: &str,
+    mut value: Value<'_>,
+) -> Option<(String, Span)> {
+    let span = value.span;
+    match value.take() {
+        ValueInner::String(s) => Some((s.into_owned(), span)),
+        ValueInner::Integer(n) => Some((n.to_string(), span)),
+        ValueInner::Float(x) => Some((x.to_string(), span)),
+        ValueInner::Boolean(b) => Some((b.to_string(), span)),
+        other => {
+            ctx.error(
+                span,
+                field,
+                format!(
+                    "expected a string, number or boolean, found {}",
+                    other.type_str()
+                ),
+            );
+            None
+        }
+    }
+}
+
 pub(crate) fn expect_strings(
     ctx: &mut Ctx<'_>,
     field: &str,
