@@ -107,6 +107,27 @@ fn a_restart_brings_scale_to_zero_instances_back_asleep() {
 }
 
 #[test]
+fn listed_instances_start_with_the_server_even_if_they_scale_to_zero() {
+    let mut b = Building::new(
+        TEN,
+        &format!("{CONFIG}\n[instances]\nsleepy = [\"listed\"]\n"),
+    );
+    for round in 1..=2 {
+        b.start();
+        // Started by `ten serve` itself, with no request, then asleep once idle.
+        wait_for("[instances] entry started", SOON, || {
+            let logs = b.ten(&["logs", "sleepy:listed", "--limit", "1000"]).stdout;
+            let started = String::from_utf8_lossy(&logs)
+                .matches("fixture started")
+                .count();
+            (started == round).then_some(())
+        });
+        asleep(&b, "sleepy:listed");
+        b.terminate();
+    }
+}
+
+#[test]
 fn an_open_websocket_or_stream_keeps_it_awake() {
     let mut b = Building::new(TEN, CONFIG);
     b.start();

@@ -407,9 +407,10 @@ impl Supervisor {
     }
 
     /// Brings back every recorded instance and the configuration's `[instances]`, all at once;
-    /// one failure is logged and does not hold up the others. Instances of services that scale
-    /// to zero (`idle_timeout` > 0) come back asleep and start on their first request, so a
-    /// restart does not start a thousand mostly idle processes at once.
+    /// one failure is logged and does not hold up the others. `[instances]` start, as the
+    /// configuration asks. Other instances of services that scale to zero (`idle_timeout` > 0)
+    /// come back asleep and start on their first request, so a restart does not start a
+    /// thousand mostly idle processes at once.
     pub async fn restore(&self) {
         let store = self.inner.store.clone();
         let recorded = match tokio::task::spawn_blocking(move || store.list())
@@ -431,11 +432,11 @@ impl Supervisor {
         let mut starts = tokio::task::JoinSet::new();
         for (key, weight) in wanted {
             let me = self.clone();
-            let asleep = me
-                .inner
-                .config
-                .service(&key.service)
-                .is_some_and(|s| s.idle_timeout > 0);
+            let config = &me.inner.config;
+            let asleep = !config.instances.contains(&key)
+                && config
+                    .service(&key.service)
+                    .is_some_and(|s| s.idle_timeout > 0);
             starts.spawn(async move {
                 let result = match me.create(&key, weight, asleep).await {
                     Ok(_) if asleep => Ok(()),
