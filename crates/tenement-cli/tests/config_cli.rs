@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use test_support::Building;
+use test_support::{Building, SOON, wait_for};
 
 const TEN: &str = env!("CARGO_BIN_EXE_ten");
 
@@ -152,4 +152,15 @@ fn process_alias_runtime_alias_and_duplicates() {
         err.contains("defined in both [service] and [process]"),
         "{err}"
     );
+}
+
+#[test]
+fn serve_takes_the_tls_flags_and_says_it_still_serves_plain_http() {
+    let mut b = Building::new(TEN, "[service.web]\ncommand = \"{fixture}\"\n");
+    b.start_with(&["--tls", "--email", "ops@example.com", "--staging"], &[]);
+    wait_for("the TLS warning", SOON, || {
+        b.serve_log()
+            .contains("ACME/TLS is not built yet: serving plain HTTP only")
+            .then_some(())
+    });
 }

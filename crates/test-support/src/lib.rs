@@ -166,6 +166,11 @@ impl Building {
 
     /// [`Building::start`] with extra environment variables for `ten serve`.
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
+        self.start_with(&[], env);
+    }
+
+    /// [`Building::start`] with extra arguments and environment variables for `ten serve`.
+    pub fn start_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.server.is_none(), "already started");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -182,6 +187,7 @@ impl Building {
                 "--domain",
                 DOMAIN,
             ])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -31,6 +31,15 @@ pub struct Args {
     /// Domain for subdomain routing (`prod.api.DOMAIN`).
     #[arg(long, default_value = "localhost")]
     domain: String,
+    /// Turn on TLS with ACME ([settings.tls] enabled; not built yet: warns, serves HTTP).
+    #[arg(long)]
+    tls: bool,
+    /// ACME account email ([settings.tls] acme_email).
+    #[arg(long, value_name = "EMAIL")]
+    email: Option<String>,
+    /// Use the ACME staging environment ([settings.tls] staging).
+    #[arg(long)]
+    staging: bool,
 }
 
 pub async fn run(
@@ -49,6 +58,12 @@ pub async fn run(
     let mut config = config_file::load(config.as_deref())?;
     if let Some(dir) = data_dir {
         config.settings.data_dir = std::path::absolute(&dir).unwrap_or(dir);
+    }
+    let tls = &mut config.settings.tls;
+    tls.enabled |= args.tls;
+    tls.staging |= args.staging;
+    if args.email.is_some() {
+        tls.acme_email = args.email.clone();
     }
     let data_dir = config.settings.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
@@ -103,7 +118,7 @@ pub async fn run(
         // Said loudly rather than refused, so a configuration written for a later version
         // still runs; but nobody should believe they are on HTTPS.
         warn!(
-            "[settings.tls] enabled = true, but ACME/TLS is not built yet: serving plain HTTP only on {http_addr}"
+            "TLS asked for (--tls or [settings.tls] enabled), but ACME/TLS is not built yet: serving plain HTTP only on {http_addr}"
         );
     }
 
