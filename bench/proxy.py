@@ -8,8 +8,11 @@ Same backend, same run: one instance of the compiled fixture app (crates/fixture
   1. its Unix socket directly,
   2. `ten serve` on TCP with Host a.tiny.bench.test,
   3. nginx (when installed) on TCP, proxying to the same socket with upstream keepalive
-     (2 workers, reuseport, no keep-alive request cap: its best setup for this test),
-alternating for --rounds rounds (ten serve and nginx swap places each round), since this
+     (2 workers, reuseport, no keep-alive request cap: its best setup for this test) and
+     sending the app what ten serve sends: the client's Host and X-Forwarded-For,
+     X-Forwarded-Proto, X-Forwarded-Host and Forwarded (checked before the runs),
+  4. the same nginx with its defaults (Host "app", no forwarding headers), for reference,
+alternating for --rounds rounds (the proxies' order reverses each round), since this
 shared machine drifts between runs.
 Cold wake: an instance with idle_timeout = 1 is left to sleep, then one request is timed
 through `ten serve`; the app's own start-to-listen time (measured by starting the same command
@@ -99,6 +102,15 @@ def timed_get(port, host):
     return dt
 
 
+def header_names(port, host):
+    """The header names the app received for a GET through the proxy on `port`."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/headers", headers={"Host": host})
+    lines = c.getresponse().read().decode().splitlines()
+    c.close()
+    return sorted(line.split(":")[0] for line in lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
@@ -155,7 +167,7 @@ isolation = "process"
         runs = [("direct to the Unix socket", ["--unix", sock], [])]
         runs.append(("through ten serve", ["--tcp", f"127.0.0.1:{port}", "--host", "a.tiny.bench.test"], [serve.pid]))
         if shutil.which("nginx"):
-            nport = free_port()
+            nport, bare_port = free_port(), free_port()
             os.makedirs(f"{tmp}/nginx/logs", exist_ok=True)
             with open(f"{tmp}/nginx/nginx.conf", "w") as f:
                 f.write(f"""
@@ -168,15 +180,32 @@ http {{
   access_log off;
   keepalive_requests 1000000000;
   upstream app {{ server unix:{sock}; keepalive 64; keepalive_requests 1000000000; }}
+  # What ten serve does for every request: the client's Host and the four forwarding headers.
   server {{
     listen 127.0.0.1:{nport} reuseport;
+    location / {{
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header Forwarded "for=$remote_addr;host=\\"$http_host\\";proto=$scheme";
+    }}
+  }}
+  # nginx's defaults: Host "app", no forwarding headers (less for the app to parse).
+  server {{
+    listen 127.0.0.1:{bare_port} reuseport;
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   }}
 }}
 """)
             nginx = subprocess.Popen(["nginx", "-p", f"{tmp}/nginx", "-c", f"{tmp}/nginx/nginx.conf", "-g", "daemon off;"])
             time.sleep(0.5)
-            runs.append(("through nginx", ["--tcp", f"127.0.0.1:{nport}", "--host", "x"], children(nginx.pid)))
+            host = ["--host", "a.tiny.bench.test"]
+            runs.append(("through nginx", ["--tcp", f"127.0.0.1:{nport}", *host], children(nginx.pid)))
+            same = [header_names(p, "a.tiny.bench.test") for p in (port, nport)]
+            assert same[0] == same[1], f"ten serve and nginx send different headers: {same}"
+            runs.append(("through nginx, bare", ["--tcp", f"127.0.0.1:{bare_port}", *host], children(nginx.pid)))
         print(f"\n## Proxy: {a.connections} keep-alive connections, {a.seconds:.0f} s each, GET / (17-byte body)\n")
         print("| round | path | requests/s | p50 (µs) | p99 (µs) | errors | proxy CPU user + sys (µs/request) |")
         print("|---|---|---|---|---|---|---|")
@@ -193,9 +222,12 @@ http {{
                 cpu = "-" if not pids else f"{(after[0] - before[0]) * tick_us / n:.1f} + {(after[1] - before[1]) * tick_us / n:.1f}"
                 rps[name].append(float(r["rps"]))
                 print(f"| {round_} | {name} | {r['rps']} | {r['p50_us']} | {r['p99_us']} | {r['errors']} | {cpu} |", flush=True)
-        if "through nginx" in rps:
-            ratios = [t / n for t, n in zip(rps["through ten serve"], rps["through nginx"])]
-            print(f"\nten serve / nginx, per round: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
+        for other in ["through nginx", "through nginx, bare"]:
+            if other in rps:
+                ratios = [t / n for t, n in zip(rps["through ten serve"], rps[other])]
+                won = sum(r >= 1 for r in ratios)
+                print(f"\nten serve / {other[8:]}, per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+                      f"median {statistics.median(ratios):.2f}; ten serve ahead in {won} of {len(ratios)} rounds")
 
         print(f"\n## Cold wake through ten serve ({a.wakes} wakes each; medians)\n")
         print("| backend | request → response, sleeping (ms) | app start-to-listen alone (ms) | tenement overhead (ms) |")
