@@ -92,6 +92,22 @@ fn limit_files_match_the_config_and_usage_is_visible() {
         i["memory_bytes"].as_u64().is_some_and(|m| m > 0)
     });
     assert!(i["cpu_usec"].as_u64().is_some(), "{i}");
+    // The API names the cgroup directories the limits were written to.
+    let dirs: Vec<&str> = i["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert!(
+        !dirs.is_empty() && dirs.iter().all(|d| d.ends_with("/hog.a")),
+        "{i}"
+    );
+    assert!(
+        dirs.iter()
+            .all(|d| std::path::Path::new(d).join("cgroup.procs").exists()),
+        "{dirs:?}"
+    );
     let table = b.ten_ok(&["ps"]);
     assert!(table.contains("MEM") && table.contains("CPU"), "{table}");
 

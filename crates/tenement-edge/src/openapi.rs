@@ -53,7 +53,8 @@ pub fn spec() -> Value {
                     "memory_bytes": { "type": "integer", "nullable": true }, "cpu_usec": { "type": "integer", "nullable": true },
                     "data_dir": { "type": "string" }, "storage_quota_mb": { "type": "integer", "nullable": true },
                     "storage_used_bytes": { "type": "integer", "nullable": true },
-                    "socket": { "type": "string" }, "port": { "type": "integer" }, "weight": { "type": "integer" } } },
+                    "socket": { "type": "string" }, "port": { "type": "integer" }, "weight": { "type": "integer" },
+                    "cgroups": { "type": "array", "items": { "type": "string" } } } },
                 "LogLine": { "type": "object", "properties": { "id": { "type": "integer" }, "ts_ms": { "type": "integer" }, "instance": { "type": "string" }, "stream": { "type": "string", "enum": ["stdout", "stderr"] }, "text": { "type": "string" } } },
                 "Token": { "type": "object", "properties": { "id": { "type": "integer" }, "tenant": { "type": "string", "nullable": true }, "created_at": { "type": "integer" } } }
             }

@@ -63,6 +63,9 @@ pub struct InstanceStatus {
     pub socket: PathBuf,
     pub port: u16,
     pub weight: u8,
+    /// The current run's cgroup directories (one per controller hierarchy on a v1 host; none
+    /// when not running or when the host has no cgroups).
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// The cheap, cloneable way to reach an instance actor (one reference count: the front door
@@ -167,6 +170,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         socket: setup.socket.clone(),
         port: setup.port,
         weight: setup.weight,
+        cgroups: Vec::new(),
     };
     let (status, status_rx) = watch::channel(initial);
     let activity = Arc::new(Activity::new(setup.weight));

@@ -477,6 +477,7 @@ fn status_of(h: &InstanceHandle) -> InstanceStatus {
     if let Some(cg) = h.cgroup.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         let usage = cg.usage();
         (s.memory_bytes, s.cpu_usec) = (usage.memory_bytes, usage.cpu_usec);
+        s.cgroups = cg.dirs();
     }
     s
 }
