@@ -22,6 +22,7 @@ by hand and polling its socket) is subtracted. Prints markdown tables.
 import argparse
 import http.client
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -100,6 +101,13 @@ def timed_get(port, host):
     c.close()
     assert r.status == 200, r.status
     return dt
+
+
+def bootstrap_median(values, draws=10000):
+    """A 95% interval for the median of `values` (resampled with replacement, fixed seed)."""
+    rng = random.Random(1)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    return medians[draws // 40], medians[draws - 1 - draws // 40]
 
 
 def header_names(port, host):
@@ -226,8 +234,10 @@ http {{
             if other in rps:
                 ratios = [t / n for t, n in zip(rps["through ten serve"], rps[other])]
                 won = sum(r >= 1 for r in ratios)
+                low, high = bootstrap_median(ratios)
                 print(f"\nten serve / {other[8:]}, per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
-                      f"median {statistics.median(ratios):.2f}; ten serve ahead in {won} of {len(ratios)} rounds")
+                      f"median {statistics.median(ratios):.2f} (95% bootstrap interval {low:.2f}–{high:.2f}); "
+                      f"ten serve ahead in {won} of {len(ratios)} rounds")
 
         print(f"\n## Cold wake through ten serve ({a.wakes} wakes each; medians)\n")
         print("| backend | request → response, sleeping (ms) | app start-to-listen alone (ms) | tenement overhead (ms) |")
