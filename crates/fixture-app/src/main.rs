@@ -356,6 +356,17 @@ where
                 stream::drip(&mut writer, num("n", 3), num("ms", 1000))?;
                 continue;
             }
+            // Head first, body 100 ms later (as many frameworks write them): a client that
+            // hangs up after the head makes the body's write fail, which is logged.
+            ("GET", "/split") => {
+                writer.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n")?;
+                thread::sleep(Duration::from_millis(100));
+                if let Err(e) = writer.write_all(b"ok\n") {
+                    eprintln!("body write failed: {e}");
+                    return Ok(());
+                }
+                continue;
+            }
             // Dies without answering: the proxy must say 502.
             ("GET", "/crash") => process::exit(3),
             ("GET", "/sleep") => thread::sleep(Duration::from_millis(num("ms", 1000))),
@@ -530,11 +541,12 @@ fn orphan() {
 
 /// Allocates `mb` MiB, touches every page, and keeps it (for OOM tests).
 fn alloc(mb: u64) -> String {
-    let mut v = vec![0u8; (mb * 1024 * 1024) as usize];
+    let v: &'static mut [u8] = Vec::leak(vec![0u8; (mb * 1024 * 1024) as usize]);
     for i in (0..v.len()).step_by(4096) {
-        v[i] = 1;
+        // Volatile: a release build may otherwise drop writes to memory never read again.
+        // SAFETY: `i` is in bounds of the leaked slice.
+        unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 1) };
     }
-    std::mem::forget(v);
     format!("allocated {mb} MiB")
 }
 

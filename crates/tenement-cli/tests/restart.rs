@@ -222,3 +222,29 @@ isolation = "process"
         get_unix(&socket, "/health").ok().filter(|(c, _)| *c == 200)
     });
 }
+
+#[test]
+fn health_checks_read_the_whole_answer_before_hanging_up() {
+    // `/split` writes its head, then its body 100 ms later, and logs a failed body write.
+    let mut b = building(
+        r#"
+[service.split]
+command = "{fixture}"
+socket = "{dir}/s/{name}-{id}.sock"
+health = "/split"
+isolation = "process"
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "split:a"]);
+    // The readiness probe and two periodic checks (every second).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let i = b.instance("split:a").unwrap();
+    assert_eq!(
+        (&i["state"], &i["health"]),
+        (&"running".into(), &"healthy".into())
+    );
+    let logs = b.ten_ok(&["logs", "split:a", "--limit", "1000"]);
+    assert!(logs.contains("fixture started"), "{logs}");
+    assert!(!logs.contains("body write failed"), "{logs}");
+}

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -90,6 +90,9 @@ impl Endpoint {
     }
 }
 
+/// The most of a health answer's body that is read.
+const HEALTH_BODY_MAX: usize = 64 * 1024;
+
 /// `GET path` at `endpoint`; success is a 2xx answer within `timeout`.
 pub async fn http_get(
     endpoint: &Endpoint,
@@ -107,8 +110,21 @@ pub async fn http_get(
             .body(Empty::<Bytes>::new())
             .expect("a static request is valid");
         let res = sender.send_request(req).await;
+        let status = match res {
+            Ok(res) => {
+                let status = res.status();
+                // The body is read before hanging up: an app that writes it after the head
+                // would otherwise fail its write (Python's http.server logs a BrokenPipeError
+                // traceback for every check). Health answers are small; more is not waited for.
+                let _ = Limited::new(res.into_body(), HEALTH_BODY_MAX)
+                    .collect()
+                    .await;
+                Ok(status)
+            }
+            Err(e) => Err(e),
+        };
         conn.abort();
-        let status = res?.status();
+        let status = status?;
         if status.is_success() {
             Ok(())
         } else {
