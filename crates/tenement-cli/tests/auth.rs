@@ -343,3 +343,38 @@ fn a_token_made_before_the_first_serve_works_once_it_runs() {
     let (code, _) = api.call(Some("Bearer ten_999_nope"), "GET", "/api/instances", None);
     assert_eq!(code, 401);
 }
+
+#[test]
+fn json_bodies_are_read_whatever_their_content_type() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    let admin = format!("Bearer {}", b.ten_ok(&["token-gen"]).trim());
+    // What `curl -d '{...}'` sends: JSON labelled as a form.
+    let post = |path: &str, body: &str| {
+        let headers = [
+            ("Authorization", admin.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        let mut bytes = body.as_bytes();
+        let body = Some((body.len() as u64, &mut bytes as &mut dyn std::io::Read));
+        let mut r = request(&addr, &addr, "POST", path, &headers, body).unwrap();
+        (r.status, r.text().unwrap())
+    };
+    let (status, text) = post("/api/instances", r#"{"service":"web","id":"formed"}"#);
+    assert_eq!(status, 201, "{text}");
+    // A tenant token asked for this way is a tenant token, not an admin one.
+    let (status, text) = post("/api/tokens", r#"{"tenant":"alice"}"#);
+    assert_eq!(status, 201, "{text}");
+    assert!(text.contains(r#""tenant":"alice""#), "{text}");
+    let (status, text) = post("/api/instances", "{not json");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("invalid JSON body"), "{text}");
+    // No body at all: an admin token, as before.
+    let (status, text) = post("/api/tokens", "");
+    assert_eq!(
+        (status, text.contains(r#""tenant":null"#)),
+        (201, true),
+        "{text}"
+    );
+}

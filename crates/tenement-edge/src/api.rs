@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tenement::{InstanceStatus, LogLine, Principal, Supervisor};
 use tenement_core::{InstanceId, InstanceKey, ServiceName};
 
@@ -107,9 +109,8 @@ struct SpawnBody {
 async fn spawn(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    body: JsonBody<SpawnBody>,
+    JsonBody(body): JsonBody<SpawnBody>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
-    let body = json(body)?;
     let key = InstanceKey::new(
         body.service.parse::<ServiceName>()?,
         body.id.parse::<InstanceId>()?,
@@ -176,10 +177,9 @@ async fn weight(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
     Path(raw): Path<String>,
-    body: JsonBody<WeightBody>,
+    JsonBody(body): JsonBody<WeightBody>,
 ) -> Result<Json<InstanceStatus>> {
     let key = visible(&p, &raw)?;
-    let body = json(body)?;
     Ok(Json(s.set_weight(&key, body.weight).await?))
 }
 
@@ -193,9 +193,8 @@ struct RouteBody {
 async fn route(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    body: JsonBody<RouteBody>,
+    JsonBody(b): JsonBody<RouteBody>,
 ) -> Result<Json<serde_json::Value>> {
-    let b = json(body)?;
     let service: ServiceName = b.service.parse()?;
     let from = visible(&p, &format!("{service}:{}", b.from))?;
     let to = visible(&p, &format!("{service}:{}", b.to))?;
@@ -219,9 +218,8 @@ struct DeployBody {
 async fn deploy(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    body: JsonBody<DeployBody>,
+    JsonBody(b): JsonBody<DeployBody>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
-    let b = json(body)?;
     let service: ServiceName = b.service.parse()?;
     let key = InstanceKey::new(service.clone(), b.id.parse()?);
     may_act(&p, &key)?;
@@ -247,11 +245,28 @@ async fn deploy(
     Ok((StatusCode::CREATED, Json(status)))
 }
 
-type JsonBody<T> = std::result::Result<Json<T>, axum::extract::rejection::JsonRejection>;
+/// A JSON request body, whatever its `Content-Type` (`curl -d` sends form encoding). The API
+/// takes bearer tokens only, never cookies, so a cross-site form post has nothing to ride on.
+/// An empty body reads as `null` (so `JsonBody<Option<T>>` makes the body optional).
+pub(crate) struct JsonBody<T>(pub T);
 
-fn json<T>(body: JsonBody<T>) -> Result<T> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let bad = |msg: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg);
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| bad(e.body_text()))?;
+        let text: &[u8] = if bytes.trim_ascii().is_empty() {
+            b"null"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(text)
+            .map(JsonBody)
+            .map_err(|e| bad(format!("invalid JSON body: {e}")))
+    }
 }
 
 #[derive(Deserialize)]

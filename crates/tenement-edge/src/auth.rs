@@ -13,6 +13,8 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+
+use crate::api::JsonBody;
 use serde::Deserialize;
 use tenement::{Principal, Supervisor, TokenInfo};
 use tenement_core::InstanceId;
@@ -154,11 +156,11 @@ pub struct TokenGenBody {
 pub async fn token_gen(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    body: Option<Json<TokenGenBody>>,
+    JsonBody(body): JsonBody<Option<TokenGenBody>>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     admin_only(&p)?;
     let tenant = body
-        .and_then(|Json(b)| b.tenant)
+        .and_then(|b| b.tenant)
         .map(|t| t.parse::<InstanceId>())
         .transpose()?;
     let token = s.tokens().generate(tenant.clone()).await?;
