@@ -123,6 +123,8 @@ fn listed_instances_start_with_the_server_even_if_they_scale_to_zero() {
             (started == round).then_some(())
         });
         asleep(&b, "sleepy:listed");
+        // Sleeping is scale to zero working, not ill health.
+        assert!(b.ten(&["health"]).status.success());
         b.terminate();
     }
 }

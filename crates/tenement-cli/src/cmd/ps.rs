@@ -55,10 +55,13 @@ pub async fn ps(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exit status 1 when any instance is not healthy, so scripts can use it.
+/// Exit status 1 when any instance is not healthy, so scripts can use it. A sleeping instance
+/// is fine: sleeping is how scale to zero looks, and the next request wakes it.
 pub async fn health(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let list = fetch(client).await?;
-    let all_healthy = list.iter().all(|i| i["health"] == "healthy");
+    let all_healthy = list
+        .iter()
+        .all(|i| i["health"] == "healthy" || i["state"] == "sleeping");
     if args.json {
         let summary: Vec<Value> = list
             .iter()
