@@ -292,6 +292,11 @@ fn failed_attempts_are_limited_per_address_only() {
     // ...and once verified, the good token works from anywhere; guesses stay blocked.
     assert_eq!(get(attacker, &admin), 200);
     assert_eq!(get(attacker, "Bearer ten_1_guess"), 429);
+    // Revoking another token forgets only that one: the admin's stays remembered.
+    let other = b.ten_ok(&["token-gen", "--tenant", "dave"]);
+    let other_id = other.trim().split('_').nth(1).unwrap().to_owned();
+    b.ten_ok(&["token", "revoke", &other_id]);
+    assert_eq!(get(attacker, &admin), 200);
     assert!(
         !b.serve_log().contains("ten_1_guess"),
         "tokens never logged"

@@ -140,14 +140,16 @@ impl Tokens {
             .collect())
     }
 
-    /// Revokes token `id` at once (the verification memory is cleared); whether it existed.
+    /// Revokes token `id` at once (forgotten by the verification memory, where the other
+    /// tokens stay); whether it existed.
     pub async fn revoke(&self, id: i64) -> Result<bool, Error> {
         let store = self.store.clone();
         let existed = tokio::task::spawn_blocking(move || store.delete_token(id))
             .await
             .expect("token task")?;
+        let prefix = format!("ten_{id}_");
         let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        verified.clear();
+        verified.retain(|token, _| !token.starts_with(&prefix));
         self.revocations.fetch_add(1, Ordering::SeqCst);
         Ok(existed)
     }
