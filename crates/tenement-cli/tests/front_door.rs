@@ -95,6 +95,17 @@ fn routes_by_host() {
     ] {
         assert_eq!(text(&addr, bad, "/").0, 400, "Host {bad:?}");
     }
+    // No Host at all: allowed in HTTP/1.0 (the bare domain), a 400 in HTTP/1.1.
+    for (version, want) in [("1.0", "200"), ("1.1", "400")] {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(c, "GET /health HTTP/{version}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.split(' ').nth(1) == Some(want),
+            "HTTP/{version}: {answer}"
+        );
+    }
     // X-Forwarded-Host never routes.
     let mut r = http::request(
         &addr,

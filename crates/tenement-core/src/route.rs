@@ -115,7 +115,9 @@ impl Router {
             .ok_or_else(|| RouteError::UnknownService(label.to_owned()))
     }
 
-    fn bare(&self, path: &str) -> Target {
+    /// Where a request for the bare domain goes (also an HTTP/1.0 request without `Host`,
+    /// which that version allows).
+    pub fn bare(&self, path: &str) -> Target {
         if OWN_PATHS.iter().any(|p| under(path, p)) {
             return Target::Building;
         }

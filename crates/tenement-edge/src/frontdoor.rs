@@ -11,7 +11,7 @@ use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, header};
+use hyper::{Method, Request, Response, StatusCode, Version, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tenement::{Error, Lease, Supervisor};
 use tenement_core::route::{RouteError, Router, Target};
@@ -254,7 +254,12 @@ impl FrontDoor {
                 "CONNECT is not supported here",
             );
         }
-        let target = match self.routes.route(host, req.uri().path()) {
+        let routed = match host {
+            // HTTP/1.0 may leave Host out: that is the bare domain (HTTP/1.1 must send it).
+            None if req.version() == Version::HTTP_10 => Ok(self.routes.bare(req.uri().path())),
+            _ => self.routes.route(host, req.uri().path()),
+        };
+        let target = match routed {
             Ok(t) => t,
             Err(e @ RouteError::BadHost(_)) => {
                 return plain(StatusCode::BAD_REQUEST, &e.to_string());
