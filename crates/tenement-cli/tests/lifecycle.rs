@@ -283,6 +283,7 @@ fn logs_follow_streams_new_lines() {
     let mut follow = b
         .cmd(&["logs", "web:f", "-f", "--limit", "0"])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let (tx, rx) = mpsc::channel();
@@ -300,6 +301,12 @@ fn logs_follow_streams_new_lines() {
         line.contains("fixture started") || line.contains("listening on"),
         "{line}"
     );
-    follow.kill().unwrap();
-    follow.wait().unwrap();
+    // A follower does not hold up the server's shutdown: it is told, and ends.
+    assert!(b.terminate().success());
+    let out = follow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("ten serve is stopping"),
+        "{err}"
+    );
 }

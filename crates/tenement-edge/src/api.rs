@@ -295,7 +295,11 @@ async fn logs(
         .iter()
         .map(|l| crate::logs_api::log_event(&**l))
         .collect();
-    Ok(crate::logs_api::sse(backlog, live, move |line| {
-        *line.instance == key
-    }))
+    let stop = s.stopping();
+    Ok(crate::logs_api::sse(
+        backlog,
+        live,
+        move |line| *line.instance == key,
+        stop,
+    ))
 }

@@ -141,7 +141,12 @@ pub async fn logs(
         return Ok(Json(found).into_response());
     };
     let backlog: Vec<Event> = found.iter().rev().map(log_event).collect();
-    Ok(sse(backlog, live, move |line| matches(&q, line)))
+    Ok(sse(
+        backlog,
+        live,
+        move |line| matches(&q, line),
+        s.stopping(),
+    ))
 }
 
 /// `GET /api/logs/stream`: the same as `GET /api/logs?follow=true` (the spec's name for it).
@@ -162,11 +167,13 @@ pub fn log_event(line: &impl serde::Serialize) -> Event {
 }
 
 /// `backlog`, then every live line `keep` accepts, as Server-Sent Events (a `lagged` event
-/// says how many lines a slow reader missed).
+/// says how many lines a slow reader missed), until the server begins to stop (`stop`): then
+/// an `end` event, and the response ends, so no follower holds up the shutdown.
 pub fn sse(
     backlog: Vec<Event>,
     live: tokio::sync::broadcast::Receiver<std::sync::Arc<LogLine>>,
     keep: impl Fn(&LogLine) -> bool + Send + Sync + 'static,
+    stop: tokio_util::sync::CancellationToken,
 ) -> Response {
     let backlog = stream::iter(backlog.into_iter().map(Ok::<_, Infallible>));
     let live = stream::unfold((live, keep), |(mut live, keep)| async move {
@@ -180,6 +187,8 @@ pub fn sse(
             return Some((Ok(ev), (live, keep)));
         }
     });
+    let end = stream::once(async { Ok(Event::default().event("end").data("server stopping")) });
+    let live = live.take_until(stop.cancelled_owned()).chain(end);
     Sse::new(backlog.chain(live))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

@@ -243,7 +243,7 @@ impl LogStore {
                 " ORDER BY l.id DESC LIMIT ?"
             },
         );
-        args.push((q.limit.clamp(1, 10_000) as i64).into());
+        args.push((q.limit.min(10_000) as i64).into());
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let fail = |source| Error::Store {
             path: self.path.display().to_string(),

@@ -13,6 +13,7 @@ use tenement_runtime::cgroup::Cgroups;
 use tenement_runtime::storage::{self, Quota};
 use tenement_runtime::{Runtimes, Spec, argv_for};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -49,7 +50,8 @@ struct Inner {
     /// The runtime instance actors run on, whichever runtime asked for the instance (the front
     /// door runs one runtime per core).
     runtime: tokio::runtime::Handle,
-    closed: std::sync::atomic::AtomicBool,
+    /// Cancelled when the server begins to shut down.
+    stopping: CancellationToken,
 }
 
 impl Supervisor {
@@ -77,7 +79,7 @@ impl Supervisor {
                 logs: None,
                 tracker: TaskTracker::new(),
                 runtime: tokio::runtime::Handle::current(),
-                closed: Default::default(),
+                stopping: CancellationToken::new(),
             }),
         }
     }
@@ -137,7 +139,7 @@ impl Supervisor {
         weight: u8,
         asleep: bool,
     ) -> Result<InstanceHandle, Error> {
-        if self.inner.closed.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.inner.stopping.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         {
@@ -330,7 +332,7 @@ impl Supervisor {
         }
         // A server shutting down keeps the data of the instances it will bring back, as a
         // crash would: only `ten stop` removes it (even when a shutdown overtakes the stop).
-        let shutting_down = self.inner.closed.load(std::sync::atomic::Ordering::SeqCst);
+        let shutting_down = self.inner.stopping.is_cancelled();
         let forgotten = self
             .inner
             .forgetting
@@ -401,6 +403,11 @@ impl Supervisor {
         Ok(self.handle(key)?.tail.last(limit))
     }
 
+    /// Cancelled when the server begins to shut down (streams to clients end with it).
+    pub fn stopping(&self) -> CancellationToken {
+        self.inner.stopping.clone()
+    }
+
     /// Every captured line from now on, of every instance.
     pub fn follow_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.inner.feed.subscribe()
@@ -454,9 +461,7 @@ impl Supervisor {
     /// Stops every instance (in parallel) without forgetting them: the next `ten serve` brings
     /// them back.
     pub async fn shutdown(&self) {
-        self.inner
-            .closed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.stopping.cancel();
         let handles: Vec<InstanceHandle> = self.registry().values().cloned().collect();
         let mut stops = tokio::task::JoinSet::new();
         for h in handles {

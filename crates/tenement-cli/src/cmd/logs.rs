@@ -86,12 +86,16 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     let mut body = res.into_body();
     let mut pending = String::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
+        let frame = frame.map_err(|e| anyhow::anyhow!("lost the connection to ten serve ({e})"))?;
+        let Ok(data) = frame.into_data() else {
             continue;
         };
         pending.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();
+            if event.lines().any(|l| l == "event: end" || l == "event:end") {
+                bail!("ten serve is stopping: no more lines to follow");
+            }
             for data in event.lines().filter_map(|l| l.strip_prefix("data:")) {
                 if let Ok(line) = serde_json::from_str::<Value>(data.trim_start()) {
                     print(&line);
@@ -99,7 +103,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    bail!("ten serve ended the stream")
 }
 
 #[cfg(test)]

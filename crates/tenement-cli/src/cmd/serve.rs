@@ -150,10 +150,14 @@ pub async fn run(
     supervisor.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || logs.close()).await;
     stop_http.cancel();
-    if let Ok(Err(e)) = control.await {
-        warn!(error = %e, "control socket ended with an error");
+    // Connections get a grace period to finish; whatever is still open after it (a client
+    // that never reads, say) is cut when the process exits.
+    match tokio::time::timeout(SHUTDOWN_GRACE, control).await {
+        Ok(Ok(Err(e))) => warn!(error = %e, "control socket ended with an error"),
+        Err(_) => warn!("control socket connections still open after {SHUTDOWN_GRACE:?}: cut"),
+        _ => {}
     }
-    let _ = front.await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, front).await;
     let _ = std::fs::remove_file(&socket_path);
     if let Some(c) = cgroups {
         c.remove_scope();
@@ -161,6 +165,9 @@ pub async fn run(
     info!("ten serve stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long open connections may take to finish once the instances are stopped.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One server per data directory: a second `ten serve` fails at once instead of fighting over
 /// the instances.
