@@ -150,3 +150,38 @@ fn a_larger_quota_grows_the_persistent_image() {
         "room for 16 MiB now"
     );
 }
+
+#[test]
+fn a_namespace_instance_does_not_pin_another_instances_storage() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "keep:a"]);
+    // Started while keep:a's image is mounted: its mount namespace began as a copy.
+    b.ten_ok(&["spawn", "nsq:pin"]);
+    let pin = b.instance("nsq:pin").unwrap()["pid"].as_u64().unwrap();
+    let keep_dir = b.data_dir().join("keep/a");
+    let seen_by_pin = || {
+        std::fs::read_to_string(format!("/proc/{pin}/mountinfo"))
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(&*keep_dir.to_string_lossy()))
+    };
+    assert!(
+        !seen_by_pin(),
+        "another instance's storage is not in the namespace"
+    );
+    b.ten_ok(&["stop", "keep:a"]);
+    // Unmounted everywhere, so its loop device is free.
+    let image = b.data_dir().join(".images/keep.a.ext4");
+    if let Ok(out) = std::process::Command::new("losetup")
+        .arg("-j")
+        .arg(&image)
+        .output()
+    {
+        let held = String::from_utf8_lossy(&out.stdout);
+        assert!(held.trim().is_empty(), "loop device still held: {held}");
+    }
+}
