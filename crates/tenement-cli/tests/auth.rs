@@ -382,4 +382,28 @@ fn json_bodies_are_read_whatever_their_content_type() {
         (201, true),
         "{text}"
     );
+    // Every error is the API's JSON, bad query parameters and methods included.
+    let call = |method: &str, path: &str| {
+        let headers = [("Authorization", admin.as_str())];
+        let mut r = request(&addr, &addr, method, path, &headers, None).unwrap();
+        (r.status, r.text().unwrap())
+    };
+    for (method, path, want, code) in [
+        ("GET", "/api/logs?limit=abc", 400, "bad_request"),
+        (
+            "GET",
+            "/api/instances/web:formed/logs?limit=-1",
+            400,
+            "bad_request",
+        ),
+        ("PUT", "/api/instances", 405, "method_not_allowed"),
+    ] {
+        let (status, text) = call(method, path);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (want, Some(code)),
+            "{path}: {text}"
+        );
+    }
 }

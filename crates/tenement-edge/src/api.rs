@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -49,6 +50,13 @@ pub fn router(supervisor: Supervisor, access: Access, limiter: RateLimiter) -> R
         .nest("/api", api)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .with_state(supervisor)
 }
@@ -245,6 +253,20 @@ async fn deploy(
     Ok((StatusCode::CREATED, Json(status)))
 }
 
+/// Query parameters, with a bad one answered as the API's JSON error (400 `bad_request`).
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        Query::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+    }
+}
+
 /// A JSON request body, whatever its `Content-Type` (`curl -d` sends form encoding). The API
 /// takes bearer tokens only, never cookies, so a cross-site form post has nothing to ride on.
 /// An empty body reads as `null` (so `JsonBody<Option<T>>` makes the body optional).
@@ -280,7 +302,7 @@ async fn logs(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
     Path(raw): Path<String>,
-    Query(q): Query<LogQuery>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response> {
     let key = visible(&p, &raw)?;
     let limit = q.limit.unwrap_or(100);

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use tenement::{LogLine, LogQuery, Principal, Stream, Supervisor};
 use tenement_core::InstanceKey;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::api::ApiQuery;
 use crate::error::ApiError;
 
 #[derive(Deserialize, Default)]
@@ -110,7 +111,7 @@ fn matches(q: &LogQuery, l: &LogLine) -> bool {
 pub async fn logs(
     State(s): State<Supervisor>,
     Extension(principal): Extension<Principal>,
-    Query(p): Query<LogParams>,
+    ApiQuery(p): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     let mut q = to_query(&p)?;
     if let Principal::Tenant(id) = &principal {
@@ -153,10 +154,10 @@ pub async fn logs(
 pub async fn stream(
     supervisor: State<Supervisor>,
     principal: Extension<Principal>,
-    Query(mut p): Query<LogParams>,
+    ApiQuery(mut p): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     p.follow = true;
-    logs(supervisor, principal, Query(p)).await
+    logs(supervisor, principal, ApiQuery(p)).await
 }
 
 /// One line as an SSE `log` event.
