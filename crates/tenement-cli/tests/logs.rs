@@ -85,6 +85,10 @@ fn search_filters_and_service_wide_queries() {
     );
     let bad = b.ten(&["logs", "web:a", "--since", "yesterday"]);
     assert!(!bad.status.success());
+    // A service the configuration does not have is an error, not an empty answer.
+    let unknown = b.ten(&["logs", "nosuch:a"]);
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success() && err.contains("nosuch"), "{err}");
 }
 
 #[test]

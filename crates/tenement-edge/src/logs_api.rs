@@ -13,7 +13,7 @@ use axum::{Extension, Json};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use tenement::{LogLine, LogQuery, Principal, Stream, Supervisor};
-use tenement_core::InstanceKey;
+use tenement_core::{InstanceKey, ServiceName};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::ApiQuery;
@@ -68,7 +68,7 @@ pub fn to_query(p: &LogParams) -> Result<LogQuery, ApiError> {
     let service = p
         .service
         .as_deref()
-        .map(str::parse::<tenement_core::ServiceName>)
+        .map(str::parse::<ServiceName>)
         .transpose()?;
     let stream = match p.stream.as_deref() {
         None | Some("") => None,
@@ -114,6 +114,14 @@ pub async fn logs(
     ApiQuery(p): ApiQuery<LogParams>,
 ) -> Result<Response, ApiError> {
     let mut q = to_query(&p)?;
+    // A service the configuration does not have can have no lines: said, not answered empty.
+    let named = q.instance.iter().map(|k| k.service.to_string());
+    for name in named.chain(q.service.clone()) {
+        let service: ServiceName = name.parse()?;
+        if s.config().service(&service).is_none() {
+            return Err(tenement::Error::UnknownService(service).into());
+        }
+    }
     if let Principal::Tenant(id) = &principal {
         // A tenant sees only its own instances' lines.
         if let Some(k) = q.instance.as_ref().filter(|k| !principal.allows(k)) {
