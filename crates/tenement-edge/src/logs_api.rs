@@ -140,7 +140,7 @@ pub async fn logs(
     let found = {
         let q = q.clone();
         tokio::task::spawn_blocking(move || {
-            store.flush();
+            store.flush(|k| q.covers(k));
             store.query(&q)
         })
         .await

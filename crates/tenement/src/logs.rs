@@ -113,6 +113,10 @@ pub async fn capture(
     }
     if let Ok(pipe) = pipe {
         while pipe.readable().await.is_ok() {
+            // `readable()` takes no part in tokio's cooperative budget: under a flood it is
+            // always ready, and without this the loop would hold its worker thread forever,
+            // starving the tasks queued behind it (other instances' capture, probes).
+            tokio::task::consume_budget().await;
             let mut chunk = [0u8; 4096];
             match pipe.try_read(&mut chunk) {
                 Ok(0) => break,

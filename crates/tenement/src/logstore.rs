@@ -24,6 +24,9 @@ use crate::logs::{LogLine, Stream};
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// Unwritten lines kept per instance before the oldest are dropped.
 const PENDING_PER_INSTANCE: usize = 50_000;
+/// Most lines of one instance in one write: a flooding instance's backlog is written a slice
+/// at a time, between everyone else's lines, instead of in one long transaction.
+const BATCH_PER_INSTANCE: usize = 20_000;
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 const SCHEMA: &str = "
@@ -63,6 +66,21 @@ pub struct LogQuery {
     pub limit: usize,
 }
 
+impl LogQuery {
+    /// Whether lines of instance `k` can be in this query's answer.
+    pub fn covers(&self, k: &InstanceKey) -> bool {
+        self.instance.as_ref().is_none_or(|i| i == k)
+            && self
+                .service
+                .as_deref()
+                .is_none_or(|s| s == k.service.as_str())
+            && self
+                .ids
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|i| i == k.id.as_str()))
+    }
+}
+
 /// A stored line, as queries return it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct StoredLine {
@@ -74,8 +92,17 @@ pub struct StoredLine {
 }
 
 struct Pending {
-    queues: HashMap<Arc<InstanceKey>, VecDeque<Arc<LogLine>>>,
+    queues: HashMap<Arc<InstanceKey>, Queue>,
     total: usize,
+}
+
+/// One instance's unwritten lines, and counts of its lines ever queued and done with
+/// (written, dropped, or lost to a failed write), for [`LogStore::flush`].
+#[derive(Default)]
+struct Queue {
+    lines: VecDeque<Arc<LogLine>>,
+    pushed: u64,
+    done: u64,
 }
 
 struct Shared {
@@ -83,7 +110,6 @@ struct Shared {
     wake: Condvar,
     dropped: AtomicU64,
     written: AtomicU64,
-    pushed: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -121,7 +147,6 @@ impl LogStore {
             wake: Condvar::new(),
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(0),
-            pushed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -139,16 +164,17 @@ impl LogStore {
 
     /// Queues a line for writing; never blocks for longer than a mutex push.
     pub fn push(&self, line: Arc<LogLine>) {
-        self.shared.pushed.fetch_add(1, Ordering::Relaxed);
         let mut p = self
             .shared
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let queue = p.queues.entry(line.instance.clone()).or_default();
-        queue.push_back(line);
-        if queue.len() > PENDING_PER_INSTANCE {
-            queue.pop_front();
+        queue.lines.push_back(line);
+        queue.pushed += 1;
+        if queue.lines.len() > PENDING_PER_INSTANCE {
+            queue.lines.pop_front();
+            queue.done += 1;
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         } else {
             p.total += 1;
@@ -168,14 +194,34 @@ impl LogStore {
         self.shared.written.load(Ordering::Relaxed)
     }
 
-    /// Waits (at most 1 s; blocking) until every line pushed so far is written or dropped, so a
-    /// query sees what was captured before it.
-    pub fn flush(&self) {
-        let target = self.shared.pushed.load(Ordering::SeqCst);
+    /// Waits (at most 1 s; blocking) until every line pushed so far by the instances `of`
+    /// selects is written or dropped, so a query sees what they printed before it. Another
+    /// instance's flood is not waited for.
+    pub fn flush(&self, of: impl Fn(&InstanceKey) -> bool) {
+        let pending = || {
+            self.shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        let targets: Vec<(Arc<InstanceKey>, u64)> = pending()
+            .queues
+            .iter()
+            .filter(|(k, q)| of(k) && q.done < q.pushed)
+            .map(|(k, q)| (k.clone(), q.pushed))
+            .collect();
         let until = Instant::now() + Duration::from_secs(1);
-        self.shared.wake.notify_one();
-        while self.written() + self.dropped() < target && Instant::now() < until {
+        loop {
             self.shared.wake.notify_one();
+            let done = {
+                let p = pending();
+                targets
+                    .iter()
+                    .all(|(k, n)| p.queues.get(k).is_none_or(|q| q.done >= *n))
+            };
+            if done || Instant::now() >= until {
+                return;
+            }
             std::thread::sleep(Duration::from_millis(2));
         }
     }
@@ -284,21 +330,27 @@ fn phrase(s: &str) -> String {
 
 fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
     let mut last_retention = Instant::now();
+    let mut taken: Vec<(Arc<InstanceKey>, u64)> = Vec::new();
     loop {
         let batch: Vec<Arc<LogLine>> = {
             let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if p.total == 0 && p.queues.is_empty() && !shared.closed.load(Ordering::SeqCst) {
+            if p.total == 0 && !shared.closed.load(Ordering::SeqCst) {
                 p = shared
                     .wake
                     .wait_timeout(p, FLUSH_EVERY)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|e| e.into_inner().0);
             }
-            p.total = 0;
+            // A slice of every instance's queue, so nobody waits behind a flood.
             let mut batch = Vec::new();
-            for (_, q) in p.queues.drain() {
-                batch.extend(q);
+            for (key, q) in p.queues.iter_mut() {
+                let n = q.lines.len().min(BATCH_PER_INSTANCE);
+                if n > 0 {
+                    batch.extend(q.lines.drain(..n));
+                    taken.push((key.clone(), n as u64));
+                }
             }
+            p.total -= batch.len();
             batch
         };
         if !batch.is_empty() {
@@ -310,6 +362,12 @@ fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, lines = batch.len(), "could not write log lines")
+                }
+            }
+            let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, n) in taken.drain(..) {
+                if let Some(q) = p.queues.get_mut(&key) {
+                    q.done += n;
                 }
             }
         }

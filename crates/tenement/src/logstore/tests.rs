@@ -184,3 +184,28 @@ fn a_flood_drops_its_own_oldest_lines_not_others() {
     let written = s.written();
     assert_eq!(written + s.dropped(), (PENDING_PER_INSTANCE + 5_001) as u64);
 }
+
+#[test]
+fn a_query_waits_for_its_own_instance_not_for_a_flood() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let now = crate::logs::now_ms();
+    for i in 0..PENDING_PER_INSTANCE {
+        s.push(line("noisy:a", now, Stream::Stdout, &format!("flood {i}")));
+    }
+    s.push(line("quiet:a", now, Stream::Stdout, "important"));
+    let quiet: InstanceKey = "quiet:a".parse().unwrap();
+    s.flush(|k| *k == quiet);
+    let found = s
+        .query(&LogQuery {
+            limit: 10,
+            instance: Some(quiet),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(found.len(), 1, "the quiet line is written");
+    // Written a slice at a time: the flood's backlog is still being written.
+    assert!(s.written() < PENDING_PER_INSTANCE as u64, "{}", s.written());
+    s.close();
+    assert_eq!(s.written(), PENDING_PER_INSTANCE as u64 + 1);
+}
