@@ -27,7 +27,7 @@ const PENDING_PER_INSTANCE: usize = 50_000;
 /// Most lines of one instance in one write: a flooding instance's backlog is written a slice
 /// at a time, between everyone else's lines, instead of in one long transaction.
 const BATCH_PER_INSTANCE: usize = 20_000;
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const RETENTION_EVERY: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS logs (
@@ -123,9 +123,14 @@ pub struct LogStore {
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    // Pages freed by retention go back to the file system (`retain` runs `incremental_vacuum`).
+    // Settable only on a new file, before WAL mode: a logs.db made before keeps its largest size.
+    conn.pragma_update(None, "auto_vacuum", 2)?; // INCREMENTAL
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a crash of the process (not of the machine): the promise.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The WAL file is cut back to this after a checkpoint, instead of keeping its largest size.
+    conn.pragma_update(None, "journal_size_limit", 32 * 1024 * 1024)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
 }
@@ -443,6 +448,11 @@ pub fn retain(conn: &Connection, r: Retention) -> rusqlite::Result<()> {
         };
         delete_upto(conn, lo + (hi - lo) / 10 + 1)?;
     }
+    // Give the freed pages back, so `max_bytes` also bounds the file.
+    // (Stepped to the end: each step gives back some of the pages.)
+    let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+    let mut steps = vacuum.raw_query();
+    while steps.next()?.is_some() {}
     Ok(())
 }
 

@@ -209,3 +209,36 @@ fn a_query_waits_for_its_own_instance_not_for_a_flood() {
     s.close();
     assert_eq!(s.written(), PENDING_PER_INSTANCE as u64 + 1);
 }
+
+#[test]
+fn the_size_cap_bounds_the_file_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let now = crate::logs::now_ms();
+    let text = "x".repeat(200);
+    for i in 0..20_000 {
+        s.push(line(
+            "api:prod",
+            now,
+            Stream::Stdout,
+            &format!("{i} {text}"),
+        ));
+    }
+    s.close();
+    let db = dir.path().join("logs.db");
+    let before = std::fs::metadata(&db).unwrap().len();
+    assert!(before > 4 << 20, "{before}");
+    let conn = Connection::open(&db).unwrap();
+    let cap = 1 << 20;
+    retain(
+        &conn,
+        Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: cap,
+        },
+    )
+    .unwrap();
+    drop(conn);
+    let after = std::fs::metadata(&db).unwrap().len();
+    assert!(after <= 2 * cap, "{before} -> {after}");
+}
