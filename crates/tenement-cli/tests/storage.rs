@@ -31,6 +31,15 @@ fn root() -> bool {
     test_support::root_or_skip("storage quotas mount filesystems and need root")
 }
 
+/// One test at a time: a namespace instance of one test's server would otherwise hold copies
+/// of the mounts another test's server made meanwhile (mount namespaces begin as copies, and
+/// only the instance's own server's mounts are detached from them), keeping that test's image
+/// busy when it wants to grow it.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn write(addr: &str, host: &str, mb: u32) -> (u16, String) {
     let mut r = get(addr, host, &format!("/write?mb={mb}")).unwrap();
     (r.status, r.text().unwrap())
@@ -41,6 +50,7 @@ fn writing_past_the_quota_is_enospc_in_every_mode() {
     if !root() {
         return;
     }
+    let _one_at_a_time = serial();
     let mut b = Building::new(TEN, CONFIG);
     b.start();
     let addr = b.http_addr();
@@ -66,6 +76,7 @@ fn persisted_data_survives_stop_and_server_restart_ephemeral_does_not() {
     if !root() {
         return;
     }
+    let _one_at_a_time = serial();
     let mut b = Building::new(TEN, CONFIG);
     b.start();
     let addr = b.http_addr();
@@ -125,6 +136,7 @@ fn a_larger_quota_grows_the_persistent_image() {
     if !root() {
         return;
     }
+    let _one_at_a_time = serial();
     let mut b = Building::new(TEN, CONFIG);
     b.start();
     let addr = b.http_addr();
@@ -156,6 +168,7 @@ fn a_namespace_instance_does_not_pin_another_instances_storage() {
     if !root() {
         return;
     }
+    let _one_at_a_time = serial();
     let mut b = Building::new(TEN, CONFIG);
     b.start();
     b.ten_ok(&["spawn", "keep:a"]);

@@ -165,8 +165,12 @@ fn enter_namespaces(o: &Options) -> Result<(), String> {
     // Other instances' mounts under a hidden directory (their storage quotas) would otherwise
     // stay referenced, shadowed, for this namespace's whole life, and a stopped instance's
     // loop device could not be freed. Only this namespace's copies are detached.
-    for point in mounts_to_detach(&o.hide, &o.keep) {
-        let _ = umount2(&point, MntFlags::MNT_DETACH);
+    for hidden in &o.hide {
+        for point in crate::storage::mounts_below(hidden) {
+            if !o.keep.iter().any(|k| point.starts_with(k)) {
+                let _ = umount2(&point, MntFlags::MNT_DETACH);
+            }
+        }
     }
     // Keep a handle on each directory before covering it; bind it back from /proc/self/fd.
     let kept: Vec<(std::fs::File, &PathBuf)> = o
@@ -204,44 +208,6 @@ fn enter_namespaces(o: &Options) -> Result<(), String> {
         sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
     }
     Ok(())
-}
-
-/// Mount points strictly below a `hide` directory and outside every `keep` one, deepest first.
-fn mounts_to_detach(hide: &[PathBuf], keep: &[PathBuf]) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mount_point(p)))
-        .filter(|p| hide.iter().any(|h| p.starts_with(h) && p != h))
-        .filter(|p| !keep.iter().any(|k| p.starts_with(k)))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    points
-}
-
-/// A mountinfo path with its octal escapes (`\040` for a space) decoded.
-fn unescape_mount_point(p: &str) -> OsString {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    OsString::from(std::ffi::OsStr::from_bytes(&out))
 }
 
 /// PID 1 of the instance's namespace.
@@ -321,18 +287,4 @@ fn die_by(sig: Signal) -> ! {
     let _ = only.thread_unblock();
     let _ = signal::raise(sig);
     std::process::exit(128 + sig as i32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_points_are_unescaped() {
-        assert_eq!(unescape_mount_point(r"/a\040b/c"), OsString::from("/a b/c"));
-        assert_eq!(
-            unescape_mount_point(r"/plain\x"),
-            OsString::from(r"/plain\x")
-        );
-    }
 }

@@ -136,20 +136,23 @@ pub fn unmount(dir: &Path) {
 
 /// Unmounts every mount below `data_dir` (left by a server that was killed), deepest first.
 pub fn clean_stale(data_dir: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
+    for p in mounts_below(data_dir) {
+        unmount(&p);
+    }
+}
+
+/// The mount points strictly below `root` in this mount namespace, deepest first.
+pub(crate) fn mounts_below(root: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut points: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split_whitespace().nth(4))
         .map(unescape)
-        .filter(|p| p.starts_with(data_dir) && p != data_dir)
+        .filter(|p| p.starts_with(root) && p != root)
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
-    for p in points {
-        unmount(&p);
-    }
+    points
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
