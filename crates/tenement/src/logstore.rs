@@ -375,6 +375,9 @@ fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
                     q.done += n;
                 }
             }
+            // Queues with nothing left go (with the memory a flood made them grow to).
+            p.queues
+                .retain(|_, q| !(q.lines.is_empty() && q.done == q.pushed));
         }
         if last_retention.elapsed() >= RETENTION_EVERY {
             last_retention = Instant::now();
