@@ -560,8 +560,11 @@ fn weighted_routing_and_weight_zero() {
             "hello from web:a\n"
         );
     }
-    let bad = b.ten(&["weight", "web:a", "101"]);
-    assert!(!bad.status.success());
+    for out_of_range in ["101", "-1"] {
+        let bad = b.ten(&["weight", "web:a", out_of_range]);
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(!bad.status.success() && err.contains("0..=100"), "{err}");
+    }
     assert_eq!(b.instance("web:b").unwrap()["weight"], 0);
     b.ten_ok(&["weight", "web:a", "0"]);
     assert_eq!(

@@ -13,6 +13,7 @@ pub struct WeightArgs {
     /// SERVICE:ID
     instance: String,
     /// 0-100
+    #[arg(allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(0..=100))]
     weight: u32,
 }
 
@@ -33,7 +34,8 @@ pub struct DeployArgs {
     #[command(flatten)]
     instance: crate::cmd::instance::SpawnArgs,
     /// Share of traffic once healthy (0-100).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
     weight: u32,
     /// Seconds to wait for it to become healthy (default: the service's startup_timeout).
     #[arg(long)]
