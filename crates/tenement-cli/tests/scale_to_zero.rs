@@ -219,3 +219,32 @@ fn a_request_whose_client_hung_up_no_longer_keeps_the_instance_awake() {
         "stayed awake for the abandoned request"
     );
 }
+
+#[test]
+fn a_sleeping_tcp_instance_keeps_its_port() {
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.tcpz]
+command = "{fixture} --tcp"
+listen = "tcp"
+health = "/health"
+idle_timeout = 1
+isolation = "process"
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "tcpz:a"]);
+    let port = b.instance("tcpz:a").unwrap()["port"].as_u64().unwrap() as u16;
+    asleep(&b, "tcpz:a");
+    // No other program can take it meanwhile...
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port));
+    assert!(taken.is_err(), "port {port} was free while asleep");
+    // ...and the next request wakes the instance on it.
+    let mut r = get(&b.http_addr(), "a.tcpz.tenement.test", "/").unwrap();
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, "hello from tcpz:a\n".into())
+    );
+    assert_eq!(b.instance("tcpz:a").unwrap()["port"], port);
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tenement_core::InstanceKey;
-use tenement_core::config::{Service, Settings};
+use tenement_core::config::{Listen, Service, Settings};
 use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
 use tenement_runtime::cgroup::{Cgroup, Cgroups, Limits};
 use tenement_runtime::{Runtime, Spec, Workload};
@@ -131,6 +131,9 @@ struct Actor {
     cgroup: SharedCgroup,
     oom_kills: u32,
     status: watch::Sender<InstanceStatus>,
+    /// While a `listen = "tcp"` instance sleeps, its port, bound (not listening) so that no
+    /// other program takes it before the next request wakes the instance.
+    held_port: Option<tokio::net::TcpSocket>,
 }
 
 /// Starts the actor for a new instance; it spawns the process at once.
@@ -179,6 +182,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
     let actor = Actor {
         cgroup: cgroup.clone(),
         oom_kills: 0,
+        held_port: None,
         activity: activity.clone(),
         key: Arc::new(setup.key.clone()),
         setup,
@@ -210,6 +214,7 @@ impl Actor {
     async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
         if self.setup.asleep {
             self.life = Lifecycle::asleep();
+            self.hold_port();
             self.publish();
         } else {
             self.apply(Input::Start);
@@ -351,6 +356,7 @@ impl Actor {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
+        self.held_port = None; // the app's, from now on
         let cgroup = self.make_cgroup()?;
         self.setup.spec.cgroups = cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default();
         let started = self.start_process();
@@ -436,6 +442,23 @@ impl Actor {
         }
         if now == Phase::Failed {
             warn!(instance = %self.key, "restarted too often; giving up until a user acts (ten restart)");
+        }
+        if now == Phase::Sleeping {
+            self.hold_port();
+        }
+    }
+
+    /// Binds the port of a sleeping `listen = "tcp"` instance (see `held_port`).
+    fn hold_port(&mut self) {
+        if self.setup.service.listen != Listen::Tcp || self.held_port.is_some() {
+            return;
+        }
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.setup.port));
+        match tokio::net::TcpSocket::new_v4().and_then(|s| s.bind(addr).map(|()| s)) {
+            Ok(socket) => self.held_port = Some(socket),
+            Err(e) => {
+                warn!(instance = %self.key, port = self.setup.port, error = %e, "cannot hold the port while asleep")
+            }
         }
     }
 
