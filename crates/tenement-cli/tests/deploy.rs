@@ -116,3 +116,24 @@ fn a_deploy_that_never_gets_healthy_fails_and_is_undone() {
     assert!(b.instance("broken:v1").is_none());
     assert!(b.tenant_processes().is_empty());
 }
+
+#[test]
+fn a_server_crash_mid_deploy_brings_the_new_instance_back_without_traffic() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    // Never gets healthy: the deploy is still waiting when the server dies.
+    let mut deploy = b
+        .cmd(&["deploy", "broken:v1", "--timeout", "60"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    b.wait_instance("broken:v1", "being deployed", |i| i["state"] == "starting");
+    b.kill9();
+    assert!(!deploy.wait().unwrap().success());
+    b.start();
+    let back = b.wait_instance("broken:v1", "back", |_| true);
+    assert_eq!(
+        back["weight"], 0,
+        "not as if the deploy had succeeded: {back}"
+    );
+}

@@ -195,7 +195,9 @@ impl Supervisor {
         if let Some(old) = replace {
             self.handle(old)?;
         }
-        let handle = self.create(key, weight, false).await?;
+        // Weight 0 until healthy: no request waits on it meanwhile, and a server that crashes
+        // mid-deploy brings it back without traffic, not as if the deploy had succeeded.
+        let handle = self.create(key, 0, false).await?;
         let settled = tokio::time::timeout(timeout, wait_settled(key, handle.clone())).await;
         let ready = match settled {
             Ok(Ok(status)) => status,
@@ -212,6 +214,7 @@ impl Supervisor {
                 });
             }
         };
+        self.set_weight(key, u32::from(weight)).await?;
         if let Some(old) = replace {
             self.route(old, key).await?;
             let old_handle = self.handle(old)?;
