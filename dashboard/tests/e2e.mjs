@@ -72,6 +72,9 @@ try {
 
   // Logs: search finds a line the fixture printed; times are local.
   await page.getByRole('button', { name: 'Logs' }).click();
+  // Opening the view shows the first target's newest lines, no click needed.
+  await page.waitForSelector('.log li time');
+  expect(true, 'the logs view loads lines on opening');
   await page.selectOption('#target', 'web:alice');
   await page.fill('#search', 'listening');
   await page.getByRole('button', { name: 'Show' }).click();
