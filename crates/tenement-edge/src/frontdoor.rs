@@ -22,7 +22,7 @@ use tracing::debug;
 
 use crate::headers::Forwarding;
 use crate::metrics::{KindLabel, Metrics, RequestFigures, ServiceLabel};
-use crate::pool::{IDLE_TIMEOUT, Pool};
+use crate::pool::{Pool, SWEEP_EVERY};
 use crate::proxy::{Limits, forward, plain};
 use crate::{Access, router};
 
@@ -141,7 +141,7 @@ async fn accept_loop(listener: TcpListener, door: Arc<FrontDoor>, shutdown: Canc
     let pool = door.pool.clone();
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(IDLE_TIMEOUT / 2).await;
+            tokio::time::sleep(SWEEP_EVERY).await;
             pool.sweep();
         }
     });

@@ -22,6 +22,8 @@ use crate::upstream::{Conn, UpstreamError};
 const IDLE_PER_INSTANCE: usize = 64;
 /// An idle connection unused this long is closed (the app may hold a file or thread for it).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often idle connections are looked over ([`Pool::sweep`]).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub struct Pool {
@@ -65,11 +67,14 @@ impl Pool {
         }
     }
 
-    /// Closes connections idle for [`IDLE_TIMEOUT`].
+    /// Closes connections idle for [`IDLE_TIMEOUT`], and those the instance closed (it went
+    /// to sleep, say): their file descriptors go now, not at the timeout.
     pub fn sweep(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, list| {
-            list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+            list.retain_mut(|(conn, since)| {
+                since.elapsed() < IDLE_TIMEOUT && !conn.is_closed_now()
+            });
             !list.is_empty()
         });
     }

@@ -232,6 +232,13 @@ impl Conn {
         poll_fn(|cx| Poll::Ready(self.poll_fill(cx).is_pending())).await
     }
 
+    /// Whether the instance closed this idle connection (or sent something unasked), checked
+    /// without waiting.
+    pub fn is_closed_now(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.poll_fill(&mut cx).is_ready()
+    }
+
     /// Ready to rest in the pool: the request sent whole, no stray bytes; holding no buffer.
     pub fn park(mut self) -> Option<Self> {
         (self.buf.is_empty() && self.upload.is_none() && !self.broken).then(|| {

@@ -131,9 +131,9 @@ struct Actor {
     cgroup: SharedCgroup,
     oom_kills: u32,
     status: watch::Sender<InstanceStatus>,
-    /// While a `listen = "tcp"` instance sleeps, its port, bound (not listening) so that no
-    /// other program takes it before the next request wakes the instance.
-    held_port: Option<tokio::net::TcpSocket>,
+    /// While a `listen = "tcp"` instance sleeps, its port, listened on (nothing accepted) so
+    /// that no other program takes it before the next request wakes the instance.
+    held_port: Option<std::net::TcpListener>,
 }
 
 /// Starts the actor for a new instance; it spawns the process at once.
@@ -448,13 +448,15 @@ impl Actor {
         }
     }
 
-    /// Binds the port of a sleeping `listen = "tcp"` instance (see `held_port`).
+    /// Holds the port of a sleeping `listen = "tcp"` instance (see `held_port`). Listening,
+    /// with `SO_REUSEADDR` (what std sets): it binds despite the app's connections lingering
+    /// in TIME_WAIT, and a listener is the one thing another `SO_REUSEADDR` socket cannot
+    /// share a port with.
     fn hold_port(&mut self) {
         if self.setup.service.listen != Listen::Tcp || self.held_port.is_some() {
             return;
         }
-        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.setup.port));
-        match tokio::net::TcpSocket::new_v4().and_then(|s| s.bind(addr).map(|()| s)) {
+        match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, self.setup.port)) {
             Ok(socket) => self.held_port = Some(socket),
             Err(e) => {
                 warn!(instance = %self.key, port = self.setup.port, error = %e, "cannot hold the port while asleep")
