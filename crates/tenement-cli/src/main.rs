@@ -76,6 +76,17 @@ fn main() -> std::process::ExitCode {
         tenement_runtime::shim::run(&raw[2..]);
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A client writing into a closed pipe (`ten ps | head -3`) ends quietly, as Unix tools
+        // do, instead of panicking. (`ten serve` keeps SIGPIPE ignored: its peers may vanish.)
+        // SAFETY: setting a signal's disposition to the default runs no handler code.
+        let _ = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            )
+        };
+    }
     let result = match cli.command {
         Command::Config(args) => cmd::config::run(cli.config.as_deref(), args),
         Command::Init(args) => cmd::init::run(args),

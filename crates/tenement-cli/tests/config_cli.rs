@@ -164,3 +164,27 @@ fn serve_takes_the_tls_flags_and_says_it_still_serves_plain_http() {
             .then_some(())
     });
 }
+
+#[test]
+fn a_client_writing_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let services: String = (0..600)
+        .map(|i| format!("[service.s{i}]\ncommand = \"/bin/true\"\n"))
+        .collect();
+    std::fs::write(dir.path().join("tenement.toml"), services).unwrap();
+    // `ten config | head -c 1`: far more than a pipe holds, and the reader goes away.
+    let mut child = Command::new(TEN)
+        .args(["config", "--config"])
+        .arg(dir.path().join("tenement.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
