@@ -248,3 +248,27 @@ isolation = "process"
     assert!(logs.contains("fixture started"), "{logs}");
     assert!(!logs.contains("body write failed"), "{logs}");
 }
+
+#[test]
+fn a_health_check_that_never_passes_is_named_in_the_startup_timeout() {
+    let mut b = building(
+        r#"
+[service.sick]
+command = "{fixture} --unhealthy-after 0"
+socket = "{dir}/{name}-{id}.sock"
+health = "/health"
+startup_timeout = 1
+restart = "never"
+isolation = "process"
+"#,
+    );
+    b.start();
+    let out = b.ten(&["spawn", "sick:a"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("startup timeout"), "{err}");
+    // Not just "startup timeout": what the health check got.
+    let i = b.instance("sick:a").unwrap();
+    let last = i["last_exit"].as_str().unwrap_or_default();
+    assert!(last.contains("answered 500"), "{i}");
+    assert!(b.serve_log().contains("answered 500"));
+}

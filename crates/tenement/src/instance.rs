@@ -134,6 +134,8 @@ struct Actor {
     /// While a `listen = "tcp"` instance sleeps, its port, listened on (nothing accepted) so
     /// that no other program takes it before the next request wakes the instance.
     held_port: Option<std::net::TcpListener>,
+    /// What the current run's latest readiness check found, while it is not ready.
+    ready_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Starts the actor for a new instance; it spawns the process at once.
@@ -183,6 +185,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         cgroup: cgroup.clone(),
         oom_kills: 0,
         held_port: None,
+        ready_error: Arc::default(),
         activity: activity.clone(),
         key: Arc::new(setup.key.clone()),
         setup,
@@ -411,8 +414,10 @@ impl Actor {
             self.setup.endpoint.clone(),
             self.setup.service.health.clone(),
         );
+        let last_error = Arc::new(std::sync::Mutex::new(None));
+        self.ready_error = last_error.clone();
         self.probe = Some(Box::pin(async move {
-            probe::until_ready(&endpoint, health.as_deref()).await;
+            probe::until_ready(&endpoint, health.as_deref(), &last_error).await;
             Ok(())
         }));
         Ok(())
@@ -537,7 +542,13 @@ impl Actor {
         }
         if self.startup_deadline.is_some_and(|d| d <= now) {
             self.startup_deadline = None;
-            warn!(instance = %self.key, "not ready within startup_timeout");
+            let why = self
+                .ready_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let why = why.as_deref().unwrap_or("no check has run");
+            warn!(instance = %self.key, last_check = why, "not ready within startup_timeout");
             self.apply(Input::StartupTimeout);
         }
         if matches!(self.life.phase, Phase::BackingOff { until } if until <= now) {
@@ -575,7 +586,16 @@ impl Actor {
             s.pid = pid;
             s.ready_since_ms = ready_since_ms.filter(|_| self.life.phase == Phase::Running);
             s.restarts = self.life.restarts;
-            s.last_exit = self.life.last_exit.as_ref().map(|r| r.to_string());
+            s.last_exit = self.life.last_exit.as_ref().map(|r| match r {
+                // Why it never got ready, as the latest readiness check found.
+                ExitReason::StartupTimeout => {
+                    match &*self.ready_error.lock().unwrap_or_else(|p| p.into_inner()) {
+                        Some(e) => format!("{r} (health check: {e})"),
+                        None => r.to_string(),
+                    }
+                }
+                r => r.to_string(),
+            });
             s.oom_kills = self.oom_kills;
         });
     }

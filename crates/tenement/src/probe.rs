@@ -153,14 +153,19 @@ pub async fn check(
 }
 
 /// Polls until the instance is ready: it accepts connections and, with a health path, answers
-/// 2xx. Never gives up by itself; the caller bounds it with `startup_timeout`.
+/// 2xx. Never gives up by itself; the caller bounds it with `startup_timeout`, and can say why
+/// from `last_error` (what the latest check found).
 ///
 /// A Unix socket that is not there yet is waited for with inotify on its directory, so the
 /// check runs the moment the app binds instead of at the next tick of tokio's 1 ms timer
 /// (cold wakes wait on this); each wait is bounded by 20 ms, so a missed event costs at most
 /// that. Between bind and listen a connect is refused: the task yields and retries (16 times)
 /// before falling back to the timer.
-pub async fn until_ready(endpoint: &Endpoint, health: Option<&str>) {
+pub async fn until_ready(
+    endpoint: &Endpoint,
+    health: Option<&str>,
+    last_error: &std::sync::Mutex<Option<String>>,
+) {
     let watch = match endpoint {
         Endpoint::Unix(path) => crate::socket_watch::SocketWatch::new(path),
         Endpoint::Tcp(_) => None,
@@ -171,6 +176,7 @@ pub async fn until_ready(endpoint: &Endpoint, health: Option<&str>) {
             Ok(()) => return,
             Err(e) => e,
         };
+        *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
         attempts += 1;
         // Poll every millisecond for the first half second (most apps are up by then).
         let pause = Duration::from_millis(if attempts < 500 { 1 } else { 20 });
