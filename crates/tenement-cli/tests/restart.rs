@@ -265,7 +265,10 @@ isolation = "process"
     b.start();
     let out = b.ten(&["spawn", "sick:a"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("startup timeout"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("startup timeout"),
+        "{err}"
+    );
     // Not just "startup timeout": what the health check got.
     let i = b.instance("sick:a").unwrap();
     let last = i["last_exit"].as_str().unwrap_or_default();
