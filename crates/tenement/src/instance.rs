@@ -11,13 +11,15 @@ use serde::Serialize;
 use tenement_core::InstanceKey;
 use tenement_core::config::{Listen, Service, Settings};
 use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
-use tenement_runtime::cgroup::{Cgroup, Cgroups, Limits};
+use tenement_runtime::cgroup::{Cgroup, Cgroups};
 use tenement_runtime::{Runtime, Spec, Workload};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+mod cgroup;
+
 use crate::activity::Activity;
-use crate::logs::{self, LogLine, Sink, Stream, Tail};
+use crate::logs::{self, Sink, Stream, Tail};
 use crate::probe::{self, Endpoint};
 
 /// Consecutive failed health checks that restart an instance.
@@ -297,65 +299,6 @@ impl Actor {
             }
             Effect::Forget => None,
         }
-    }
-
-    /// The instance's cgroup for this run, with its limits; `None` when this host has no
-    /// cgroups and no limit was asked for (or `allow_unlimited` is set).
-    fn make_cgroup(&self) -> Result<Option<Cgroup>, String> {
-        let svc = &self.setup.service;
-        let limits = Limits {
-            memory_mb: svc.memory_limit_mb,
-            cpu_weight: svc.cpu_shares,
-            pids_max: Some(svc.pids_max),
-        };
-        let asked = svc.memory_limit_mb.is_some() || svc.cpu_shares.is_some();
-        let refuse = asked && !self.setup.settings.allow_unlimited;
-        let Some(cgroups) = self.setup.cgroups else {
-            if refuse {
-                return Err("memory_limit_mb/cpu_shares need cgroups (memory and cpu controllers), which this host does not offer to ten serve; set [settings] allow_unlimited = true to run without limits".into());
-            }
-            return Ok(None);
-        };
-        let name = crate::supervisor::cgroup_name(&self.key);
-        match cgroups.create(&name, &limits) {
-            Ok(cg) => Ok(Some(cg)),
-            Err(e) if refuse => Err(format!(
-                "cannot apply limits: {e}; set [settings] allow_unlimited = true to run without"
-            )),
-            Err(e) => {
-                warn!(instance = %self.key, error = %e, "running without a cgroup");
-                Ok(None)
-            }
-        }
-    }
-
-    /// After the process exited: was it OOM-killed? Then kill anything left in its cgroup
-    /// (processes that left the process group) and remove the cgroup.
-    async fn release_cgroup(&mut self) -> bool {
-        let Some(cg) = self.cgroup.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return false;
-        };
-        let oom = cg.oom_kills() > 0;
-        if oom {
-            self.oom_kills += 1;
-            let limit = self.setup.service.memory_limit_mb.unwrap_or(0);
-            warn!(instance = %self.key, memory_limit_mb = limit, "killed by the kernel: out of memory");
-            let note = Arc::new(LogLine {
-                instance: self.key.clone(),
-                ts_ms: logs::now_ms(),
-                stream: Stream::Stderr,
-                text: format!(
-                    "[tenement] killed by the kernel: out of memory (memory_limit_mb = {limit})"
-                ),
-            });
-            self.setup.sink.send(&self.tail, note);
-        }
-        let _ = tokio::task::spawn_blocking(move || {
-            cg.kill_all();
-            cg.remove();
-        })
-        .await;
-        oom
     }
 
     fn spawn(&mut self) -> Result<(), String> {

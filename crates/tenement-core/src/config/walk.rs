@@ -168,46 +168,47 @@ impl<'de> Fields<'de> {
 pub(crate) fn expect_string(
     ctx: &mut Ctx<'_>,
     field: &str,
-    mut value: Value<'_>,
+    value: Value<'_>,
 ) -> Option<(String, Span)> {
-    let span = value.span;
-    match value.take() {
-        ValueInner::String(s) => Some((s.into_owned(), span)),
-        other => {
-            ctx.error(
-                span,
-                field,
-                format!("expected a string, found {}", other.type_str()),
-            );
-            None
-        }
-    }
+    expect_text(ctx, field, value, false)
 }
 
 /// A string, or a number or boolean taken as written (`WORKERS = 4` in an `env` table).
 pub(crate) fn expect_scalar(
     ctx: &mut Ctx<'_>,
     field: &str,
+    value: Value<'_>,
+) -> Option<(String, Span)> {
+    expect_text(ctx, field, value, true)
+}
+
+fn expect_text(
+    ctx: &mut Ctx<'_>,
+    field: &str,
     mut value: Value<'_>,
+    scalars: bool,
 ) -> Option<(String, Span)> {
     let span = value.span;
-    match value.take() {
-        ValueInner::String(s) => Some((s.into_owned(), span)),
-        ValueInner::Integer(n) => Some((n.to_string(), span)),
-        ValueInner::Float(x) => Some((x.to_string(), span)),
-        ValueInner::Boolean(b) => Some((b.to_string(), span)),
+    let text = match value.take() {
+        ValueInner::String(s) => s.into_owned(),
+        ValueInner::Integer(n) if scalars => n.to_string(),
+        ValueInner::Float(x) if scalars => x.to_string(),
+        ValueInner::Boolean(b) if scalars => b.to_string(),
         other => {
+            let want = if scalars {
+                "a string, number or boolean"
+            } else {
+                "a string"
+            };
             ctx.error(
                 span,
                 field,
-                format!(
-                    "expected a string, number or boolean, found {}",
-                    other.type_str()
-                ),
+                format!("expected {want}, found {}", other.type_str()),
             );
-            None
+            return None;
         }
-    }
+    };
+    Some((text, span))
 }
 
 pub(crate) fn expect_strings(
