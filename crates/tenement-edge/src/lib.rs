@@ -24,6 +24,7 @@ pub mod metrics;
 mod openapi;
 mod pool;
 mod proxy;
+mod unix_conn;
 mod upstream;
 
 pub use api::router;

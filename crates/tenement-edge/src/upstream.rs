@@ -22,6 +22,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::framing::{Chunk, Framing, Piece, decode};
 use crate::headers::{Forwarding, connection_tokens, hop_by_hop, line};
+use crate::unix_conn;
 
 /// Largest response head accepted from an instance.
 const MAX_HEAD: usize = 64 * 1024;
@@ -217,7 +218,9 @@ pub fn idempotent(method: &Method) -> bool {
 
 impl Conn {
     pub async fn open(endpoint: &Endpoint) -> Result<Self, UpstreamError> {
-        let io = endpoint.connect().await.map_err(UpstreamError::Connect)?;
+        let io = unix_conn::connect(endpoint)
+            .await
+            .map_err(UpstreamError::Connect)?;
         Ok(Self {
             io,
             buf: BytesMut::new(),

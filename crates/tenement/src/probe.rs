@@ -1,7 +1,7 @@
 //! Reaching an instance: its endpoint (Unix socket, or TCP for `listen = "tcp"`), connecting
 //! with a retry when the listener's backlog is full, and the readiness and health probes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
@@ -61,8 +61,7 @@ pub enum ProbeError {
 const BACKLOG_RETRY: Duration = Duration::from_secs(2);
 
 impl Endpoint {
-    /// Connects; a Unix socket whose backlog is full fails at once with EAGAIN (unlike TCP,
-    /// which queues), so that is retried briefly instead of reported.
+    /// Connects (a Unix socket's full backlog is waited out briefly: [`connect_unix`]).
     pub async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
         match self {
             Endpoint::Tcp(port) => {
@@ -71,21 +70,24 @@ impl Endpoint {
                 s.set_nodelay(true)?;
                 Ok(Box::new(s))
             }
-            Endpoint::Unix(path) => {
-                let deadline = tokio::time::Instant::now() + BACKLOG_RETRY;
-                loop {
-                    match tokio::net::UnixStream::connect(path).await {
-                        Ok(s) => return Ok(Box::new(s)),
-                        Err(e)
-                            if e.kind() == std::io::ErrorKind::WouldBlock
-                                && tokio::time::Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+            Endpoint::Unix(path) => Ok(Box::new(connect_unix(path).await?)),
+        }
+    }
+}
+
+/// Connects to a Unix socket, retrying briefly while its backlog is full: that fails at once
+/// with EAGAIN (unlike TCP, which queues).
+pub async fn connect_unix(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
+    let deadline = tokio::time::Instant::now() + BACKLOG_RETRY;
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            connected => return connected,
         }
     }
 }
