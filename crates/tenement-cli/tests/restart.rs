@@ -96,6 +96,35 @@ isolation = "process"
 }
 
 #[test]
+fn a_restarted_process_outlives_the_old_ones_stop_timeout() {
+    let mut b = building(
+        r#"
+[service.web]
+command = "{fixture}"
+socket = "{dir}/{name}-{id}.sock"
+health = "/health"
+restart = "never"
+stop_timeout = 1
+isolation = "process"
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "web:a"]);
+    let old = b.wait_instance("web:a", "running", |i| i["state"] == "running")["pid"].clone();
+    b.ten_ok(&["restart", "web:a"]);
+    let pid = b.wait_instance("web:a", "running again", |i| {
+        i["state"] == "running" && i["pid"] != old
+    })["pid"]
+        .clone();
+    // The old process's stop deadline (1 s) must not kill the new one.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let after = b.instance("web:a").unwrap();
+    assert_eq!(after["state"], "running", "{after}");
+    assert_eq!(after["pid"], pid, "{after}");
+    assert!(!b.serve_log().contains("did not stop within stop_timeout"));
+}
+
+#[test]
 fn on_failure_does_not_restart_a_clean_exit_but_always_does() {
     let mut b = building(
         r#"

@@ -230,6 +230,8 @@ impl Actor {
                 input = inputs.recv() => self.apply(input.unwrap_or(Input::Stop)),
                 status = wait_exit(&mut self.workload) => {
                     self.workload = None;
+                    // Its stop deadline goes with it: a restart's new process has none.
+                    self.kill_deadline = None;
                     let mut reason = match status {
                         Ok(s) => match (s.code(), std::os::unix::process::ExitStatusExt::signal(&s)) {
                             (Some(code), _) => ExitReason::Code(code),
