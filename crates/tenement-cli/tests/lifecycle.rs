@@ -260,6 +260,37 @@ isolation = "process"
 }
 
 #[test]
+fn a_second_server_cannot_take_a_port_a_first_one_serves() {
+    let mut first = Building::new(TEN, CONFIG);
+    first.start();
+    let addr = first.http_addr();
+    let port = addr.rsplit(':').next().unwrap();
+    let second = Building::new(TEN, CONFIG);
+    let mut serve = second
+        .cmd(&["serve", "--port", port, "--bind", "127.0.0.1"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + SOON;
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            serve.kill().unwrap();
+            serve.wait().unwrap();
+            panic!("the second ten serve started on the first one's port");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("Address already in use"), "{err}");
+}
+
+#[test]
 fn without_a_server_the_cli_says_how_to_start_one() {
     let b = Building::new(TEN, CONFIG);
     let out = b.ten(&["ps"]);

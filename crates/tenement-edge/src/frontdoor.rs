@@ -51,6 +51,11 @@ pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::T
     use nix::sys::socket::{
         self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
     };
+    if addr.port() != 0 {
+        // Another front door's sockets (same user, SO_REUSEPORT) would let ours join them and
+        // split its traffic: a plain bind finds any listener there, and fails.
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let mut port = addr.port();
     let mut out = Vec::with_capacity(threads);
     for _ in 0..threads.max(1) {
