@@ -72,6 +72,11 @@ fn blue_green_with_route_loses_nothing() {
     );
     assert_eq!(b.instance("api:v1").unwrap()["weight"], 0);
     assert_eq!(b.instance("api:v2").unwrap()["weight"], 100);
+    // Routing an instance to itself is refused, and changes nothing.
+    let out = b.ten(&["route", "api", "--from", "v2", "--to", "v2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("to itself"), "{err}");
+    assert_eq!(b.instance("api:v2").unwrap()["weight"], 100);
 
     // Weights are durable.
     b.kill9();

@@ -164,6 +164,12 @@ impl Supervisor {
     /// 100, at least 1), `from` gets 0. Both change under the registry lock, so no request sees
     /// half of it.
     pub async fn route(&self, from: &InstanceKey, to: &InstanceKey) -> Result<(u8, u8), Error> {
+        if from == to {
+            return Err(Error::Invalid {
+                key: from.clone(),
+                message: "cannot route an instance's traffic to itself".into(),
+            });
+        }
         let (hf, ht) = (self.handle(from)?, self.handle(to)?);
         let new_to =
             (hf.activity.weight() as u32 + ht.activity.weight() as u32).clamp(1, 100) as u8;
