@@ -29,8 +29,12 @@ pub fn find(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Finds and loads the configuration; the error lists every problem.
-pub fn load(explicit: Option<&Path>) -> anyhow::Result<Config> {
-    Ok(Config::load(&found(explicit)?)?)
+pub fn load(explicit: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<Config> {
+    let mut config = Config::load(&found(explicit)?)?;
+    if let Some(dir) = data_dir {
+        config.settings.data_dir = std::path::absolute(&dir).unwrap_or(dir);
+    }
+    Ok(config)
 }
 
 /// The configuration as a client command needs it (to find `data_dir`): a `${VAR}` that only

@@ -88,8 +88,8 @@ fn main() -> std::process::ExitCode {
         };
     }
     let result = match cli.command {
-        Command::Config(args) => cmd::config::run(cli.config.as_deref(), args),
-        Command::Init(args) => cmd::init::run(args),
+        Command::Config(args) => cmd::config::run(cli.config.as_deref(), cli.data_dir, args),
+        Command::Init(args) => cmd::init::run(cli.config.as_deref(), args),
         command => run_async(cli.config, cli.data_dir, cli.server, cli.token, command),
     };
     match result {

@@ -65,6 +65,13 @@ fn config_prints_the_resolved_configuration() {
     }
     let ok = b.ten_ok(&["config", "--check"]);
     assert!(ok.contains(": ok (1 service)"), "{ok}");
+    let config = b.config_path().display().to_string();
+    let moved = ten_in(
+        b.path(),
+        &["--config", &config, "config", "--data-dir", "/srv/else"],
+    );
+    let moved = String::from_utf8_lossy(&moved.stdout);
+    assert!(moved.contains("data_dir = \"/srv/else\""), "{moved}");
 }
 
 #[test]
@@ -133,6 +140,9 @@ fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
     let again = ten_in(dir.path(), &["init"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    // --config names the file to write.
+    ten_in(dir.path(), &["init", "--config", "other.toml"]);
+    assert!(dir.path().join("other.toml").is_file());
 }
 
 #[test]
@@ -152,6 +162,20 @@ fn process_alias_runtime_alias_and_duplicates() {
         err.contains("defined in both [service] and [process]"),
         "{err}"
     );
+}
+
+#[test]
+fn serve_warns_of_an_isolation_level_this_machine_cannot_run() {
+    let config = "[service.web]\ncommand = \"{fixture}\"\nisolation = \"firecracker\"\n";
+    let mut b = Building::new(TEN, config);
+    let check = b.ten(&["config", "--check"]);
+    assert!(!check.status.success());
+    b.start();
+    wait_for("the isolation warning", SOON, || {
+        b.serve_log()
+            .contains("service.web: isolation `firecracker` is not available")
+            .then_some(())
+    });
 }
 
 #[test]

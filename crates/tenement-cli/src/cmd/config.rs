@@ -1,33 +1,30 @@
 //! `ten config [--check]`: print the resolved configuration, or only validate it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use tenement_core::config::Config;
+use tenement_runtime::Runtimes;
 
 use crate::config_file;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only validate; print nothing but errors.
+    /// Only validate: print errors, or one line saying the file is fine.
     #[arg(long)]
     check: bool,
 }
 
-pub fn run(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
-    let config = config_file::load(explicit)?;
+pub fn run(
+    explicit: Option<&Path>,
+    data_dir: Option<PathBuf>,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
+    let config = config_file::load(explicit, data_dir)?;
     if args.check {
         // Every isolation level in use must be usable here: fail loudly now, not at spawn.
         let exe = std::env::current_exe()?;
-        let runtimes = tenement_runtime::Runtimes::new(exe, &config.settings);
-        let problems: Vec<String> = config
-            .services
-            .iter()
-            .filter_map(|(name, svc)| {
-                runtimes
-                    .get(svc.isolation)
-                    .err()
-                    .map(|e| format!("service.{name}: {e}"))
-            })
-            .collect();
+        let problems = unavailable(&config, &Runtimes::new(exe, &config.settings));
         if !problems.is_empty() {
             anyhow::bail!(
                 "{}: isolation not available on this machine:\n  {}",
@@ -46,4 +43,18 @@ pub fn run(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         print!("{}", toml::to_string_pretty(&config)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Services whose isolation level this machine cannot run, each as `service.NAME: why`.
+pub fn unavailable(config: &Config, runtimes: &Runtimes) -> Vec<String> {
+    config
+        .services
+        .iter()
+        .filter_map(|(name, svc)| {
+            runtimes
+                .get(svc.isolation)
+                .err()
+                .map(|e| format!("service.{name}: {e}"))
+        })
+        .collect()
 }

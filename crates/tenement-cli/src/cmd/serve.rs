@@ -55,10 +55,7 @@ pub async fn run(
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut config = config_file::load(config.as_deref())?;
-    if let Some(dir) = data_dir {
-        config.settings.data_dir = std::path::absolute(&dir).unwrap_or(dir);
-    }
+    let mut config = config_file::load(config.as_deref(), data_dir)?;
     let tls = &mut config.settings.tls;
     tls.enabled |= args.tls;
     tls.staging |= args.staging;
@@ -75,6 +72,9 @@ pub async fn run(
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
     let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
     runtimes.clean_stale();
+    for problem in crate::cmd::config::unavailable(&config, runtimes) {
+        tracing::warn!("{problem}. Its instances will fail to start.");
+    }
     // Quota mounts of a server that was killed are still there: start from a clean slate.
     tenement_runtime::storage::clean_stale(&data_dir);
     let scope = Cgroups::scope_for(&data_dir);

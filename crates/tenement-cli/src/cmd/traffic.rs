@@ -37,8 +37,9 @@ pub struct DeployArgs {
     #[arg(long, default_value_t = 100, allow_negative_numbers = true,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     weight: u32,
-    /// Seconds to wait for it to become healthy (default: the service's startup_timeout).
-    #[arg(long)]
+    /// Seconds to wait for it to become healthy (default, and at most: the service's
+    /// startup_timeout, which bounds every start).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
     /// Id of an instance to replace: it stops once the new one is healthy and its in-flight
     /// requests have finished.
