@@ -148,16 +148,14 @@ fn metrics_can_require_a_token() {
     b.start();
     let addr = b.http_addr();
     assert_eq!(get(&addr, "tenement.test", "/metrics").unwrap().status, 401);
-    let token = b.ten_ok(&["token-gen"]).trim().to_owned();
-    let auth = format!("Bearer {token}");
-    let r = request(
-        &addr,
-        "tenement.test",
-        "GET",
-        "/metrics",
-        &[("Authorization", &auth)],
-        None,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200);
+    let with = |token: &str| {
+        let auth = format!("Bearer {}", token.trim());
+        let headers = [("Authorization", auth.as_str())];
+        request(&addr, "tenement.test", "GET", "/metrics", &headers, None)
+            .unwrap()
+            .status
+    };
+    assert_eq!(with("not-a-token"), 401);
+    assert_eq!(with(&b.ten_ok(&["token-gen", "--tenant", "alice"])), 403);
+    assert_eq!(with(&b.ten_ok(&["token-gen"])), 200);
 }

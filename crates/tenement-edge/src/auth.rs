@@ -183,9 +183,13 @@ pub async fn token_list(
 pub async fn token_revoke(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     admin_only(&p)?;
+    let Ok(id) = id.parse::<i64>() else {
+        let msg = format!("token ids are numbers (`ten token list`), not `{id}`");
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg));
+    };
     if s.tokens().revoke(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

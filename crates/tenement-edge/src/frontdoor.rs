@@ -296,18 +296,21 @@ impl FrontDoor {
     /// `/metrics`: public unless `[settings] metrics_auth = true`.
     async fn metrics(&self, req: &Request<Incoming>) -> Response<Body> {
         if self.supervisor.config().settings.metrics_auth {
-            let ok = match crate::auth::bearer(req.headers()) {
-                // Metrics span every tenant: admins only.
-                Some(t) => {
-                    self.supervisor.tokens().verify(&t).await == Some(tenement::Principal::Admin)
-                }
-                None => false,
+            let principal = match crate::auth::bearer(req.headers()) {
+                Some(t) => self.supervisor.tokens().verify(&t).await,
+                None => None,
             };
-            if !ok {
-                return plain(
-                    StatusCode::UNAUTHORIZED,
-                    "metrics need a bearer token (metrics_auth = true)",
-                );
+            // Metrics span every tenant: admins only.
+            match principal {
+                Some(tenement::Principal::Admin) => {}
+                Some(_) => {
+                    let msg = "metrics need an admin token: they span every tenant";
+                    return plain(StatusCode::FORBIDDEN, msg);
+                }
+                None => {
+                    let msg = "metrics need a bearer token (metrics_auth = true)";
+                    return plain(StatusCode::UNAUTHORIZED, msg);
+                }
             }
         }
         let openmetrics = req
