@@ -243,6 +243,10 @@ fn every_endpoint_by_who_asks() {
         !listed.contains("alice") && listed.contains("(admin)"),
         "{listed}"
     );
+    // Columns line up, and the creation time is a date.
+    let admin_row = listed.lines().find(|l| l.contains("(admin)")).unwrap();
+    assert_eq!(admin_row.find("(admin)"), listed.find("TENANT"), "{listed}");
+    assert!(admin_row.trim_end().ends_with('Z'), "{listed}");
 }
 
 #[test]

@@ -55,6 +55,9 @@ fn search_filters_and_service_wide_queries() {
             && lines[1].ends_with("web:a stdout alpha-three"),
         "oldest first: {a}"
     );
+    // Each line starts with when it was captured, in UTC: 2026-11-22T09:37:36.704Z.
+    let at = lines[0].split(' ').next().unwrap();
+    assert!(at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T', "{a}");
     let err = b.ten_ok(&[
         "logs",
         "web:a",

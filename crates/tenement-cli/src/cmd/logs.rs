@@ -3,6 +3,7 @@
 //! from the persistent log store, oldest first; `-f` keeps printing new lines.
 
 use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::bail;
 use http_body_util::BodyExt;
@@ -36,9 +37,10 @@ pub struct Args {
 fn print(line: &Value) {
     let stream = line["stream"].as_str().unwrap_or("?");
     let text = line["text"].as_str().unwrap_or("");
-    let ts = line["ts_ms"].as_u64().unwrap_or(0);
+    let at = UNIX_EPOCH + Duration::from_millis(line["ts_ms"].as_u64().unwrap_or(0));
+    let at = humantime::format_rfc3339_millis(at);
     let who = line["instance"].as_str().unwrap_or("");
-    println!("{}.{:03} {who} {stream} {text}", ts / 1000, ts % 1000);
+    println!("{at} {who} {stream} {text}");
 }
 
 /// `application/x-www-form-urlencoded` for a query value.

@@ -1,6 +1,7 @@
 //! `ten token-gen [--tenant ID]`, `ten token list`, `ten token revoke ID`.
 
 use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use hyper::Method;
@@ -60,13 +61,15 @@ pub async fn run(client: &Client, cmd: TokenCommand) -> anyhow::Result<ExitCode>
     match cmd {
         TokenCommand::List => {
             let tokens: Vec<Value> = client.call(Method::GET, "/tokens", None).await?;
-            println!("{:<6} {:<20} CREATED", "ID", "TENANT");
+            println!("{:<6} {:<20} CREATED (UTC)", "ID", "TENANT");
             for t in tokens {
+                let created =
+                    UNIX_EPOCH + Duration::from_secs(t["created_at"].as_u64().unwrap_or(0));
                 println!(
                     "{:<6} {:<20} {}",
-                    t["id"],
+                    t["id"].as_i64().unwrap_or(0),
                     t["tenant"].as_str().unwrap_or("(admin)"),
-                    t["created_at"]
+                    humantime::format_rfc3339_seconds(created)
                 );
             }
         }
