@@ -57,7 +57,10 @@ fn search_filters_and_service_wide_queries() {
     );
     // Each line starts with when it was captured, in UTC: 2026-11-22T09:37:36.704Z.
     let at = lines[0].split(' ').next().unwrap();
-    assert!(at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T', "{a}");
+    assert!(
+        at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T',
+        "{a}"
+    );
     let err = b.ten_ok(&[
         "logs",
         "web:a",

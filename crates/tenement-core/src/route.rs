@@ -144,6 +144,16 @@ fn under(path: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?']))
 }
 
+/// The `--domain` of `ten serve`: a host name as a Host header carries it (no port), lowercased.
+pub fn parse_domain(raw: &str) -> Result<String, String> {
+    match normalize(raw) {
+        Ok(domain) if !raw.contains([':', '[']) => Ok(domain.into_owned()),
+        _ => Err(format!(
+            "`{raw}` is not a domain name (labels of letters, digits and '-', joined by dots)"
+        )),
+    }
+}
+
 /// Lowercase, no port, no trailing dot; every label a valid DNS label. (Borrowed unless it had
 /// to be lowercased: this runs for every request.)
 fn normalize(raw: &str) -> Result<Cow<'_, str>, RouteError> {
@@ -289,6 +299,22 @@ mod tests {
         ];
         for (host, path, want) in table {
             assert_eq!(r.route(Some(host), path), Ok(want), "{host} {path}");
+        }
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(parse_domain("Example.COM."), Ok("example.com".into()));
+        assert_eq!(parse_domain("localhost"), Ok("localhost".into()));
+        for bad in [
+            "bad domain!",
+            "",
+            "example.com:8080",
+            "[::1]",
+            "a..b",
+            "-a.b",
+        ] {
+            assert!(parse_domain(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
     /// Domain for subdomain routing (`prod.api.DOMAIN`).
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, default_value = "localhost", value_parser = tenement_core::route::parse_domain)]
     domain: String,
     /// Turn on TLS with ACME ([settings.tls] enabled; not built yet: warns, serves HTTP).
     #[arg(long)]
