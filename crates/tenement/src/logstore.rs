@@ -96,6 +96,22 @@ struct Pending {
     total: usize,
 }
 
+impl Pending {
+    /// Queues a line; `false` when its instance's queue was full, so its oldest line went.
+    fn add(&mut self, line: Arc<LogLine>) -> bool {
+        let queue = self.queues.entry(line.instance.clone()).or_default();
+        queue.lines.push_back(line);
+        queue.pushed += 1;
+        if queue.lines.len() > PENDING_PER_INSTANCE {
+            queue.lines.pop_front();
+            queue.done += 1;
+            return false;
+        }
+        self.total += 1;
+        true
+    }
+}
+
 /// One instance's unwritten lines, and counts of its lines ever queued and done with
 /// (written, dropped, or lost to a failed write), for [`LogStore::flush`].
 #[derive(Default)]
@@ -174,15 +190,8 @@ impl LogStore {
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let queue = p.queues.entry(line.instance.clone()).or_default();
-        queue.lines.push_back(line);
-        queue.pushed += 1;
-        if queue.lines.len() > PENDING_PER_INSTANCE {
-            queue.lines.pop_front();
-            queue.done += 1;
+        if !p.add(line) {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            p.total += 1;
         }
         if p.total >= 10_000 {
             self.shared.wake.notify_one();
