@@ -31,7 +31,7 @@ use crate::framing::Framing;
 use crate::frontdoor::{Client, FrontDoor, serve_hyper, unavailable_status};
 use crate::headers::{connection_tokens, line};
 use crate::proxy::{Reply, fetch};
-use crate::upstream::{Answer, Conn, request_head};
+use crate::upstream::{Answer, Conn, UpstreamError, request_head};
 
 /// Most header lines in a request head the fast path takes (hyper's limit too).
 const MAX_HEADERS: usize = 100;
@@ -269,7 +269,10 @@ async fn proxy(
                 false,
             );
             let (endpoint, mut no_body) = (lease.endpoint(), None);
-            let expired = lapse(timer, started + door.limits.upstream_timeout);
+            let expired = async {
+                lapse(timer, started + door.limits.upstream_timeout).await;
+                UpstreamError::TimedOut
+            };
             let fetched = fetch(
                 &door.pool,
                 endpoint,

@@ -25,6 +25,7 @@ mod openapi;
 mod pool;
 mod proxy;
 mod unix_conn;
+mod upload;
 mod upstream;
 
 pub use api::router;

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -19,7 +19,8 @@ use tracing::debug;
 use crate::framing::Framing;
 use crate::headers::{Forwarding, pairs, wants_upgrade};
 use crate::pool::{Pool, Streaming};
-use crate::upstream::{Answer, Conn, Upload, UpstreamError, idempotent, request_head};
+use crate::upload::{Clock, Upload};
+use crate::upstream::{Answer, Conn, UpstreamError, idempotent, request_head};
 
 /// Front-door limits, from `[settings]`.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +85,7 @@ pub async fn forward(
         chunked,
     );
     let endpoint = lease.endpoint();
-    let expired = tokio::time::sleep(limits.upstream_timeout);
+    let expired = upstream_deadline(limits.upstream_timeout, upload.as_ref().map(Upload::clock));
     let fetched = fetch(
         pool,
         endpoint,
@@ -138,6 +139,7 @@ impl Failure {
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
             StatusCode::BAD_REQUEST => "the request body could not be read",
             StatusCode::GATEWAY_TIMEOUT => "the instance did not answer in time",
+            StatusCode::REQUEST_TIMEOUT => "the request body stopped coming",
             _ => "the instance failed to answer",
         }
     }
@@ -152,7 +154,7 @@ pub async fn fetch(
     upload: &mut Option<Upload>,
     method: &Method,
     upgrade: bool,
-    expired: impl Future<Output = ()>,
+    expired: impl Future<Output = UpstreamError>,
 ) -> Result<(Answer, Reply), Failure> {
     let exchange = async {
         let (mut conn, answer) = send(pool, endpoint, head, upload, method, upgrade).await?;
@@ -175,14 +177,33 @@ pub async fn fetch(
     let outcome = tokio::select! {
         biased;
         outcome = exchange => outcome,
-        () = expired => Err(UpstreamError::TimedOut),
+        timeout = expired => Err(timeout),
     };
     outcome.map_err(|e| match e {
         UpstreamError::TooLarge => Failure(StatusCode::PAYLOAD_TOO_LARGE, e),
+        UpstreamError::ClientStalled => Failure(StatusCode::REQUEST_TIMEOUT, e),
         UpstreamError::Client(_) => Failure(StatusCode::BAD_REQUEST, e),
         UpstreamError::TimedOut => Failure(StatusCode::GATEWAY_TIMEOUT, e),
         e => Failure(StatusCode::BAD_GATEWAY, e),
     })
+}
+
+/// Resolves once the instance has had `timeout` to answer, counted from the request body's
+/// last move (`clock`): an upload that keeps moving never expires. A body that stopped coming
+/// from the client is the client's fault (408), not the instance's (504).
+async fn upstream_deadline(timeout: Duration, clock: Option<Clock>) -> UpstreamError {
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep_until((since + timeout).into()).await;
+        let Some(clock) = &clock else {
+            return UpstreamError::TimedOut;
+        };
+        match clock.last() {
+            (moved, _) if moved > since => since = moved,
+            (_, true) => return UpstreamError::ClientStalled,
+            (_, false) => return UpstreamError::TimedOut,
+        }
+    }
 }
 
 /// An instance's answer past its head.

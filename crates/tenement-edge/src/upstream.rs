@@ -13,16 +13,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use hyper::body::{Body as HttpBody, Incoming};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use tenement::probe::{Endpoint, Io};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::io::poll_read_buf;
 
 use crate::framing::{Chunk, Framing, Piece, decode};
 use crate::headers::{Forwarding, connection_tokens, hop_by_hop, line};
 use crate::unix_conn;
+use crate::upload::Upload;
 
 /// Largest response head accepted from an instance.
 const MAX_HEAD: usize = 64 * 1024;
@@ -51,6 +51,9 @@ pub enum UpstreamError {
     TooLarge,
     #[error("the client's request body failed: {0}")]
     Client(hyper::Error),
+    /// The client's request body stopped coming for `upstream_timeout`.
+    #[error("the request body stopped coming")]
+    ClientStalled,
 }
 
 pub(crate) fn malformed(what: impl std::fmt::Display) -> UpstreamError {
@@ -102,81 +105,6 @@ impl Answer {
         *res.status_mut() = self.status;
         *res.headers_mut() = headers;
         Ok(res)
-    }
-}
-
-/// A request body on its way to the instance: framed as the client sent it with
-/// `Content-Length`, else chunked. It is sent while the answer comes back: an app may answer
-/// before it has read the whole body, or stream its answer as it reads.
-pub struct Upload {
-    body: Incoming,
-    chunked: bool,
-    /// Bytes taken from the client's body and not yet written.
-    out: Bytes,
-    sent: usize,
-    max: usize,
-    ended: bool,
-}
-
-impl Upload {
-    pub fn new(body: Incoming, chunked: bool, max: usize) -> Self {
-        Self {
-            body,
-            chunked,
-            out: Bytes::new(),
-            sent: 0,
-            max,
-            ended: false,
-        }
-    }
-
-    /// Writes as much of the body to `io` as is available; ready once all of it is sent.
-    fn poll_send(
-        &mut self,
-        cx: &mut Context<'_>,
-        io: &mut Box<dyn Io>,
-    ) -> Poll<Result<(), UpstreamError>> {
-        loop {
-            if !self.out.is_empty() {
-                match ready!(Pin::new(&mut *io).poll_write(cx, &self.out))? {
-                    0 => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
-                    n => {
-                        self.out.advance(n);
-                        continue;
-                    }
-                }
-            }
-            if self.ended {
-                return Poll::Ready(Ok(()));
-            }
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue; // trailers are not forwarded
-                    };
-                    self.sent += data.len();
-                    if self.sent > self.max {
-                        return Poll::Ready(Err(UpstreamError::TooLarge));
-                    }
-                    self.out = if self.chunked && !data.is_empty() {
-                        let mut c = BytesMut::with_capacity(data.len() + 20);
-                        c.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        c.extend_from_slice(&data);
-                        c.extend_from_slice(b"\r\n");
-                        c.freeze()
-                    } else {
-                        data
-                    };
-                }
-                Some(Err(e)) => return Poll::Ready(Err(UpstreamError::Client(e))),
-                None => {
-                    self.ended = true;
-                    if self.chunked {
-                        self.out = Bytes::from_static(b"0\r\n\r\n");
-                    }
-                }
-            }
-        }
     }
 }
 
