@@ -167,6 +167,32 @@ fn an_open_websocket_or_stream_keeps_it_awake() {
 }
 
 #[test]
+fn a_closed_websocket_does_not_keep_it_awake_while_the_client_lingers() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "sleepy:a"]);
+    let hs = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let r = http::request(&addr, "a.sleepy.tenement.test", "GET", "/ws", &hs, None).unwrap();
+    assert_eq!(r.status, 101);
+    let mut ws = r.into_stream();
+    // The close handshake: the app answers and hangs up; the client keeps its socket.
+    ws.get_mut().write_all(&[0x88, 0x80, 1, 2, 3, 4]).unwrap();
+    let mut close = [0u8; 2];
+    ws.read_exact(&mut close).unwrap();
+    assert_eq!(close, [0x88, 0]);
+    assert_eq!(ws.read(&mut close).unwrap(), 0, "the app hung up");
+    // Half-closed and idle for 10 s, the tunnel ends; then idle_timeout (1 s) puts it to sleep.
+    asleep(&b, "sleepy:a");
+    drop(ws);
+}
+
+#[test]
 fn unknown_ids_are_404_unless_the_service_spawns_on_request() {
     let mut b = Building::new(TEN, CONFIG);
     b.start();

@@ -13,7 +13,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tenement::probe::Endpoint;
 use tenement::{ActivityGuard, Lease};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use crate::framing::Framing;
@@ -244,10 +244,16 @@ async fn send(
     Ok((conn, answer))
 }
 
-/// Websocket (or any `Upgrade`) after the instance's 101: bytes copied both ways for as long
-/// as either side keeps it open, with the instance counted as active throughout.
+/// How long a tunnel outlives one side's close while nothing comes from the other: a websocket
+/// whose close handshake is done, but whose client keeps its socket, must not keep the instance
+/// awake (and two descriptors open) for ever.
+const HALF_CLOSED_IDLE: Duration = Duration::from_secs(10);
+
+/// Websocket (or any `Upgrade`) after the instance's 101: bytes copied both ways while both
+/// sides keep it open, with the instance counted as active throughout; once one side has
+/// closed, the other direction goes on until it is done or idle for [`HALF_CLOSED_IDLE`].
 fn tunnel(conn: Conn, client: hyper::upgrade::OnUpgrade, guard: ActivityGuard) {
-    let (mut upstream, early) = conn.into_parts();
+    let (upstream, early) = conn.into_parts();
     tokio::spawn(async move {
         let _guard = guard;
         let Ok(client) = client.await else {
@@ -258,8 +264,50 @@ fn tunnel(conn: Conn, client: hyper::upgrade::OnUpgrade, guard: ActivityGuard) {
         if !early.is_empty() && client.write_all(&early).await.is_err() {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        let ((mut from_client, mut to_client), (mut from_app, mut to_app)) =
+            (tokio::io::split(client), tokio::io::split(upstream));
+        let (closing, _) = tokio::sync::watch::channel(false);
+        tokio::join!(
+            async {
+                pipe(&mut from_client, &mut to_app, closing.subscribe()).await;
+                closing.send_replace(true);
+            },
+            async {
+                pipe(&mut from_app, &mut to_client, closing.subscribe()).await;
+                closing.send_replace(true);
+            },
+        );
     });
+}
+
+/// Copies `from` to `to` until EOF or an error, then shuts `to` down for writing. Once
+/// `closing` (the other direction has ended), a wait of [`HALF_CLOSED_IDLE`] for more ends it.
+async fn pipe(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    mut closing: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let read = if *closing.borrow() {
+            match tokio::time::timeout(HALF_CLOSED_IDLE, from.read(&mut buf)).await {
+                Ok(read) => read,
+                Err(_idle) => break,
+            }
+        } else {
+            tokio::select! {
+                read = from.read(&mut buf) => read,
+                // (A read is cancel-safe: it starts again, now with the idle limit.)
+                _ = closing.changed() => continue,
+            }
+        };
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) if to.write_all(&buf[..n]).await.is_err() => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// A response body that keeps its instance awake until it is finished or dropped.
