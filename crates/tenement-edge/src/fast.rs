@@ -61,7 +61,9 @@ pub(crate) async fn serve(
         };
         match parsed {
             Ok((httparse::Status::Complete(len), Some(req))) => {
-                let Some(mut plan) = plan(&door, &req) else {
+                // Over max_header_kb (it came in one read): hyper answers 431, as it would.
+                let plan = (len <= door.max_head).then(|| plan(&door, &req)).flatten();
+                let Some(mut plan) = plan else {
                     let read = buf.freeze();
                     return hand_over(door, stream, read, client, builder, shutdown).await;
                 };
