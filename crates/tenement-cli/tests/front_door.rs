@@ -206,6 +206,19 @@ fn framing_and_host_cannot_be_smuggled() {
     assert_eq!(r.unwrap().status, 400);
     let r = http::request(&addr, host, "CONNECT", "a.web.tenement.test:443", &[], None);
     assert_eq!(r.unwrap().status, 405);
+    // A target that is no path; a transfer coding the app would not be told of.
+    let te = "Transfer-Encoding: gzip, chunked\r\n";
+    for (line, extra, want) in [("GET pid", "", "400"), ("POST /upload", te, "501")] {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            c,
+            "{line} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n0\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer.split(' ').nth(1), Some(want), "{line}: {answer}");
+    }
 }
 
 #[test]

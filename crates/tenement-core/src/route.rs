@@ -212,11 +212,10 @@ fn normalize(raw: &str) -> Result<Cow<'_, str>, RouteError> {
     })
 }
 
+/// A Host header's port: digits, or none at all (RFC 3986 allows `host:`).
 fn valid_port(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 5
-        && p.bytes().all(|b| b.is_ascii_digit())
-        && p.parse::<u16>().is_ok()
+    p.is_empty()
+        || (p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]
@@ -255,6 +254,8 @@ mod tests {
             ("prod.api.example.com", "/", inst("api", "prod")),
             ("PROD.Api.Example.COM", "/x", inst("api", "prod")),
             ("prod.api.example.com:8080", "/", inst("api", "prod")),
+            ("prod.api.example.com:", "/", inst("api", "prod")),
+            ("[::1]:", "/", Building),
             ("prod.api.example.com.", "/", inst("api", "prod")),
             ("prod.api.example.com.:443", "/", inst("api", "prod")),
             ("api.example.com", "/", Service(svc("api"))),

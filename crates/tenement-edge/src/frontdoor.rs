@@ -248,16 +248,30 @@ impl FrontDoor {
 
     async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
         let mut hosts = req.headers().get_all(header::HOST).iter();
-        let host = hosts.next().and_then(|h| h.to_str().ok());
+        let raw_host = hosts.next();
         if hosts.next().is_some() {
             // Routed by one, read by the app as another: refused (RFC 9112 §3.2).
             return plain(StatusCode::BAD_REQUEST, "more than one Host header");
         }
+        let Ok(host) = raw_host.map(|h| h.to_str()).transpose() else {
+            return plain(StatusCode::BAD_REQUEST, "malformed Host header: not ASCII");
+        };
         if req.method() == Method::CONNECT {
             return plain(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "CONNECT is not supported here",
             );
+        }
+        if req.uri().scheme().is_none() && req.uri().authority().is_some() {
+            // `GET name HTTP/1.1`: a target that is neither a path nor an absolute URI.
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "the request target must be a path: /...",
+            );
+        }
+        if let Some(coding) = crate::headers::unsupported_coding(req.headers()) {
+            let msg = format!("transfer coding `{coding}` is not supported (only chunked)");
+            return plain(StatusCode::NOT_IMPLEMENTED, &msg);
         }
         let routed = match host {
             // HTTP/1.0 may leave Host out: that is the bare domain (HTTP/1.1 must send it).

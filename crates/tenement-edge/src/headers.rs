@@ -157,6 +157,17 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
+/// The first transfer coding of a request other than `chunked`: the proxy would drop it, so
+/// the app would read a body coded in a way it was not told of (RFC 9112 §6.1: 501).
+pub fn unsupported_coding(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get_all(hyper::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| String::from_utf8_lossy(c.trim_ascii()).into_owned())
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
