@@ -503,6 +503,11 @@ fn dying_app_gives_502_then_the_restarted_one_answers() {
         i["restarts"] == 1 && i["state"] == "running"
     });
     assert_eq!(text(&addr, "a.web.tenement.test", "/").0, 200);
+    let log = b.serve_log();
+    assert!(
+        log.contains("WARN") && log.contains("proxied request failed"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -286,7 +286,7 @@ async fn proxy(
             );
             match fetched.await {
                 Err(failure) => {
-                    tracing::debug!(instance = %lease.key(), error = %failure.1, "upstream failed");
+                    failure.log(lease.key());
                     plain(
                         &mut out,
                         failure.0,

@@ -98,7 +98,7 @@ pub async fn forward(
     let (answer, reply) = match fetched.await {
         Ok(answer) => answer,
         Err(failure) => {
-            debug!(instance = %lease.key(), error = %failure.1, "upstream failed");
+            failure.log(lease.key());
             return plain(failure.0, failure.message());
         }
     };
@@ -134,6 +134,17 @@ pub async fn forward(
 pub struct Failure(pub StatusCode, pub UpstreamError);
 
 impl Failure {
+    /// In the server's log: the instance's failures (502, 504) as warnings, since an operator
+    /// wants to see them; the client's own (400, 408, 413) only when debugging.
+    pub fn log(&self, instance: &tenement_core::InstanceKey) {
+        let (status, error) = (self.0.as_u16(), &self.1);
+        if self.0.is_server_error() {
+            tracing::warn!(%instance, status, %error, "proxied request failed");
+        } else {
+            debug!(%instance, status, %error, "proxied request failed");
+        }
+    }
+
     pub fn message(&self) -> &'static str {
         match self.0 {
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
