@@ -95,6 +95,12 @@ fn search_filters_and_service_wide_queries() {
     let unknown = b.ten(&["logs", "nosuch:a"]);
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(!unknown.status.success() && err.contains("nosuch"), "{err}");
+    // So is an instance that never existed; a stopped one keeps its lines.
+    let never = b.ten(&["logs", "web:never"]);
+    let err = String::from_utf8_lossy(&never.stderr);
+    assert!(!never.status.success() && err.contains("no instance web:never"), "{err}");
+    b.ten_ok(&["stop", "web:b"]);
+    assert!(b.ten_ok(&["logs", "web:b"]).contains("beta-two"));
 }
 
 #[test]

@@ -138,7 +138,7 @@ pub async fn logs(
     };
     let live = p.follow.then(|| s.follow_logs());
     let found = {
-        let q = q.clone();
+        let (q, store) = (q.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
             store.flush(|k| q.covers(k));
             store.query(&q)
@@ -147,6 +147,20 @@ pub async fn logs(
         .expect("log query task")?
     };
     let Some(live) = live else {
+        // An instance that never existed (none now, not a line kept): said, not answered empty.
+        if let Some(k) = q.instance.as_ref().filter(|k| found.is_empty() && s.get(k).is_err()) {
+            let any = LogQuery {
+                instance: Some(k.clone()),
+                limit: 1,
+                ..LogQuery::default()
+            };
+            let kept = tokio::task::spawn_blocking(move || store.query(&any))
+                .await
+                .expect("log query task")?;
+            if kept.is_empty() {
+                return Err(tenement::Error::NotFound(k.clone()).into());
+            }
+        }
         return Ok(Json(found).into_response());
     };
     let backlog: Vec<Event> = found.iter().rev().map(log_event).collect();
