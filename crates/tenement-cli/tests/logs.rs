@@ -98,7 +98,10 @@ fn search_filters_and_service_wide_queries() {
     // So is an instance that never existed; a stopped one keeps its lines.
     let never = b.ten(&["logs", "web:never"]);
     let err = String::from_utf8_lossy(&never.stderr);
-    assert!(!never.status.success() && err.contains("no instance web:never"), "{err}");
+    assert!(
+        !never.status.success() && err.contains("no instance web:never"),
+        "{err}"
+    );
     b.ten_ok(&["stop", "web:b"]);
     assert!(b.ten_ok(&["logs", "web:b"]).contains("beta-two"));
 }

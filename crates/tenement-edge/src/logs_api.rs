@@ -148,7 +148,11 @@ pub async fn logs(
     };
     let Some(live) = live else {
         // An instance that never existed (none now, not a line kept): said, not answered empty.
-        if let Some(k) = q.instance.as_ref().filter(|k| found.is_empty() && s.get(k).is_err()) {
+        if let Some(k) = q
+            .instance
+            .as_ref()
+            .filter(|k| found.is_empty() && s.get(k).is_err())
+        {
             let any = LogQuery {
                 instance: Some(k.clone()),
                 limit: 1,
