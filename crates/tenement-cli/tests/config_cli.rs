@@ -165,6 +165,22 @@ fn process_alias_runtime_alias_and_duplicates() {
 }
 
 #[test]
+fn a_socket_straight_in_data_dir_is_refused_where_data_dir_is_hidden() {
+    let socket = "socket = \"{data_dir}/{name}-{id}.sock\"";
+    let b = Building::new(TEN, &format!("[service.web]\ncommand = \"x\"\n{socket}\n"));
+    let err = String::from_utf8_lossy(&b.ten(&["config", "--check"]).stderr).into_owned();
+    assert!(
+        err.contains("service.web.socket: directly in {data_dir}"),
+        "{err}"
+    );
+    // With process isolation nothing is hidden: allowed.
+    b.write_config(&format!(
+        "[service.web]\ncommand = \"x\"\nisolation = \"process\"\n{socket}\n"
+    ));
+    b.ten_ok(&["config", "--check"]);
+}
+
+#[test]
 fn serve_warns_of_an_isolation_level_this_machine_cannot_run() {
     let config = "[service.web]\ncommand = \"{fixture}\"\nisolation = \"firecracker\"\n";
     let mut b = Building::new(TEN, config);

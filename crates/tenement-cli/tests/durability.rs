@@ -13,7 +13,8 @@ health = "/health"
 isolation = "process"
 
 [service.forky]
-command = "{fixture} --fork 4"
+# One child leaves the app's process group (setsid): only the instance's cgroup still holds it.
+command = "setsid {fixture} --sleeper & exec {fixture} --fork 4"
 socket = "{dir}/sock/{name}-{id}.sock"
 isolation = "process"
 
@@ -57,11 +58,11 @@ fn kill_9_leaves_no_tenant_and_restart_restores_everything() {
     b.ten_ok(&["spawn", "forky:a"]);
     let before = all_running(&b, 3);
     let procs = wait_for(
-        "all tenant processes (incl. 4 forked children)",
+        "all tenant processes (incl. 4 forked children and the setsid one)",
         SOON,
         || {
             let p = b.tenant_processes();
-            (p.len() >= 2 * 2 + 2 + 4).then_some(p)
+            (p.len() >= 2 * 2 + 2 + 4 + 1).then_some(p)
         },
     );
     let socket = b.socket("web:prod");

@@ -82,18 +82,24 @@ fn the_app_runs_on_gvisor_and_is_reachable_through_the_proxy() {
         .text()
         .unwrap();
     assert_eq!(ps.lines().count(), 3, "{ps}");
-    // The host's data directory is read-only inside except its own part.
+    // data_dir is hidden (the server's state, other tenants' data) except its own part.
     let data = b.data_dir();
-    let (code, _) = {
-        let mut r = get(
-            &addr,
-            "a.sb.tenement.test",
-            &format!("/read?path={}/tenement.db", data.display()),
-        )
-        .unwrap();
+    let read = |path: String| {
+        let mut r = get(&addr, "a.sb.tenement.test", &format!("/read?path={path}")).unwrap();
         (r.status, r.text().unwrap())
     };
-    assert_eq!(code, 200, "root is the host's / (read-only), as documented");
+    let (code, text) = read(format!("{}/tenement.db", data.display()));
+    assert_ne!(
+        code,
+        200,
+        "the server's state is hidden ({} bytes read)",
+        text.len()
+    );
+    std::fs::write(data.join("sb/a/mine.txt"), "own data").unwrap();
+    assert_eq!(
+        read(format!("{}/sb/a/mine.txt", data.display())).1,
+        "own data"
+    );
     // runsc run, its gofer and its sandbox are all in the instance's cgroup.
     let procs = b
         .cgroup_scopes()

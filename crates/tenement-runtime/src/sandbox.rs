@@ -1,6 +1,7 @@
 //! `isolation = "sandbox"`: gVisor. tenement writes an OCI bundle for the instance (root = the
-//! host's `/`, read-only; the working directory read-only; the data and socket directories
-//! writable; a private `/tmp`), and the shim runs `runsc run` on it with
+//! host's `/`, read-only; the working directory read-only; data_dir hidden under an empty tmpfs
+//! except the instance's own directory; the data and socket directories writable; a private
+//! `/tmp`), and the shim runs `runsc run` on it with
 //! `--host-uds=create` (so the app's Unix socket is reachable from the host) and
 //! `--ignore-cgroups` (tenement owns cgroups). `runsc run` runs attached: if it dies, the
 //! sandbox dies with it, so the shim's process-group kill still takes everything down.
@@ -39,10 +40,15 @@ impl SandboxRuntime {
         let dir = self.root.join("bundles").join(id);
         std::fs::create_dir_all(&dir)?;
         let bind = |path: &Path, mode: &str| json!({ "destination": path, "type": "bind", "source": path, "options": ["rbind", mode] });
+        let tmpfs = |path: &Path, mode: &str| json!({ "destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", mode] });
         let mut mounts = vec![
             json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
-            json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"] }),
+            tmpfs(Path::new("/tmp"), "mode=1777"),
             bind(&spec.workdir, "ro"),
+            // Other tenants' data and the server's state hidden, as with namespace: an empty
+            // tmpfs over data_dir (after the working directory, which may hold it), with the
+            // instance's own directory bound back.
+            tmpfs(&spec.data_root, "mode=755"),
             bind(&spec.instance_dir, "rw"),
         ];
         if let Some(dir) = spec.socket.parent() {

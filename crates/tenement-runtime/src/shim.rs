@@ -148,7 +148,7 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child if o.namespace => init(&o, &old_mask, &watched),
         ForkResult::Child => exec_app(&o.argv, &old_mask),
-        ForkResult::Parent { child } => supervise(child, o.parent, &watched),
+        ForkResult::Parent { child } => supervise(child, o.parent, &o.cgroups, &watched),
     }
 }
 
@@ -251,17 +251,52 @@ fn exec_app(argv: &[CString], old_mask: &SigSet) -> ! {
     std::process::exit(127)
 }
 
-fn supervise(child: Pid, parent: i32, watched: &SigSet) -> Result<Infallible, String> {
+fn supervise(
+    child: Pid,
+    parent: i32,
+    cgroups: &[PathBuf],
+    watched: &SigSet,
+) -> Result<Infallible, String> {
     loop {
         let sig = watched.wait().map_err(|e| format!("sigwait: {e}"))?;
         if sig != Signal::SIGCHLD {
             if getppid().as_raw() != parent {
-                // ten serve is gone: take the whole instance down, the shim included.
+                // ten serve is gone: take the whole instance down, the shim included; with
+                // the processes that left the group (setsid) but not the instance's cgroup.
+                if let Some(dir) = cgroups.first() {
+                    kill_cgroup(dir);
+                }
                 let _ = signal::killpg(getpgrp(), Signal::SIGKILL);
             }
             continue;
         }
         reap(child);
+    }
+}
+
+/// SIGKILLs every process of the cgroup at `dir` but this one (cgroup v2: `cgroup.kill`,
+/// which takes this one too), until none is left or a few rounds have passed (a process
+/// forking meanwhile lands in the same cgroup and is caught by the next round).
+fn kill_cgroup(dir: &std::path::Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    let me = std::process::id().to_string();
+    for _ in 0..100 {
+        let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            return;
+        };
+        let others: Vec<i32> = procs
+            .lines()
+            .filter(|p| *p != me)
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        for pid in others {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 

@@ -63,8 +63,10 @@ pub(super) fn service(
         Some((w, _)) => resolve(base, &w),
         None => base.to_path_buf(),
     };
+    let mut socket_span = None;
     let socket = match f.string(ctx, "socket") {
         Some((raw, span)) => {
+            socket_span = Some(span);
             let field = f.field("socket");
             let t = template(ctx, &field, (raw, span), SOCKET_VARS, env);
             if let Some(t) = &t
@@ -130,6 +132,20 @@ pub(super) fn service(
         .or(runtime.map(|v| (v, "runtime")))
         .and_then(|(v, name)| choice(ctx, &f.field(name), v, &Isolation::ALL))
         .unwrap_or(Isolation::Namespace);
+    // Namespace and sandbox isolation hide data_dir from the instance except its own directory:
+    // a socket straight in data_dir would be made where the host never sees it.
+    if let (Some(t), Some(span)) = (&socket, socket_span)
+        && matches!(isolation, Isolation::Namespace | Isolation::Sandbox)
+        && t.as_str()
+            .rsplit_once('/')
+            .is_some_and(|(dir, _)| dir == "{data_dir}")
+    {
+        ctx.error(
+            span,
+            &f.field("socket"),
+            "directly in {data_dir}, which namespace and sandbox isolation hide from the instance: use its own directory (\"{data_dir}/{id}/app.sock\") or the default (/tmp/tenement/{name}-{id}.sock)",
+        );
+    }
     let listen = f
         .string(ctx, "listen")
         .and_then(|v| {
