@@ -22,7 +22,10 @@ pub enum TokenCommand {
     /// Ids, tenants and creation times (never the secrets).
     List,
     /// Revoke a token at once.
-    Revoke { id: i64 },
+    Revoke {
+        /// The token's id (`ten token list`; the number after `ten_` in the token).
+        id: i64,
+    },
 }
 
 pub async fn generate(client: &Client, args: GenArgs) -> anyhow::Result<ExitCode> {

@@ -19,6 +19,7 @@ pub struct WeightArgs {
 
 #[derive(clap::Args)]
 pub struct RouteArgs {
+    /// The service whose traffic moves (both instances are its).
     service: String,
     /// Instance id that loses its traffic.
     #[arg(long)]
