@@ -58,6 +58,12 @@ try {
   // Stop needs a confirmation; then the instance is gone.
   await rowOf('web:carol').getByRole('button', { name: 'Stop' }).click();
   await page.getByRole('alertdialog').waitFor();
+  expect(await page.evaluate(() => document.activeElement?.textContent === 'Cancel'), 'the confirmation takes the focus, on Cancel');
+  await page.keyboard.press('Escape');
+  await page.getByRole('alertdialog').waitFor({ state: 'hidden' });
+  expect(await rowOf('web:carol').count() === 1, 'Escape closes the confirmation and stops nothing');
+  await rowOf('web:carol').getByRole('button', { name: 'Stop' }).click();
+  await page.getByRole('alertdialog').waitFor();
   await page.screenshot({ path: `${SHOTS}/confirm-stop.png` });
   await page.getByRole('button', { name: 'Stop it' }).click();
   await rowOf('web:carol').waitFor({ state: 'detached', timeout: 30000 });
