@@ -172,3 +172,38 @@ fn a_second_server_on_the_same_data_dir_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("another ten serve is already running"));
     b.ten_ok(&["ps"]);
 }
+
+#[test]
+fn the_first_list_after_start_holds_every_instance_brought_back() {
+    let ids: Vec<String> = (0..40).map(|i| format!("\"i{i}\"")).collect();
+    let b = Building::new(
+        TEN,
+        &format!(
+            "[service.web]\ncommand = \"{{fixture}} --delay-listen 3000\"\nsocket = \"{{dir}}/{{name}}-{{id}}.sock\"\nisolation = \"process\"\n\n[instances]\nweb = [{}]\n",
+            ids.join(", ")
+        ),
+    );
+    let mut serve = b
+        .cmd(&["serve", "--port", "0", "--bind", "127.0.0.1"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Polled as fast as possible: the very first answer of the control socket.
+    let socket = b.data_dir().join("ten.sock");
+    let deadline = std::time::Instant::now() + SOON;
+    let first = loop {
+        if let Ok(answer) = get_unix(&socket, "/api/instances") {
+            break answer;
+        }
+        assert!(std::time::Instant::now() < deadline, "no answer");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&first.1).unwrap();
+    // Every instance is there, starting (each app waits 3 s before it listens).
+    let health = b.ten(&["health"]).status;
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert_eq!((first.0, listed.len()), (200, 40));
+    assert!(!health.success(), "instances still starting");
+}

@@ -52,6 +52,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Cancelled when the server begins to shut down.
     stopping: CancellationToken,
+    /// `true` while [`Supervisor::restore`] registers the instances it brings back.
+    restoring: tokio::sync::watch::Sender<bool>,
 }
 
 impl Supervisor {
@@ -80,6 +82,7 @@ impl Supervisor {
                 tracker: TaskTracker::new(),
                 runtime: tokio::runtime::Handle::current(),
                 stopping: CancellationToken::new(),
+                restoring: tokio::sync::watch::Sender::new(false),
             }),
         }
     }
@@ -418,7 +421,26 @@ impl Supervisor {
     /// configuration asks. Other instances of services that scale to zero (`idle_timeout` > 0)
     /// come back asleep and start on their first request, so a restart does not start a
     /// thousand mostly idle processes at once.
-    pub async fn restore(&self) {
+    ///
+    /// The instance list counts as incomplete from this call (not from the first poll of what
+    /// it returns) until every instance is registered: [`Supervisor::registered`].
+    pub fn restore(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.restoring.send_replace(true);
+        let me = self.clone();
+        async move {
+            me.bring_back().await;
+            me.inner.restoring.send_replace(false);
+        }
+    }
+
+    /// Returns once no [`Supervisor::restore`] is registering instances (at most `limit`):
+    /// a list asked for while `ten serve` starts holds every instance it will bring back.
+    pub async fn registered(&self, limit: Duration) {
+        let mut rx = self.inner.restoring.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|restoring| !restoring)).await;
+    }
+
+    async fn bring_back(&self) {
         let store = self.inner.store.clone();
         let recorded = match tokio::task::spawn_blocking(move || store.list())
             .await
@@ -445,23 +467,35 @@ impl Supervisor {
                     .service(&key.service)
                     .is_some_and(|s| s.idle_timeout > 0);
             starts.spawn(async move {
-                let result = match me.create(&key, weight, asleep).await {
-                    Ok(_) if asleep => Ok(()),
-                    Ok(handle) => wait_settled(&key, handle).await.map(drop),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
+                match me.create(&key, weight, asleep).await {
+                    Ok(_) if asleep => None,
+                    Ok(handle) => Some((key, handle)),
+                    Err(e) => {
+                        warn!(instance = %key, error = %e, "could not bring instance back");
+                        None
+                    }
+                }
+            });
+        }
+        let started = starts.join_all().await;
+        // Every instance is registered: lists are complete from here on.
+        self.inner.restoring.send_replace(false);
+        let mut settling = tokio::task::JoinSet::new();
+        for (key, handle) in started.into_iter().flatten() {
+            settling.spawn(async move {
+                if let Err(e) = wait_settled(&key, handle).await {
                     warn!(instance = %key, error = %e, "could not bring instance back");
                 }
             });
         }
-        starts.join_all().await;
+        settling.join_all().await;
     }
 
     /// Stops every instance (in parallel) without forgetting them: the next `ten serve` brings
     /// them back.
     pub async fn shutdown(&self) {
         self.inner.stopping.cancel();
+        self.inner.restoring.send_replace(false); // a restore cut short registers no more
         let handles: Vec<InstanceHandle> = self.registry().values().cloned().collect();
         let mut stops = tokio::task::JoinSet::new();
         for h in handles {

@@ -122,6 +122,9 @@ pub async fn run(
         );
     }
 
+    // Instances come back while we listen, so that `ten ps` shows them starting; a list asked
+    // for before they are all registered waits for that (`Supervisor::registered`).
+    let restoring = tokio::spawn(supervisor.restore());
     let stop_http = CancellationToken::new();
     let control = tokio::spawn(serve(
         control,
@@ -132,12 +135,6 @@ pub async fn run(
     let front = tokio::spawn({
         let (s, domain, stop) = (supervisor.clone(), args.domain.clone(), stop_http.clone());
         async move { front_door(front_listeners, s, &domain, stop).await }
-    });
-
-    // Instances come back only once we listen, so that `ten ps` works while they start.
-    let restoring = tokio::spawn({
-        let s = supervisor.clone();
-        async move { s.restore().await }
     });
 
     let mut term = signal(SignalKind::terminate())?;
