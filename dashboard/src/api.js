@@ -16,8 +16,21 @@ function headers(extra = {}) {
   return { Authorization: `Bearer ${session.token}`, ...extra };
 }
 
+// A request the server has not answered within this long is reported, so a hung server does
+// not leave a stale table looking current. (Longer than any wait the API itself may do.)
+const ANSWER_WITHIN_MS = 40000;
+
+async function fetchAnswered(path, options) {
+  try {
+    return await fetch(path, { ...options, signal: AbortSignal.timeout(ANSWER_WITHIN_MS) });
+  } catch (e) {
+    if (e.name === 'TimeoutError') throw new ApiError(0, `the server did not answer within ${ANSWER_WITHIN_MS / 1000} s`);
+    throw e;
+  }
+}
+
 export async function api(method, path, body) {
-  const res = await fetch(path, {
+  const res = await fetchAnswered(path, {
     method,
     headers: headers(body ? { 'Content-Type': 'application/json' } : {}),
     body: body ? JSON.stringify(body) : undefined,
@@ -29,7 +42,7 @@ export async function api(method, path, body) {
 }
 
 export async function metricsText() {
-  const res = await fetch('/metrics', { headers: headers() });
+  const res = await fetchAnswered('/metrics', { headers: headers() });
   if (!res.ok) throw new ApiError(res.status, `metrics: ${res.status}`);
   return res.text();
 }
