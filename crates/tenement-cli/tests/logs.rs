@@ -156,4 +156,25 @@ fn a_flood_neither_blocks_the_app_nor_starves_a_neighbour() {
     let noisy = b.ten_ok(&["logs", "noisy:a", "--limit", "5"]);
     assert_eq!(noisy.lines().count(), 5, "the flood is stored too: {noisy}");
     assert_eq!(b.instance("noisy:a").unwrap()["state"], "running");
+
+    // Following the flood: more than the live feed holds goes by; the follower is told so,
+    // and prints only log lines.
+    let mut follow = b
+        .cmd(&["logs", "noisy:a", "-f", "--limit", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    follow.kill().unwrap();
+    let out = follow.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.lines().count() > 0 && stdout.lines().all(|l| l.contains(" noisy:a stdout line ")),
+        "{stdout:.2000}"
+    );
+    assert!(stderr.contains("came too fast to follow"), "{stderr}");
 }

@@ -95,13 +95,23 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         pending.push_str(&String::from_utf8_lossy(&data));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();
-            if event.lines().any(|l| l == "event: end" || l == "event:end") {
-                bail!("ten serve is stopping: no more lines to follow");
-            }
-            for data in event.lines().filter_map(|l| l.strip_prefix("data:")) {
-                if let Ok(line) = serde_json::from_str::<Value>(data.trim_start()) {
-                    print(&line);
+            let field = |name: &str| {
+                event
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(str::trim_start)
+            };
+            match (field("event").unwrap_or("message"), field("data")) {
+                ("end", _) => bail!("ten serve is stopping: no more lines to follow"),
+                ("lagged", Some(n)) => eprintln!(
+                    "ten logs: {n} lines came too fast to follow and were skipped here; they are stored: `ten logs` without -f (with --since) shows them"
+                ),
+                ("log", Some(data)) => {
+                    if let Ok(line) = serde_json::from_str::<Value>(data) {
+                        print(&line);
+                    }
                 }
+                _ => {}
             }
         }
     }
