@@ -105,6 +105,34 @@ fn rolling_replace_stops_the_old_one_after_the_new_is_healthy() {
     );
     assert!(seen.last().unwrap().1.contains("api:v2"));
     assert!(b.instance("api:v1").is_none(), "v1 stopped");
+
+    // The API takes the instance to replace as the CLI does: `v2` or `api:v2`; and a timeout
+    // of 0 s is refused, as the CLI refuses it.
+    let auth = format!("Bearer {}", b.ten_ok(&["token-gen"]).trim());
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let deploy = |body: &str| {
+        let mut bytes = body.as_bytes();
+        let body = Some((bytes.len() as u64, &mut bytes as &mut dyn std::io::Read));
+        test_support::http::request(
+            &b.http_addr(),
+            "tenement.test",
+            "POST",
+            "/api/deploy",
+            &headers,
+            body,
+        )
+        .unwrap()
+        .status
+    };
+    assert_eq!(deploy(r#"{"service":"api","id":"v3","timeout":0}"#), 400);
+    assert_eq!(
+        deploy(r#"{"service":"api","id":"v3","replace":"api:v2"}"#),
+        201
+    );
+    assert!(b.instance("api:v2").is_none(), "v2 replaced");
 }
 
 #[test]

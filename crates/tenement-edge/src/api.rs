@@ -233,15 +233,23 @@ async fn deploy(
     let service: ServiceName = b.service.parse()?;
     let key = InstanceKey::new(service.clone(), b.id.parse()?);
     may_act(&p, &key)?;
+    // `v1` or `api:v1`, as the CLI takes it (the service is the deployed one's either way).
     let replace = match b.replace {
-        Some(old) => Some(visible(&p, &format!("{service}:{old}"))?),
+        Some(old) => {
+            let id = old.strip_prefix(&format!("{service}:")).unwrap_or(&old);
+            Some(visible(&p, &format!("{service}:{id}"))?)
+        }
         None => None,
     };
+    if b.timeout == Some(0) {
+        let msg = "timeout is in seconds, at least 1";
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg));
+    }
     let svc = s
         .config()
         .service(&service)
         .ok_or_else(|| ApiError::from(tenement::Error::UnknownService(service.clone())))?;
-    let timeout = Duration::from_secs(b.timeout.unwrap_or(svc.startup_timeout).max(1));
+    let timeout = Duration::from_secs(b.timeout.unwrap_or(svc.startup_timeout));
     let drain = Duration::from_secs(s.config().settings.upstream_timeout);
     let status = s
         .deploy(
