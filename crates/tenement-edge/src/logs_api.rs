@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
-use tenement::{LogLine, LogQuery, Principal, Stream, Supervisor};
+use tenement::{LogLine, LogQuery, Principal, StoredLine, Stream, Supervisor};
 use tenement_core::{InstanceKey, ServiceName};
 use tokio::sync::broadcast::error::RecvError;
 
@@ -137,6 +137,7 @@ pub async fn logs(
         ));
     };
     let live = p.follow.then(|| s.follow_logs());
+    let subscribed_ms = tenement::now_ms();
     let found = {
         let (q, store) = (q.clone(), store.clone());
         tokio::task::spawn_blocking(move || {
@@ -168,12 +169,40 @@ pub async fn logs(
         return Ok(Json(found).into_response());
     };
     let backlog: Vec<Event> = found.iter().rev().map(log_event).collect();
+    // Lines captured between subscribing to the live feed and the query come both ways.
+    let recent: Vec<StoredLine> = found
+        .into_iter()
+        .filter(|l| l.ts_ms + SEAM_MS >= subscribed_ms)
+        .collect();
+    let recent = std::sync::Mutex::new(recent);
     Ok(sse(
         backlog,
         live,
-        move |line| matches(&q, line),
+        move |line| matches(&q, line) && !seen_before(&recent, line),
         s.stopping(),
     ))
+}
+
+/// How far apart a line's capture time and its arrival on the live feed can be.
+const SEAM_MS: u64 = 1000;
+
+/// Whether `line`, live, is one of the `recent` backlog lines (same instance, time, stream
+/// and text), which it then uses up: a follower gets each line once, and an app that prints
+/// the same line twice in a millisecond still shows it twice.
+fn seen_before(recent: &std::sync::Mutex<Vec<StoredLine>>, line: &LogLine) -> bool {
+    let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+    if recent.is_empty() {
+        return false;
+    }
+    // Older lines can no longer come live.
+    recent.retain(|l| l.ts_ms + SEAM_MS >= line.ts_ms);
+    let same = recent.iter().position(|l| {
+        l.ts_ms == line.ts_ms
+            && l.stream == line.stream
+            && l.text == line.text
+            && l.instance == line.instance.to_string()
+    });
+    same.map(|i| recent.remove(i)).is_some()
 }
 
 /// `GET /api/logs/stream`: the same as `GET /api/logs?follow=true` (the spec's name for it).
@@ -224,6 +253,39 @@ pub fn sse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_line_the_backlog_had_is_skipped_once() {
+        let key: std::sync::Arc<InstanceKey> = std::sync::Arc::new("web:a".parse().unwrap());
+        let live = |ts_ms, text: &str| LogLine {
+            instance: key.clone(),
+            ts_ms,
+            stream: Stream::Stdout,
+            text: text.into(),
+        };
+        let stored = |id, ts_ms, text: &str| StoredLine {
+            id,
+            ts_ms,
+            instance: "web:a".into(),
+            stream: Stream::Stdout,
+            text: text.into(),
+        };
+        // The backlog ends with "b" printed twice in one millisecond, and "c".
+        let recent = std::sync::Mutex::new(vec![
+            stored(1, 100, "b"),
+            stored(2, 100, "b"),
+            stored(3, 101, "c"),
+        ]);
+        assert!(seen_before(&recent, &live(100, "b")));
+        assert!(seen_before(&recent, &live(100, "b")));
+        assert!(!seen_before(&recent, &live(100, "b")), "a third b is new");
+        assert!(!seen_before(&recent, &live(101, "other")));
+        assert!(seen_before(&recent, &live(101, "c")));
+        assert!(
+            !seen_before(&recent, &live(5000, "c")),
+            "nothing left to match"
+        );
+    }
 
     #[test]
     fn times() {
