@@ -166,6 +166,17 @@ impl Lines {
     }
 
     fn emit(&mut self) {
+        if self.dropped > 0 {
+            // The cut may split a character: its first bytes go with the dropped rest.
+            if let Err(e) = std::str::from_utf8(&self.line)
+                && e.error_len().is_none()
+            {
+                self.dropped += self.line.len() - e.valid_up_to();
+                self.line.truncate(e.valid_up_to());
+            }
+        } else if self.line.last() == Some(&b'\r') {
+            self.line.pop(); // a CRLF line end
+        }
         let mut text = match String::from_utf8(std::mem::take(&mut self.line)) {
             Ok(text) => text,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
@@ -207,7 +218,10 @@ mod tests {
         let mut input = Vec::new();
         input.extend_from_slice(b"first\n");
         input.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
-        input.extend_from_slice(b"\nbad \xff\xfe utf8\nlast without newline");
+        input.extend_from_slice(b"\nbad \xff\xfe utf8\ncrlf\r\n");
+        // Cut inside the two bytes of an e-acute: the whole character goes with the rest.
+        input.extend(std::iter::repeat_n(b'b', MAX_LINE - 1));
+        input.extend_from_slice("\u{e9}bbbbbbbbbb\nlast without newline".as_bytes());
         let tail = Arc::new(Tail::default());
         let sink = Sink {
             feed: broadcast::channel(4).0,
@@ -224,7 +238,7 @@ mod tests {
         let lines: Vec<String> = tail.last(10).iter().map(|l| l.text.clone()).collect();
         assert_eq!(
             lines.len(),
-            4,
+            6,
             "{:?}",
             lines.iter().map(|l| l.len()).collect::<Vec<_>>()
         );
@@ -235,7 +249,13 @@ mod tests {
             10 * 1024 * 1024 - MAX_LINE
         )));
         assert_eq!(lines[2], "bad \u{fffd}\u{fffd} utf8");
-        assert_eq!(lines[3], "last without newline");
+        assert_eq!(lines[3], "crlf");
+        let cut = format!(
+            "{} [line truncated: 12 more bytes dropped]",
+            "b".repeat(MAX_LINE - 1)
+        );
+        assert_eq!(lines[4], cut);
+        assert_eq!(lines[5], "last without newline");
     }
 
     #[test]
