@@ -207,3 +207,25 @@ fn the_first_list_after_start_holds_every_instance_brought_back() {
     assert_eq!((first.0, listed.len()), (200, 40));
     assert!(!health.success(), "instances still starting");
 }
+
+#[test]
+fn a_listed_instance_the_user_replaced_stays_down_until_spawned_again() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.wait_instance("web:auto", "running", |i| i["state"] == "running");
+    b.ten_ok(&["deploy", "web:v2", "--replace", "auto"]);
+    b.terminate();
+    b.start();
+    b.wait_instance("web:v2", "back", |i| i["state"] == "running");
+    let keys: Vec<String> = b.ps().iter().map(|i| i["instance"].to_string()).collect();
+    assert_eq!(
+        keys,
+        ["\"web:v2\""],
+        "the replaced [instances] entry stays down"
+    );
+    // Spawned again, it is wanted again.
+    b.ten_ok(&["spawn", "web:auto"]);
+    b.terminate();
+    b.start();
+    b.wait_instance("web:auto", "back", |i| i["state"] == "running");
+}

@@ -59,6 +59,21 @@ impl Store {
             conn.execute_batch("ALTER TABLE tokens ADD COLUMN tenant TEXT")
                 .map_err(fail)?;
         }
+        // `stopped`: an `[instances]` entry the user stopped, kept down across restarts.
+        let has_stopped: bool = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('instances') WHERE name = 'stopped'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(fail)?
+            > 0;
+        if !has_stopped {
+            conn.execute_batch(
+                "ALTER TABLE instances ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0",
+            )
+            .map_err(fail)?;
+        }
         Ok(Store {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
@@ -81,6 +96,29 @@ impl Store {
             )
             .map(drop)
         })
+    }
+
+    /// Like [`Store::remove`] for an instance the configuration's `[instances]` lists: the row
+    /// stays, marked stopped, so that the next `ten serve` does not start it again.
+    pub fn keep_down(&self, key: &InstanceKey) -> Result<(), Error> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO instances (service, id, weight, stopped) VALUES (?1, ?2, 0, 1)
+                 ON CONFLICT (service, id) DO UPDATE SET stopped = 1",
+                params![key.service.as_str(), key.id.as_str()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Instances kept down by [`Store::keep_down`].
+    pub fn kept_down(&self) -> Result<Vec<InstanceKey>, Error> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT service || ':' || id FROM instances WHERE stopped = 1")?;
+            stmt.query_map([], |r| r.get(0))?.collect()
+        })?;
+        Ok(rows.iter().filter_map(|k| k.parse().ok()).collect())
     }
 
     /// Sets several weights in one transaction.
@@ -106,7 +144,7 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "INSERT INTO instances (service, id, weight) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (service, id) DO UPDATE SET weight = excluded.weight",
+                 ON CONFLICT (service, id) DO UPDATE SET weight = excluded.weight, stopped = 0",
                 params![key.service.as_str(), key.id.as_str(), weight],
             )
             .map(drop)
@@ -159,7 +197,8 @@ impl Store {
     pub fn list(&self) -> Result<Vec<(InstanceKey, u8)>, Error> {
         let rows: Vec<(String, String, i64)> = self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT service, id, weight FROM instances ORDER BY created_at, service, id",
+                "SELECT service, id, weight FROM instances WHERE stopped = 0
+                 ORDER BY created_at, service, id",
             )?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect()
@@ -200,7 +239,18 @@ mod tests {
         let s = Store::open(&path).unwrap();
         assert_eq!(s.list().unwrap(), vec![(a.clone(), 100), (b.clone(), 30)]);
         s.remove(&a).unwrap();
-        assert_eq!(s.list().unwrap(), vec![(b, 30)]);
+        assert_eq!(s.list().unwrap(), vec![(b.clone(), 30)]);
+        // Kept down: listed as such, not as wanted, until spawned again.
+        s.keep_down(&b).unwrap();
+        assert_eq!(
+            (s.list().unwrap(), s.kept_down().unwrap()),
+            (vec![], vec![b.clone()])
+        );
+        s.insert_with_weight(&b, 100).unwrap();
+        assert_eq!(
+            (s.list().unwrap(), s.kept_down().unwrap()),
+            (vec![(b, 100)], vec![])
+        );
         s.with(|c| c.execute("INSERT INTO instances (service, id) VALUES ('..', 'x')", []))
             .unwrap();
         assert_eq!(s.list().unwrap().len(), 1, "invalid rows are skipped");

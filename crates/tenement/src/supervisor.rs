@@ -359,9 +359,17 @@ impl Supervisor {
     pub async fn stop(&self, key: &InstanceKey) -> Result<(), Error> {
         let handle = self.handle(key)?;
         let (store, k) = (self.inner.store.clone(), key.clone());
-        tokio::task::spawn_blocking(move || store.remove(&k))
-            .await
-            .expect("store task")?;
+        // An `[instances]` entry stays down across restarts too, until spawned again.
+        let listed = self.inner.config.instances.contains(key);
+        tokio::task::spawn_blocking(move || {
+            if listed {
+                store.keep_down(&k)
+            } else {
+                store.remove(&k)
+            }
+        })
+        .await
+        .expect("store task")?;
         self.inner
             .forgetting
             .lock()
@@ -442,19 +450,20 @@ impl Supervisor {
 
     async fn bring_back(&self) {
         let store = self.inner.store.clone();
-        let recorded = match tokio::task::spawn_blocking(move || store.list())
-            .await
-            .expect("store task")
-        {
+        let read = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>((store.list()?, store.kept_down()?))
+        });
+        let (recorded, kept_down) = match read.await.expect("store task") {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot read the state store; restoring nothing from it");
-                Vec::new()
+                Default::default()
             }
         };
         let mut wanted: Vec<(InstanceKey, u8)> = recorded;
         for key in &self.inner.config.instances {
-            if !wanted.iter().any(|(k, _)| k == key) {
+            // (Stopped by the user: down until spawned again.)
+            if !wanted.iter().any(|(k, _)| k == key) && !kept_down.contains(key) {
                 wanted.push((key.clone(), 100));
             }
         }
