@@ -147,7 +147,11 @@ fn metrics_can_require_a_token() {
     let mut b = Building::new(TEN, &format!("[settings]\nmetrics_auth = true\n{CONFIG}"));
     b.start();
     let addr = b.http_addr();
-    assert_eq!(get(&addr, "tenement.test", "/metrics").unwrap().status, 401);
+    let r = get(&addr, "tenement.test", "/metrics").unwrap();
+    assert_eq!(
+        (r.status, r.header("www-authenticate")),
+        (401, Some("Bearer"))
+    );
     let with = |token: &str| {
         let auth = format!("Bearer {}", token.trim());
         let headers = [("Authorization", auth.as_str())];

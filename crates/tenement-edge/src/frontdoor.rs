@@ -323,7 +323,11 @@ impl FrontDoor {
                 }
                 None => {
                     let msg = "metrics need a bearer token (metrics_auth = true)";
-                    return plain(StatusCode::UNAUTHORIZED, msg);
+                    let mut res = plain(StatusCode::UNAUTHORIZED, msg);
+                    let challenge = header::HeaderValue::from_static("Bearer");
+                    res.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge);
+                    return res;
                 }
             }
         }
