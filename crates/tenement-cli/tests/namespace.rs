@@ -84,6 +84,32 @@ fn the_app_sees_only_its_own_processes_and_data() {
     );
     // The host still sees everything, and the app's socket is reachable from it.
     assert!(data.join("tenement.db").exists());
+    // Root inside, without CAP_SYS_ADMIN (bit 21): it cannot unmount what hides data_dir.
+    let (_, status) = get(&b, "web:a", "/read?path=/proc/self/status");
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    let caps = u64::from_str_radix(caps, 16).unwrap();
+    assert_eq!(caps & (1 << 21), 0, "CAP_SYS_ADMIN dropped: {caps:x}");
+    assert_ne!(caps & 1, 0, "CAP_CHOWN kept: {caps:x}");
+    // Its cgroups are read-only: readable, not writable (it cannot lift its own limits).
+    let (_, mounts) = get(&b, "web:a", "/read?path=/proc/self/mounts");
+    let cgroup_rw = mounts
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(1)
+                .is_some_and(|p| p.starts_with("/sys/fs/cgroup"))
+        })
+        .filter(|l| {
+            l.split(' ')
+                .nth(3)
+                .is_some_and(|o| o.split(',').any(|f| f == "rw"))
+        })
+        .collect::<Vec<_>>();
+    assert!(cgroup_rw.is_empty(), "{cgroup_rw:?}");
 }
 
 #[test]

@@ -204,8 +204,60 @@ fn enter_namespaces(o: &Options) -> Result<(), String> {
         )
         .map_err(|e| format!("bind {}: {e}", dir.display()))?;
     }
+    // The instance may read its cgroups (limits, usage), not change them: read-only copies of
+    // the cgroup mounts. (Its lack of CAP_SYS_ADMIN keeps them so: [`drop_capabilities`].)
+    let ro = MsFlags::MS_REMOUNT
+        | MsFlags::MS_BIND
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    let cgroup_root = std::path::Path::new("/sys/fs/cgroup");
+    for point in
+        std::iter::once(cgroup_root.to_path_buf()).chain(crate::storage::mounts_below(cgroup_root))
+    {
+        let _ = mount::<str, PathBuf, str, str>(None, &point, None, ro, None);
+    }
     if let Some(h) = &o.hostname {
         sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Capabilities an app keeps under `namespace` isolation: Docker's default set. Without
+/// CAP_SYS_ADMIN it cannot unmount what hides data_dir (and so reach the control socket), nor
+/// remount the cgroup tree writable; without CAP_DAC_READ_SEARCH it cannot open files by handle
+/// around its mount namespace; without CAP_SYS_PTRACE, CAP_SYS_MODULE... the rest.
+const KEPT_CAPS: [u32; 14] = [
+    0,  // CHOWN
+    1,  // DAC_OVERRIDE
+    3,  // FOWNER
+    4,  // FSETID
+    5,  // KILL (its PID namespace holds only its own processes)
+    6,  // SETGID
+    7,  // SETUID
+    8,  // SETPCAP
+    10, // NET_BIND_SERVICE
+    13, // NET_RAW
+    18, // SYS_CHROOT
+    27, // MKNOD
+    29, // AUDIT_WRITE
+    31, // SETFCAP
+];
+
+/// Drops every other capability from the bounding set: the app, exec'd as root next, gets
+/// only [`KEPT_CAPS`].
+fn drop_capabilities() -> Result<(), String> {
+    for cap in (0..64u32).filter(|c| !KEPT_CAPS.contains(c)) {
+        // SAFETY: prctl(2) with integer arguments only.
+        let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                return Ok(()); // past the kernel's last capability
+            }
+            return Err(format!("dropping capability {cap}: {e}"));
+        }
     }
     Ok(())
 }
@@ -224,6 +276,10 @@ fn init(o: &Options, old_mask: &SigSet, watched: &SigSet) -> ! {
         Ok(ForkResult::Child) => {
             // A group of its own, so forwarded signals reach the app and its children.
             let _ = setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            if let Err(e) = drop_capabilities() {
+                eprintln!("tenement init: {e}");
+                std::process::exit(127);
+            }
             exec_app(&o.argv, old_mask)
         }
         Ok(ForkResult::Parent { child }) => child,
