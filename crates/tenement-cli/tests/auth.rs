@@ -276,6 +276,23 @@ fn failed_attempts_are_limited_per_address_only() {
     }
     assert_eq!(&codes[..10], &[401; 10]);
     assert!(codes[10..].iter().all(|c| *c == 429), "{codes:?}");
+    // A burst of parallel guesses from a fresh address is held to the limit too (each
+    // attempt counts as failed until it proves good).
+    let burst = Ipv4Addr::new(127, 0, 0, 4);
+    let guesses: Vec<_> = (0..30)
+        .map(|_| {
+            let (target, addr) = (target.clone(), addr.clone());
+            std::thread::spawn(move || {
+                let auth = [("Authorization", "Bearer ten_1_guess")];
+                request_from(burst, &target, &addr, "GET", "/api/instances", &auth)
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    let burst_codes: Vec<u16> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+    let verified = burst_codes.iter().filter(|c| **c == 401).count();
+    assert!(verified <= 10, "{burst_codes:?}");
     // A good token not verified lately would cost a hash: from the blocked address it waits
     // out the window...
     let get = |from, auth: &str| {

@@ -45,22 +45,32 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn blocked(&self, ip: IpAddr) -> bool {
+    /// Counts an attempt from `ip` as failed until it proves good ([`RateLimiter::succeeded`]),
+    /// so that a burst of parallel guesses is held to the limit as well; `None`: blocked.
+    fn attempt(&self, ip: IpAddr) -> Option<Instant> {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let recent = f.entry(ip).or_default();
-        recent.retain(|t| now.duration_since(*t) < WINDOW);
-        recent.len() >= MAX_FAILURES
-    }
-
-    fn failed(&self, ip: IpAddr) {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if f.len() > 100_000 {
             // Bounded memory under a spray of addresses: forget the quiet ones.
-            let now = Instant::now();
             f.retain(|_, v| v.iter().any(|t| now.duration_since(*t) < WINDOW));
         }
-        f.entry(ip).or_default().push(Instant::now());
+        let recent = f.entry(ip).or_default();
+        recent.retain(|t| now.duration_since(*t) < WINDOW);
+        if recent.len() >= MAX_FAILURES {
+            return None;
+        }
+        recent.push(now);
+        Some(now)
+    }
+
+    /// The attempt made `at` was a good token after all.
+    fn succeeded(&self, ip: IpAddr, at: Instant) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(recent) = f.get_mut(&ip)
+            && let Some(i) = recent.iter().position(|t| *t == at)
+        {
+            recent.remove(i);
+        }
     }
 }
 
@@ -111,7 +121,7 @@ pub async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next
         req.extensions_mut().insert(principal);
         return next.run(req).await;
     }
-    if gate.limiter.blocked(ip) {
+    let Some(attempt) = gate.limiter.attempt(ip) else {
         let mut res = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -121,14 +131,14 @@ pub async fn authenticate(State(gate): State<Gate>, mut req: Request, next: Next
         res.headers_mut()
             .insert(header::RETRY_AFTER, "60".parse().expect("static header"));
         return res;
-    }
+    };
     match gate.supervisor.tokens().verify(&token).await {
         Some(principal) => {
+            gate.limiter.succeeded(ip, attempt);
             req.extensions_mut().insert(principal);
             next.run(req).await
         }
         None => {
-            gate.limiter.failed(ip);
             tracing::info!(client = %ip, "rejected an invalid API token");
             unauthorized("invalid token")
         }

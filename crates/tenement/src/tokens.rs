@@ -55,6 +55,9 @@ pub struct Tokens {
     /// Bumped by every revocation, so a verification that read a token before it was
     /// revoked does not put it back in the cache.
     revocations: Arc<AtomicU64>,
+    /// Argon2 verifications running at once: each takes ~19 MB, so a burst of guesses must
+    /// queue, not grow the server by gigabytes.
+    hashing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Tokens {
@@ -63,6 +66,7 @@ impl Tokens {
             store,
             verified: Arc::default(),
             revocations: Arc::default(),
+            hashing: Arc::new(tokio::sync::Semaphore::new(2)),
         }
     }
 
@@ -103,6 +107,7 @@ impl Tokens {
             .and_then(|rest| rest.split_once('_'))
             .and_then(|(id, secret)| Some((id.parse::<i64>().ok()?, secret.to_owned())))?;
         let store = self.store.clone();
+        let _permit = self.hashing.acquire().await.ok()?;
         let principal = tokio::task::spawn_blocking(move || {
             let (hash, tenant) = store.token(id).ok()??;
             let hash = PasswordHash::new(&hash).ok()?;
