@@ -15,6 +15,11 @@ socket = "{dir}/s/{name}-{id}.sock"
 health = "/health"
 isolation = "process"
 
+[service.esc]
+command = "printf 'escape\\033[2K\\rforged marker\\n'; exec {fixture}"
+socket = "{dir}/s/{name}-{id}.sock"
+isolation = "process"
+
 [service.noisy]
 command = "{fixture} --spam"
 socket = "{dir}/s/{name}-{id}.sock"
@@ -89,6 +94,27 @@ fn search_filters_and_service_wide_queries() {
         ])
         .is_empty()
     );
+    // A line with terminal escapes is shown, not obeyed (it could erase its own prefix).
+    b.ten_ok(&["spawn", "esc:a"]);
+    let shown = wait_for("the escaped line", SOON, || {
+        let out = b.ten_ok(&["logs", "esc:a", "--search", "marker"]);
+        out.contains("marker").then_some(out)
+    });
+    assert!(
+        shown.contains("escape\\u{1b}[2K\\rforged marker"),
+        "{shown:?}"
+    );
+    // The stores are for ten serve only.
+    for db in ["tenement.db", "logs.db"] {
+        let mode = std::fs::metadata(b.data_dir().join(db))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077,
+            0,
+            "{db}"
+        );
+    }
     let bad = b.ten(&["logs", "web:a", "--since", "yesterday"]);
     assert!(!bad.status.success());
     // A service the configuration does not have is an error, not an empty answer.

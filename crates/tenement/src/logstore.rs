@@ -139,6 +139,8 @@ pub struct LogStore {
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
+    // Every tenant's output: not for other local users.
+    let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
     // Pages freed by retention go back to the file system (`retain` runs `incremental_vacuum`).
     // Settable only on a new file, before WAL mode: a logs.db made before keeps its largest size.
     conn.pragma_update(None, "auto_vacuum", 2)?; // INCREMENTAL

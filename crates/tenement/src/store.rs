@@ -38,6 +38,9 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(fail)?;
+        // Token hashes and the tenants' names: not for other local users (its WAL and SHM files
+        // take the same mode).
+        let _ = std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(fail)?;
         // FULL: an acknowledged spawn survives power loss, not just a crash of ten serve.

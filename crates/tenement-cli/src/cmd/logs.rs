@@ -40,6 +40,16 @@ fn print(line: &Value) {
     let at = UNIX_EPOCH + Duration::from_millis(line["ts_ms"].as_u64().unwrap_or(0));
     let at = humantime::format_rfc3339_millis(at);
     let who = line["instance"].as_str().unwrap_or("");
+    // Control characters shown, not obeyed: a line must not move the cursor, erase its own
+    // prefix or retitle the terminal (and so pass for another instance's).
+    let text: String = text
+        .chars()
+        .flat_map(|c| match c {
+            '\t' => vec![c],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect();
     println!("{at} {who} {stream} {text}");
 }
 

@@ -63,8 +63,13 @@ pub async fn run(
         tls.acme_email = args.email.clone();
     }
     let data_dir = config.settings.data_dir.clone();
+    let fresh = !data_dir.exists();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    if fresh {
+        // Logs, token hashes and every tenant's data: for ten serve (and its instances) only.
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let _lock = lock(&data_dir)?;
     raise_fd_limit();
 
