@@ -53,10 +53,11 @@ isolation = "process"
     assert_eq!(failed["last_exit"], "exit code 3");
     let delays = delays_logged(&b);
     assert_eq!(delays.len(), 3, "{delays:?}");
-    // 200, 400, 800 ms, each within ±10% jitter.
+    // 200, 400, 800 ms, each within ±10% jitter (less the few ms between the decision and the
+    // log line, which says what is left of the delay).
     for (d, want) in delays.iter().zip([200u64, 400, 800]) {
         assert!(
-            (want * 9 / 10..=want * 11 / 10).contains(d),
+            (want * 9 / 10 - 10..=want * 11 / 10).contains(d),
             "delays {delays:?}"
         );
     }
