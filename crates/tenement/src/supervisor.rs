@@ -24,6 +24,8 @@ use crate::ports::Ports;
 use crate::probe::Endpoint;
 use crate::{Error, Store};
 
+mod restore;
+
 /// Longest Unix socket path (sun_path is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -422,82 +424,6 @@ impl Supervisor {
     /// Every captured line from now on, of every instance.
     pub fn follow_logs(&self) -> broadcast::Receiver<Arc<LogLine>> {
         self.inner.feed.subscribe()
-    }
-
-    /// Brings back every recorded instance and the configuration's `[instances]`, all at once;
-    /// one failure is logged and does not hold up the others. `[instances]` start, as the
-    /// configuration asks. Other instances of services that scale to zero (`idle_timeout` > 0)
-    /// come back asleep and start on their first request, so a restart does not start a
-    /// thousand mostly idle processes at once.
-    ///
-    /// The instance list counts as incomplete from this call (not from the first poll of what
-    /// it returns) until every instance is registered: [`Supervisor::registered`].
-    pub fn restore(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.inner.restoring.send_replace(true);
-        let me = self.clone();
-        async move {
-            me.bring_back().await;
-            me.inner.restoring.send_replace(false);
-        }
-    }
-
-    /// Returns once no [`Supervisor::restore`] is registering instances (at most `limit`):
-    /// a list asked for while `ten serve` starts holds every instance it will bring back.
-    pub async fn registered(&self, limit: Duration) {
-        let mut rx = self.inner.restoring.subscribe();
-        let _ = tokio::time::timeout(limit, rx.wait_for(|restoring| !restoring)).await;
-    }
-
-    async fn bring_back(&self) {
-        let store = self.inner.store.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            Ok::<_, Error>((store.list()?, store.kept_down()?))
-        });
-        let (recorded, kept_down) = match read.await.expect("store task") {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "cannot read the state store; restoring nothing from it");
-                Default::default()
-            }
-        };
-        let mut wanted: Vec<(InstanceKey, u8)> = recorded;
-        for key in &self.inner.config.instances {
-            // (Stopped by the user: down until spawned again.)
-            if !wanted.iter().any(|(k, _)| k == key) && !kept_down.contains(key) {
-                wanted.push((key.clone(), 100));
-            }
-        }
-        let mut starts = tokio::task::JoinSet::new();
-        for (key, weight) in wanted {
-            let me = self.clone();
-            let config = &me.inner.config;
-            let asleep = !config.instances.contains(&key)
-                && config
-                    .service(&key.service)
-                    .is_some_and(|s| s.idle_timeout > 0);
-            starts.spawn(async move {
-                match me.create(&key, weight, asleep).await {
-                    Ok(_) if asleep => None,
-                    Ok(handle) => Some((key, handle)),
-                    Err(e) => {
-                        warn!(instance = %key, error = %e, "could not bring instance back");
-                        None
-                    }
-                }
-            });
-        }
-        let started = starts.join_all().await;
-        // Every instance is registered: lists are complete from here on.
-        self.inner.restoring.send_replace(false);
-        let mut settling = tokio::task::JoinSet::new();
-        for (key, handle) in started.into_iter().flatten() {
-            settling.spawn(async move {
-                if let Err(e) = wait_settled(&key, handle).await {
-                    warn!(instance = %key, error = %e, "could not bring instance back");
-                }
-            });
-        }
-        settling.join_all().await;
     }
 
     /// Stops every instance (in parallel) without forgetting them: the next `ten serve` brings
