@@ -82,7 +82,7 @@ pub struct Gate {
     pub limiter: RateLimiter,
 }
 
-fn unauthorized(msg: &str) -> Response {
+pub(crate) fn unauthorized(msg: &str) -> Response {
     let mut res = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response();
     res.headers_mut().insert(
         header::WWW_AUTHENTICATE,

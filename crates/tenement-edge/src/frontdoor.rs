@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::debug;
 
+use crate::error::ApiError;
 use crate::headers::Forwarding;
 use crate::metrics::{KindLabel, Metrics, RequestFigures, ServiceLabel};
 use crate::pool::{Pool, SWEEP_EVERY};
@@ -319,15 +321,12 @@ impl FrontDoor {
                 Some(tenement::Principal::Admin) => {}
                 Some(_) => {
                     let msg = "metrics need an admin token: they span every tenant";
-                    return plain(StatusCode::FORBIDDEN, msg);
+                    return ApiError::new(StatusCode::FORBIDDEN, "forbidden", msg).into_response();
                 }
                 None => {
-                    let msg = "metrics need a bearer token (metrics_auth = true)";
-                    let mut res = plain(StatusCode::UNAUTHORIZED, msg);
-                    let challenge = header::HeaderValue::from_static("Bearer");
-                    res.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, challenge);
-                    return res;
+                    return crate::auth::unauthorized(
+                        "metrics need a bearer token (metrics_auth = true)",
+                    );
                 }
             }
         }
