@@ -22,10 +22,7 @@ impl Supervisor {
     pub fn restore(&self) -> impl Future<Output = ()> + Send + 'static {
         self.inner.restoring.send_replace(true);
         let me = self.clone();
-        async move {
-            me.bring_back().await;
-            me.inner.restoring.send_replace(false);
-        }
+        async move { me.bring_back().await }
     }
 
     /// Returns once no [`Supervisor::restore`] is registering instances (at most `limit`):
