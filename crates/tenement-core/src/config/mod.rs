@@ -7,6 +7,7 @@ mod error;
 mod parse;
 mod routing;
 mod service;
+pub mod socket;
 pub mod template;
 mod walk;
 
@@ -64,6 +65,11 @@ pub struct Settings {
     pub log_retention_days: u64,
     /// Most space the log store may use, in MB (oldest lines go first).
     pub log_max_mb: u64,
+    /// Most client connections the front door holds at once; 0 = sized from the file
+    /// descriptor limit at start (see docs/routing.md).
+    pub max_connections: u32,
+    /// Most client connections from one address at once; 0 = no per-address cap.
+    pub max_connections_per_ip: u32,
 }
 
 /// `[settings.sandbox]`: how `isolation = "sandbox"` runs gVisor.
@@ -135,6 +141,11 @@ pub struct Service {
     pub storage_quota_mb: Option<u64>,
     pub storage_persist: bool,
     pub env: BTreeMap<String, Template>,
+    /// Who the app runs as: a user name or numeric uid; `None` is the level's default (an
+    /// unprivileged uid of its own under namespace and sandbox, the server's user under
+    /// process). See `docs/isolation.md`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -8,6 +8,7 @@ use toml_span::Span;
 use super::error::{ConfigError, ConfigErrors, line_col};
 use super::routing::{instances, routing};
 use super::service::service;
+use super::socket;
 use super::template::Template;
 use super::walk::{Ctx, Fields};
 use super::{Config, Routing, Sandbox, Settings, Tls};
@@ -33,6 +34,8 @@ const SETTINGS: &[&str] = &[
     "log_retention_days",
     "log_max_mb",
     "metrics_auth",
+    "max_connections",
+    "max_connections_per_ip",
 ];
 const SANDBOX: &[&str] = &["runsc", "platform", "network"];
 const TLS: &[&str] = &[
@@ -75,6 +78,7 @@ pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, Conf
     };
     let mut services = BTreeMap::new();
     let mut spans = BTreeMap::new();
+    let mut socket_spans = BTreeMap::new();
     for section in ["service", "process"] {
         let Some(mut table) = top.table(&mut ctx, section) else {
             continue;
@@ -100,11 +104,13 @@ pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, Conf
             let Some(fields) = Fields::open(&mut ctx, &field, value) else {
                 continue;
             };
-            if let Some(svc) = service(&mut ctx, fields, &base, env) {
+            if let Some((svc, socket_span)) = service(&mut ctx, fields, &base, env) {
+                socket_spans.insert(name.clone(), socket_span.unwrap_or(span));
                 services.insert(name, svc);
             }
         }
     }
+    sockets_apart(&mut ctx, &services, &socket_spans, &settings);
     let instances = match top.take("instances") {
         Some(v) => instances(&mut ctx, v, &spans),
         None => Vec::new(),
@@ -126,6 +132,36 @@ pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, Conf
         instances,
         routing,
     })
+}
+
+/// Two services whose socket templates can resolve to one path (`shop:eu-a` and `shop-eu:a`
+/// under `/s/{name}-{id}.sock`): an error on the later one, naming the two instances.
+fn sockets_apart(
+    ctx: &mut Ctx<'_>,
+    services: &BTreeMap<ServiceName, super::Service>,
+    spans: &BTreeMap<ServiceName, Span>,
+    settings: &Settings,
+) {
+    let data_dir = settings.data_dir.to_string_lossy();
+    let split: Vec<_> = services
+        .iter()
+        .filter(|(_, s)| s.listen == super::Listen::Unix && socket::check(&s.socket).is_ok())
+        .map(|(n, s)| (n, socket::split(&s.socket, n.as_str(), &data_dir)))
+        .collect();
+    for (i, (a, (pa, sa))) in split.iter().enumerate() {
+        for (b, (pb, sb)) in &split[i + 1..] {
+            if let Some((x, y)) = socket::collision((pa, sa), (pb, sb)) {
+                let span = spans.get(*b).copied().unwrap_or_default();
+                ctx.error(
+                    span,
+                    &format!("service.{b}.socket"),
+                    format!(
+                        "{a}:{x} and {b}:{y} would share the socket {pa}{x}{sa}: put {{name}} in a directory of its own (\"/run/x/{{name}}/{{id}}.sock\") or use the default"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
@@ -152,6 +188,8 @@ impl Settings {
             log_retention_days: 7,
             log_max_mb: 1024,
             metrics_auth: false,
+            max_connections: 0,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -226,6 +264,12 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
     }
     if let Some((n, _)) = f.int(ctx, "log_max_mb", 1, 1 << 30) {
         s.log_max_mb = n as u64;
+    }
+    if let Some((n, _)) = f.int(ctx, "max_connections", 0, 10_000_000) {
+        s.max_connections = n as u32;
+    }
+    if let Some((n, _)) = f.int(ctx, "max_connections_per_ip", 0, 10_000_000) {
+        s.max_connections_per_ip = n as u32;
     }
     if let Some(mut sb) = f.table(ctx, "sandbox") {
         if let Some((runsc, span)) = sb.string(ctx, "runsc") {

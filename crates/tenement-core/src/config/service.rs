@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use toml_span::Span;
+
 use super::parse::{DAY, Env, choice, resolve, template};
+use super::socket::{self, DEFAULT_SOCKET};
 use super::template::{ALL_VARS, SOCKET_VARS, Template};
 use super::walk::{Ctx, Fields, expect_scalar};
 use super::{Isolation, Listen, RestartPolicy, Service};
@@ -29,15 +32,15 @@ const SERVICE: &[&str] = &[
     "storage_quota_mb",
     "storage_persist",
     "env",
+    "user",
 ];
-const DEFAULT_SOCKET: &str = "/tmp/tenement/{name}-{id}.sock";
 
 pub(super) fn service(
     ctx: &mut Ctx<'_>,
     mut f: Fields<'_>,
     base: &Path,
     env: Env<'_>,
-) -> Option<Service> {
+) -> Option<(Service, Option<Span>)> {
     let command = f.string(ctx, "command");
     if command.is_none() && !ctx.errors.iter().any(|e| e.field == f.field("command")) {
         ctx.error(
@@ -69,14 +72,8 @@ pub(super) fn service(
             socket_span = Some(span);
             let field = f.field("socket");
             let t = template(ctx, &field, (raw, span), SOCKET_VARS, env);
-            if let Some(t) = &t
-                && !t.contains("id")
-            {
-                ctx.error(
-                    span,
-                    &field,
-                    "must contain {id} so that instances get distinct sockets",
-                );
+            if let Some(Err(e)) = t.as_ref().map(socket::check) {
+                ctx.error(span, &field, e);
             }
             if let Some(t) = &t
                 && !t.as_str().starts_with('/')
@@ -143,7 +140,7 @@ pub(super) fn service(
         ctx.error(
             span,
             &f.field("socket"),
-            "directly in {data_dir}, which namespace and sandbox isolation hide from the instance: use its own directory (\"{data_dir}/{id}/app.sock\") or the default (/tmp/tenement/{name}-{id}.sock)",
+            "directly in {data_dir}, which namespace and sandbox isolation hide from the instance: use the instance's own directory, as the default does (\"{data_dir}/{id}/app.sock\")",
         );
     }
     let listen = f
@@ -172,12 +169,22 @@ pub(super) fn service(
         .int(ctx, "storage_quota_mb", 1, 1 << 30)
         .map(|(n, _)| n as u64);
     let storage_persist = f.bool(ctx, "storage_persist").unwrap_or(false);
+    let user = f.string(ctx, "user").map(|(u, span)| {
+        if !valid_user(&u) {
+            ctx.error(
+                span,
+                &f.field("user"),
+                format!("{u:?} is not a user name or numeric uid"),
+            );
+        }
+        u
+    });
     let env_vars = f
         .table(ctx, "env")
         .map(|t| env_table(ctx, t, env))
         .unwrap_or_default();
     f.finish(ctx, SERVICE);
-    Some(Service {
+    let service = Service {
         command: command?,
         args,
         workdir,
@@ -197,7 +204,21 @@ pub(super) fn service(
         storage_quota_mb,
         storage_persist,
         env: env_vars,
-    })
+        user,
+    };
+    Some((service, socket_span))
+}
+
+/// A POSIX-ish user name (`[a-z_][a-z0-9_-]*`, optionally ending in `$`) or a numeric uid.
+fn valid_user(u: &str) -> bool {
+    if !u.is_empty() && u.len() <= 32 && u.bytes().all(|b| b.is_ascii_digit()) {
+        return u.parse::<u32>().is_ok();
+    }
+    let body = u.strip_suffix('$').unwrap_or(u);
+    let mut bytes = body.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_lowercase() || b == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && u.len() <= 32
 }
 
 fn env_table(ctx: &mut Ctx<'_>, mut f: Fields<'_>, env: Env<'_>) -> BTreeMap<String, Template> {

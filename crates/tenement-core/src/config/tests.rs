@@ -38,7 +38,7 @@ fn defaults() {
     assert_eq!(s.tls.cache_dir, Path::new("/var/lib/tenement/acme"));
     assert_eq!((s.tls.https_port, s.tls.http_port), (443, 80));
     let api = &c.services[&"api".parse().unwrap()];
-    assert_eq!(api.socket.as_str(), "/tmp/tenement/{name}-{id}.sock");
+    assert_eq!(api.socket.as_str(), "{data_dir}/{id}/app.sock");
     assert_eq!(
         api.workdir,
         Path::new("/etc/ten"),
@@ -231,6 +231,14 @@ fn rejected_configs() {
             "must be an absolute path",
         ),
         ("[service.api]\ncommand = \"  \"\n", "must not be empty"),
+        (
+            "[service.shop]\ncommand = \"x\"\nsocket = \"/s/{name}-{id}.sock\"\n[service.shop-eu]\ncommand = \"x\"\nsocket = \"/s/{name}-{id}.sock\"\n",
+            ":6:11: service.shop-eu.socket: shop:eu-a and shop-eu:a would share the socket /s/shop-eu-a.sock",
+        ),
+        (
+            "[service.api]\ncommand = \"x\"\nuser = \"no body\"\n",
+            "service.api.user: \"no body\" is not a user name",
+        ),
         (
             "[service.api]\ncommand = \"x\"\n[instances]\nweb = [\"prod\"]\n",
             "instances.web: unknown service `web`",
