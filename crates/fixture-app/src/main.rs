@@ -7,6 +7,7 @@
 //! flags to misbehave on purpose (slow start, crash, hang, fork, ignore
 //! SIGTERM, huge or invalid log lines, log spam, ...). Run with `--help`.
 
+mod attack;
 mod stream;
 
 use std::ffi::OsString;
@@ -374,6 +375,7 @@ where
         }
         let mut exit_code = None;
         let (status, body): (u16, Vec<u8>) = match (method, path) {
+            ("GET", p) if let Some(answer) = attack::handle(p, query) => answer,
             ("GET", "/health") => {
                 if HEALTH_COUNT.fetch_add(1, Ordering::SeqCst) < unhealthy_after {
                     (200, b"ok".to_vec())

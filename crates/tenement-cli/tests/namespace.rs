@@ -84,16 +84,41 @@ fn the_app_sees_only_its_own_processes_and_data() {
     );
     // The host still sees everything, and the app's socket is reachable from it.
     assert!(data.join("tenement.db").exists());
-    // Root inside, without CAP_SYS_ADMIN (bit 21): it cannot unmount what hides data_dir.
+    // A user of its own, not root, with no capability at all and no way to gain one.
     let (_, status) = get(&b, "web:a", "/read?path=/proc/self/status");
-    let caps = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .unwrap()
-        .trim();
-    let caps = u64::from_str_radix(caps, 16).unwrap();
-    assert_eq!(caps & (1 << 21), 0, "CAP_SYS_ADMIN dropped: {caps:x}");
-    assert_ne!(caps & 1, 0, "CAP_CHOWN kept: {caps:x}");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let uid: u32 = field("Uid:").parse().unwrap();
+    assert!(uid >= 2_000_000, "runs as uid {uid}");
+    let sibling_uid = {
+        let (_, s) = get(&b, "web:b", "/read?path=/proc/self/status");
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(
+        uid.to_string(),
+        sibling_uid,
+        "each instance has a uid of its own"
+    );
+    assert_eq!(u64::from_str_radix(&field("CapEff:"), 16).unwrap(), 0);
+    assert_eq!(field("NoNewPrivs:"), "1");
+    // Its data directory and socket belong to it.
+    let owner =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(data.join("web/a")).unwrap());
+    assert_eq!(owner, uid);
     // Its cgroups are read-only: readable, not writable (it cannot lift its own limits).
     let (_, mounts) = get(&b, "web:a", "/read?path=/proc/self/mounts");
     let cgroup_rw = mounts
@@ -250,4 +275,36 @@ fn the_specs_data_dir_id_example_is_the_instances_own_directory() {
         .to_owned();
     assert!(home.ends_with("/web/a"), "{home}");
     assert!(std::path::Path::new(&home).join("fill").is_file());
+}
+
+#[test]
+fn user_root_is_the_opt_out_and_still_has_no_cap_sys_admin() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.web]
+command = "{fixture}"
+socket = "{dir}/data/sock/{name}-{id}.sock"
+user = "root"
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "web:a"]);
+    let (_, status) = get(&b, "web:a", "/read?path=/proc/self/status");
+    let field = |name: &str| {
+        let v = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
+        v.split_whitespace().next().unwrap().to_owned()
+    };
+    assert_eq!(field("Uid:"), "0");
+    let caps = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
+    assert_eq!(caps & (1 << 21), 0, "CAP_SYS_ADMIN dropped: {caps:x}");
+    assert_eq!(caps & (1 << 13), 0, "CAP_NET_RAW dropped: {caps:x}");
+    assert_ne!(caps & 1, 0, "CAP_CHOWN kept: {caps:x}");
+    // The host's filesystem is read-only for root too.
+    let (code, _) = get(&b, "web:a", "/write?path=/etc/tenement-probe");
+    assert_ne!(code, 200);
+    assert!(!std::path::Path::new("/etc/tenement-probe").exists());
 }

@@ -228,8 +228,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn reuses_connections_and_notices_the_app_closing_one() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"));
-        let Endpoint::Unix(path) = &endpoint else {
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), Default::default());
+        let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };
         // The app closes each connection after 3 requests.
@@ -251,8 +251,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_streaming_body_keeps_its_connection_until_read_to_the_end() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"));
-        let Endpoint::Unix(path) = &endpoint else {
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), Default::default());
+        let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };
         let conns = app(path, vec![true; 100]);

@@ -365,8 +365,8 @@ mod tests {
     #[tokio::test]
     async fn a_dead_kept_alive_connection_is_retried_only_for_idempotent_requests() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"));
-        let Endpoint::Unix(path) = &endpoint else {
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), Default::default());
+        let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };
         // The app answers the first request on each connection, then reads the next one and

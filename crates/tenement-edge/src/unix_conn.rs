@@ -31,7 +31,7 @@ pub struct UnixConn {
 /// Connects to an instance for the proxy: a Unix socket as a [`UnixConn`].
 pub async fn connect(endpoint: &Endpoint) -> io::Result<Box<dyn Io>> {
     match endpoint {
-        Endpoint::Unix(path) => Ok(Box::new(UnixConn::new(connect_unix(path).await?)?)),
+        Endpoint::Unix(path, peer) => Ok(Box::new(UnixConn::new(connect_unix(path, peer).await?)?)),
         tcp => tcp.connect().await,
     }
 }

@@ -22,6 +22,8 @@ mod process;
 mod sandbox;
 pub mod shim;
 pub mod storage;
+pub mod user;
+mod walls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,10 +39,11 @@ pub use command::argv_for;
 pub use namespace::NamespaceRuntime;
 pub use process::ProcessRuntime;
 pub use sandbox::SandboxRuntime;
+pub use user::User;
 
 /// FNV-1a: a short, stable name for a data directory in host-wide namespaces (cgroup scope,
 /// runsc container ids).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
+pub fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c9dc5u32, |h, b| {
         (h ^ *b as u32).wrapping_mul(0x01000193)
     })
@@ -63,6 +66,19 @@ pub struct Spec {
     pub socket: PathBuf,
     /// cgroup directories the instance's processes join (before the app starts).
     pub cgroups: Vec<PathBuf>,
+    /// Who the app runs as; `None`: the server's own user.
+    pub user: Option<User>,
+    /// Size of a private `/tmp` (and `/dev/shm`), where the level has one.
+    pub tmp_size_mb: u64,
+}
+
+impl Spec {
+    /// The directory holding the program when it is given as a path (`./app`, `/opt/x/app`).
+    pub fn program_dir(&self) -> Option<PathBuf> {
+        let program = self.argv.first().filter(|p| p.contains('/'))?;
+        let path = self.workdir.join(program);
+        path.parent().map(std::path::Path::to_path_buf)
+    }
 }
 
 /// A started instance and its output pipes.
@@ -90,6 +106,17 @@ pub trait Runtime: Send + Sync {
     /// Whether this backend can run here; the error says what is missing and how to get it.
     fn probe(&self) -> Result<(), Unavailable>;
     fn start(&self, spec: &Spec) -> Result<Started, Error>;
+    /// Whether the process that listens on the instance's socket is the app itself, with the
+    /// app's uid (so a peer check may compare uids). Not so under gVisor, whose own process
+    /// holds the host side of the socket.
+    fn app_listens(&self) -> bool {
+        true
+    }
+    /// Whether an app at this level runs as an unprivileged uid of its own unless its
+    /// service sets `user` (see the `tenement` crate's `users`).
+    fn own_user(&self) -> bool {
+        false
+    }
     /// Removes what an earlier server left behind (called once, when `ten serve` starts).
     fn clean_stale(&self) {}
 }
@@ -106,6 +133,8 @@ pub struct Unavailable {
 pub enum Error {
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
+    #[error("cannot start {key}: {message}")]
+    Denied { key: InstanceKey, message: String },
     #[error("cannot start {key} ({program}): {source}")]
     Spawn {
         key: InstanceKey,

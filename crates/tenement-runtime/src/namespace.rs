@@ -1,7 +1,9 @@
 //! `isolation = "namespace"` (the default): new PID, mount, IPC and UTS namespaces per
 //! instance, a private `/proc`, and the data directory showing only the instance's own
-//! directory. The app runs as PID 2 under our init (see [`crate::shim`]). No syscall filtering:
-//! this is for trusted code that should not see its neighbours.
+//! directory, the host's filesystem read-only ([`crate::walls`]), and the app as an
+//! unprivileged user of its own unless `user` says otherwise. The app runs as PID 2 under our
+//! init (see [`crate::shim`]). No syscall filtering: the kernel's whole syscall surface is
+//! reachable (use `sandbox` for code you do not trust at all).
 
 use tenement_core::config::Isolation;
 
@@ -23,6 +25,10 @@ impl Runtime for NamespaceRuntime {
         Isolation::Namespace
     }
 
+    fn own_user(&self) -> bool {
+        true
+    }
+
     fn probe(&self) -> Result<(), Unavailable> {
         if !nix::unistd::geteuid().is_root() {
             return Err(Unavailable {
@@ -34,24 +40,44 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn start(&self, spec: &Spec) -> Result<Started, Error> {
-        let hostname = format!("{}-{}", spec.key.id, spec.key.service);
-        let data_root = spec.data_root.to_string_lossy();
-        let instance_dir = spec.instance_dir.to_string_lossy();
-        let mut args = vec![
-            "--namespace",
-            "--hostname",
-            &hostname,
-            "--hide",
-            &data_root,
-            "--keep",
-            &instance_dir,
-        ];
-        let socket_dir = spec.socket.parent().map(|d| d.to_string_lossy());
-        if let Some(dir) = &socket_dir
-            && spec.socket.starts_with(&spec.data_root)
-        {
-            args.extend(["--keep", dir]);
+        if let Some(user) = spec.user {
+            crate::user::preflight(user, &spec.workdir, &spec.argv, false).map_err(|message| {
+                Error::Denied {
+                    key: spec.key.clone(),
+                    message,
+                }
+            })?;
         }
+        let hostname = format!("{}-{}", spec.key.id, spec.key.service);
+        let tmp_size = spec.tmp_size_mb.to_string();
+        let user = spec.user.map(|u| u.arg());
+        let mut args: Vec<String> = vec![
+            "--namespace".into(),
+            "--hostname".into(),
+            hostname,
+            "--hide".into(),
+            path(&spec.data_root),
+            "--keep".into(),
+            path(&spec.instance_dir),
+            "--reveal".into(),
+            path(&spec.workdir),
+            "--tmp-size".into(),
+            tmp_size,
+        ];
+        if let Some(dir) = spec.socket.parent() {
+            args.extend(["--keep".into(), path(dir)]);
+        }
+        if let Some(dir) = spec.program_dir() {
+            args.extend(["--reveal".into(), path(&dir)]);
+        }
+        if let Some(user) = user {
+            args.extend(["--user".into(), user]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         spawn_shim(&self.shim, spec, &args)
     }
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
 }

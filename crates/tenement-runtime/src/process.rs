@@ -32,7 +32,16 @@ impl Runtime for ProcessRuntime {
     }
 
     fn start(&self, spec: &Spec) -> Result<Started, Error> {
-        spawn_shim(&self.shim, spec, &[])
+        let Some(user) = spec.user else {
+            return spawn_shim(&self.shim, spec, &[]);
+        };
+        crate::user::preflight(user, &spec.workdir, &spec.argv, true).map_err(|message| {
+            Error::Denied {
+                key: spec.key.clone(),
+                message,
+            }
+        })?;
+        spawn_shim(&self.shim, spec, &["--user", &user.arg()])
     }
 }
 

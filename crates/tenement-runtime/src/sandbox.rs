@@ -1,7 +1,6 @@
 //! `isolation = "sandbox"`: gVisor. tenement writes an OCI bundle for the instance (root = the
-//! host's `/`, read-only; the working directory read-only; data_dir hidden under an empty tmpfs
-//! except the instance's own directory; the data and socket directories writable; a private
-//! `/tmp`), and the shim runs `runsc run` on it with
+//! host's `/`, read-only; the app as its own unprivileged user unless `user` says otherwise;
+//! see [`mounts`] for what it sees), and the shim runs `runsc run` on it with
 //! `--host-uds=create` (so the app's Unix socket is reachable from the host) and
 //! `--ignore-cgroups` (tenement owns cgroups). `runsc run` runs attached: if it dies, the
 //! sandbox dies with it, so the shim's process-group kill still takes everything down.
@@ -16,7 +15,7 @@ use serde_json::json;
 use tenement_core::config::{Isolation, Sandbox};
 
 use crate::process::spawn_shim;
-use crate::{Error, Runtime, Spec, Started, Unavailable, Workload};
+use crate::{Error, Runtime, Spec, Started, Unavailable, User, Workload};
 
 pub struct SandboxRuntime {
     shim: PathBuf,
@@ -39,27 +38,14 @@ impl SandboxRuntime {
     fn bundle(&self, spec: &Spec, id: &str) -> std::io::Result<PathBuf> {
         let dir = self.root.join("bundles").join(id);
         std::fs::create_dir_all(&dir)?;
-        let bind = |path: &Path, mode: &str| json!({ "destination": path, "type": "bind", "source": path, "options": ["rbind", mode] });
-        let tmpfs = |path: &Path, mode: &str| json!({ "destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", mode] });
-        let mut mounts = vec![
-            json!({ "destination": "/proc", "type": "proc", "source": "proc" }),
-            tmpfs(Path::new("/tmp"), "mode=1777"),
-            bind(&spec.workdir, "ro"),
-            // Other tenants' data and the server's state hidden, as with namespace: an empty
-            // tmpfs over data_dir (after the working directory, which may hold it), with the
-            // instance's own directory bound back.
-            tmpfs(&spec.data_root, "mode=755"),
-            bind(&spec.instance_dir, "rw"),
-        ];
-        if let Some(dir) = spec.socket.parent() {
-            mounts.push(bind(dir, "rw"));
-        }
+        let user = spec.user.unwrap_or(User::ROOT);
+        let mounts = mounts(spec);
         let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let config = json!({
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": false,
-                "user": { "uid": 0, "gid": 0 },
+                "user": { "uid": user.uid, "gid": user.gid },
                 "args": spec.argv,
                 "env": env,
                 "cwd": spec.workdir,
@@ -90,6 +76,10 @@ impl Runtime for SandboxRuntime {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 
+    fn own_user(&self) -> bool {
+        true
+    }
+
     fn probe(&self) -> Result<(), Unavailable> {
         let unavailable = |reason: String| Unavailable {
             isolation: "sandbox",
@@ -109,8 +99,20 @@ impl Runtime for SandboxRuntime {
         Ok(())
     }
 
+    fn app_listens(&self) -> bool {
+        false
+    }
+
     fn start(&self, spec: &Spec) -> Result<Started, Error> {
         self.probe()?;
+        if let Some(user) = spec.user {
+            crate::user::preflight(user, &spec.workdir, &spec.argv, false).map_err(|message| {
+                Error::Denied {
+                    key: spec.key.clone(),
+                    message,
+                }
+            })?;
+        }
         let runsc = self.runsc.clone().expect("probed");
         // runsc names its control socket after the container id in the abstract namespace,
         // which is host-wide: tell apart servers with different data directories.
@@ -156,7 +158,16 @@ impl Runtime for SandboxRuntime {
                 .collect(),
             ..spec.clone()
         };
-        let started = spawn_shim(&self.shim, &run, &[])?;
+        // runsc (this version) serves its control socket in the abstract namespace of its own
+        // network namespace, without checking who connects: anyone in the host's could run
+        // commands in the sandbox as root. With `network = "none"` it needs no network at all,
+        // so it gets a namespace of its own. (`network = "host"` cannot: docs/isolation.md.)
+        let shim_args: &[&str] = if self.settings.network == "none" {
+            &["--netns"]
+        } else {
+            &[]
+        };
+        let started = spawn_shim(&self.shim, &run, shim_args)?;
         Ok(Started {
             workload: Box::new(SandboxWorkload {
                 inner: started.workload,
@@ -202,6 +213,52 @@ impl Workload for SandboxWorkload {
             status
         })
     }
+}
+
+/// The bundle's mounts, shallow before deep (a mount inside a tmpfs lands in it):
+/// - `/tmp` a private tmpfs; data_dir an empty tmpfs (other tenants and the server's state
+///   hidden), the instance's own directory and its socket directory bound back writable;
+/// - the working directory and the program's directory read-only: visible even under `/tmp`
+///   or data_dir;
+/// - for an unprivileged app, each closed directory above those (`/root`, mode 0700) covered
+///   by a tmpfs it may walk, so that it reaches them and nothing else there.
+fn mounts(spec: &Spec) -> Vec<serde_json::Value> {
+    let bind = |path: &Path, mode: &str| json!({ "destination": path, "type": "bind", "source": path, "options": ["rbind", mode] });
+    let tmpfs = |path: &Path, mode: &str| json!({ "destination": path, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", mode] });
+    let mut covers = vec![PathBuf::from("/tmp"), spec.data_root.clone()];
+    let mut ro: Vec<PathBuf> = vec![spec.workdir.clone()];
+    ro.extend(spec.program_dir());
+    let mut rw = vec![spec.instance_dir.clone()];
+    rw.extend(spec.socket.parent().map(Path::to_path_buf));
+    if let Some(user) = spec.user.filter(|u| !u.is_root()) {
+        for dir in ro.iter().chain(&rw) {
+            if let Some(blocked) = crate::user::blocked_ancestor(dir, user)
+                && !covers.iter().any(|c| blocked.starts_with(c))
+            {
+                covers.push(blocked);
+            }
+        }
+    }
+    let mut all: Vec<(usize, usize, serde_json::Value)> = Vec::new();
+    let depth = |p: &Path| p.components().count();
+    for c in &covers {
+        let mode = if c == Path::new("/tmp") {
+            "mode=1777"
+        } else {
+            "mode=755"
+        };
+        all.push((depth(c), 0, tmpfs(c, mode)));
+    }
+    for d in ro.iter().filter(|d| !rw.contains(d)) {
+        all.push((depth(d), 1, bind(d, "ro")));
+    }
+    for d in &rw {
+        all.push((depth(d), 1, bind(d, "rw")));
+    }
+    all.sort_by_key(|(depth, kind, _)| (*depth, *kind));
+    std::iter::once(json!({ "destination": "/proc", "type": "proc", "source": "proc" }))
+        .chain(all.into_iter().map(|(_, _, m)| m))
+        .collect()
 }
 
 /// `name` if it contains a `/` and exists, else the first match in `PATH`.

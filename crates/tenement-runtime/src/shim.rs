@@ -1,6 +1,7 @@
 //! The shim: a tiny supervisor between `ten serve` and each app.
 //!
-//! `ten __shim [--cgroup DIR]... [--namespace] [--hostname H] [--hide DIR] [--keep DIR]... PPID -- ARGV...`
+//! `ten __shim [--cgroup DIR]... [--user UID:GID] [--namespace] [--hostname H] [--hide DIR]
+//! [--keep DIR]... [--reveal DIR]... [--tmp-size MB] [--netns] PPID -- ARGV...`
 //!
 //! First the shim joins the instance's cgroups (`--cgroup`), so the app and everything it
 //! forks are inside from the start.
@@ -20,13 +21,17 @@
 //! its own, forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to it, reaps every zombie, and exits with
 //! the app's status — upon which the kernel kills whatever is left in the namespace.
 //!
+//! The app itself (after [`crate::walls`] under `--namespace`) becomes `--user` when given,
+//! with no supplementary groups, `PR_SET_NO_NEW_PRIVS` set, in its working directory (the
+//! shim's own), and is exec'd. Its errors there (a directory or program the user may not
+//! reach) are printed as `tenement: ...` and it exits 127.
+//!
 //! This is what guarantees that `kill -9` of `ten serve` leaves no tenant process behind, even
 //! when the app forked children of its own. It runs before any thread exists (the `ten` binary
 //! dispatches here before starting tokio), so fork is safe and the child may allocate.
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
@@ -36,6 +41,8 @@ use nix::sys::prctl;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execvp, fork, getpgrp, getppid, sethostname, setpgid};
+
+use crate::user::User;
 
 /// The hidden `ten` subcommand that runs the shim.
 pub const SUBCOMMAND: &str = "__shim";
@@ -53,11 +60,21 @@ pub fn run(args: &[OsString]) -> ! {
 #[derive(Default)]
 struct Options {
     namespace: bool,
+    /// A network namespace of its own (for `runsc run`, whose control socket is abstract).
+    netns: bool,
     hostname: Option<OsString>,
     /// Directories covered by an empty tmpfs inside the namespace...
     hide: Vec<PathBuf>,
     /// ...except these, bind-mounted back.
     keep: Vec<PathBuf>,
+    /// ...and these, bound back read-only where the app could not reach them.
+    reveal: Vec<PathBuf>,
+    /// Size of the private `/tmp` and `/dev/shm`.
+    tmp_size_mb: u64,
+    /// Who the app runs as (default: the shim's own user).
+    user: Option<User>,
+    /// The app's working directory (entered after the walls are up, as the app's user).
+    workdir: Option<PathBuf>,
     /// cgroup directories to join first.
     cgroups: Vec<PathBuf>,
     parent: i32,
@@ -76,10 +93,25 @@ fn parse(args: &[OsString]) -> Result<Options, String> {
         let arg = it.next().ok_or_else(usage)?;
         match arg.to_str() {
             Some("--namespace") => o.namespace = true,
+            Some("--netns") => o.netns = true,
             Some("--hostname") => o.hostname = Some(it.next().ok_or_else(usage)?.clone()),
             Some("--hide") => o.hide.push(it.next().ok_or_else(usage)?.into()),
             Some("--keep") => o.keep.push(it.next().ok_or_else(usage)?.into()),
             Some("--cgroup") => o.cgroups.push(it.next().ok_or_else(usage)?.into()),
+            Some("--reveal") => o.reveal.push(it.next().ok_or_else(usage)?.into()),
+            Some("--tmp-size") => {
+                o.tmp_size_mb = it
+                    .next()
+                    .and_then(|v| v.to_str()?.parse().ok())
+                    .ok_or_else(usage)?
+            }
+            Some("--user") => {
+                o.user = Some(
+                    it.next()
+                        .and_then(|v| User::parse_arg(v.to_str()?))
+                        .ok_or_else(usage)?,
+                )
+            }
             Some(pid) => {
                 o.parent = pid.parse().map_err(|_| usage())?;
                 break;
@@ -118,7 +150,8 @@ fn join_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 fn shim(args: &[OsString]) -> Result<Infallible, String> {
-    let o = parse(args)?;
+    let mut o = parse(args)?;
+    o.workdir = std::env::current_dir().ok();
     // Join the instance's cgroups before anything forks, so every process of it is inside.
     for dir in &o.cgroups {
         join_cgroup(dir).map_err(|e| format!("joining cgroup {}: {e}", dir.display()))?;
@@ -140,6 +173,10 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
     let old_mask = watched
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .map_err(|e| format!("sigprocmask: {e}"))?;
+    if o.netns {
+        unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("unshare(network namespace): {e}"))?;
+    }
     if o.namespace {
         enter_namespaces(&o)?;
     }
@@ -147,13 +184,13 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
     // may do anything the parent could, allocation included.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child if o.namespace => init(&o, &old_mask, &watched),
-        ForkResult::Child => exec_app(&o.argv, &old_mask),
+        ForkResult::Child => exec_app(&o, &old_mask),
         ForkResult::Parent { child } => supervise(child, o.parent, &o.cgroups, &watched),
     }
 }
 
 /// New PID (for our children), mount, IPC and UTS namespaces; mounts made private so nothing
-/// we mount leaks to the host; `--hide` directories covered, `--keep` ones put back.
+/// we mount leaks to the host; then the walls ([`crate::walls`]).
 fn enter_namespaces(o: &Options) -> Result<(), String> {
     let flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -172,52 +209,13 @@ fn enter_namespaces(o: &Options) -> Result<(), String> {
             }
         }
     }
-    // Keep a handle on each directory before covering it; bind it back from /proc/self/fd.
-    let kept: Vec<(std::fs::File, &PathBuf)> = o
-        .keep
-        .iter()
-        .map(|k| {
-            std::fs::File::open(k)
-                .map(|f| (f, k))
-                .map_err(|e| format!("open {}: {e}", k.display()))
-        })
-        .collect::<Result<_, _>>()?;
-    for dir in &o.hide {
-        mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755,size=64k"),
-        )
-        .map_err(|e| format!("hiding {}: {e}", dir.display()))?;
-    }
-    for (file, dir) in &kept {
-        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let source = format!("/proc/self/fd/{}", file.as_raw_fd());
-        mount::<str, PathBuf, str, str>(
-            Some(&source),
-            dir,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )
-        .map_err(|e| format!("bind {}: {e}", dir.display()))?;
-    }
-    // The instance may read its cgroups (limits, usage), not change them: read-only copies of
-    // the cgroup mounts. (Its lack of CAP_SYS_ADMIN keeps them so: [`drop_capabilities`].)
-    let ro = MsFlags::MS_REMOUNT
-        | MsFlags::MS_BIND
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
-    let cgroup_root = std::path::Path::new("/sys/fs/cgroup");
-    for point in
-        std::iter::once(cgroup_root.to_path_buf()).chain(crate::storage::mounts_below(cgroup_root))
-    {
-        let _ = mount::<str, PathBuf, str, str>(None, &point, None, ro, None);
-    }
+    crate::walls::build(&crate::walls::Plan {
+        hide: &o.hide,
+        keep: &o.keep,
+        reveal: &o.reveal,
+        tmp_size_mb: o.tmp_size_mb,
+        user: o.user,
+    })?;
     if let Some(h) = &o.hostname {
         sethostname(h).map_err(|e| format!("sethostname: {e}"))?;
     }
@@ -227,8 +225,11 @@ fn enter_namespaces(o: &Options) -> Result<(), String> {
 /// Capabilities an app keeps under `namespace` isolation: Docker's default set. Without
 /// CAP_SYS_ADMIN it cannot unmount what hides data_dir (and so reach the control socket), nor
 /// remount the cgroup tree writable; without CAP_DAC_READ_SEARCH it cannot open files by handle
-/// around its mount namespace; without CAP_SYS_PTRACE, CAP_SYS_MODULE... the rest.
-const KEPT_CAPS: [u32; 14] = [
+/// around its mount namespace; without CAP_SYS_PTRACE, CAP_SYS_MODULE... the rest. Unlike
+/// Docker's set, no CAP_NET_RAW: the instance shares the host's network namespace, where raw
+/// sockets would see every tenant's traffic. (Only `user = "root"` keeps any of these: an
+/// app of its own uid has none.)
+const KEPT_CAPS: [u32; 13] = [
     0,  // CHOWN
     1,  // DAC_OVERRIDE
     3,  // FOWNER
@@ -238,7 +239,6 @@ const KEPT_CAPS: [u32; 14] = [
     7,  // SETUID
     8,  // SETPCAP
     10, // NET_BIND_SERVICE
-    13, // NET_RAW
     18, // SYS_CHROOT
     27, // MKNOD
     29, // AUDIT_WRITE
@@ -271,6 +271,10 @@ fn init(o: &Options, old_mask: &SigSet, watched: &SigSet) -> ! {
         eprintln!("tenement init: mounting a private /proc: {e}");
         std::process::exit(127);
     }
+    if let Err(e) = crate::walls::proc_walls() {
+        eprintln!("tenement init: {e}");
+        std::process::exit(127);
+    }
     // SAFETY: still single-threaded.
     let app = match unsafe { fork() } {
         Ok(ForkResult::Child) => {
@@ -280,7 +284,7 @@ fn init(o: &Options, old_mask: &SigSet, watched: &SigSet) -> ! {
                 eprintln!("tenement init: {e}");
                 std::process::exit(127);
             }
-            exec_app(&o.argv, old_mask)
+            exec_app(o, old_mask)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
@@ -298,13 +302,49 @@ fn init(o: &Options, old_mask: &SigSet, watched: &SigSet) -> ! {
     }
 }
 
-fn exec_app(argv: &[CString], old_mask: &SigSet) -> ! {
+/// Becomes the app: its user, no way to gain privileges, its working directory, its program.
+fn exec_app(o: &Options, old_mask: &SigSet) -> ! {
     let _ = old_mask.thread_set_mask();
     // If our parent (shim or init) dies, the app dies with it.
     let _ = prctl::set_pdeathsig(Signal::SIGKILL);
-    let e = execvp(&argv[0], argv).unwrap_err();
-    eprintln!("tenement: cannot execute {:?}: {}", argv[0], e.desc());
-    std::process::exit(127)
+    let fail = |e: String| -> ! {
+        eprintln!("tenement: {e}");
+        std::process::exit(127)
+    };
+    if let Some(user) = o.user {
+        become_user(user).unwrap_or_else(|e| fail(e));
+    }
+    // setuid executables and file capabilities grant nothing from here on (prctl(2)).
+    if let Err(e) = prctl::set_no_new_privs() {
+        fail(format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"));
+    }
+    if let Some(dir) = &o.workdir
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        fail(format!(
+            "cannot enter the working directory {} as uid {}: {e}",
+            dir.display(),
+            nix::unistd::getuid()
+        ));
+    }
+    let e = execvp(&o.argv[0], &o.argv).unwrap_err();
+    fail(format!(
+        "cannot execute {:?} as uid {}: {}",
+        o.argv[0],
+        nix::unistd::getuid(),
+        e.desc()
+    ))
+}
+
+/// Drops to `user`: no supplementary groups, then gid, then uid (after which every capability
+/// is gone: capabilities(7), "Effect of user ID changes on capabilities").
+fn become_user(user: User) -> Result<(), String> {
+    use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
+    setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    let gid = Gid::from_raw(user.gid);
+    setresgid(gid, gid, gid).map_err(|e| format!("setresgid({}): {e}", user.gid))?;
+    let uid = Uid::from_raw(user.uid);
+    setresuid(uid, uid, uid).map_err(|e| format!("setresuid({}): {e}", user.uid))
 }
 
 fn supervise(

@@ -102,8 +102,10 @@ pub struct Setup {
     pub settings: Arc<Settings>,
     pub runtime: &'static dyn Runtime,
     pub spec: Spec,
-    pub socket: PathBuf,
+    pub socket: SocketPlan,
     pub endpoint: Endpoint,
+    /// The current run's cgroup (the endpoint's peer check reads it too).
+    pub cgroup: SharedCgroup,
     pub port: u16,
     pub weight: u8,
     pub sink: Sink,
@@ -140,6 +142,14 @@ struct Actor {
     ready_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// Where the instance's socket goes, prepared before every start ([`crate::socket_dir`]).
+pub struct SocketPlan {
+    pub path: PathBuf,
+    /// The first directory of the path that is the instance's own, if any.
+    pub own_dir: Option<PathBuf>,
+    pub user: Option<tenement_runtime::User>,
+}
+
 /// Starts the actor for a new instance; it spawns the process at once.
 pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) {
     let (inputs, rx) = mpsc::channel(8);
@@ -174,7 +184,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         data_dir: setup.spec.instance_dir.clone(),
         storage_quota_mb: setup.service.storage_quota_mb,
         storage_used_bytes: None,
-        socket: setup.socket.clone(),
+        socket: setup.socket.path.clone(),
         port: setup.port,
         weight: setup.weight,
         cgroups: Vec::new(),
@@ -182,7 +192,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
     let (status, status_rx) = watch::channel(initial);
     let activity = Arc::new(Activity::new(setup.weight));
     let endpoint = setup.endpoint.clone();
-    let cgroup = SharedCgroup::default();
+    let cgroup = setup.cgroup.clone();
     let actor = Actor {
         cgroup: cgroup.clone(),
         oom_kills: 0,
@@ -322,12 +332,8 @@ impl Actor {
     }
 
     fn start_process(&mut self) -> Result<(), String> {
-        let socket = &self.setup.socket;
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        remove_stale_socket(socket);
+        let plan = &self.setup.socket;
+        crate::socket_dir::prepare(&plan.path, plan.own_dir.as_deref(), plan.user)?;
         let started = self
             .setup
             .runtime
@@ -543,16 +549,6 @@ impl Actor {
             });
             s.oom_kills = self.oom_kills;
         });
-    }
-}
-
-/// Removes a socket file left by an earlier run, so readiness is not fooled by it.
-pub fn remove_stale_socket(path: &std::path::Path) {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.file_type().is_socket()
-    {
-        let _ = std::fs::remove_file(path);
     }
 }
 

@@ -21,10 +21,12 @@ mod logs;
 mod logstore;
 mod ports;
 pub mod probe;
+mod socket_dir;
 mod socket_watch;
 mod store;
 mod supervisor;
 mod tokens;
+pub mod users;
 mod wake;
 
 pub use activity::{Activity, ActivityGuard};

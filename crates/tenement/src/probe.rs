@@ -9,19 +9,80 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Where an instance listens. Compared and hashed by the socket path's bytes (one `write`
-/// to the hasher, not `Path`'s component walk: the front door looks endpoints up twice per
-/// request).
+/// Where an instance listens, and who must be listening there. Compared and hashed by the
+/// socket path's bytes (one `write` to the hasher, not `Path`'s component walk: the front door
+/// looks endpoints up twice per request).
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    Unix(PathBuf),
+    Unix(PathBuf, Peer),
     Tcp(u16),
+}
+
+/// Who may answer on an instance's Unix socket. Every connection, the front door's and the
+/// health checks', is checked after `connect` (SO_PEERCRED, unix(7)) before a byte is sent:
+/// whatever a tenant or a leftover file puts at the socket's path (a symlink to `ten.sock` or
+/// to a neighbour's socket, a squatter's listener), traffic reaches only the instance's own
+/// processes, or nothing.
+#[derive(Clone, Default)]
+pub struct Peer {
+    /// The listener's uid, when the instance has a uid of its own and listens itself.
+    pub uid: Option<u32>,
+    /// Otherwise: the listener's process must be in the instance's (current) cgroup.
+    pub cgroup: Option<crate::instance::SharedCgroup>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("uid", &self.uid)
+            .field("cgroup", &self.cgroup.is_some())
+            .finish()
+    }
+}
+
+impl Peer {
+    /// Checks the process listening at the other end of `stream`.
+    pub fn verify(&self, stream: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let cred = getsockopt(stream, PeerCredentials).map_err(std::io::Error::from)?;
+        let refuse = |why: String| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "refused: the socket is served by pid {} (uid {}), {why}",
+                    cred.pid(),
+                    cred.uid()
+                ),
+            ))
+        };
+        if cred.pid() == std::process::id() as i32 {
+            return refuse("ten serve itself".into());
+        }
+        if let Some(uid) = self.uid {
+            return match cred.uid() == uid {
+                true => Ok(()),
+                false => refuse(format!("not the instance's user (uid {uid})")),
+            };
+        }
+        let cgroup = self.cgroup.as_ref().and_then(|c| {
+            c.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(std::sync::Arc::clone)
+        });
+        match cgroup {
+            Some(cg) if !cg.contains(cred.pid()) => {
+                refuse("not a process of the instance's cgroup".into())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl PartialEq for Endpoint {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Endpoint::Unix(a), Endpoint::Unix(b)) => a.as_os_str() == b.as_os_str(),
+            (Endpoint::Unix(a, _), Endpoint::Unix(b, _)) => a.as_os_str() == b.as_os_str(),
             (Endpoint::Tcp(a), Endpoint::Tcp(b)) => a == b,
             _ => false,
         }
@@ -34,7 +95,7 @@ impl std::hash::Hash for Endpoint {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         use std::os::unix::ffi::OsStrExt;
         match self {
-            Endpoint::Unix(path) => state.write(path.as_os_str().as_bytes()),
+            Endpoint::Unix(path, _) => state.write(path.as_os_str().as_bytes()),
             Endpoint::Tcp(port) => state.write_u32(u32::from(*port) | 1 << 16),
         }
     }
@@ -70,17 +131,18 @@ impl Endpoint {
                 s.set_nodelay(true)?;
                 Ok(Box::new(s))
             }
-            Endpoint::Unix(path) => Ok(Box::new(connect_unix(path).await?)),
+            Endpoint::Unix(path, peer) => Ok(Box::new(connect_unix(path, peer).await?)),
         }
     }
 }
 
 /// Connects to a Unix socket, retrying briefly while its backlog is full: that fails at once
-/// with EAGAIN (unlike TCP, which queues).
-pub async fn connect_unix(path: &Path) -> std::io::Result<tokio::net::UnixStream> {
+/// with EAGAIN (unlike TCP, which queues); then checks who listens there ([`Peer::verify`]).
+pub async fn connect_unix(path: &Path, peer: &Peer) -> std::io::Result<tokio::net::UnixStream> {
     let deadline = tokio::time::Instant::now() + BACKLOG_RETRY;
     loop {
         match tokio::net::UnixStream::connect(path).await {
+            Ok(stream) => return peer.verify(&stream).map(|()| stream),
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     && tokio::time::Instant::now() < deadline =>
@@ -169,7 +231,7 @@ pub async fn until_ready(
     last_error: &std::sync::Mutex<Option<String>>,
 ) {
     let watch = match endpoint {
-        Endpoint::Unix(path) => crate::socket_watch::SocketWatch::new(path),
+        Endpoint::Unix(path, _) => crate::socket_watch::SocketWatch::new(path),
         Endpoint::Tcp(_) => None,
     };
     let (mut attempts, mut refused) = (0u32, 0u32);

@@ -23,6 +23,12 @@ CREATE TABLE IF NOT EXISTS instances (
     created_at INTEGER NOT NULL DEFAULT (unixepoch()),
     PRIMARY KEY (service, id)
 );
+CREATE TABLE IF NOT EXISTS users (
+    service    TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    uid        INTEGER NOT NULL UNIQUE,
+    PRIMARY KEY (service, id)
+);
 CREATE TABLE IF NOT EXISTS tokens (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     hash       TEXT NOT NULL,
@@ -152,6 +158,41 @@ impl Store {
             )
             .map(drop)
         })
+    }
+
+    /// Records the uid given to `key`'s app (kept while its data is: see [`crate::users`]).
+    pub fn set_uid(&self, key: &InstanceKey, uid: u32) -> Result<(), Error> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO users (service, id, uid) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (service, id) DO UPDATE SET uid = excluded.uid",
+                params![key.service.as_str(), key.id.as_str(), uid],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn remove_uid(&self, key: &InstanceKey) -> Result<(), Error> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM users WHERE service = ?1 AND id = ?2",
+                params![key.service.as_str(), key.id.as_str()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Every recorded uid.
+    pub fn uids(&self) -> Result<Vec<(InstanceKey, u32)>, Error> {
+        let rows: Vec<(String, u32)> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT service || ':' || id, uid FROM users")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, uid)| Some((k.parse().ok()?, uid)))
+            .collect())
     }
 
     /// Stores a token hash (and the tenant it is limited to); returns the token's id.

@@ -21,10 +21,16 @@ use crate::LogStore;
 use crate::instance::{self, InstanceHandle, InstanceStatus, Setup};
 use crate::logs::{LogLine, Sink};
 use crate::ports::Ports;
-use crate::probe::Endpoint;
+use crate::probe::{Endpoint, Peer};
 use crate::{Error, Store};
+use std::os::unix::fs::DirBuilderExt;
+use tenement_core::config::socket as socket_template;
 
 mod restore;
+
+/// Size of a namespaced instance's private `/tmp` (and `/dev/shm`) when its service has no
+/// storage quota (which is the size otherwise).
+const TMP_SIZE_MB: u64 = 512;
 
 /// Longest Unix socket path (sun_path is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
@@ -46,6 +52,7 @@ struct Inner {
     /// Keys being stopped for good (`ten stop`): their data goes even during a shutdown.
     forgetting: Mutex<std::collections::HashSet<InstanceKey>>,
     ports: Mutex<Ports>,
+    users: crate::users::Users,
     feed: broadcast::Sender<Arc<LogLine>>,
     logs: Option<LogStore>,
     tracker: TaskTracker,
@@ -68,8 +75,14 @@ impl Supervisor {
         runtimes: &'static Runtimes,
         cgroups: Option<&'static Cgroups>,
     ) -> Self {
+        let recorded = store.uids().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the instances' uids from the state store");
+            Vec::new()
+        });
+        let users = crate::users::Users::new(&config.settings.data_dir, recorded);
         Self {
             inner: Arc::new(Inner {
+                users,
                 config,
                 runtimes,
                 cgroups,
@@ -184,7 +197,18 @@ impl Supervisor {
             .unwrap_or_else(|p| p.into_inner())
             .allocate()
             .ok_or(Error::NoFreePort)?;
-        let (spec, socket, data) = match self.prepare(key, service, port) {
+        let invalid = |message: String| Error::Invalid {
+            key: key.clone(),
+            message,
+        };
+        let (run_as, new_uid) = match self.inner.users.run_as(key, service, runtime) {
+            Ok(r) => r,
+            Err(e) => {
+                self.release_port(port);
+                return Err(invalid(e));
+            }
+        };
+        let (spec, socket, data) = match self.prepare(key, service, port, run_as.user) {
             Ok(p) => p,
             Err(e) => {
                 self.release_port(port);
@@ -204,16 +228,35 @@ impl Supervisor {
                 .expect("mount task");
             if let Err(e) = mounted {
                 self.release_port(port);
-                return Err(Error::Invalid {
-                    key: key.clone(),
-                    message: e.to_string(),
-                });
+                return Err(invalid(e.to_string()));
             }
         }
+        // The data directory (and the quota mount on it) belongs to the app's user.
+        if let Some(user) = run_as.user
+            && let Err(e) = crate::socket_dir::chown_tree(&data, user)
+        {
+            self.release_port(port);
+            return Err(invalid(e));
+        }
+        let cgroup = instance::SharedCgroup::default();
+        let peer = Peer {
+            uid: run_as
+                .user
+                .filter(|_| run_as.own && runtime.app_listens())
+                .map(|u| u.uid),
+            cgroup: Some(cgroup.clone()),
+        };
         let endpoint = match service.listen {
-            Listen::Unix => Endpoint::Unix(socket.clone()),
+            Listen::Unix => Endpoint::Unix(socket.clone(), peer),
             Listen::Tcp => Endpoint::Tcp(port),
         };
+        let data_root = config.settings.data_dir.to_string_lossy();
+        let (prefix, suffix) =
+            socket_template::split(&service.socket, key.service.as_str(), &data_root);
+        // The first directory of the socket's path that holds the id is the instance's own.
+        let own_socket_dir = suffix
+            .find('/')
+            .map(|i| PathBuf::from(format!("{prefix}{}{}", key.id, &suffix[..i])));
         let me = self.clone();
         let (cleanup_key, persist) = (key.clone(), service.storage_persist);
         let has_quota = quota.is_some();
@@ -223,8 +266,13 @@ impl Supervisor {
             settings: Arc::new(config.settings.clone()),
             runtime,
             spec,
-            socket: socket.clone(),
+            socket: instance::SocketPlan {
+                path: socket.clone(),
+                own_dir: own_socket_dir,
+                user: run_as.user,
+            },
             endpoint,
+            cgroup,
             port,
             weight,
             sink: Sink {
@@ -243,9 +291,14 @@ impl Supervisor {
         // the caller hears back only once the instance is recorded.
         self.inner.tracker.spawn_on(actor, &self.inner.runtime);
         let (store, k) = (self.inner.store.clone(), key.clone());
-        let stored = tokio::task::spawn_blocking(move || store.insert_with_weight(&k, weight))
-            .await
-            .expect("store task");
+        let stored = tokio::task::spawn_blocking(move || {
+            if let Some(uid) = new_uid {
+                store.set_uid(&k, uid)?;
+            }
+            store.insert_with_weight(&k, weight)
+        })
+        .await
+        .expect("store task");
         if let Err(e) = stored {
             stop_and_wait(handle).await;
             return Err(e);
@@ -259,6 +312,7 @@ impl Supervisor {
         key: &InstanceKey,
         service: &Service,
         port: u16,
+        user: Option<tenement_runtime::User>,
     ) -> Result<(Spec, PathBuf, PathBuf), Error> {
         let settings = &self.inner.config.settings;
         let data_root = settings.data_dir.to_string_lossy();
@@ -281,8 +335,20 @@ impl Supervisor {
         }
         vars.socket = &socket;
         let data = instance_dir(&settings.data_dir, key);
-        std::fs::create_dir_all(&data)
-            .map_err(|e| invalid(format!("cannot create {}: {e}", data.display())))?;
+        if let Some(service_dir) = data.parent() {
+            // Traversable, not listable: an app of another user reaches its own directory
+            // below (its mode 0700 keeps the others out).
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(service_dir)
+                .map_err(|e| invalid(format!("cannot create {}: {e}", service_dir.display())))?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(&data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && data.is_dir() => {}
+            Err(e) => return Err(invalid(format!("cannot create {}: {e}", data.display()))),
+        }
 
         let args: Vec<String> = service.args.iter().map(|a| a.render(&vars)).collect();
         let argv = argv_for(&service.command.render(&vars), &args);
@@ -314,6 +380,8 @@ impl Supervisor {
             instance_dir: data.clone(),
             socket: PathBuf::from(&socket),
             cgroups: Vec::new(),
+            user,
+            tmp_size_mb: service.storage_quota_mb.unwrap_or(TMP_SIZE_MB),
         };
         Ok((spec, PathBuf::from(socket), data))
     }
@@ -331,7 +399,7 @@ impl Supervisor {
     ) {
         self.registry().remove(key);
         self.release_port(port);
-        instance::remove_stale_socket(socket);
+        let _ = crate::socket_dir::clear(socket);
         if quota {
             storage::unmount(data);
         }
@@ -346,6 +414,14 @@ impl Supervisor {
             .remove(key);
         if !persist && (forgotten || !shutting_down) {
             remove_instance_dir(&self.inner.config.settings.data_dir, key, data);
+            // Its files are gone: its uid may serve another instance.
+            self.inner.users.release(key);
+            let (store, k) = (self.inner.store.clone(), key.clone());
+            self.inner.runtime.spawn_blocking(move || {
+                if let Err(e) = store.remove_uid(&k) {
+                    warn!(instance = %k, error = %e, "cannot forget the instance's uid");
+                }
+            });
         }
     }
 

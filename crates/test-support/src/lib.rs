@@ -46,6 +46,21 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
     }
 }
 
+/// A temp dir that is like a project directory (mode 0755: apps running as users of their
+/// own may enter it; `tempfile` makes 0700).
+pub fn project_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ten-test-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the temp dir");
+    dir
+}
+
 /// A test building: temp dir, config, and (once started) a running `ten serve`.
 pub struct Building {
     pub dir: tempfile::TempDir,
@@ -60,10 +75,7 @@ impl Building {
     /// `{fixture}` the fixture binary. `[settings] data_dir` defaults to `{dir}/data` unless
     /// the config sets it.
     pub fn new(ten: &str, config: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ten-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = project_dir();
         let ten = PathBuf::from(ten);
         let fixture = fixture_bin(&ten);
         let b = Self {
@@ -80,10 +92,7 @@ impl Building {
     /// A building that runs an existing configuration file (an example), with its data
     /// directory moved into a temp dir by `--data-dir`.
     pub fn with_config_file(ten: &str, config: &Path) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ten-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = project_dir();
         let ten = PathBuf::from(ten);
         Self {
             fixture: fixture_bin(&ten),

@@ -67,8 +67,10 @@ pub async fn run(
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     if fresh {
-        // Logs, token hashes and every tenant's data: for ten serve (and its instances) only.
-        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))?;
+        // Logs, token hashes and every tenant's data: not listable by others. Traversable
+        // (0711), so that an app running as a user of its own (`user`, under `process`) reaches
+        // its own directory below; every file and instance directory in it has its own mode.
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))?;
     }
     let _lock = lock(&data_dir)?;
     raise_fd_limit();

@@ -23,7 +23,10 @@ pub fn check(t: &Template) -> Result<(), String> {
         ));
     }
     if t.contains("port") {
-        return Err("must not contain {port}: the port changes at every start, a socket path must not".into());
+        return Err(
+            "must not contain {port}: the port changes at every start, a socket path must not"
+                .into(),
+        );
     }
     if t.as_str().split('/').any(|c| c == "." || c == "..") {
         return Err("must not contain `.` or `..` path components".into());
@@ -121,7 +124,13 @@ mod tests {
         let cases: &[(&str, &str, &str, &str, bool)] = &[
             // template a, name a, template b, name b, collide?
             (DEFAULT_SOCKET, "shop", DEFAULT_SOCKET, "shop-eu", false),
-            ("/s/{name}/{id}.sock", "a", "/s/{name}/{id}.sock", "b", false),
+            (
+                "/s/{name}/{id}.sock",
+                "a",
+                "/s/{name}/{id}.sock",
+                "b",
+                false,
+            ),
             ("/s/{id}.sock", "a", "/s/{id}.sock", "b", true),
             ("/s/x-{id}.sock", "a", "/s/{id}.sock", "b", true),
             ("/s/{id}.sock", "a", "/s/{id}-x.sock", "b", true),
@@ -142,6 +151,9 @@ mod tests {
                 assert_eq!(format!("{}{x}{}", a.0, a.1), format!("{}{y}{}", b.0, b.1));
             }
         }
-        assert_eq!(split(&default, "api", "/d"), ("/d/api/".into(), "/app.sock".into()));
+        assert_eq!(
+            split(&default, "api", "/d"),
+            ("/d/api/".into(), "/app.sock".into())
+        );
     }
 }

@@ -170,6 +170,13 @@ impl Cgroup {
         }
     }
 
+    /// Whether process `pid` is in this cgroup (one read of `cgroup.procs`).
+    pub fn contains(&self, pid: i32) -> bool {
+        self.dirs()
+            .first()
+            .is_some_and(|d| v1::read_pids(d).contains(&pid))
+    }
+
     /// SIGKILLs every process inside and waits (at most 2 s) until it is empty.
     pub fn kill_all(&self) {
         match self {

@@ -1,0 +1,123 @@
+//! What a hostile tenant tries, as endpoints, for the hostile_tenant tests: writing where it
+//! should not, planting symlinks, squatting socket paths, joining the front door's port,
+//! connecting to sockets it should not reach. Each answers 200 when the attempt worked.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+
+fn param<'a>(query: &'a str, name: &str) -> &'a str {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or("")
+}
+
+fn result(r: std::io::Result<String>) -> (u16, Vec<u8>) {
+    match r {
+        Ok(s) => (200, s.into_bytes()),
+        Err(e) => (500, e.to_string().into_bytes()),
+    }
+}
+
+/// Handles `path` if it is an attack endpoint.
+pub fn handle(path: &str, query: &str) -> Option<(u16, Vec<u8>)> {
+    let target = param(query, "path");
+    Some(match path {
+        // Writes `kb` KiB (0: one line) to `path`.
+        "/put" => {
+            let kb: usize = param(query, "kb").parse().unwrap_or(0);
+            let data = if kb == 0 {
+                b"1\n".to_vec()
+            } else {
+                vec![b'x'; kb * 1024]
+            };
+            result(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(target)
+                    .and_then(|mut f| f.write_all(&data))
+                    .map(|()| format!("wrote {} bytes", data.len())),
+            )
+        }
+        "/symlink" => {
+            let _ = std::fs::remove_file(target);
+            result(std::os::unix::fs::symlink(param(query, "to"), target).map(|()| "linked".into()))
+        }
+        "/unlink" => result(std::fs::remove_file(target).map(|()| "removed".into())),
+        // Listens at `path` and answers every request with "squatter".
+        "/squat" => {
+            let _ = std::fs::remove_file(target);
+            result(UnixListener::bind(target).map(|l| {
+                std::thread::spawn(move || {
+                    for mut s in l.incoming().flatten() {
+                        let mut buf = [0u8; 4096];
+                        let _ = s.read(&mut buf);
+                        let _ = s.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nsquatter",
+                        );
+                    }
+                });
+                "squatting".into()
+            }))
+        }
+        "/reuseport" => result(reuseport(param(query, "port").parse().unwrap_or(0))),
+        // Connects to a Unix socket by path, or by abstract name (`abstract=NAME`, with
+        // `nul=1` for a name that ends in a NUL byte).
+        "/connect" => {
+            let name = param(query, "abstract");
+            let stream = if name.is_empty() {
+                UnixStream::connect(target)
+            } else {
+                use std::os::linux::net::SocketAddrExt;
+                let mut bytes = name.as_bytes().to_vec();
+                if param(query, "nul") == "1" {
+                    bytes.push(0);
+                }
+                std::os::unix::net::SocketAddr::from_abstract_name(&bytes)
+                    .and_then(|a| UnixStream::connect_addr(&a))
+            };
+            result(stream.map(|_| "connected".into()))
+        }
+        _ => return None,
+    })
+}
+
+/// Binds 0.0.0.0:`port` with SO_REUSEPORT (joining whoever listens there, if the kernel lets
+/// it) and answers "stolen" to every connection it gets.
+fn reuseport(port: u16) -> std::io::Result<String> {
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` outlives `bind`.
+    let fd = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let opt = &one as *const libc::c_int as *const libc::c_void;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, opt, len);
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, opt, len);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = port.to_be();
+        let sa = &addr as *const libc::sockaddr_in as *const libc::sockaddr;
+        let salen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, sa, salen) != 0 || libc::listen(fd, 128) != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        fd
+    };
+    // SAFETY: `fd` is a listening socket this function created and hands over.
+    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nstolen",
+            );
+        }
+    });
+    Ok(format!("joined port {port}"))
+}
