@@ -36,5 +36,5 @@ pub use logs::{LogLine, Stream, now_ms};
 pub use logstore::{LogQuery, LogStore, Retention, StoredLine};
 pub use store::Store;
 pub use supervisor::Supervisor;
-pub use tokens::{Principal, TokenInfo, Tokens};
+pub use tokens::{Check, Principal, TokenInfo, Tokens};
 pub use wake::Lease;

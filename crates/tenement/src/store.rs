@@ -206,16 +206,23 @@ impl Store {
         })
     }
 
-    /// The hash and tenant of token `id`.
-    pub fn token(&self, id: i64) -> Result<Option<(String, Option<String>)>, Error> {
-        use rusqlite::OptionalExtension;
+    /// Every token's id, hash and tenant (read once, when the server starts).
+    pub fn token_hashes(&self) -> Result<Vec<(i64, String, Option<String>)>, Error> {
         self.with(|c| {
-            c.query_row(
-                "SELECT hash, tenant FROM tokens WHERE id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+            let mut stmt = c.prepare("SELECT id, hash, tenant FROM tokens")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+    }
+
+    /// Replaces token `id`'s hash (migrating it to the current scheme).
+    pub fn set_token_hash(&self, id: i64, hash: &str) -> Result<(), Error> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE tokens SET hash = ?2 WHERE id = ?1",
+                params![id, hash],
             )
-            .optional()
+            .map(drop)
         })
     }
 
