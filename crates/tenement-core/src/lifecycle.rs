@@ -88,6 +88,10 @@ pub enum ExitReason {
     StartupTimeout,
     /// Could not be started at all.
     SpawnFailed(String),
+    /// Could not be started because the *server* ran out of something (file descriptors,
+    /// memory, processes): not the instance's fault, so it is retried without spending its
+    /// restart budget, whatever its restart policy.
+    ServerBusy(String),
 }
 
 impl ExitReason {
@@ -105,6 +109,9 @@ impl std::fmt::Display for ExitReason {
             ExitReason::HealthCheck => f.write_str("health check failed"),
             ExitReason::StartupTimeout => f.write_str("startup timeout"),
             ExitReason::SpawnFailed(e) => write!(f, "spawn failed: {e}"),
+            ExitReason::ServerBusy(e) => {
+                write!(f, "not started, the server is out of resources: {e}")
+            }
         }
     }
 }
@@ -181,6 +188,9 @@ pub struct InvalidTransition {
     pub from: Phase,
     pub input: Input,
 }
+
+/// How long an instance that the server could not start for lack of resources waits.
+pub const SERVER_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// Phase plus the restart history that decides between backing off and failing.
 #[derive(Debug, Clone)]
@@ -318,6 +328,13 @@ impl Lifecycle {
         now: Instant,
         jitter: f64,
     ) -> Vec<Effect> {
+        if let ExitReason::ServerBusy(_) = reason {
+            self.last_exit = Some(reason);
+            self.phase = Phase::BackingOff {
+                until: now + SERVER_BUSY_RETRY,
+            };
+            return vec![];
+        }
         if let Some(since) = self.ready_since.take()
             && now.saturating_duration_since(since) >= policy.stable_after
         {

@@ -93,7 +93,7 @@ async fn config_summary(
 }
 
 async fn health(State(s): State<Supervisor>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok", "instances": s.list().len() }))
+    Json(serde_json::json!({ "status": "ok", "instances": s.count() }))
 }
 
 async fn list(

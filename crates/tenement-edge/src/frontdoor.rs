@@ -102,6 +102,12 @@ pub async fn front_door(
     let mut threads = Vec::new();
     let metrics = Metrics::new(supervisor.clone());
     let limiter = crate::RateLimiter::default();
+    let conn_limit =
+        crate::conn_limit::ConnLimit::from_settings(s, metrics.connections_refused.clone());
+    tracing::info!(
+        max_connections = conn_limit.max(),
+        "front door connection cap"
+    );
     for (i, listener) in listeners.into_iter().enumerate() {
         let door = FrontDoor {
             metrics: metrics.clone(),
@@ -119,6 +125,7 @@ pub async fn front_door(
             header_timeout,
         };
         let shutdown = shutdown.clone();
+        let conn_limit = conn_limit.clone();
         let thread = std::thread::Builder::new()
             .name(format!("front-door-{i}"))
             .spawn(move || {
@@ -128,7 +135,7 @@ pub async fn front_door(
                     .expect("a tokio runtime");
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a listening socket");
-                    accept_loop(listener, Arc::new(door), shutdown).await
+                    accept_loop(listener, Arc::new(door), conn_limit, shutdown).await
                 })
             });
         threads.extend(thread.ok());
@@ -137,7 +144,12 @@ pub async fn front_door(
         tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
 }
 
-async fn accept_loop(listener: TcpListener, door: Arc<FrontDoor>, shutdown: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    door: Arc<FrontDoor>,
+    limit: Arc<crate::conn_limit::ConnLimit>,
+    shutdown: CancellationToken,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -164,13 +176,19 @@ async fn accept_loop(listener: TcpListener, door: Arc<FrontDoor>, shutdown: Canc
             },
             _ = shutdown.cancelled() => break,
         };
+        let Some(admitted) = limit.admit(peer.ip()) else {
+            continue; // closed at once: the caps keep descriptors for supervision
+        };
         let _ = stream.set_nodelay(true);
         let client = Arc::new(Client {
             peer,
             forwarding: Forwarding::new(peer, "http"),
         });
         let (door, builder, shutdown) = (door.clone(), builder.clone(), shutdown.clone());
-        connections.spawn(crate::fast::serve(door, stream, client, builder, shutdown));
+        connections.spawn(async move {
+            crate::fast::serve(door, stream, client, builder, shutdown).await;
+            drop(admitted);
+        });
     }
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), connections.wait()).await;

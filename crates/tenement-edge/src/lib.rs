@@ -13,6 +13,7 @@
 
 mod api;
 mod auth;
+mod conn_limit;
 mod dashboard;
 mod error;
 mod fast;

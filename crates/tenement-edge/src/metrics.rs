@@ -65,6 +65,8 @@ pub struct Metrics {
     pub request_duration: Family<ServiceLabel, Histogram>,
     pub wake_duration: Family<ServiceLabel, Histogram>,
     pub proxy_errors: Family<KindLabel, Counter>,
+    /// Client connections closed at once because a connection cap was reached.
+    pub connections_refused: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -103,6 +105,12 @@ impl Metrics {
             "Proxy failures by kind",
             proxy_errors.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once: max_connections or max_connections_per_ip reached",
+            connections_refused.clone(),
+        );
         registry.register_collector(Box::new(Instances(supervisor)));
         Arc::new(Metrics {
             registry,
@@ -110,6 +118,7 @@ impl Metrics {
             request_duration,
             wake_duration,
             proxy_errors,
+            connections_refused,
         })
     }
 
@@ -210,7 +219,7 @@ impl std::fmt::Debug for Instances {
 
 impl Collector for Instances {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let all = self.0.list();
+        let all = self.0.list_cached();
         let mut by_state: std::collections::BTreeMap<(&'static str, &'static str), i64> =
             Default::default();
         for i in &all {

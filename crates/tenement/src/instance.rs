@@ -91,6 +91,18 @@ pub struct Handle {
     pub endpoint: Endpoint,
     /// The current run's cgroup, for usage figures.
     pub cgroup: SharedCgroup,
+    /// The latest usage figures read (see `Supervisor::list_cached`).
+    pub usage: std::sync::Mutex<Sampled>,
+}
+
+/// Usage figures as read at one time.
+#[derive(Debug, Clone, Default)]
+pub struct Sampled {
+    pub at: Option<Instant>,
+    pub memory_bytes: Option<u64>,
+    pub cpu_usec: Option<u64>,
+    pub storage_used_bytes: Option<u64>,
+    pub cgroups: Vec<PathBuf>,
 }
 
 pub type SharedCgroup = Arc<std::sync::Mutex<Option<Arc<Cgroup>>>>;
@@ -116,7 +128,7 @@ pub struct Setup {
     pub asleep: bool,
 }
 
-type Probe = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type Probe = Pin<Box<dyn Future<Output = Result<(), probe::ProbeError>> + Send>>;
 
 struct Actor {
     setup: Setup,
@@ -221,6 +233,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         activity,
         endpoint,
         cgroup,
+        usage: Default::default(),
     }));
     (handle, actor.run(rx))
 }
@@ -294,10 +307,7 @@ impl Actor {
 
     fn perform(&mut self, effect: Effect) -> Option<Input> {
         match effect {
-            Effect::Spawn => self
-                .spawn()
-                .err()
-                .map(|e| Input::Exited(ExitReason::SpawnFailed(e))),
+            Effect::Spawn => self.spawn().err().map(Input::Exited),
             Effect::Terminate => {
                 match &self.workload {
                     Some(w) => {
@@ -313,9 +323,9 @@ impl Actor {
         }
     }
 
-    fn spawn(&mut self) -> Result<(), String> {
+    fn spawn(&mut self) -> Result<(), ExitReason> {
         self.held_port = None; // the app's, from now on
-        let cgroup = self.make_cgroup()?;
+        let cgroup = self.make_cgroup().map_err(ExitReason::SpawnFailed)?;
         self.setup.spec.cgroups = cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default();
         let started = self.start_process();
         match (started, cgroup) {
@@ -331,14 +341,17 @@ impl Actor {
         }
     }
 
-    fn start_process(&mut self) -> Result<(), String> {
+    fn start_process(&mut self) -> Result<(), ExitReason> {
         let plan = &self.setup.socket;
-        crate::socket_dir::prepare(&plan.path, plan.own_dir.as_deref(), plan.user)?;
-        let started = self
-            .setup
-            .runtime
-            .start(&self.setup.spec)
-            .map_err(|e| e.to_string())?;
+        crate::socket_dir::prepare(&plan.path, plan.own_dir.as_deref(), plan.user)
+            .map_err(ExitReason::SpawnFailed)?;
+        let started = self.setup.runtime.start(&self.setup.spec).map_err(|e| {
+            let ours = matches!(&e, tenement_runtime::Error::Spawn { source, .. } if probe::server_short_of(source));
+            match ours {
+                true => ExitReason::ServerBusy(e.to_string()),
+                false => ExitReason::SpawnFailed(e.to_string()),
+            }
+        })?;
         info!(instance = %self.key, pid = started.workload.pid(), "started");
         for (pipe, stream) in [
             (started.stdout.into_owned_fd(), Stream::Stdout),
@@ -420,7 +433,7 @@ impl Actor {
         }
     }
 
-    fn on_probe(&mut self, result: Result<(), String>) {
+    fn on_probe(&mut self, result: Result<(), probe::ProbeError>) {
         let interval = self.setup.settings.health_check_interval();
         match (self.life.phase, result) {
             (Phase::Starting, Ok(())) => {
@@ -434,6 +447,12 @@ impl Actor {
                 self.health_failures = 0;
                 self.next_health = Some(Instant::now() + interval);
                 self.publish();
+            }
+            // The server's own shortage (file descriptors, memory): says nothing about the
+            // instance, so it is not held against it.
+            (Phase::Running, Err(e)) if e.is_ours() => {
+                warn!(instance = %self.key, error = %e, "health check not run: the server is out of resources; not counted");
+                self.next_health = Some(Instant::now() + interval);
             }
             (Phase::Running, Err(e)) => {
                 self.health = Health::Unhealthy;
@@ -515,9 +534,7 @@ impl Actor {
                 self.setup.service.health.clone(),
             );
             self.probe = Some(Box::pin(async move {
-                probe::check(&endpoint, health.as_deref(), Duration::from_secs(5))
-                    .await
-                    .map_err(|e| e.to_string())
+                probe::check(&endpoint, health.as_deref(), Duration::from_secs(5)).await
             }));
         }
     }
@@ -559,7 +576,7 @@ async fn wait_exit(w: &mut Option<Box<dyn Workload>>) -> std::io::Result<std::pr
     }
 }
 
-async fn run_probe(p: &mut Option<Probe>) -> Result<(), String> {
+async fn run_probe(p: &mut Option<Probe>) -> Result<(), probe::ProbeError> {
     match p {
         Some(p) => p.await,
         None => pending().await,

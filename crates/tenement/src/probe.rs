@@ -118,6 +118,22 @@ pub enum ProbeError {
     Timeout(Duration),
 }
 
+impl ProbeError {
+    /// Whether the check failed for lack of the server's own resources, not the instance's.
+    pub fn is_ours(&self) -> bool {
+        matches!(self, ProbeError::Connect(e) if server_short_of(e))
+    }
+}
+
+/// Errors that mean this process (or the host) ran out of file descriptors, memory or
+/// processes: never an instance's fault.
+pub fn server_short_of(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
+
 /// How long a connect keeps retrying while the listener's backlog is full (EAGAIN).
 const BACKLOG_RETRY: Duration = Duration::from_secs(2);
 

@@ -45,6 +45,20 @@ pub fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Services whose `user` does not exist here, each as `service.NAME.user: why`.
+pub fn unknown_users(config: &Config) -> Vec<String> {
+    config
+        .services
+        .iter()
+        .filter_map(|(name, svc)| {
+            let user = svc.user.as_deref()?;
+            tenement::users::lookup(user)
+                .err()
+                .map(|e| format!("service.{name}.user: {e}"))
+        })
+        .collect()
+}
+
 /// Services whose isolation level this machine cannot run, each as `service.NAME: why`.
 pub fn unavailable(config: &Config, runtimes: &Runtimes) -> Vec<String> {
     config

@@ -79,7 +79,11 @@ pub async fn run(
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
     let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
     runtimes.clean_stale();
-    for problem in crate::cmd::config::unavailable(&config, runtimes) {
+    let users = crate::cmd::config::unknown_users(&config);
+    for problem in crate::cmd::config::unavailable(&config, runtimes)
+        .into_iter()
+        .chain(users)
+    {
         tracing::warn!("{problem}. Its instances will fail to start.");
     }
     // Quota mounts of a server that was killed are still there: start from a clean slate.

@@ -295,3 +295,45 @@ fn an_instance_brought_back_asleep_starts_on_its_first_wake() {
         vec![Effect::Forget]
     );
 }
+
+#[test]
+fn the_servers_own_shortage_never_spends_the_restart_budget() {
+    let mut p = policy(RestartPolicy::Never);
+    p.max_restarts = 1;
+    let t = Instant::now();
+    let mut l = Lifecycle::new();
+    l.step(Input::Start, &p, t, NO_JITTER).unwrap();
+    // Many failed spawns for lack of file descriptors: retried every second, whatever the
+    // policy (the instance never ran), never Failed, restarts not counted.
+    for i in 0..10u64 {
+        let now = t + secs(i);
+        let busy = ExitReason::ServerBusy("too many open files".into());
+        l.step(Input::Exited(busy), &p, now, NO_JITTER).unwrap();
+        assert_eq!(
+            l.phase,
+            Phase::BackingOff {
+                until: now + SERVER_BUSY_RETRY
+            }
+        );
+        assert_eq!(
+            l.step(
+                Input::BackoffElapsed,
+                &p,
+                now + SERVER_BUSY_RETRY,
+                NO_JITTER
+            )
+            .unwrap(),
+            vec![Effect::Spawn]
+        );
+    }
+    assert_eq!(l.restarts, 0);
+    // A real failure still counts as before.
+    l.step(
+        Input::Exited(ExitReason::SpawnFailed("no such file".into())),
+        &p,
+        t,
+        NO_JITTER,
+    )
+    .unwrap();
+    assert_eq!(l.phase, Phase::Exited);
+}
