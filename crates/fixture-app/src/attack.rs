@@ -62,7 +62,12 @@ pub fn handle(path: &str, query: &str) -> Option<(u16, Vec<u8>)> {
                 "squatting".into()
             }))
         }
-        "/reuseport" => result(reuseport(param(query, "port").parse().unwrap_or(0))),
+        "/reuseport" => result(reuseport(
+            param(query, "ip")
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST),
+            param(query, "port").parse().unwrap_or(0),
+        )),
         // Connects to a Unix socket by path, or by abstract name (`abstract=NAME`, with
         // `nul=1` for a name that ends in a NUL byte).
         "/connect" => {
@@ -84,9 +89,9 @@ pub fn handle(path: &str, query: &str) -> Option<(u16, Vec<u8>)> {
     })
 }
 
-/// Binds 0.0.0.0:`port` with SO_REUSEPORT (joining whoever listens there, if the kernel lets
-/// it) and answers "stolen" to every connection it gets.
-fn reuseport(port: u16) -> std::io::Result<String> {
+/// Binds `ip`:`port` with SO_REUSEPORT (joining whoever listens there, if the kernel lets it)
+/// and answers "stolen" to every connection it gets.
+fn reuseport(ip: std::net::Ipv4Addr, port: u16) -> std::io::Result<String> {
     // SAFETY: plain socket calls on a descriptor this function owns; `addr` outlives `bind`.
     let fd = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -101,6 +106,7 @@ fn reuseport(port: u16) -> std::io::Result<String> {
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
         addr.sin_family = libc::AF_INET as libc::sa_family_t;
         addr.sin_port = port.to_be();
+        addr.sin_addr.s_addr = u32::from(ip).to_be();
         let sa = &addr as *const libc::sockaddr_in as *const libc::sockaddr;
         let salen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         if libc::bind(fd, sa, salen) != 0 || libc::listen(fd, 128) != 0 {

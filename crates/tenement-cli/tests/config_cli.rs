@@ -58,7 +58,7 @@ fn config_prints_the_resolved_configuration() {
         "[service.api]",
         "restart = \"on-failure\"",
         "isolation = \"namespace\"",
-        "socket = \"/tmp/tenement/{name}-{id}.sock\"",
+        "socket = \"{data_dir}/{id}/app.sock\"",
         "startup_timeout = 10",
     ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");

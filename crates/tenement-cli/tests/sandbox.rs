@@ -177,3 +177,75 @@ isolation = "sandbox"
         "nothing was started, not even a weaker isolation"
     );
 }
+
+#[test]
+fn a_namespace_tenant_cannot_reach_a_sandboxs_runsc_control_socket() {
+    if !runsc_available() {
+        return;
+    }
+    let mut b = Building::new(
+        TEN,
+        &format!(
+            "{CONFIG}\n[service.ns]\ncommand = \"{{fixture}}\"\nsocket = \"{{dir}}/s/{{name}}-{{id}}.sock\"\n"
+        ),
+    );
+    b.start();
+    b.ten_ok(&["spawn", "sb:a"]);
+    b.ten_ok(&["spawn", "ns:evil"]);
+    // runsc names its control socket "runsc-sandbox.<container id>" (abstract, with a trailing
+    // NUL); the container id is tenement's, made from the instance and the data directory.
+    let state_root = b.data_dir().join(".runsc");
+    let id = format!(
+        "sb_a_{:08x}",
+        tenement_runtime::fnv1a(state_root.as_os_str().as_encoded_bytes())
+    );
+    let name = format!("runsc-sandbox.{id}");
+    let (status, body) = test_support::get_unix(
+        &b.socket("ns:evil"),
+        &format!("/connect?abstract={name}&nul=1"),
+    )
+    .unwrap();
+    assert_ne!(
+        status, 200,
+        "a tenant reached runsc's control socket: {body}"
+    );
+    // Nor can any other local process in the host's network namespace.
+    let mut addr = name.into_bytes();
+    addr.push(0);
+    use std::os::linux::net::SocketAddrExt;
+    let a = std::os::unix::net::SocketAddr::from_abstract_name(&addr).unwrap();
+    assert!(std::os::unix::net::UnixStream::connect_addr(&a).is_err());
+    // The sandboxed app itself still answers.
+    let (status, _) = test_support::get_unix(&b.socket("sb:a"), "/").unwrap();
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_sandboxed_command_under_tmp_is_visible_read_only() {
+    if !runsc_available() {
+        return;
+    }
+    // The program lives in a directory of its own under /tmp (private inside the sandbox).
+    let elsewhere = test_support::project_dir();
+    let b0 = Building::new(TEN, "");
+    let program = elsewhere.path().join("app");
+    std::fs::copy(&b0.fixture, &program).unwrap();
+    let mut b = Building::new(
+        TEN,
+        &format!(
+            "[service.sb]\ncommand = \"{}\"\nisolation = \"sandbox\"\nstartup_timeout = 30\nsocket = \"{{dir}}/s/{{name}}-{{id}}.sock\"\n",
+            program.display()
+        ),
+    );
+    b.start();
+    b.ten_ok(&["spawn", "sb:a"]);
+    let (status, body) = test_support::get_unix(&b.socket("sb:a"), "/").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello from sb:a\n"));
+    // ...read-only.
+    let (status, _) = test_support::get_unix(
+        &b.socket("sb:a"),
+        &format!("/put?path={}", elsewhere.path().join("x").display()),
+    )
+    .unwrap();
+    assert_ne!(status, 200);
+}

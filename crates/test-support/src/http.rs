@@ -99,6 +99,11 @@ pub fn request_from(
     path: &str,
     headers: &[(&str, &str)],
 ) -> io::Result<Response> {
+    send(connect_from(from, addr)?, host, method, path, headers, None)
+}
+
+/// A TCP connection to `addr` from the local address `from` (any 127.x.y.z on loopback).
+pub fn connect_from(from: std::net::Ipv4Addr, addr: &str) -> io::Result<TcpStream> {
     use std::os::fd::FromRawFd;
     let to: std::net::SocketAddrV4 = addr.parse().map_err(io::Error::other)?;
     let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
@@ -126,7 +131,7 @@ pub fn request_from(
         if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
         }
-        send(stream, host, method, path, headers, None)
+        Ok(stream)
     }
 }
 

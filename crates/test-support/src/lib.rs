@@ -68,6 +68,8 @@ pub struct Building {
     pub fixture: PathBuf,
     config: PathBuf,
     server: Option<Child>,
+    /// `RLIMIT_NOFILE` (soft and hard) for `ten serve`, if set before it starts.
+    pub fd_limit: Option<u64>,
 }
 
 impl Building {
@@ -84,6 +86,7 @@ impl Building {
             ten,
             fixture,
             server: None,
+            fd_limit: None,
         };
         b.write_config(config);
         b
@@ -100,6 +103,7 @@ impl Building {
             dir,
             ten,
             server: None,
+            fd_limit: None,
         }
     }
 
@@ -186,16 +190,32 @@ impl Building {
             .append(true)
             .open(self.path().join("serve.log"))
             .expect("serve.log");
-        let child = self
-            .cmd(&[
-                "serve",
-                "--port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--domain",
-                DOMAIN,
-            ])
+        let mut cmd = self.cmd(&[
+            "serve",
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--domain",
+            DOMAIN,
+        ]);
+        if let Some(n) = self.fd_limit {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe and `limit` is a plain value copied in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
