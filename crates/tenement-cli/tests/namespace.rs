@@ -304,7 +304,7 @@ user = "root"
     assert_eq!(caps & (1 << 13), 0, "CAP_NET_RAW dropped: {caps:x}");
     assert_ne!(caps & 1, 0, "CAP_CHOWN kept: {caps:x}");
     // The host's filesystem is read-only for root too.
-    let (code, _) = get(&b, "web:a", "/write?path=/etc/tenement-probe");
+    let (code, _) = get(&b, "web:a", "/put?path=/etc/tenement-probe");
     assert_ne!(code, 200);
     assert!(!std::path::Path::new("/etc/tenement-probe").exists());
 }

@@ -228,7 +228,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn reuses_connections_and_notices_the_app_closing_one() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), Default::default());
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), tenement::probe::Peer::any());
         let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };
@@ -251,7 +251,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_streaming_body_keeps_its_connection_until_read_to_the_end() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), Default::default());
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), tenement::probe::Peer::any());
         let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };

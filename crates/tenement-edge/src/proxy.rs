@@ -365,7 +365,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_kept_alive_connection_is_retried_only_for_idempotent_requests() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), Default::default());
+        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), tenement::probe::Peer::any());
         let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };

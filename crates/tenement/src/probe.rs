@@ -23,12 +23,24 @@ pub enum Endpoint {
 /// whatever a tenant or a leftover file puts at the socket's path (a symlink to `ten.sock` or
 /// to a neighbour's socket, a squatter's listener), traffic reaches only the instance's own
 /// processes, or nothing.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Peer {
     /// The listener's uid, when the instance has a uid of its own and listens itself.
     pub uid: Option<u32>,
     /// Otherwise: the listener's process must be in the instance's (current) cgroup.
     pub cgroup: Option<crate::instance::SharedCgroup>,
+    /// Refuse `ten serve` itself (always, but in unit tests whose app runs in-process).
+    pub refuse_self: bool,
+}
+
+impl Default for Peer {
+    fn default() -> Self {
+        Self {
+            uid: None,
+            cgroup: None,
+            refuse_self: true,
+        }
+    }
 }
 
 impl std::fmt::Debug for Peer {
@@ -41,6 +53,14 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
+    /// Anyone at all: for unit tests whose app is a task of the test process itself.
+    pub fn any() -> Self {
+        Self {
+            refuse_self: false,
+            ..Self::default()
+        }
+    }
+
     /// Checks the process listening at the other end of `stream`.
     pub fn verify(&self, stream: &impl std::os::fd::AsFd) -> std::io::Result<()> {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -55,7 +75,7 @@ impl Peer {
                 ),
             ))
         };
-        if cred.pid() == std::process::id() as i32 {
+        if self.refuse_self && cred.pid() == std::process::id() as i32 {
             return refuse("ten serve itself".into());
         }
         if let Some(uid) = self.uid {

@@ -248,6 +248,7 @@ impl Supervisor {
                 .filter(|_| run_as.own && runtime.app_listens())
                 .map(|u| u.uid),
             cgroup: Some(cgroup.clone()),
+            refuse_self: true,
         };
         let endpoint = match service.listen {
             Listen::Unix => Endpoint::Unix(socket.clone(), peer),
