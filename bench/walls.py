@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """The tenant boundary's costs: before/after figures for docs/benchmarks.md.
 
-Usage: bench/walls.py [--before OLD_TEN] [--spawns 30] [--wakes 20] [--bad-tokens 3000]
-                      [--instances 3000] [--only spawn,wake,tokens,health]
+Usage: bench/walls.py [--before OLD_TEN] [--spawns 30] [--wakes 20] [--rounds 6]
+                      [--bad-tokens 3000] [--instances 3000] [--only spawn,wake,tokens,health]
 
 For the release `ten` (and, with --before, another build of it, e.g. the commit before the
 walls) it measures, each in a fresh `ten serve`:
   spawn   spawn-to-ready at `namespace`: POST /api/instances on the control socket (which
-          answers once the instance is ready), median of --spawns sequential spawns;
+          answers once the instance is ready), --spawns sequential spawns per round;
   wake    cold wake at `namespace`: a request through the front door to an instance asleep
-          after idle_timeout, to the first response byte; median of --wakes;
+          after idle_timeout, to the whole response; --wakes per round;
+          both in --rounds rounds alternating the builds' order, reported as the median of
+          round medians and the median of the per-round differences;
   tokens  ten serve's RSS growth over --bad-tokens requests with a bad token (300 client
           addresses, each within its rate limit), and the time of an admin's request after;
   health  GET /health and GET /metrics through the front door with --instances running
@@ -56,7 +58,9 @@ def get(addr, path, host="x", headers=None, source=None):
 def serve(ten, services, **kw):
     import tenbench
     tenbench.TEN = ten
-    return Server(services, env={"TENEMENT_LOG": "info"}, **kw)
+    s = Server(services, env={"TENEMENT_LOG": "info"}, **kw)
+    os.chmod(s.tmp, 0o755)  # a project directory: apps of their own uid enter it
+    return s
 
 
 def spawn(ten, n):
@@ -66,7 +70,7 @@ def spawn(ten, n):
             t = time.perf_counter()
             api(s.ctl, "POST", "/api/instances", {"service": "web", "id": f"i{i}"})
             times.append((time.perf_counter() - t) * 1000)
-        return statistics.median(times)
+        return times
 
 
 def wake(ten, n):
@@ -83,7 +87,7 @@ def wake(ten, n):
             status, _ = get(addr, "/", host="w.web.localhost")
             times.append((time.perf_counter() - t) * 1000)
             assert status == 200, status
-        return statistics.median(times)
+        return times
 
 
 def rss_kb(pid):
@@ -156,18 +160,30 @@ def main():
     p.add_argument("--bad-tokens", type=int, default=3000)
     p.add_argument("--instances", type=int, default=3000)
     p.add_argument("--only", default="spawn,wake,tokens,health")
+    p.add_argument("--rounds", type=int, default=6)
     a = p.parse_args()
     builds = [("after", TEN)] + ([("before", a.before)] if a.before else [])
     only = a.only.split(",")
     print(f"# bench/walls.py {' '.join(sys.argv[1:])}  ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} cpus)\n")
-    if "spawn" in only or "wake" in only:
-        print("| build | spawn to ready, namespace (ms, median) | cold wake, namespace (ms, median) |")
+    for measure, fn, n in [("spawn", spawn, a.spawns), ("wake", wake, a.wakes)]:
+        if measure not in only:
+            continue
+        # Rounds alternate the builds' order; per round, each build's median; the difference
+        # after - before is taken per round (the machine's load drifts between rounds).
+        medians = {name: [] for name, _ in builds}
+        for r in range(a.rounds):
+            order = builds if r % 2 == 0 else builds[::-1]
+            for name, ten in order:
+                medians[name].append(statistics.median(fn(ten, n)))
+        what = "spawn to ready" if measure == "spawn" else "cold wake"
+        print(f"| build | {what}, namespace: median of round medians (ms) | rounds |")
         print("|---|---|---|")
-        for name, ten in builds:
-            sp = f"{spawn(ten, a.spawns):.2f}" if "spawn" in only else "-"
-            wk = f"{wake(ten, a.wakes):.2f}" if "wake" in only else "-"
-            print(f"| {name} | {sp} | {wk} |", flush=True)
-        print()
+        for name, _ in builds:
+            ms = " ".join(f"{m:.2f}" for m in medians[name])
+            print(f"| {name} | {statistics.median(medians[name]):.2f} | {ms} |")
+        if a.before:
+            diffs = [x - y for x, y in zip(medians["after"], medians["before"])]
+            print(f"\nafter - before, median of per-round differences: {statistics.median(diffs):+.2f} ms\n", flush=True)
     if "tokens" in only:
         print("| build | bad-token requests | spray took (s) | RSS growth (MB) | admin request after (ms) |")
         print("|---|---|---|---|---|")
