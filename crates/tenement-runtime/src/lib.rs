@@ -17,6 +17,7 @@
 
 pub mod cgroup;
 mod command;
+mod landlock;
 mod namespace;
 mod process;
 mod sandbox;

@@ -318,6 +318,12 @@ fn exec_app(o: &Options, old_mask: &SigSet) -> ! {
     if let Err(e) = prctl::set_no_new_privs() {
         fail(format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"));
     }
+    // Abstract sockets and signals outside its own processes: out of reach (crate::landlock).
+    if o.namespace
+        && let Err(e) = crate::landlock::scope_to_self()
+    {
+        fail(e);
+    }
     if let Some(dir) = &o.workdir
         && let Err(e) = std::env::set_current_dir(dir)
     {
