@@ -467,3 +467,43 @@ fn a_namespace_tenant_cannot_reach_the_hosts_abstract_sockets() {
     // The same socket is reachable from the host.
     assert!(std::os::unix::net::UnixStream::connect_addr(&addr).is_ok());
 }
+
+#[test]
+fn process_level_runs_as_the_server_user_unless_user_is_set() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.plain]
+command = "{fixture}"
+isolation = "process"
+
+[service.nobody]
+command = "{fixture}"
+isolation = "process"
+user = "nobody"
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "plain:a"]);
+    b.ten_ok(&["spawn", "nobody:a"]);
+    let uid_of = |key: &str| {
+        let (_, status) = tenant_does(&b, key, "/read?path=/proc/self/status");
+        let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+        line.split_whitespace().next().unwrap().to_owned()
+    };
+    assert_eq!(uid_of("plain:a"), "0");
+    assert_eq!(uid_of("nobody:a"), "65534");
+    // Its own data directory is its own, reached through data_dir (0711).
+    let home = b.instance("nobody:a").unwrap()["data_dir"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(std::fs::metadata(&home).unwrap().uid(), 65534);
+    let (status, body) = tenant_does(&b, "nobody:a", &format!("/put?path={home}/mine&kb=1"));
+    assert_eq!(status, 200, "{body}");
+    // Through the front door too (its socket's peer is told by its cgroup).
+    assert_eq!(front(&b, "nobody:a", "GET", "/").1, "hello from nobody:a\n");
+}

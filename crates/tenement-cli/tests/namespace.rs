@@ -16,6 +16,12 @@ fn root() -> bool {
     test_support::root_or_skip("namespace isolation needs root")
 }
 
+/// The first word of a `/proc/PID/status` line (`Uid:`, `CapEff:`...).
+fn status_field(status: &str, name: &str) -> String {
+    let line = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
+    line.split_whitespace().next().unwrap().to_owned()
+}
+
 fn get(b: &Building, key: &str, path: &str) -> (u16, String) {
     get_unix(&b.socket(key), path).unwrap()
 }
@@ -86,28 +92,10 @@ fn the_app_sees_only_its_own_processes_and_data() {
     assert!(data.join("tenement.db").exists());
     // A user of its own, not root, with no capability at all and no way to gain one.
     let (_, status) = get(&b, "web:a", "/read?path=/proc/self/status");
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
+    let field = |name: &str| status_field(&status, name);
     let uid: u32 = field("Uid:").parse().unwrap();
     assert!(uid >= 2_000_000, "runs as uid {uid}");
-    let sibling_uid = {
-        let (_, s) = get(&b, "web:b", "/read?path=/proc/self/status");
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
+    let sibling_uid = status_field(&get(&b, "web:b", "/read?path=/proc/self/status").1, "Uid:");
     assert_ne!(
         uid.to_string(),
         sibling_uid,
@@ -294,10 +282,7 @@ user = "root"
     b.start();
     b.ten_ok(&["spawn", "web:a"]);
     let (_, status) = get(&b, "web:a", "/read?path=/proc/self/status");
-    let field = |name: &str| {
-        let v = status.lines().find_map(|l| l.strip_prefix(name)).unwrap();
-        v.split_whitespace().next().unwrap().to_owned()
-    };
+    let field = |name: &str| status_field(&status, name);
     assert_eq!(field("Uid:"), "0");
     let caps = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
     assert_eq!(caps & (1 << 21), 0, "CAP_SYS_ADMIN dropped: {caps:x}");

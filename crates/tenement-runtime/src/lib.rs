@@ -74,6 +74,20 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// Whether the app's user can reach what it needs ([`user::preflight`]); `ancestors`: the
+    /// directories above them too (nothing covers closed ones at this level).
+    pub fn check_user(&self, ancestors: bool) -> Result<(), Error> {
+        let Some(user) = self.user else {
+            return Ok(());
+        };
+        user::preflight(user, &self.workdir, &self.argv, ancestors).map_err(|message| {
+            Error::Denied {
+                key: self.key.clone(),
+                message,
+            }
+        })
+    }
+
     /// The directory holding the program when it is given as a path (`./app`, `/opt/x/app`).
     pub fn program_dir(&self) -> Option<PathBuf> {
         let program = self.argv.first().filter(|p| p.contains('/'))?;

@@ -40,14 +40,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn start(&self, spec: &Spec) -> Result<Started, Error> {
-        if let Some(user) = spec.user {
-            crate::user::preflight(user, &spec.workdir, &spec.argv, false).map_err(|message| {
-                Error::Denied {
-                    key: spec.key.clone(),
-                    message,
-                }
-            })?;
-        }
+        spec.check_user(false)?;
         let hostname = format!("{}-{}", spec.key.id, spec.key.service);
         let tmp_size = spec.tmp_size_mb.to_string();
         let user = spec.user.map(|u| u.arg());

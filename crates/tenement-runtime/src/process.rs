@@ -35,12 +35,7 @@ impl Runtime for ProcessRuntime {
         let Some(user) = spec.user else {
             return spawn_shim(&self.shim, spec, &[]);
         };
-        crate::user::preflight(user, &spec.workdir, &spec.argv, true).map_err(|message| {
-            Error::Denied {
-                key: spec.key.clone(),
-                message,
-            }
-        })?;
+        spec.check_user(true)?;
         spawn_shim(&self.shim, spec, &["--user", &user.arg()])
     }
 }

@@ -105,14 +105,7 @@ impl Runtime for SandboxRuntime {
 
     fn start(&self, spec: &Spec) -> Result<Started, Error> {
         self.probe()?;
-        if let Some(user) = spec.user {
-            crate::user::preflight(user, &spec.workdir, &spec.argv, false).map_err(|message| {
-                Error::Denied {
-                    key: spec.key.clone(),
-                    message,
-                }
-            })?;
-        }
+        spec.check_user(false)?;
         let runsc = self.runsc.clone().expect("probed");
         // runsc names its control socket after the container id in the abstract namespace,
         // which is host-wide: tell apart servers with different data directories.
