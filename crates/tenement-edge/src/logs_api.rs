@@ -59,6 +59,9 @@ fn instant_ms(raw: &str) -> Result<u64, ApiError> {
     Ok(tenement::now_ms().saturating_sub(secs * 1000))
 }
 
+/// Longest search text accepted.
+const MAX_SEARCH: usize = 1024;
+
 pub fn to_query(p: &LogParams) -> Result<LogQuery, ApiError> {
     let instance = p
         .instance
@@ -70,6 +73,15 @@ pub fn to_query(p: &LogParams) -> Result<LogQuery, ApiError> {
         .as_deref()
         .map(str::parse::<ServiceName>)
         .transpose()?;
+    if let Some(search) = &p.search
+        && (search.chars().any(char::is_control) || search.len() > MAX_SEARCH)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_search",
+            format!("search must be text of at most {MAX_SEARCH} bytes, without control characters"),
+        ));
+    }
     let stream = match p.stream.as_deref() {
         None | Some("") => None,
         Some("stdout") => Some(Stream::Stdout),
