@@ -229,3 +229,28 @@ fn a_listed_instance_the_user_replaced_stays_down_until_spawned_again() {
     b.start();
     b.wait_instance("web:auto", "back", |i| i["state"] == "running");
 }
+
+#[test]
+fn an_instance_whose_service_left_the_config_can_be_forgotten() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "forky:old"]);
+    b.terminate();
+    // The service goes from the configuration; its record stays.
+    let without = CONFIG.replace("[service.forky]", "[service.other]");
+    b.write_config(&without);
+    b.start();
+    all_running(&b, 1);
+    assert!(b.serve_log().contains("`ten stop forky:old` forgets it"));
+    b.ten_ok(&["stop", "forky:old"]);
+    assert!(!b.data_dir().join("forky/old").exists());
+    // Forgotten: the next start does not mention it, and a second stop says there is nothing.
+    b.terminate();
+    let lines_before = b.serve_log().lines().count();
+    b.start();
+    all_running(&b, 1);
+    let log = b.serve_log();
+    let since: Vec<&str> = log.lines().skip(lines_before).collect();
+    assert!(!since.iter().any(|l| l.contains("forky:old")), "{since:?}");
+    assert!(!b.ten(&["stop", "forky:old"]).status.success());
+}

@@ -13,12 +13,17 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// A port no other instance has and that nothing on this host listens on right now.
-    pub fn allocate(&mut self) -> Option<u16> {
+    /// A port no other instance has; with `free`, also one that nothing on this host listens
+    /// on right now (for an app that will listen on it: `listen = "tcp"`). Without, the port
+    /// is only the `PORT` variable of an app that listens on its Unix socket: a tenant that
+    /// binds every port of the range (tenants share the host's network) cannot keep other
+    /// instances from starting.
+    pub fn allocate(&mut self, free: bool) -> Option<u16> {
         let span = RANGE.end() - RANGE.start() + 1;
         for step in 0..span {
             let port = RANGE.start() + (self.cursor + step) % span;
-            if self.taken.contains(&port) || TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err()
+            if self.taken.contains(&port)
+                || (free && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err())
             {
                 continue;
             }
@@ -41,9 +46,19 @@ mod tests {
     #[test]
     fn distinct_and_reusable() {
         let mut p = Ports::default();
-        let a = p.allocate().unwrap();
-        let b = p.allocate().unwrap();
+        let a = p.allocate(true).unwrap();
+        let b = p.allocate(false).unwrap();
         assert_ne!(a, b);
+        // A port something listens on is given only to an app that will not listen on it.
+        let (port, _busy) = RANGE
+            .find_map(|p| Some((p, TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok()?)))
+            .unwrap();
+        let at = |cursor| Ports {
+            cursor,
+            ..Ports::default()
+        };
+        assert_ne!(at(port - RANGE.start()).allocate(true), Some(port));
+        assert_eq!(at(port - RANGE.start()).allocate(false), Some(port));
         assert!(RANGE.contains(&a) && RANGE.contains(&b));
         p.release(a);
         assert!(!p.taken.contains(&a));

@@ -107,6 +107,18 @@ impl Store {
         })
     }
 
+    /// Whether `key` is recorded (running, asleep or kept down).
+    pub fn contains(&self, key: &InstanceKey) -> Result<bool, Error> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT count(*) FROM instances WHERE service = ?1 AND id = ?2",
+                params![key.service.as_str(), key.id.as_str()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+        })
+    }
+
     /// Like [`Store::remove`] for an instance the configuration's `[instances]` lists: the row
     /// stays, marked stopped, so that the next `ten serve` does not start it again.
     pub fn keep_down(&self, key: &InstanceKey) -> Result<(), Error> {

@@ -198,7 +198,7 @@ impl Supervisor {
             .ports
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .allocate()
+            .allocate(service.listen == Listen::Tcp)
             .ok_or(Error::NoFreePort)?;
         let invalid = |message: String| Error::Invalid {
             key: key.clone(),
@@ -437,9 +437,13 @@ impl Supervisor {
             .release(port);
     }
 
-    /// Stops `key` for good: SIGTERM, grace period, SIGKILL; forgets it.
+    /// Stops `key` for good: SIGTERM, grace period, SIGKILL; forgets it. A recorded instance
+    /// that is not running (its service left the configuration) is forgotten all the same.
     pub async fn stop(&self, key: &InstanceKey) -> Result<(), Error> {
-        let handle = self.handle(key)?;
+        let handle = match self.handle(key) {
+            Ok(h) => h,
+            Err(e) => return self.forget_record(key).await?.then_some(()).ok_or(e),
+        };
         let (store, k) = (self.inner.store.clone(), key.clone());
         // An `[instances]` entry stays down across restarts too, until spawned again.
         let listed = self.inner.config.instances.contains(key);
@@ -460,6 +464,29 @@ impl Supervisor {
         stop_and_wait(handle).await;
         info!(instance = %key, "stopped by user");
         Ok(())
+    }
+
+    /// Removes the record (and data) of an instance that is recorded but not registered;
+    /// whether there was one.
+    async fn forget_record(&self, key: &InstanceKey) -> Result<bool, Error> {
+        let (store, k) = (self.inner.store.clone(), key.clone());
+        let existed = tokio::task::spawn_blocking(move || {
+            let existed = store.contains(&k)?;
+            if existed {
+                store.remove(&k)?;
+                store.remove_uid(&k)?;
+            }
+            Ok::<_, Error>(existed)
+        })
+        .await
+        .expect("store task")?;
+        if existed {
+            let data_dir = &self.inner.config.settings.data_dir;
+            remove_instance_dir(data_dir, key, &instance_dir(data_dir, key));
+            self.inner.users.release(key);
+            info!(instance = %key, "forgot the record of an instance that was not running");
+        }
+        Ok(existed)
     }
 
     /// Restarts `key` (also un-fails a failed instance) and waits until it is ready.

@@ -63,6 +63,10 @@ impl Supervisor {
                 match me.create(&key, weight, asleep).await {
                     Ok(_) if asleep => None,
                     Ok(handle) => Some((key, handle)),
+                    Err(e @ Error::UnknownService(_)) => {
+                        warn!(instance = %key, error = %e, "not brought back: its service is no longer in the configuration; `ten stop {key}` forgets it");
+                        None
+                    }
                     Err(e) => {
                         warn!(instance = %key, error = %e, "could not bring instance back");
                         None
