@@ -170,3 +170,40 @@ fn a_server_crash_mid_deploy_brings_the_new_instance_back_without_traffic() {
         "not as if the deploy had succeeded: {back}"
     );
 }
+
+#[test]
+fn a_stopping_or_backing_off_instance_is_not_picked_while_a_sibling_serves() {
+    let mut b = Building::new(
+        TEN,
+        r#"
+[settings]
+backoff_base_ms = 20000
+backoff_max_ms = 20000
+
+[service.api]
+command = "{fixture} --ignore-sigterm"
+socket = "{dir}/s/{name}-{id}.sock"
+isolation = "process"
+stop_timeout = 20
+"#,
+    );
+    b.start();
+    let addr = b.http_addr();
+    for id in ["a", "b", "c"] {
+        b.ten_ok(&["spawn", &format!("api:{id}")]);
+    }
+    // b crashes and backs off for 20 s; c is stopped and ignores SIGTERM for 20 s.
+    let _ = test_support::get_unix(&b.socket("api:b"), "/exit?code=1");
+    b.wait_instance("api:b", "backing off", |i| i["state"] == "backing-off");
+    let mut stopping = b.cmd(&["stop", "api:c"]).spawn().unwrap();
+    b.wait_instance("api:c", "stopping", |i| i["state"] == "stopping");
+    for _ in 0..30 {
+        let mut r = get(&addr, "api.tenement.test", "/").unwrap();
+        assert_eq!(
+            (r.status, r.text().unwrap()),
+            (200, "hello from api:a\n".into())
+        );
+    }
+    let _ = stopping.kill();
+    let _ = stopping.wait();
+}

@@ -80,7 +80,10 @@ fn search_filters_and_service_wide_queries() {
     // Search text that is no text is a 400 saying so, not an internal error.
     let out = b.ten(&["logs", "web", "--search", "a\u{1}b"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("control characters"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("control characters"),
+        "{err}"
+    );
     assert_eq!(
         b.ten_ok(&["logs", "web", "--since", "1h", "--limit", "1"])
             .lines()

@@ -79,7 +79,9 @@ pub fn to_query(p: &LogParams) -> Result<LogQuery, ApiError> {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_search",
-            format!("search must be text of at most {MAX_SEARCH} bytes, without control characters"),
+            format!(
+                "search must be text of at most {MAX_SEARCH} bytes, without control characters"
+            ),
         ));
     }
     let stream = match p.stream.as_deref() {

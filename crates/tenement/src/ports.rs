@@ -51,6 +51,7 @@ mod tests {
         assert_ne!(a, b);
         // A port something listens on is given only to an app that will not listen on it.
         let (port, _busy) = RANGE
+            .clone()
             .find_map(|p| Some((p, TcpListener::bind((Ipv4Addr::LOCALHOST, p)).ok()?)))
             .unwrap();
         let at = |cursor| Ports {

@@ -81,18 +81,22 @@ impl Supervisor {
         }
     }
 
-    /// One of `service`'s instances with weight > 0, chosen in proportion to weight.
+    /// One of `service`'s instances with weight > 0, chosen in proportion to weight among
+    /// those in the best state there is ([`tier`]): a stopping or backing-off instance is
+    /// chosen only when no sibling can take the request.
     pub async fn lease_service(&self, service: &ServiceName) -> Result<Lease, Error> {
         let key = {
             let registry = self.registry();
-            let candidates: Vec<(&InstanceKey, u32)> = registry
+            let mut candidates: Vec<(&InstanceKey, u32, u8)> = registry
                 .iter()
-                .filter(|(k, h)| {
-                    k.service == *service && !matches!(h.status.borrow().state, "failed" | "exited")
-                })
-                .map(|(k, h)| (k, h.activity.weight() as u32))
-                .filter(|(_, w)| *w > 0)
+                .filter(|(k, _)| k.service == *service)
+                .filter_map(|(k, h)| Some((k, h.activity.weight() as u32, tier(h)?)))
+                .filter(|(_, w, _)| *w > 0)
                 .collect();
+            let best = candidates.iter().map(|c| c.2).min().unwrap_or(0);
+            candidates.retain(|c| c.2 == best);
+            let candidates: Vec<(&InstanceKey, u32)> =
+                candidates.into_iter().map(|(k, w, _)| (k, w)).collect();
             let total: u32 = candidates.iter().map(|(_, w)| w).sum();
             if total == 0 {
                 return Err(Error::NoInstances(service.clone()));
@@ -260,5 +264,18 @@ async fn until_running(key: &InstanceKey, handle: &InstanceHandle) -> Result<(),
         if status.changed().await.is_err() {
             return Err(Error::NotFound(key.clone()));
         }
+    }
+}
+
+/// How fit an instance is to take a service's request, best first; `None`: not at all.
+/// 0: running and not failing its checks, asleep (woken), or starting; 1: running but failing
+/// its checks; 2: stopping or backing off (the request waits for it).
+fn tier(h: &crate::instance::InstanceHandle) -> Option<u8> {
+    let status = h.status.borrow();
+    match status.state {
+        "failed" | "exited" | "stopped" => None,
+        "running" if status.health == crate::Health::Unhealthy => Some(1),
+        "running" | "sleeping" | "starting" => Some(0),
+        _ => Some(2),
     }
 }
