@@ -341,3 +341,28 @@ fn logs_follow_streams_new_lines() {
         "{err}"
     );
 }
+
+#[test]
+fn sighup_does_not_end_the_server_and_sigterm_lets_requests_finish_first() {
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "web:prod"]);
+    let pid = b.instance("web:prod").unwrap()["pid"].clone();
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(b.server_pid() as i32, libc::SIGHUP) };
+    wait_for("the SIGHUP line", SOON, || {
+        b.serve_log().contains("SIGHUP").then_some(())
+    });
+    let i = b.instance("web:prod").unwrap();
+    assert_eq!((i["state"].as_str(), &i["pid"]), (Some("running"), &pid));
+    // A request in flight when SIGTERM comes is answered before the instance stops.
+    let addr = b.http_addr();
+    let slow = std::thread::spawn(move || {
+        let mut r =
+            test_support::http::get(&addr, "prod.web.tenement.test", "/sleep?ms=1500").unwrap();
+        (r.status, r.text().unwrap())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(b.terminate().success());
+    assert_eq!(slow.join().unwrap(), (200, "slept".to_string()));
+}

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use nix::fcntl::{Flock, FlockArg};
@@ -136,36 +137,54 @@ pub async fn run(
     // Instances come back while we listen, so that `ten ps` shows them starting; a list asked
     // for before they are all registered waits for that (`Supervisor::registered`).
     let restoring = tokio::spawn(supervisor.restore());
-    let stop_http = CancellationToken::new();
+    let (stop_control, stop_front) = (CancellationToken::new(), CancellationToken::new());
     let control = tokio::spawn(serve(
         control,
         supervisor.clone(),
         Access::ControlSocket,
-        stop_http.clone(),
+        stop_control.clone(),
     ));
     let front = tokio::spawn({
-        let (s, domain, stop) = (supervisor.clone(), args.domain.clone(), stop_http.clone());
+        let (s, domain, stop) = (supervisor.clone(), args.domain.clone(), stop_front.clone());
         async move { front_door(front_listeners, s, &domain, stop).await }
     });
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping every instance"),
-        _ = int.recv() => info!("SIGINT: stopping every instance"),
+    // SIGHUP (also what a closed terminal sends) must not end the server and its tenants.
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping every instance"),
+            _ = int.recv() => info!("SIGINT: stopping every instance"),
+            _ = hup.recv() => {
+                warn!("SIGHUP: reloading the configuration is not built yet; ignored, still serving");
+                continue;
+            }
+        }
+        break;
     }
     restoring.abort();
+    // In order: stop accepting, let requests in flight finish (each front-door thread waits
+    // for its connections, at most 10 s), then stop the instances. The control socket serves
+    // until the end (`ten ps` shows the shutdown).
+    stop_front.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE + Duration::from_secs(1), front)
+        .await
+        .is_err()
+    {
+        warn!("front door connections still open after {SHUTDOWN_GRACE:?}: cut");
+    }
     supervisor.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || logs.close()).await;
-    stop_http.cancel();
-    // Connections get a grace period to finish; whatever is still open after it (a client
-    // that never reads, say) is cut when the process exits.
+    stop_control.cancel();
+    // Whatever is still open after the grace period (a client that never reads, say) is cut
+    // when the process exits.
     match tokio::time::timeout(SHUTDOWN_GRACE, control).await {
         Ok(Ok(Err(e))) => warn!(error = %e, "control socket ended with an error"),
         Err(_) => warn!("control socket connections still open after {SHUTDOWN_GRACE:?}: cut"),
         _ => {}
     }
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, front).await;
     let _ = std::fs::remove_file(&socket_path);
     if let Some(c) = cgroups {
         c.remove_scope();
@@ -174,7 +193,7 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// How long open connections may take to finish once the instances are stopped.
+/// How long connections in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One server per data directory: a second `ten serve` fails at once instead of fighting over
