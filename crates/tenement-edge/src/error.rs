@@ -42,7 +42,7 @@ impl From<tenement::Error> for ApiError {
             E::NoInstances(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_instances"),
             E::TooManyInstances { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_instances"),
             E::BadWeight(_) => (StatusCode::BAD_REQUEST, "bad_weight"),
-            E::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+            E::Store { .. } | E::LogStore { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
         };
         Self::new(status, code, e.to_string())
     }

@@ -23,6 +23,11 @@ pub enum Error {
         path: String,
         source: rusqlite::Error,
     },
+    #[error("log store {path}: {source}")]
+    LogStore {
+        path: String,
+        source: rusqlite::Error,
+    },
     #[error("no instance of `{0}` can take traffic (none exists, or all have weight 0)")]
     NoInstances(ServiceName),
     #[error("{service} already has {max} instances (max_instances)")]

@@ -137,6 +137,14 @@ pub struct LogStore {
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
+/// Whether an SQLite error says the file is not a (sound) database.
+pub(crate) fn damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     // Every tenant's output: not for other local users.
@@ -154,8 +162,39 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 impl LogStore {
+    /// Opens the log store at `path`; one that is damaged (not a database, corrupt) is set
+    /// aside as `path.corrupt-SECONDS` and a new one begins: logs are worth less than the
+    /// server starting. The second value says what happened, for the server's log.
+    pub fn open_or_set_aside(
+        path: &Path,
+        retention: Retention,
+    ) -> Result<(LogStore, Option<String>), Error> {
+        match Self::open(path, retention) {
+            Ok(store) => Ok((store, None)),
+            Err(Error::LogStore { source, .. }) if damaged(&source) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let aside = path.with_extension(format!("db.corrupt-{secs}"));
+                for suffix in ["", "-wal", "-shm"] {
+                    let from = format!("{}{suffix}", path.display());
+                    let _ = std::fs::rename(&from, format!("{}{suffix}", aside.display()));
+                }
+                let store = Self::open(path, retention)?;
+                let why = format!(
+                    "log store {} is damaged ({source}): set aside as {}; a new log store begins (earlier lines are in the file set aside)",
+                    path.display(),
+                    aside.display()
+                );
+                Ok((store, Some(why)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn open(path: &Path, retention: Retention) -> Result<LogStore, Error> {
-        let fail = |source| Error::Store {
+        let fail = |source| Error::LogStore {
             path: path.display().to_string(),
             source,
         };
@@ -307,7 +346,7 @@ impl LogStore {
         );
         args.push((q.limit.min(10_000) as i64).into());
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        let fail = |source| Error::Store {
+        let fail = |source| Error::LogStore {
             path: self.path.display().to_string(),
             source,
         };

@@ -112,7 +112,10 @@ pub async fn run(
         max_age: std::time::Duration::from_secs(config.settings.log_retention_days * 86_400),
         max_bytes: config.settings.log_max_mb * 1024 * 1024,
     };
-    let logs = LogStore::open(&data_dir.join("logs.db"), retention)?;
+    let (logs, set_aside) = LogStore::open_or_set_aside(&data_dir.join("logs.db"), retention)?;
+    if let Some(why) = set_aside {
+        warn!("{why}");
+    }
     let supervisor =
         Supervisor::new(Arc::new(config), store, runtimes, cgroups).with_log_store(logs.clone());
 
