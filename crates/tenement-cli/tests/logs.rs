@@ -226,16 +226,24 @@ fn a_damaged_log_store_is_set_aside_and_the_server_starts() {
     let _ = std::fs::remove_file(b.data_dir().join("logs.db-wal"));
     b.start();
     let log = b.serve_log();
-    assert!(log.contains("log store") && log.contains("set aside"), "{log}");
+    assert!(
+        log.contains("log store") && log.contains("set aside"),
+        "{log}"
+    );
     assert!(!log.contains("state store"), "{log}");
-    let aside = std::fs::read_dir(b.data_dir())
-        .unwrap()
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().starts_with("logs.db.corrupt-"));
+    let aside = std::fs::read_dir(b.data_dir()).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("logs.db.corrupt-")
+    });
     assert!(aside, "the damaged file is kept");
     // The instance came back, and its new lines are stored and found.
     b.wait_instance("web:a", "back", |i| i["state"] == "running");
-    let _ = get(&b.http_addr(), "a.web.tenement.test", "/say?text=after-the-damage");
+    let _ = get(
+        &b.http_addr(),
+        "a.web.tenement.test",
+        "/say?text=after-the-damage",
+    );
     wait_for("the new line in the new store", SOON, || {
         let out = b.ten_ok(&["logs", "web:a", "--search", "after-the-damage"]);
         out.contains("after-the-damage").then_some(())

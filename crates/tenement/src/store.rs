@@ -38,6 +38,39 @@ CREATE TABLE IF NOT EXISTS tokens (
 ";
 
 impl Store {
+    /// Opens the state store, refusing one that is damaged ([`Damaged`]): a server that
+    /// started with no instances because its records could not be read would be a silent
+    /// outage.
+    pub fn open_checked(path: &Path) -> Result<Store, OpenError> {
+        let store = Self::open(path).map_err(|e| match e {
+            Error::Store { source, .. } if crate::logstore::damaged(&source) => {
+                OpenError::Damaged(Damaged::of(path, source.to_string()))
+            }
+            e => OpenError::Other(e),
+        })?;
+        let check: String = store
+            .with(|c| c.query_row("PRAGMA quick_check", [], |r| r.get(0)))
+            .map_err(|e| OpenError::Damaged(Damaged::of(path, e.to_string())))?;
+        if check != "ok" {
+            return Err(OpenError::Damaged(Damaged::of(path, check)));
+        }
+        Ok(store)
+    }
+
+    /// Writes a consistent copy of the store to its backup file ([`backup_path`]), atomically
+    /// (a new file renamed over the old one).
+    pub fn back_up(&self) -> Result<(), Error> {
+        let to = backup_path(&self.path);
+        let tmp = to.with_extension("bak.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        self.with(|c| c.execute("VACUUM INTO ?1", params![tmp.to_string_lossy()]))?;
+        let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+        std::fs::rename(&tmp, &to).map_err(|e| Error::Store {
+            path: to.display().to_string(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })
+    }
+
     pub fn open(path: &Path) -> Result<Store, Error> {
         let fail = |source| Error::Store {
             path: path.display().to_string(),
@@ -281,6 +314,88 @@ impl Store {
     }
 }
 
+/// `{data_dir}/tenement.db.bak`: the last good copy of the state store.
+pub fn backup_path(store: &Path) -> PathBuf {
+    store.with_extension("db.bak")
+}
+
+/// Why the state store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Damaged(Damaged),
+    #[error(transparent)]
+    Other(Error),
+}
+
+/// A damaged state store, with the way back.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct Damaged {
+    pub path: PathBuf,
+    pub why: String,
+    /// The backup and when it was written, if there is one.
+    pub backup: Option<(PathBuf, std::time::SystemTime)>,
+}
+
+impl Damaged {
+    fn of(path: &Path, why: String) -> Self {
+        let bak = backup_path(path);
+        let backup = std::fs::metadata(&bak)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| (bak, t));
+        Self {
+            path: path.to_path_buf(),
+            why,
+            backup,
+        }
+    }
+
+    fn message(&self) -> String {
+        let path = self.path.display();
+        let recover = match &self.backup {
+            Some((bak, at)) => format!(
+                "its last good copy is {} (written {}): `ten serve --restore-state` puts it back (the damaged file is kept as {path}.corrupt-SECONDS); or move {path} aside to start with no instances",
+                bak.display(),
+                humantime::format_rfc3339_seconds(*at)
+            ),
+            None => format!(
+                "there is no backup of it: move {path} aside to start with no instances (they are then spawned again by hand, or from [instances])"
+            ),
+        };
+        format!(
+            "state store {path} is damaged ({}); ten serve will not start with its instances unknown: {recover}",
+            self.why
+        )
+    }
+}
+
+/// Replaces the state store at `path` by its backup, keeping the damaged file (and its WAL)
+/// as `path.corrupt-SECONDS`; returns that name.
+pub fn restore_backup(path: &Path) -> std::io::Result<PathBuf> {
+    let bak = backup_path(path);
+    if !bak.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no backup at {}", bak.display()),
+        ));
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let aside = PathBuf::from(format!("{}.corrupt-{secs}", path.display()));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", aside.display()))?;
+        }
+    }
+    std::fs::copy(&bak, path)?;
+    Ok(aside)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +432,35 @@ mod tests {
         s.with(|c| c.execute("INSERT INTO instances (service, id) VALUES ('..', 'x')", []))
             .unwrap();
         assert_eq!(s.list().unwrap().len(), 1, "invalid rows are skipped");
+    }
+
+    #[test]
+    fn a_damaged_store_is_refused_and_its_backup_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenement.db");
+        let a: InstanceKey = "api:prod".parse().unwrap();
+        {
+            let s = Store::open_checked(&path).unwrap();
+            s.insert_with_weight(&a, 100).unwrap();
+            s.back_up().unwrap();
+        }
+        // Scrambled pages after the header.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[4096.min(n / 2)..].iter_mut().for_each(|b| *b ^= 0x5a);
+        std::fs::write(&path, bytes).unwrap();
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let e = Store::open_checked(&path).err().expect("refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("is damaged") && msg.contains("--restore-state"),
+            "{msg}"
+        );
+        let aside = restore_backup(&path).unwrap();
+        assert!(aside.exists());
+        let s = Store::open_checked(&path).unwrap();
+        assert_eq!(s.list().unwrap(), vec![(a, 100)]);
     }
 }

@@ -41,6 +41,10 @@ pub struct Args {
     /// Use the ACME staging environment ([settings.tls] staging).
     #[arg(long)]
     staging: bool,
+    /// Put back the last good copy of a damaged state store (tenement.db.bak), keeping the
+    /// damaged file as tenement.db.corrupt-SECONDS.
+    #[arg(long)]
+    restore_state: bool,
 }
 
 pub async fn run(
@@ -76,7 +80,18 @@ pub async fn run(
     let _lock = lock(&data_dir)?;
     raise_fd_limit();
 
-    let store = Store::open(&data_dir.join("tenement.db"))?;
+    let state = data_dir.join("tenement.db");
+    if args.restore_state {
+        let aside = tenement::restore_backup(&state)
+            .with_context(|| format!("cannot restore {}", state.display()))?;
+        warn!(damaged = %aside.display(), "state store restored from its last good copy");
+    }
+    let store = match Store::open_checked(&state) {
+        Ok(store) => store,
+        Err(tenement::OpenError::Damaged(d)) => bail!("{d}"),
+        Err(tenement::OpenError::Other(e)) => return Err(e.into()),
+    };
+    back_up_now_and_then(store.clone());
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
     let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
     runtimes.clean_stale();
@@ -195,6 +210,25 @@ pub async fn run(
     info!("ten serve stopped");
     Ok(ExitCode::SUCCESS)
 }
+
+/// Keeps `tenement.db.bak`, the last good copy of the state store: written now (the store
+/// was just found sound) and every [`BACKUP_EVERY`]. A failure (disk full) is a warning; the
+/// copy before it stays.
+fn back_up_now_and_then(store: Store) {
+    tokio::spawn(async move {
+        loop {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.back_up()).await {
+                Ok(Err(e)) => warn!(error = %e, "cannot back up the state store"),
+                Err(e) => warn!(error = %e, "state store backup task failed"),
+                Ok(Ok(())) => {}
+            }
+            tokio::time::sleep(BACKUP_EVERY).await;
+        }
+    });
+}
+
+const BACKUP_EVERY: Duration = Duration::from_secs(600);
 
 /// How long connections in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
