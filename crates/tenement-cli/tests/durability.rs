@@ -291,3 +291,56 @@ fn a_damaged_state_store_is_refused_and_restored_from_its_backup() {
     let keys: Vec<String> = all_running(&b, 2).into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["web:auto", "web:kept"]);
 }
+
+#[test]
+fn a_full_disk_never_keeps_the_tenant_that_filled_it_from_being_stopped() {
+    if !test_support::root_or_skip("mounting a small tmpfs as data_dir needs root") {
+        return;
+    }
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.web]
+command = "{fixture}"
+socket = "{dir}/sock/{name}-{id}.sock"
+isolation = "process"
+"#,
+    );
+    let data = b.data_dir();
+    std::fs::create_dir_all(&data).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(data.clone());
+    b.start();
+    b.ten_ok(&["spawn", "web:filler"]);
+    b.ten_ok(&["spawn", "web:bystander"]);
+    // The tenant fills data_dir's disk to the last block.
+    let home = b.instance("web:filler").unwrap()["data_dir"].as_str().unwrap().to_owned();
+    let (status, _) = test_support::get_unix(
+        &b.socket("web:filler"),
+        &format!("/put?path={home}/fill&kb=32768"),
+    )
+    .unwrap();
+    assert_ne!(status, 200, "16 MB disk took 32 MB");
+    // ps and health still answer; the tenant can be stopped, and its space comes back.
+    assert_eq!(b.ps().len(), 2);
+    b.ten_ok(&["stop", "web:filler"]);
+    assert!(b.instance("web:filler").is_none());
+    b.ten_ok(&["spawn", "web:after"]);
+    // What was acknowledged is what comes back.
+    b.terminate();
+    b.start();
+    let keys: Vec<String> = all_running(&b, 2).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["web:after", "web:bystander"]);
+    b.terminate();
+}

@@ -20,6 +20,7 @@ mod instance;
 mod logs;
 mod logstore;
 mod ports;
+mod reserve;
 pub mod probe;
 mod socket_dir;
 mod socket_watch;

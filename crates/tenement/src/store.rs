@@ -13,6 +13,7 @@ use crate::Error;
 pub struct Store {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    reserve: Arc<crate::reserve::Reserve>,
 }
 
 const SCHEMA: &str = "
@@ -63,7 +64,14 @@ impl Store {
         let to = backup_path(&self.path);
         let tmp = to.with_extension("bak.tmp");
         let _ = std::fs::remove_file(&tmp);
-        self.with(|c| c.execute("VACUUM INTO ?1", params![tmp.to_string_lossy()]))?;
+        // Not through `with`: a backup is not worth the reserve.
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute("VACUUM INTO ?1", params![tmp.to_string_lossy()])
+            .map_err(|source| Error::Store {
+                path: tmp.display().to_string(),
+                source,
+            })?;
+        drop(conn);
         let _ = std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         std::fs::rename(&tmp, &to).map_err(|e| Error::Store {
             path: to.display().to_string(),
@@ -116,15 +124,29 @@ impl Store {
             )
             .map_err(fail)?;
         }
+        let reserve = path.with_file_name(".reserve");
         Ok(Store {
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(conn)),
+            reserve: Arc::new(crate::reserve::Reserve::new(reserve)),
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
+    /// Runs `f` on the connection; a write that fails for lack of space is tried once more
+    /// with the reserve given back ([`crate::reserve`]).
+    fn with<T>(&self, f: impl Fn(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn).map_err(|source| Error::Store {
+        let full = |r: &rusqlite::Result<T>| {
+            matches!(r, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
+        };
+        let mut result = f(&conn);
+        if full(&result) && self.reserve.release() {
+            result = f(&conn);
+        }
+        if result.is_ok() {
+            self.reserve.take();
+        }
+        result.map_err(|source| Error::Store {
             path: self.path.display().to_string(),
             source,
         })
@@ -177,20 +199,16 @@ impl Store {
 
     /// Sets several weights in one transaction.
     pub fn set_weights(&self, weights: &[(InstanceKey, u8)]) -> Result<(), Error> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let fail = |source| Error::Store {
-            path: self.path.display().to_string(),
-            source,
-        };
-        let tx = conn.transaction().map_err(fail)?;
-        for (key, weight) in weights {
-            tx.execute(
-                "UPDATE instances SET weight = ?3 WHERE service = ?1 AND id = ?2",
-                params![key.service.as_str(), key.id.as_str(), weight],
-            )
-            .map_err(fail)?;
-        }
-        tx.commit().map_err(fail)
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            for (key, weight) in weights {
+                tx.execute(
+                    "UPDATE instances SET weight = ?3 WHERE service = ?1 AND id = ?2",
+                    params![key.service.as_str(), key.id.as_str(), weight],
+                )?;
+            }
+            tx.commit()
+        })
     }
 
     /// Inserts `key` with `weight`, or updates the weight if it exists.
