@@ -62,6 +62,7 @@ pub fn handle(path: &str, query: &str) -> Option<(u16, Vec<u8>)> {
                 "squatting".into()
             }))
         }
+        "/bind6" => result(bind6(param(query, "port").parse().unwrap_or(0))),
         "/reuseport" => result(reuseport(
             param(query, "ip")
                 .parse()
@@ -126,4 +127,39 @@ fn reuseport(ip: std::net::Ipv4Addr, port: u16) -> std::io::Result<String> {
         }
     });
     Ok(format!("joined port {port}"))
+}
+
+/// Listens on [::]:`port` with IPV6_V6ONLY (beside an IPv4 listener on the same port) and
+/// answers "stolen" to every connection it gets.
+fn bind6(port: u16) -> std::io::Result<String> {
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` outlives `bind`.
+    let fd = unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let opt = &one as *const libc::c_int as *const libc::c_void;
+        libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, opt, len);
+        let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        addr.sin6_port = port.to_be();
+        let sa = &addr as *const libc::sockaddr_in6 as *const libc::sockaddr;
+        let salen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        if libc::bind(fd, sa, salen) != 0 || libc::listen(fd, 128) != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        fd
+    };
+    // SAFETY: `fd` is a listening socket this function created and hands over.
+    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nstolen");
+        }
+    });
+    Ok(format!("listening on [::]:{port}"))
 }

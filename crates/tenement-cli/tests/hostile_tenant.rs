@@ -104,6 +104,16 @@ fn no_tenant_can_join_the_front_doors_port() {
         let (_, body) = front(&b, "web:evil", "GET", "/");
         assert!(!body.contains("stolen"));
     }
+    // Nor its IPv6 side, where clients of the same name would arrive.
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED (IPv6 part): this host has no IPv6 loopback");
+        return;
+    }
+    let (status, body) = tenant_does(&b, "web:evil", &format!("/bind6?port={port}"));
+    assert_ne!(status, 200, "a tenant took the front door's port on IPv6: {body}");
+    let v6 = format!("[::1]:{port}");
+    let mut r = request(&v6, &host("web:evil"), "GET", "/", &[], None).unwrap();
+    assert_eq!(r.text().unwrap(), "hello from web:evil\n", "ten serve answers on IPv6 too");
 }
 
 #[test]

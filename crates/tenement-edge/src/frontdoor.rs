@@ -50,10 +50,36 @@ pub(crate) struct Client {
 /// Binds the front door: one listening socket per worker thread, all on `addr`
 /// (`SO_REUSEPORT`, so the kernel spreads connections over them). Port 0 picks one port for all.
 pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = bind_family(addr, threads, false)?;
+    let port = out[0].local_addr()?.port();
+    // An IPv4 front door leaves the port free on IPv6, where any local program (a tenant)
+    // could listen (IPV6_V6ONLY) and take every client that comes over IPv6: hold it too.
+    let v6 = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => Some(std::net::Ipv6Addr::UNSPECIFIED),
+        std::net::IpAddr::V4(ip) if ip.is_loopback() => Some(std::net::Ipv6Addr::LOCALHOST),
+        _ => None,
+    };
+    if let Some(ip) = v6 {
+        match bind_family(SocketAddr::new(ip.into(), port), threads, true) {
+            Ok(more) => out.extend(more),
+            // A host without IPv6: nobody can listen there either.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// `threads` listeners on `addr` in one SO_REUSEPORT group; `v6only` for an IPv6 address.
+fn bind_family(
+    addr: SocketAddr,
+    threads: usize,
+    v6only: bool,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     use nix::sys::socket::{
         self, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, sockopt,
     };
-    if addr.port() != 0 {
+    if addr.port() != 0 && !v6only {
         // Another front door's sockets (same user, SO_REUSEPORT) would let ours join them and
         // split its traffic: a plain bind finds any listener there, and fails.
         drop(std::net::TcpListener::bind(addr)?);
@@ -69,6 +95,9 @@ pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::T
         let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
         socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
         socket::setsockopt(&fd, sockopt::ReusePort, &true)?;
+        if v6only {
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        }
         let at = SockaddrStorage::from(SocketAddr::new(addr.ip(), port));
         socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &at)?;
         socket::listen(&fd, Backlog::new(1024)?)?;
