@@ -158,7 +158,9 @@ fn bind6(port: u16) -> std::io::Result<String> {
     let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     std::thread::spawn(move || {
         for mut s in listener.incoming().flatten() {
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nstolen");
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nstolen",
+            );
         }
     });
     Ok(format!("listening on [::]:{port}"))

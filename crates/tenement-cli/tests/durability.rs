@@ -309,7 +309,7 @@ isolation = "process"
     let data = b.data_dir();
     std::fs::create_dir_all(&data).unwrap();
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0711", "tmpfs"])
         .arg(&data)
         .status()
         .unwrap();
@@ -317,7 +317,10 @@ isolation = "process"
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(data.clone());
@@ -325,7 +328,10 @@ isolation = "process"
     b.ten_ok(&["spawn", "web:filler"]);
     b.ten_ok(&["spawn", "web:bystander"]);
     // The tenant fills data_dir's disk to the last block.
-    let home = b.instance("web:filler").unwrap()["data_dir"].as_str().unwrap().to_owned();
+    let home = b.instance("web:filler").unwrap()["data_dir"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let (status, _) = test_support::get_unix(
         &b.socket("web:filler"),
         &format!("/put?path={home}/fill&kb=32768"),

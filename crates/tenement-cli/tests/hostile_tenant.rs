@@ -110,10 +110,17 @@ fn no_tenant_can_join_the_front_doors_port() {
         return;
     }
     let (status, body) = tenant_does(&b, "web:evil", &format!("/bind6?port={port}"));
-    assert_ne!(status, 200, "a tenant took the front door's port on IPv6: {body}");
+    assert_ne!(
+        status, 200,
+        "a tenant took the front door's port on IPv6: {body}"
+    );
     let v6 = format!("[::1]:{port}");
     let mut r = request(&v6, &host("web:evil"), "GET", "/", &[], None).unwrap();
-    assert_eq!(r.text().unwrap(), "hello from web:evil\n", "ten serve answers on IPv6 too");
+    assert_eq!(
+        r.text().unwrap(),
+        "hello from web:evil\n",
+        "ten serve answers on IPv6 too"
+    );
 }
 
 #[test]
@@ -516,4 +523,64 @@ user = "nobody"
     assert_eq!(status, 200, "{body}");
     // Through the front door too (its socket's peer is told by its cgroup).
     assert_eq!(front(&b, "nobody:a", "GET", "/").1, "hello from nobody:a\n");
+}
+
+#[test]
+fn a_data_dir_someone_else_prepared_is_refused() {
+    if !root() {
+        return;
+    }
+    let b = Building::new(TEN, TWO);
+    let data = b.data_dir();
+    std::fs::create_dir(&data).unwrap();
+    // A local user's directory, with a state store of theirs already in it.
+    std::os::unix::fs::chown(&data, Some(4_000_123), Some(4_000_123)).unwrap();
+    let out = b.ten(&["serve", "--port", "0", "--bind", "127.0.0.1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unsafe data_dir") && err.contains("owned by uid 4000123"),
+        "{err}"
+    );
+    std::os::unix::fs::chown(&data, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = b.ten(&["serve", "--port", "0", "--bind", "127.0.0.1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lets others write"), "{err}");
+}
+
+#[test]
+fn an_instance_never_gets_a_uid_a_host_process_runs_as() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(TEN, TWO);
+    b.start();
+    b.ten_ok(&["spawn", "web:a"]);
+    let uid_of = |key: &str| {
+        let (_, status) = tenant_does(&b, key, "/read?path=/proc/self/status");
+        let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+        line.split_whitespace()
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let next = uid_of("web:a") + 1;
+    // A local process already runs as the uid the next instance would get.
+    use std::os::unix::process::CommandExt;
+    let mut squatter = std::process::Command::new("sleep")
+        .arg("60")
+        .uid(next)
+        .gid(next)
+        .spawn()
+        .unwrap();
+    b.ten_ok(&["spawn", "web:b"]);
+    let got = uid_of("web:b");
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    assert_ne!(
+        got, next,
+        "web:b shares its uid with a process it does not own"
+    );
 }

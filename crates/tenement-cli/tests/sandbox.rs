@@ -84,6 +84,12 @@ fn the_app_runs_on_gvisor_and_is_reachable_through_the_proxy() {
     assert_eq!(ps.lines().count(), 3, "{ps}");
     // data_dir is hidden (the server's state, other tenants' data) except its own part.
     let data = b.data_dir();
+    // The bundles hold the instances' environments: not for other local users.
+    let runsc = std::fs::metadata(data.join(".runsc")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&runsc.permissions()) & 0o777,
+        0o700
+    );
     let read = |path: String| {
         let mut r = get(&addr, "a.sb.tenement.test", &format!("/read?path={path}")).unwrap();
         (r.status, r.text().unwrap())

@@ -129,6 +129,11 @@ fn persisted_data_survives_stop_and_server_restart_ephemeral_does_not() {
     // Sparse: far fewer blocks allocated than its 8 MiB size.
     let meta = std::fs::metadata(&image).unwrap();
     assert_eq!(meta.len(), 8 << 20);
+    // The tenant's data, byte for byte: not for other local users.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let images = std::fs::metadata(b.data_dir().join(".images")).unwrap();
+    assert_eq!(images.permissions().mode() & 0o777, 0o700);
 }
 
 #[test]

@@ -63,7 +63,11 @@ pub fn bind(addr: SocketAddr, threads: usize) -> std::io::Result<Vec<std::net::T
         match bind_family(SocketAddr::new(ip.into(), port), threads, true) {
             Ok(more) => out.extend(more),
             // A host without IPv6: nobody can listen there either.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                ) => {}
             Err(e) => return Err(e),
         }
     }

@@ -38,6 +38,8 @@ impl SandboxRuntime {
     fn bundle(&self, spec: &Spec, id: &str) -> std::io::Result<PathBuf> {
         let dir = self.root.join("bundles").join(id);
         std::fs::create_dir_all(&dir)?;
+        // The bundle holds the instance's environment (its secrets): for the server alone.
+        crate::storage::set_mode(&self.root, 0o700)?;
         let user = spec.user.unwrap_or(User::ROOT);
         let mounts = mounts(spec);
         let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();

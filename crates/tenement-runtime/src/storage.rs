@@ -9,6 +9,7 @@
 //! namespace; a server that was killed leaves them behind, so [`clean_stale`] unmounts
 //! everything below `data_dir` when the next one starts.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -94,13 +95,17 @@ impl Quota {
         let want = self.mb * 1024 * 1024;
         if let Some(parent) = image.parent() {
             std::fs::create_dir_all(parent).map_err(io("create image directory"))?;
+            // Tenants' data, byte for byte: for the server alone.
+            set_mode(parent, 0o700).map_err(io("chmod image directory"))?;
         }
         let exists = image.exists();
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(image)
             .map_err(io("open image"))?;
+        set_mode(image, 0o600).map_err(io("chmod image"))?;
         let have = file.metadata().map_err(io("stat image"))?.len();
         if !exists || have == 0 {
             file.set_len(want).map_err(io("size image"))?; // sparse
@@ -139,6 +144,10 @@ pub fn clean_stale(data_dir: &Path) {
     for p in mounts_below(data_dir) {
         unmount(&p);
     }
+}
+
+pub(crate) fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
 }
 
 /// The mount points strictly below `root` in this mount namespace, deepest first.

@@ -58,17 +58,32 @@ fn open_to_others(meta: &std::fs::Metadata) -> bool {
 fn shared_dir(dir: &Path, others_bind_here: bool) -> Result<(), String> {
     let mode = if others_bind_here { 0o1733 } else { 0o755 };
     if std::fs::symlink_metadata(dir).is_err() {
-        if let Some(up) = dir.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(up)
-                .map_err(|e| format!("cannot create {}: {e}", up.display()))?;
-        }
-        match std::fs::DirBuilder::new().mode(mode).create(dir) {
-            Ok(()) => set_mode(dir, mode)?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        // Nothing is created until what exists above is known to be safe: not through a
+        // symlink someone planted, not in a directory someone else may write to.
+        let existing = dir
+            .ancestors()
+            .find(|a| std::fs::symlink_metadata(a).is_ok())
+            .unwrap_or(Path::new("/"));
+        safe_existing(existing, dir)?;
+        let missing: Vec<&Path> = dir.ancestors().take_while(|a| *a != existing).collect();
+        for (i, d) in missing.iter().rev().enumerate() {
+            let last = i + 1 == missing.len();
+            match std::fs::DirBuilder::new()
+                .mode(if last { mode } else { 0o755 })
+                .create(d)
+            {
+                Ok(()) if last => set_mode(d, mode)?,
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("cannot create {}: {e}", d.display())),
+            }
+            let meta = std::fs::symlink_metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            if !meta.is_dir() {
+                return Err(unsafe_dir(
+                    dir,
+                    format!("{} is not a directory", d.display()),
+                ));
+            }
         }
     }
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -98,6 +113,31 @@ fn shared_dir(dir: &Path, others_bind_here: bool) -> Result<(), String> {
         set_mode(dir, 0o1733)?;
     }
     ancestors_safe(dir)
+}
+
+/// `existing` (an ancestor of the socket directory `dir` that exists) is a real directory of
+/// root or the server, not open to others but with the sticky bit, and so is everything above.
+fn safe_existing(existing: &Path, dir: &Path) -> Result<(), String> {
+    let meta =
+        std::fs::symlink_metadata(existing).map_err(|e| format!("{}: {e}", existing.display()))?;
+    let bad = if meta.file_type().is_symlink() {
+        Some("is a symbolic link".to_string())
+    } else if !meta.is_dir() {
+        Some("is not a directory".to_string())
+    } else if meta.uid() != me() && meta.uid() != 0 {
+        Some(format!("is owned by uid {}", meta.uid()))
+    } else if open_to_others(&meta) {
+        Some(format!("has mode {:04o}", meta.mode() & 0o7777))
+    } else {
+        None
+    };
+    match bad {
+        Some(why) => Err(unsafe_dir(
+            dir,
+            format!("{} above it {why}", existing.display()),
+        )),
+        None => ancestors_safe(existing),
+    }
 }
 
 /// Every directory above `dir` (symlinks resolved) is owned by root or the server and not
@@ -150,17 +190,15 @@ fn set_mode(dir: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("chmod {}: {e}", dir.display()))
 }
 
-/// Removes whatever is at the socket's path (a directory there is an error).
+/// Removes whatever is at the socket's path: a stale socket, a symlink, a file or directory
+/// a squatter put there (its contents, never what a symlink in it points to).
 pub fn clear(socket: &Path) -> Result<(), String> {
-    match std::fs::symlink_metadata(socket) {
-        Ok(m) if m.is_dir() => Err(format!(
-            "{} is a directory, not a place for a socket",
-            socket.display()
-        )),
-        Ok(_) => std::fs::remove_file(socket)
-            .map_err(|e| format!("cannot remove {}: {e}", socket.display())),
-        Err(_) => Ok(()),
-    }
+    let removed = match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(socket),
+        Ok(_) => std::fs::remove_file(socket),
+        Err(_) => return Ok(()),
+    };
+    removed.map_err(|e| format!("cannot remove {}: {e}", socket.display()))
 }
 
 /// Gives `dir` and everything in it to `user` (not following symlinks), when `dir` itself is
@@ -225,6 +263,17 @@ mod tests {
         prepare(&sock, None, None).unwrap();
         assert!(std::fs::symlink_metadata(&sock).is_err());
         assert!(std::fs::metadata("/etc/passwd").is_ok());
+        std::fs::create_dir_all(sock.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, sock.join("sub/link")).unwrap();
+        std::fs::write(elsewhere.join("kept"), "x").unwrap();
+        prepare(&sock, None, None).unwrap();
+        assert!(std::fs::symlink_metadata(&sock).is_err());
+        assert!(elsewhere.join("kept").exists(), "not through the symlink");
+        // Nothing is created through a symlinked ancestor before the refusal.
+        let deep = linked.join("x/y");
+        let e = prepare(&deep.join("a.sock"), None, None).unwrap_err();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!elsewhere.join("x").exists(), "created through the symlink");
     }
 
     #[test]

@@ -136,9 +136,7 @@ impl Store {
     /// with the reserve given back ([`crate::reserve`]).
     fn with<T>(&self, f: impl Fn(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let full = |r: &rusqlite::Result<T>| {
-            matches!(r, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
-        };
+        let full = |r: &rusqlite::Result<T>| matches!(r, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull));
         let mut result = f(&conn);
         if full(&result) && self.reserve.release() {
             result = f(&conn);

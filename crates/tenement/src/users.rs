@@ -87,9 +87,13 @@ impl Users {
             Some(uid) => (*uid, None),
             None => {
                 let taken: std::collections::HashSet<u32> = given.values().copied().collect();
+                // Not a uid this host uses otherwise: a user of its, or a process's (someone
+                // who runs as it could read the instance's files and /proc).
+                let running = process_uids();
                 let uid = self
                     .range()
-                    .find(|u| !taken.contains(u))
+                    .filter(|u| !taken.contains(u) && !running.contains(u))
+                    .find(|u| !matches!(nix::unistd::User::from_uid((*u).into()), Ok(Some(_))))
                     .ok_or_else(|| format!("all {BLOCK} uids of this server are in use"))?;
                 given.insert(key.clone(), uid);
                 (uid, Some(uid))
@@ -112,6 +116,23 @@ impl Users {
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
     }
+}
+
+/// The uids of every process on the host.
+fn process_uids() -> std::collections::HashSet<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .filter_map(|e| e.metadata().ok().map(|m| m.uid()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A user name or numeric uid from the system's user database.

@@ -77,6 +77,7 @@ pub async fn run(
         // its own directory below; every file and instance directory in it has its own mode.
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))?;
     }
+    check_data_dir(&data_dir)?;
     let _lock = lock(&data_dir)?;
     raise_fd_limit();
 
@@ -232,6 +233,38 @@ const BACKUP_EVERY: Duration = Duration::from_secs(600);
 
 /// How long connections in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// data_dir holds the state, tokens and every tenant's data: one that someone else owns, or
+/// may write to, or that is a symlink, could hand all of it to them (a token they planted, a
+/// socket they swap). Refused with the reason.
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("cannot read data_dir {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let why = if meta.file_type().is_symlink() {
+        Some("it is a symbolic link".to_string())
+    } else if meta.uid() != me && meta.uid() != 0 {
+        Some(format!(
+            "it is owned by uid {}, not by the server's user",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "mode {:04o} lets others write in it",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => bail!(
+            "unsafe data_dir {}: {why}; use a directory of the server's own (it is created mode 0711 when missing)",
+            dir.display()
+        ),
+        None => Ok(()),
+    }
+}
 
 /// One server per data directory: a second `ten serve` fails at once instead of fighting over
 /// the instances.
