@@ -46,8 +46,15 @@ pub fn handle(path: &str, query: &str) -> Option<(u16, Vec<u8>)> {
             result(std::os::unix::fs::symlink(param(query, "to"), target).map(|()| "linked".into()))
         }
         "/unlink" => result(std::fs::remove_file(target).map(|()| "removed".into())),
-        // Listens at `path` and answers every request with "squatter".
+        // Listens at `path` and answers every request with "squatter" (as `uid`, if given:
+        // the whole process takes that uid first).
         "/squat" => {
+            if let Ok(uid) = param(query, "uid").parse::<libc::uid_t>() {
+                // SAFETY: setgid/setuid with plain integers.
+                if unsafe { libc::setgid(uid) != 0 || libc::setuid(uid) != 0 } {
+                    return Some(result(Err(std::io::Error::last_os_error())));
+                }
+            }
             let _ = std::fs::remove_file(target);
             result(UnixListener::bind(target).map(|l| {
                 std::thread::spawn(move || {

@@ -584,3 +584,43 @@ fn an_instance_never_gets_a_uid_a_host_process_runs_as() {
         "web:b shares its uid with a process it does not own"
     );
 }
+
+#[test]
+fn a_root_tenant_taking_a_neighbours_uid_still_gets_none_of_its_traffic() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.web]
+command = "{fixture}"
+socket = "{dir}/s/{id}.sock"
+
+[service.rsh]
+command = "{fixture}"
+socket = "{dir}/s/{id}.r.sock"
+user = "root"
+"#,
+    );
+    b.start();
+    b.ten_ok(&["spawn", "web:victim"]);
+    b.ten_ok(&["spawn", "rsh:evil"]);
+    let (_, status) = tenant_does(&b, "web:victim", "/read?path=/proc/self/status");
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap();
+    let uid = line.split_whitespace().next().unwrap().to_owned();
+    let victim = b.socket("web:victim");
+    let (status, body) = tenant_does(
+        &b,
+        "rsh:evil",
+        &format!("/squat?path={}&uid={uid}", victim.display()),
+    );
+    assert_eq!(status, 200, "root may do this much: {body}");
+    for _ in 0..10 {
+        let (_, body) = front(&b, "web:victim", "GET", "/");
+        assert_ne!(
+            body, "squatter",
+            "a root tenant with the victim's uid got its traffic"
+        );
+    }
+}

@@ -22,11 +22,15 @@ use crate::logs::{LogLine, Stream};
 
 /// Longest time a captured line waits before it is committed.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
-/// Unwritten lines kept per instance before the oldest are dropped.
+/// Unwritten lines kept per instance before the oldest are dropped...
 const PENDING_PER_INSTANCE: usize = 50_000;
-/// Most lines of one instance in one write: a flooding instance's backlog is written a slice
-/// at a time, between everyone else's lines, instead of in one long transaction.
+/// ...and unwritten bytes: a flood of 16 KB lines must not grow the server by gigabytes.
+const PENDING_BYTES_PER_INSTANCE: usize = 4 << 20;
+/// Most lines (and bytes) of one instance in one write: a flooding instance's backlog is
+/// written a slice at a time, between everyone else's lines, instead of in one long
+/// transaction.
 const BATCH_PER_INSTANCE: usize = 20_000;
+const BATCH_BYTES_PER_INSTANCE: usize = 1 << 20;
 const RETENTION_EVERY: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
@@ -97,18 +101,25 @@ struct Pending {
 }
 
 impl Pending {
-    /// Queues a line; `false` when its instance's queue was full, so its oldest line went.
-    fn add(&mut self, line: Arc<LogLine>) -> bool {
+    /// Queues a line; returns how many of its instance's oldest lines went to make room.
+    fn add(&mut self, line: Arc<LogLine>) -> u64 {
         let queue = self.queues.entry(line.instance.clone()).or_default();
+        queue.bytes += line.text.len();
         queue.lines.push_back(line);
         queue.pushed += 1;
-        if queue.lines.len() > PENDING_PER_INSTANCE {
-            queue.lines.pop_front();
-            queue.done += 1;
-            return false;
-        }
         self.total += 1;
-        true
+        let mut dropped = 0;
+        while queue.lines.len() > PENDING_PER_INSTANCE
+            || (queue.bytes > PENDING_BYTES_PER_INSTANCE && queue.lines.len() > 1)
+        {
+            if let Some(old) = queue.lines.pop_front() {
+                queue.bytes -= old.text.len();
+            }
+            queue.done += 1;
+            self.total -= 1;
+            dropped += 1;
+        }
+        dropped
     }
 }
 
@@ -117,6 +128,8 @@ impl Pending {
 #[derive(Default)]
 struct Queue {
     lines: VecDeque<Arc<LogLine>>,
+    /// Bytes of text in `lines`.
+    bytes: usize,
     pushed: u64,
     done: u64,
 }
@@ -231,8 +244,9 @@ impl LogStore {
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if !p.add(line) {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        let dropped = p.add(line);
+        if dropped > 0 {
+            self.shared.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
         if p.total >= 10_000 {
             self.shared.wake.notify_one();
@@ -399,8 +413,16 @@ fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
             // A slice of every instance's queue, so nobody waits behind a flood.
             let mut batch = Vec::new();
             for (key, q) in p.queues.iter_mut() {
-                let n = q.lines.len().min(BATCH_PER_INSTANCE);
+                let (mut n, mut bytes) = (0, 0);
+                for line in q.lines.iter().take(BATCH_PER_INSTANCE) {
+                    if n > 0 && bytes + line.text.len() > BATCH_BYTES_PER_INSTANCE {
+                        break;
+                    }
+                    n += 1;
+                    bytes += line.text.len();
+                }
                 if n > 0 {
+                    q.bytes -= bytes;
                     batch.extend(q.lines.drain(..n));
                     taken.push((key.clone(), n as u64));
                 }

@@ -27,7 +27,7 @@ pub enum Endpoint {
 pub struct Peer {
     /// The listener's uid, when the instance has a uid of its own and listens itself.
     pub uid: Option<u32>,
-    /// Otherwise: the listener's process must be in the instance's (current) cgroup.
+    /// The listener's process must be in the instance's (current) cgroup, if it has one.
     pub cgroup: Option<crate::instance::SharedCgroup>,
     /// Refuse `ten serve` itself (always, but in unit tests whose app runs in-process).
     pub refuse_self: bool,
@@ -78,12 +78,13 @@ impl Peer {
         if self.refuse_self && cred.pid() == std::process::id() as i32 {
             return refuse("ten serve itself".into());
         }
-        if let Some(uid) = self.uid {
-            return match cred.uid() == uid {
-                true => Ok(()),
-                false => refuse(format!("not the instance's user (uid {uid})")),
-            };
+        if let Some(uid) = self.uid
+            && cred.uid() != uid
+        {
+            return refuse(format!("not the instance's user (uid {uid})"));
         }
+        // Also the cgroup, where there is one: a root process (a `user = "root"` tenant) can
+        // take any uid, not another instance's cgroup.
         let cgroup = self.cgroup.as_ref().and_then(|c| {
             c.lock()
                 .unwrap_or_else(|p| p.into_inner())

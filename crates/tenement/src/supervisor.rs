@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tenement_core::InstanceKey;
-use tenement_core::config::{Config, Listen, Service, Vars};
+use tenement_core::config::{Config, Isolation, Listen, Service, Vars};
 use tenement_core::fnv::Fnv;
 use tenement_core::lifecycle::Input;
 use tenement_runtime::cgroup::Cgroups;
@@ -340,12 +340,24 @@ impl Supervisor {
         vars.socket = &socket;
         let data = instance_dir(&settings.data_dir, key);
         if let Some(service_dir) = data.parent() {
-            // Traversable, not listable: an app of another user reaches its own directory
-            // below (its mode 0700 keeps the others out).
+            // Only a `process` app of a user of its own reaches its directory through the
+            // host's tree (0711: traversable, not listable). Namespaced and sandboxed apps get
+            // theirs bound in, so nobody else on the host gets that far (0700): what a tenant
+            // leaves in its directory (a setuid program of `user = "root"`) is no way in.
+            let mode = match service.isolation == Isolation::Process && user.is_some() {
+                true => 0o711,
+                false => 0o700,
+            };
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o711)
+                .mode(mode)
                 .create(service_dir)
+                .and_then(|()| {
+                    std::fs::set_permissions(
+                        service_dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(mode),
+                    )
+                })
                 .map_err(|e| invalid(format!("cannot create {}: {e}", service_dir.display())))?;
         }
         match std::fs::DirBuilder::new().mode(0o700).create(&data) {

@@ -253,3 +253,26 @@ fn the_size_cap_bounds_the_file_too() {
     let after = std::fs::metadata(&db).unwrap().len();
     assert!(after <= 2 * cap, "{before} -> {after}");
 }
+
+#[test]
+fn a_flood_of_long_lines_is_bounded_in_bytes_not_only_in_lines() {
+    let mut p = Pending {
+        queues: HashMap::new(),
+        total: 0,
+    };
+    let long = "x".repeat(16 * 1024);
+    let mut dropped = 0;
+    for i in 0..2_000 {
+        dropped += p.add(line("web:flood", i, Stream::Stdout, &long));
+    }
+    p.add(line("web:quiet", 0, Stream::Stdout, "hello"));
+    let flood = &p.queues[&Arc::new("web:flood".parse().unwrap())];
+    assert!(flood.bytes <= PENDING_BYTES_PER_INSTANCE, "{}", flood.bytes);
+    assert_eq!(flood.bytes, flood.lines.len() * long.len());
+    assert_eq!(dropped as usize + flood.lines.len(), 2_000);
+    assert_eq!(
+        p.total,
+        flood.lines.len() + 1,
+        "the quiet instance's line is kept"
+    );
+}
