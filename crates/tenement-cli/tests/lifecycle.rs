@@ -222,7 +222,7 @@ fn invalid_ids_are_refused_before_touching_anything() {
         .map(|e| e.file_name())
         .collect();
     assert!(
-        entries.iter().all(|n| ["ten", "logs.db"]
+        entries.iter().all(|n| ["ten", "logs.db", ".reserve"]
             .iter()
             .any(|p| n.to_string_lossy().starts_with(p))),
         "{entries:?}"
