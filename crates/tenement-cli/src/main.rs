@@ -57,6 +57,8 @@ enum Command {
     Route(cmd::traffic::RouteArgs),
     /// Start an instance and wait until it is healthy; optionally replace another.
     Deploy(cmd::traffic::DeployArgs),
+    /// Re-read tenement.toml and apply it to the running server (as SIGHUP does).
+    Reload,
     /// Create an API token for `--server`/`TENEMENT_SERVER` (printed once).
     TokenGen(cmd::tokens::GenArgs),
     /// List or revoke API tokens.
@@ -128,6 +130,7 @@ fn run_async(
             Command::Weight(a) => cmd::traffic::weight(&client, a).await,
             Command::Route(a) => cmd::traffic::route(&client, a).await,
             Command::Deploy(a) => cmd::traffic::deploy(&client, a).await,
+            Command::Reload => cmd::config::reload(&client).await,
             Command::Serve(_) | Command::Config(_) | Command::Init(_) => {
                 unreachable!("handled above")
             }

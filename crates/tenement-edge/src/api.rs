@@ -39,6 +39,7 @@ pub fn router(supervisor: Supervisor, access: Access, limiter: RateLimiter) -> R
         .route("/deploy", post(deploy))
         .route("/health", get(list))
         .route("/config", get(config_summary))
+        .route("/reload", post(reload))
         .route("/tokens", post(auth::token_gen).get(auth::token_list))
         .route("/tokens/{id}", delete(auth::token_revoke))
         .route("/openapi.json", get(crate::openapi::document))
@@ -245,8 +246,8 @@ async fn deploy(
         let msg = "timeout is in seconds, at least 1";
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", msg));
     }
-    let svc = s
-        .config()
+    let config = s.config();
+    let svc = config
         .service(&service)
         .ok_or_else(|| ApiError::from(tenement::Error::UnknownService(service.clone())))?;
     let timeout = Duration::from_secs(b.timeout.unwrap_or(svc.startup_timeout));
@@ -334,4 +335,21 @@ async fn logs(
         move |line| *line.instance == key,
         stop,
     ))
+}
+
+/// `POST /api/reload`: the configuration file read anew and applied (admin only); an invalid
+/// file is a 400 listing every error, and changes nothing.
+async fn reload(
+    State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<tenement::ReloadReport>> {
+    crate::auth::admin_only(&p)?;
+    match s.reload_from_file().await {
+        Ok(report) => Ok(Json(report)),
+        Err(errors) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            format!("nothing changed: {errors}"),
+        )),
+    }
 }

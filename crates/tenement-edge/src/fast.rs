@@ -221,7 +221,7 @@ fn plan(door: &FrontDoor, req: &httparse::Request<'_, '_>) -> Option<Plan> {
     }
     let host = std::str::from_utf8(host?).ok()?;
     let route_path = path.split_once('?').map_or(path, |(p, _)| p);
-    match door.routes.route(Some(host), route_path) {
+    match door.routes().route(Some(host), route_path) {
         Ok(target @ (Target::Instance(_) | Target::Service(_))) => Some(Plan {
             target,
             method,

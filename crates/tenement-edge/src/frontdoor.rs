@@ -31,7 +31,10 @@ use crate::{Access, router};
 pub(crate) struct FrontDoor {
     supervisor: Supervisor,
     metrics: Arc<Metrics>,
-    pub(crate) routes: Router,
+    /// The routes, and the configuration generation they were built from (a reload builds
+    /// them anew: [`FrontDoor::routes`]).
+    routes: std::sync::Mutex<(u64, Arc<Router>)>,
+    domain: String,
     api: axum::Router,
     pub(crate) pool: Arc<Pool>,
     figures: RequestFigures,
@@ -144,11 +147,15 @@ pub async fn front_door(
     for (i, listener) in listeners.into_iter().enumerate() {
         let door = FrontDoor {
             metrics: metrics.clone(),
-            routes: Router::new(
-                domain,
-                config.routing.clone(),
-                config.services.keys().cloned(),
-            ),
+            routes: std::sync::Mutex::new((
+                supervisor.config_generation(),
+                Arc::new(Router::new(
+                    domain,
+                    config.routing.clone(),
+                    config.services.keys().cloned(),
+                )),
+            )),
+            domain: domain.to_owned(),
             api: router(supervisor.clone(), Access::Network, limiter.clone()),
             supervisor: supervisor.clone(),
             pool: Arc::default(),
@@ -259,6 +266,19 @@ pub(crate) async fn serve_hyper<I>(
 }
 
 impl FrontDoor {
+    /// The routes of the configuration in force (rebuilt once after a reload).
+    pub(crate) fn routes(&self) -> Arc<Router> {
+        let generation = self.supervisor.config_generation();
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if routes.0 != generation {
+            let config = self.supervisor.config();
+            let services = config.services.keys().cloned();
+            let router = Router::new(&self.domain, config.routing.clone(), services);
+            *routes = (generation, Arc::new(router));
+        }
+        routes.1.clone()
+    }
+
     /// The instance `target` names, awake and ready (the wait is timed when it had to wake).
     pub(crate) async fn lease(&self, target: &Target, service: &str) -> Result<Lease, Error> {
         let started = Instant::now();
@@ -328,8 +348,8 @@ impl FrontDoor {
         }
         let routed = match host {
             // HTTP/1.0 may leave Host out: that is the bare domain (HTTP/1.1 must send it).
-            None if req.version() == Version::HTTP_10 => Ok(self.routes.bare(req.uri().path())),
-            _ => self.routes.route(host, req.uri().path()),
+            None if req.version() == Version::HTTP_10 => Ok(self.routes().bare(req.uri().path())),
+            _ => self.routes().route(host, req.uri().path()),
         };
         let target = match routed {
             Ok(t) => t,

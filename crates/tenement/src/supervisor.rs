@@ -26,7 +26,10 @@ use crate::{Error, Store};
 use std::os::unix::fs::DirBuilderExt;
 use tenement_core::config::socket as socket_template;
 
+mod reload;
 mod restore;
+
+pub use reload::ReloadReport;
 
 /// Size of a namespaced instance's private `/tmp` (and `/dev/shm`) when its service has no
 /// storage quota (which is the size otherwise).
@@ -41,7 +44,14 @@ pub struct Supervisor {
 }
 
 struct Inner {
-    config: Arc<Config>,
+    /// The configuration in force (replaced whole by [`Supervisor::reload`]).
+    config: std::sync::RwLock<Arc<Config>>,
+    /// Instances being replaced by a reload: a request for one waits for its successor.
+    replacing: Mutex<std::collections::HashSet<InstanceKey>>,
+    /// Held while a reload applies.
+    reloading: tokio::sync::Mutex<()>,
+    /// Bumped by every reload (the front door rebuilds its routes when it changes).
+    generation: std::sync::atomic::AtomicU64,
     runtimes: &'static Runtimes,
     cgroups: Option<&'static Cgroups>,
     store: Store,
@@ -84,9 +94,12 @@ impl Supervisor {
         let users = crate::users::Users::new(&config.settings.data_dir, recorded);
         Self {
             inner: Arc::new(Inner {
+                replacing: Mutex::default(),
+                generation: Default::default(),
+                reloading: Default::default(),
                 users,
                 sampling: Default::default(),
-                config,
+                config: std::sync::RwLock::new(config),
                 runtimes,
                 cgroups,
                 tokens: crate::Tokens::new(store.clone()),
@@ -125,8 +138,32 @@ impl Supervisor {
         &self.inner.store
     }
 
-    pub fn config(&self) -> &Config {
-        &self.inner.config
+    /// Changes whenever the configuration in force does.
+    pub fn config_generation(&self) -> u64 {
+        self.inner
+            .generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Reads the configuration file anew and applies it ([`Supervisor::reload`]); an invalid
+    /// file changes nothing and its errors come back.
+    pub async fn reload_from_file(
+        &self,
+    ) -> Result<ReloadReport, tenement_core::config::ConfigErrors> {
+        let file = self.config().file.clone();
+        let new = tokio::task::spawn_blocking(move || Config::load(&file))
+            .await
+            .expect("config task")?;
+        Ok(self.reload(new).await)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn registry(
@@ -188,7 +225,7 @@ impl Supervisor {
         weight: u8,
         asleep: bool,
     ) -> Result<InstanceHandle, Error> {
-        let config = &self.inner.config;
+        let config = self.config();
         let service = config
             .service(&key.service)
             .ok_or_else(|| Error::UnknownService(key.service.clone()))?;
@@ -318,7 +355,8 @@ impl Supervisor {
         port: u16,
         user: Option<tenement_runtime::User>,
     ) -> Result<(Spec, PathBuf, PathBuf), Error> {
-        let settings = &self.inner.config.settings;
+        let config = self.config();
+        let settings = &config.settings;
         let data_root = settings.data_dir.to_string_lossy();
         let invalid = |message: String| Error::Invalid {
             key: key.clone(),
@@ -428,8 +466,9 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
-        if !persist && (forgotten || !shutting_down) {
-            remove_instance_dir(&self.inner.config.settings.data_dir, key, data);
+        // An instance a reload replaces keeps its data and uid for its successor.
+        if !persist && !self.replacing(key) && (forgotten || !shutting_down) {
+            remove_instance_dir(&self.config().settings.data_dir, key, data);
             // Its files are gone: its uid may serve another instance.
             self.inner.users.release(key);
             let (store, k) = (self.inner.store.clone(), key.clone());
@@ -458,7 +497,7 @@ impl Supervisor {
         };
         let (store, k) = (self.inner.store.clone(), key.clone());
         // An `[instances]` entry stays down across restarts too, until spawned again.
-        let listed = self.inner.config.instances.contains(key);
+        let listed = self.config().instances.contains(key);
         tokio::task::spawn_blocking(move || {
             if listed {
                 store.keep_down(&k)
@@ -493,8 +532,8 @@ impl Supervisor {
         .await
         .expect("store task")?;
         if existed {
-            let data_dir = &self.inner.config.settings.data_dir;
-            remove_instance_dir(data_dir, key, &instance_dir(data_dir, key));
+            let data_dir = self.config().settings.data_dir.clone();
+            remove_instance_dir(&data_dir, key, &instance_dir(&data_dir, key));
             self.inner.users.release(key);
             info!(instance = %key, "forgot the record of an instance that was not running");
         }

@@ -32,18 +32,35 @@ impl Lease {
     }
 }
 
+/// The longest a request waits for the successor of an instance a reload replaces.
+const REPLACE_WAIT: Duration = Duration::from_secs(120);
+
 impl Supervisor {
     /// `key`, awake and ready. A sleeping instance is woken; concurrent callers share the one
     /// start (they all watch the same status). Bounded by the service's `startup_timeout`.
     pub async fn lease(&self, key: &InstanceKey) -> Result<Lease, Error> {
-        let handle = match self.handle(key) {
-            Ok(h) => h,
-            Err(Error::NotFound(_)) => self.spawn_on_request(key).await?,
-            Err(e) => return Err(e),
-        };
-        // Counted as activity from now on, so it cannot fall asleep under us.
-        let guard = handle.activity.begin();
-        self.lease_with(key, handle, guard).await
+        // An instance a reload is replacing: its successor is waited for, as a wake is.
+        let until = tokio::time::Instant::now() + REPLACE_WAIT;
+        loop {
+            let handle = match self.handle(key) {
+                Ok(h) => h,
+                Err(Error::NotFound(_)) if self.replacing(key) => {
+                    if tokio::time::Instant::now() >= until {
+                        return Err(Error::NotFound(key.clone()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                Err(Error::NotFound(_)) => self.spawn_on_request(key).await?,
+                Err(e) => return Err(e),
+            };
+            // Counted as activity from now on, so it cannot fall asleep under us.
+            let guard = handle.activity.begin();
+            match self.lease_with(key, handle, guard).await {
+                Err(_) if self.replacing(key) && tokio::time::Instant::now() < until => continue,
+                leased => return leased,
+            }
+        }
     }
 
     async fn lease_with(
@@ -116,12 +133,16 @@ impl Supervisor {
             let guard = handle.activity.begin();
             (chosen.clone(), handle, guard)
         };
-        self.lease_with(&key.0, key.1, key.2).await
+        match self.lease_with(&key.0, key.1, key.2).await {
+            // The only one, and a reload is replacing it: wait for its successor.
+            Err(_) if self.replacing(&key.0) => self.lease(&key.0).await,
+            leased => leased,
+        }
     }
 
     async fn spawn_on_request(&self, key: &InstanceKey) -> Result<InstanceHandle, Error> {
-        let service = self
-            .config()
+        let config = self.config();
+        let service = config
             .service(&key.service)
             .ok_or_else(|| Error::UnknownService(key.service.clone()))?;
         if !service.spawn_on_request {

@@ -72,3 +72,50 @@ pub fn unavailable(config: &Config, runtimes: &Runtimes) -> Vec<String> {
         })
         .collect()
 }
+
+/// `ten reload`: the server reads its configuration file anew and applies it; prints what
+/// changed.
+pub async fn reload(client: &crate::client::Client) -> anyhow::Result<ExitCode> {
+    let r: serde_json::Value = client.call(hyper::Method::POST, "/reload", None).await?;
+    let list = |name: &str| -> Vec<String> {
+        r[name]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut said = false;
+    for (name, what) in [
+        ("services_added", "service added"),
+        ("services_removed", "service removed"),
+        ("services_changed", "service changed"),
+        ("replaced", "replaced"),
+        ("started", "started"),
+        ("stopped", "stopped and forgotten"),
+        (
+            "settings_changed",
+            "setting changed (applies to instances started from now on)",
+        ),
+        (
+            "needs_restart",
+            "setting changed, NOT applied: needs a restart of ten serve",
+        ),
+        ("failed", "FAILED"),
+    ] {
+        for item in list(name) {
+            println!("{what}: {item}");
+            said = true;
+        }
+    }
+    if !said {
+        println!("no change");
+    }
+    Ok(if list("failed").is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

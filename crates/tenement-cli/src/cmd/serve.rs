@@ -177,7 +177,13 @@ pub async fn run(
             _ = term.recv() => info!("SIGTERM: stopping every instance"),
             _ = int.recv() => info!("SIGINT: stopping every instance"),
             _ = hup.recv() => {
-                warn!("SIGHUP: reloading the configuration is not built yet; ignored, still serving");
+                info!("SIGHUP: reloading the configuration");
+                let s = supervisor.clone();
+                tokio::spawn(async move {
+                    if let Err(errors) = s.reload_from_file().await {
+                        warn!("reload refused, nothing changed: {errors}");
+                    }
+                });
                 continue;
             }
         }

@@ -45,7 +45,8 @@ impl Supervisor {
             }
         };
         let mut wanted: Vec<(InstanceKey, u8)> = recorded;
-        for key in &self.inner.config.instances {
+        let config = self.config();
+        for key in &config.instances {
             // (Stopped by the user: down until spawned again.)
             if !wanted.iter().any(|(k, _)| k == key) && !kept_down.contains(key) {
                 wanted.push((key.clone(), 100));
@@ -54,7 +55,7 @@ impl Supervisor {
         let mut starts = tokio::task::JoinSet::new();
         for (key, weight) in wanted {
             let me = self.clone();
-            let config = &me.inner.config;
+            let config = me.config();
             let asleep = !config.instances.contains(&key)
                 && config
                     .service(&key.service)

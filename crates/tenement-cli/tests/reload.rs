@@ -1,0 +1,126 @@
+//! `ten reload` and SIGHUP: the configuration applied to a running server; what did not
+//! change is not touched, requests are not dropped, an invalid file changes nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use test_support::http::get;
+use test_support::{Building, SOON, wait_for};
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+fn config(change_env: &str, extra: &str) -> String {
+    format!(
+        r#"
+[service.keep]
+command = "{{fixture}}"
+isolation = "process"
+health = "/health"
+
+[service.change]
+command = "{{fixture}}"
+isolation = "process"
+health = "/health"
+[service.change.env]
+VERSION = "{change_env}"
+{extra}
+"#
+    )
+}
+
+/// Requests `key` through the front door until stopped: every status seen.
+fn hammer(addr: String, key: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u16>> {
+    let (service, id) = key.split_once(':').unwrap();
+    let host = format!("{id}.{service}.tenement.test");
+    std::thread::spawn(move || {
+        let mut seen = vec![];
+        while !stop.load(Ordering::SeqCst) {
+            seen.push(get(&addr, &host, "/").map(|r| r.status).unwrap_or(0));
+        }
+        seen
+    })
+}
+
+#[test]
+fn reload_adds_removes_and_replaces_only_what_changed() {
+    let gone = "\n[service.gone]\ncommand = \"{fixture}\"\nisolation = \"process\"\n\n[instances]\nkeep = [\"a\"]\nchange = [\"a\"]\ngone = [\"a\"]\n";
+    let mut b = Building::new(TEN, &config("one", gone));
+    b.start();
+    for key in ["keep:a", "change:a", "gone:a"] {
+        b.wait_instance(key, "running", |i| i["state"] == "running");
+    }
+    let keep_pid = b.instance("keep:a").unwrap()["pid"].clone();
+    let addr = b.http_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops: Vec<_> = ["keep:a", "change:a"]
+        .iter()
+        .map(|k| hammer(addr.clone(), k, stop.clone()))
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let added = "\n[service.added]\ncommand = \"{fixture}\"\nisolation = \"process\"\n\n[instances]\nkeep = [\"a\"]\nchange = [\"a\"]\nadded = [\"a\"]\n";
+    b.write_config(&config("two", added));
+    let out = b.ten_ok(&["reload"]);
+    for want in [
+        "service added: added",
+        "service removed: gone",
+        "service changed: change",
+        "replaced: change:a",
+        "started: added:a",
+        "stopped and forgotten: gone:a",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    assert!(!out.contains("keep"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    for (key, seen) in ["keep:a", "change:a"].iter().zip(loops) {
+        let seen = seen.join().unwrap();
+        let bad: Vec<_> = seen.iter().filter(|s| **s != 200).collect();
+        assert!(
+            bad.is_empty(),
+            "{key}: {} of {} not 200: {bad:?}",
+            bad.len(),
+            seen.len()
+        );
+    }
+    // Unchanged: the same process. Changed: the new definition. Removed: gone.
+    assert_eq!(b.instance("keep:a").unwrap()["pid"], keep_pid);
+    let (_, env) = test_support::get_unix(&b.socket("change:a"), "/env").unwrap();
+    assert!(env.contains("VERSION=two"), "{env}");
+    assert!(b.instance("gone:a").is_none());
+    assert_eq!(b.instance("added:a").unwrap()["state"], "running");
+    let mut r = get(&addr, "a.added.tenement.test", "/").unwrap();
+    let status = r.status;
+    assert_eq!(
+        (status, r.text().unwrap()),
+        (200, "hello from added:a\n".into())
+    );
+
+    // An invalid file changes nothing, and says where it is wrong.
+    b.write_config(&config("three", "\n[service.bad]\ncommand = 5\n"));
+    let out = b.ten(&["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("nothing changed") && err.contains("service.bad.command"),
+        "{err}"
+    );
+    let (_, env) = test_support::get_unix(&b.socket("change:a"), "/env").unwrap();
+    assert!(env.contains("VERSION=two"), "{env}");
+}
+
+#[test]
+fn sighup_reloads() {
+    let mut b = Building::new(TEN, &config("one", ""));
+    b.start();
+    b.write_config(&config(
+        "one",
+        "\n[service.later]\ncommand = \"{fixture}\"\nisolation = \"process\"\n",
+    ));
+    // SAFETY: kill(2) on the pid of our own child.
+    unsafe { libc::kill(b.server_pid() as i32, libc::SIGHUP) };
+    wait_for("the new service to be known", SOON, || {
+        b.ten(&["spawn", "later:x"]).status.success().then_some(())
+    });
+}
