@@ -5,6 +5,7 @@
 mod client;
 mod cmd;
 mod config_file;
+mod notify;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,10 @@ enum Command {
     Token(cmd::tokens::TokenCommand),
     /// Write a commented starter tenement.toml.
     Init(cmd::init::Args),
+    /// Write a systemd unit that runs `ten serve` with this configuration.
+    Install(cmd::install::Args),
+    /// Remove the unit `ten install` wrote.
+    Uninstall(cmd::install::UninstallArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -92,6 +97,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Config(args) => cmd::config::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Init(args) => cmd::init::run(cli.config.as_deref(), args),
+        Command::Install(args) => cmd::install::install(cli.config.as_deref(), args),
+        Command::Uninstall(args) => cmd::install::uninstall(args),
         command => run_async(cli.config, cli.data_dir, cli.server, cli.token, command),
     };
     match result {
@@ -131,7 +138,11 @@ fn run_async(
             Command::Route(a) => cmd::traffic::route(&client, a).await,
             Command::Deploy(a) => cmd::traffic::deploy(&client, a).await,
             Command::Reload => cmd::config::reload(&client).await,
-            Command::Serve(_) | Command::Config(_) | Command::Init(_) => {
+            Command::Serve(_)
+            | Command::Config(_)
+            | Command::Init(_)
+            | Command::Install(_)
+            | Command::Uninstall(_) => {
                 unreachable!("handled above")
             }
         }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod init;
+pub mod install;
 pub mod instance;
 pub mod logs;
 pub mod ps;

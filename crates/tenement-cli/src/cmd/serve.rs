@@ -168,6 +168,16 @@ pub async fn run(
         async move { front_door(front_listeners, s, &domain, stop).await }
     });
 
+    crate::notify::notify(&format!("READY=1\nSTATUS=serving on {http_addr}"));
+    if let Some(every) = crate::notify::watchdog_interval() {
+        // Pings from this runtime: if it stops making progress, systemd notices.
+        tokio::spawn(async move {
+            loop {
+                crate::notify::notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     // SIGHUP (also what a closed terminal sends) must not end the server and its tenants.
@@ -179,16 +189,19 @@ pub async fn run(
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 let s = supervisor.clone();
+                crate::notify::reloading();
                 tokio::spawn(async move {
                     if let Err(errors) = s.reload_from_file().await {
                         warn!("reload refused, nothing changed: {errors}");
                     }
+                    crate::notify::notify("READY=1");
                 });
                 continue;
             }
         }
         break;
     }
+    crate::notify::notify("STOPPING=1");
     restoring.abort();
     // In order: stop accepting, let requests in flight finish (each front-door thread waits
     // for its connections, at most 10 s), then stop the instances. The control socket serves

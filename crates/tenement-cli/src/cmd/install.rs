@@ -1,0 +1,120 @@
+//! `ten install` / `ten uninstall`: a systemd unit for `ten serve`.
+//!
+//! The unit is `Type=notify` (`ten serve` says READY, RELOADING and STOPPING, and pings the
+//! watchdog: `crate::notify`), reloads with SIGHUP, and has `Delegate=yes` so that the
+//! instances' cgroups are created below the service's own. `KillMode=mixed`: SIGTERM goes to
+//! `ten serve` alone, which stops accepting, lets requests finish and stops every instance in
+//! order; whatever is left after `TimeoutStopSec` is killed. (Tenants that outlive a restart
+//! of the service need adoption by the next `ten serve`, which is not built yet: until then
+//! they stop with it and come back when it starts.)
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::config_file;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where unit files go.
+    #[arg(long, default_value = "/etc/systemd/system")]
+    unit_dir: PathBuf,
+    /// The unit's name (NAME.service).
+    #[arg(long, default_value = "tenement")]
+    name: String,
+    /// Arguments for `ten serve` (after `--`): `ten install -- --port 80 --domain example.com`.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
+}
+
+#[derive(clap::Args)]
+pub struct UninstallArgs {
+    #[arg(long, default_value = "/etc/systemd/system")]
+    unit_dir: PathBuf,
+    #[arg(long, default_value = "tenement")]
+    name: String,
+}
+
+/// The unit's text for `ten` at `exe` serving `config`.
+pub fn unit(exe: &Path, config: &Path, serve_args: &[String]) -> String {
+    let args: String = serve_args
+        .iter()
+        .map(|a| format!(" {}", quote(a)))
+        .collect();
+    format!(
+        "# Written by `ten install`; `ten uninstall` removes it.
+[Unit]
+Description=tenement: per-tenant services from {config}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={exe} serve --config {config}{args}
+ExecReload=/bin/kill -HUP $MAINPID
+# SIGTERM to ten serve alone: it stops accepting, lets requests finish, then stops every
+# instance in order. Whatever is left after TimeoutStopSec is killed.
+KillMode=mixed
+TimeoutStopSec=90
+WatchdogSec=30
+Restart=on-failure
+RestartSec=2
+# Instances' cgroups go below the service's own.
+Delegate=yes
+LimitNOFILE=1048576
+TasksMax=infinity
+
+[Install]
+WantedBy=multi-user.target
+",
+        exe = quote(&exe.display().to_string()),
+        config = quote(&config.display().to_string()),
+    )
+}
+
+/// A word for a unit's command line, quoted when it has spaces or quotes (systemd.syntax(7)).
+fn quote(s: &str) -> String {
+    if s.contains([' ', '"', '\'', '\\']) {
+        format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+pub fn install(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    let config = std::fs::canonicalize(config_file::find(explicit)?)?;
+    // Validated now, not at the first boot.
+    config_file::load(Some(&config), None)?;
+    let exe = std::env::current_exe().context("cannot find the ten executable")?;
+    let path = args.unit_dir.join(format!("{}.service", args.name));
+    std::fs::create_dir_all(&args.unit_dir)
+        .with_context(|| format!("cannot create {}", args.unit_dir.display()))?;
+    std::fs::write(&path, unit(&exe, &config, &args.serve_args))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    println!(
+        "next: systemctl daemon-reload && systemctl enable --now {}",
+        args.name
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
+    let path = args.unit_dir.join(format!("{}.service", args.name));
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("no unit at {}", path.display()))?;
+    anyhow::ensure!(
+        text.starts_with("# Written by `ten install`"),
+        "{} was not written by `ten install`; left alone",
+        path.display()
+    );
+    std::fs::remove_file(&path)?;
+    println!("removed {}", path.display());
+    println!(
+        "next: systemctl disable --now {} && systemctl daemon-reload",
+        args.name
+    );
+    Ok(ExitCode::SUCCESS)
+}
