@@ -137,6 +137,8 @@ struct Actor {
     life: Lifecycle,
     workload: Option<Box<dyn Workload>>,
     probe: Option<Probe>,
+    /// Kept-alive connection for periodic health checks.
+    prober: Arc<tokio::sync::Mutex<probe::Prober>>,
     startup_deadline: Option<Instant>,
     kill_deadline: Option<Instant>,
     next_health: Option<Instant>,
@@ -217,6 +219,7 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         life: Lifecycle::new(),
         workload: None,
         probe: None,
+        prober: Arc::default(),
         startup_deadline: None,
         kill_deadline: None,
         next_health: None,
@@ -325,6 +328,10 @@ impl Actor {
 
     fn spawn(&mut self) -> Result<(), ExitReason> {
         self.held_port = None; // the app's, from now on
+        // A new run answers on new connections only.
+        if let Ok(mut prober) = self.prober.try_lock() {
+            prober.forget();
+        }
         let cgroup = self.make_cgroup().map_err(ExitReason::SpawnFailed)?;
         self.setup.spec.cgroups = cgroup.as_ref().map(|c| c.dirs()).unwrap_or_default();
         let started = self.start_process();
@@ -443,10 +450,14 @@ impl Actor {
                 self.apply(Input::Ready);
             }
             (Phase::Running, Ok(())) => {
+                // Nothing to tell anyone when it was healthy already (the usual case).
+                let changed = self.health != Health::Healthy;
                 self.health = Health::Healthy;
                 self.health_failures = 0;
                 self.next_health = Some(Instant::now() + interval);
-                self.publish();
+                if changed {
+                    self.publish();
+                }
             }
             // The server's own shortage (file descriptors, memory): says nothing about the
             // instance, so it is not held against it.
@@ -533,8 +544,12 @@ impl Actor {
                 self.setup.endpoint.clone(),
                 self.setup.service.health.clone(),
             );
+            let prober = self.prober.clone();
             self.probe = Some(Box::pin(async move {
-                probe::check(&endpoint, health.as_deref(), Duration::from_secs(5)).await
+                let mut prober = prober.lock().await;
+                prober
+                    .check(&endpoint, health.as_deref(), Duration::from_secs(5))
+                    .await
             }));
         }
     }

@@ -237,6 +237,122 @@ pub async fn http_get(
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
+/// The periodic health check of one instance, on a kept-alive connection: a check costs one
+/// request on it, not a connect, a peer check, an HTTP handshake and a task each time (that
+/// was most of ten serve's CPU with a thousand idle tenants). A connection the app closed, or
+/// one that fails its request, is replaced, and the check tried once more on the new one.
+#[derive(Default)]
+pub struct Prober {
+    conn: Option<(
+        hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    /// What was at the socket's path when the connection was made: if that changes (the app
+    /// replaced its socket, a symlink went in), the path is checked anew with a new connection.
+    at_path: Option<(u64, u64)>,
+}
+
+/// Device and inode of what is at `endpoint`'s path (not following a symlink).
+fn path_id(endpoint: &Endpoint) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    match endpoint {
+        Endpoint::Unix(path, _) => std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino())),
+        Endpoint::Tcp(_) => None,
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.forget();
+    }
+}
+
+impl Prober {
+    /// Drops the kept connection (a new run of the instance will not answer on it).
+    pub fn forget(&mut self) {
+        if let Some((_, task)) = self.conn.take() {
+            task.abort();
+        }
+    }
+
+    /// `GET health` within `timeout` (a connect without a health path).
+    pub async fn check(
+        &mut self,
+        endpoint: &Endpoint,
+        health: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), ProbeError> {
+        let Some(path) = health else {
+            return check(endpoint, None, timeout).await;
+        };
+        tokio::time::timeout(timeout, async {
+            let reused = self.conn.is_some();
+            match self.get(endpoint, path).await {
+                Err(e) if reused && !matches!(e, ProbeError::Status(_)) => {
+                    self.forget();
+                    self.get(endpoint, path).await
+                }
+                answered => answered,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            self.forget();
+            Err(ProbeError::Timeout(timeout))
+        })
+    }
+
+    async fn get(&mut self, endpoint: &Endpoint, path: &str) -> Result<(), ProbeError> {
+        if self.conn.is_some() && path_id(endpoint) != self.at_path {
+            self.forget();
+        }
+        if let Some((sender, _)) = &mut self.conn
+            && sender.ready().await.is_err()
+        {
+            self.forget();
+        }
+        if self.conn.is_none() {
+            self.at_path = path_id(endpoint);
+            let stream = endpoint.connect().await.map_err(ProbeError::Connect)?;
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            self.conn = Some((sender, task));
+        }
+        let (sender, _) = self.conn.as_mut().expect("connected above");
+        let req = hyper::Request::get(path)
+            .header(hyper::header::HOST, "localhost")
+            .header(hyper::header::USER_AGENT, "tenement-health")
+            .body(Empty::<Bytes>::new())
+            .expect("a static request is valid");
+        let res = match sender.send_request(req).await {
+            Ok(res) => res,
+            Err(e) => {
+                self.forget();
+                return Err(e.into());
+            }
+        };
+        let status = res.status();
+        // Read to the end, so the connection is ready for the next check.
+        if Limited::new(res.into_body(), HEALTH_BODY_MAX)
+            .collect()
+            .await
+            .is_err()
+        {
+            self.forget();
+        }
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(ProbeError::Status(status.as_u16()))
+        }
+    }
+}
+
 /// The periodic check: the health path if there is one, else a connect.
 pub async fn check(
     endpoint: &Endpoint,
