@@ -100,61 +100,59 @@ pub fn handle(path: &str, query: &str) -> Option<(u16, Vec<u8>)> {
 /// Binds `ip`:`port` with SO_REUSEPORT (joining whoever listens there, if the kernel lets it)
 /// and answers "stolen" to every connection it gets.
 fn reuseport(ip: std::net::Ipv4Addr, port: u16) -> std::io::Result<String> {
-    // SAFETY: plain socket calls on a descriptor this function owns; `addr` outlives `bind`.
-    let fd = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let one: libc::c_int = 1;
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let opt = &one as *const libc::c_int as *const libc::c_void;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, opt, len);
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, opt, len);
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        addr.sin_port = port.to_be();
-        addr.sin_addr.s_addr = u32::from(ip).to_be();
-        let sa = &addr as *const libc::sockaddr_in as *const libc::sockaddr;
-        let salen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        if libc::bind(fd, sa, salen) != 0 || libc::listen(fd, 128) != 0 {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            return Err(e);
-        }
-        fd
-    };
-    // SAFETY: `fd` is a listening socket this function created and hands over.
-    let listener = unsafe { <std::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nstolen",
-            );
-        }
-    });
-    Ok(format!("joined port {port}"))
+    let reuse = [
+        (libc::SOL_SOCKET, libc::SO_REUSEPORT),
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    ];
+    listen_stolen(ip.into(), port, &reuse).map(|()| format!("joined port {port}"))
 }
 
 /// Listens on [::]:`port` with IPV6_V6ONLY (beside an IPv4 listener on the same port) and
 /// answers "stolen" to every connection it gets.
 fn bind6(port: u16) -> std::io::Result<String> {
-    // SAFETY: plain socket calls on a descriptor this function owns; `addr` outlives `bind`.
+    let v6only = [(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)];
+    listen_stolen(std::net::Ipv6Addr::UNSPECIFIED.into(), port, &v6only)
+        .map(|()| format!("listening on [::]:{port}"))
+}
+
+/// A TCP listener on `ip`:`port` with `options` (level, name) set to 1, which std cannot
+/// set before `bind`; a thread answers "stolen" to every connection.
+fn listen_stolen(
+    ip: std::net::IpAddr,
+    port: u16,
+    options: &[(libc::c_int, libc::c_int)],
+) -> std::io::Result<()> {
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` outlives `bind`
+    // and is a zeroed sockaddr_storage filled as the family's own address structure.
     let fd = unsafe {
-        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let (family, len) = match ip {
+            std::net::IpAddr::V4(v4) => {
+                let a = &mut *(&mut addr as *mut _ as *mut libc::sockaddr_in);
+                a.sin_family = libc::AF_INET as libc::sa_family_t;
+                a.sin_port = port.to_be();
+                a.sin_addr.s_addr = u32::from(v4).to_be();
+                (libc::AF_INET, std::mem::size_of::<libc::sockaddr_in>())
+            }
+            std::net::IpAddr::V6(v6) => {
+                let a = &mut *(&mut addr as *mut _ as *mut libc::sockaddr_in6);
+                a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                a.sin6_port = port.to_be();
+                a.sin6_addr.s6_addr = v6.octets();
+                (libc::AF_INET6, std::mem::size_of::<libc::sockaddr_in6>())
+            }
+        };
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let one: libc::c_int = 1;
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        let opt = &one as *const libc::c_int as *const libc::c_void;
-        libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, opt, len);
-        let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
-        addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        addr.sin6_port = port.to_be();
-        let sa = &addr as *const libc::sockaddr_in6 as *const libc::sockaddr;
-        let salen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        if libc::bind(fd, sa, salen) != 0 || libc::listen(fd, 128) != 0 {
+        let optlen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        for (level, name) in options {
+            libc::setsockopt(fd, *level, *name, &one as *const _ as *const _, optlen);
+        }
+        let sa = &addr as *const _ as *const libc::sockaddr;
+        if libc::bind(fd, sa, len as libc::socklen_t) != 0 || libc::listen(fd, 128) != 0 {
             let e = std::io::Error::last_os_error();
             libc::close(fd);
             return Err(e);
@@ -170,5 +168,5 @@ fn bind6(port: u16) -> std::io::Result<String> {
             );
         }
     });
-    Ok(format!("listening on [::]:{port}"))
+    Ok(())
 }
