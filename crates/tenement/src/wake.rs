@@ -42,24 +42,29 @@ impl Supervisor {
         // An instance a reload is replacing: its successor is waited for, as a wake is.
         let until = tokio::time::Instant::now() + REPLACE_WAIT;
         loop {
+            if self.replacing(key) {
+                if tokio::time::Instant::now() >= until {
+                    return Err(Error::NotReady {
+                        key: key.clone(),
+                        state: "stopping",
+                        reason: "being replaced by a reload".into(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
             let handle = match self.handle(key) {
                 Ok(h) => h,
-                Err(Error::NotFound(_)) if self.replacing(key) => {
-                    if tokio::time::Instant::now() >= until {
-                        return Err(Error::NotFound(key.clone()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
                 Err(Error::NotFound(_)) => self.spawn_on_request(key).await?,
                 Err(e) => return Err(e),
             };
-            // Counted as activity from now on, so it cannot fall asleep under us.
+            // Counted as activity from now on, so it cannot fall asleep under us (nor be
+            // replaced: a reload waits for what is in flight).
             let guard = handle.activity.begin();
-            match self.lease_with(key, handle, guard).await {
-                Err(_) if self.replacing(key) && tokio::time::Instant::now() < until => continue,
-                leased => return leased,
+            if self.replacing(key) {
+                continue; // it began meanwhile: this request waits for the successor
             }
+            return self.lease_with(key, handle, guard).await;
         }
     }
 
@@ -107,7 +112,12 @@ impl Supervisor {
             let mut candidates: Vec<(&InstanceKey, u32, u8)> = registry
                 .iter()
                 .filter(|(k, _)| k.service == *service)
-                .filter_map(|(k, h)| Some((k, h.activity.weight() as u32, tier(h)?)))
+                // One a reload is replacing takes no new request while another can; alone,
+                // it is chosen, and the request waits for its successor.
+                .filter_map(|(k, h)| {
+                    let replacing = 3 * self.replacing(k) as u8;
+                    Some((k, h.activity.weight() as u32, tier(h)? + replacing))
+                })
                 .filter(|(_, w, _)| *w > 0)
                 .collect();
             let best = candidates.iter().map(|c| c.2).min().unwrap_or(0);
@@ -133,11 +143,11 @@ impl Supervisor {
             let guard = handle.activity.begin();
             (chosen.clone(), handle, guard)
         };
-        match self.lease_with(&key.0, key.1, key.2).await {
-            // The only one, and a reload is replacing it: wait for its successor.
-            Err(_) if self.replacing(&key.0) => self.lease(&key.0).await,
-            leased => leased,
+        if self.replacing(&key.0) {
+            drop(key.2);
+            return self.lease(&key.0).await;
         }
+        self.lease_with(&key.0, key.1, key.2).await
     }
 
     async fn spawn_on_request(&self, key: &InstanceKey) -> Result<InstanceHandle, Error> {

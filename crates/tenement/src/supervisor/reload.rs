@@ -116,6 +116,12 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone());
+        // New requests wait for the successor from now on; those in flight finish first.
+        let drain = std::time::Duration::from_secs(self.config().settings.upstream_timeout);
+        let until = std::time::Instant::now() + drain;
+        while handle.activity.in_flight() > 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         stop_and_wait(handle).await;
         let created = self.create(key, weight, false).await;
         self.inner
