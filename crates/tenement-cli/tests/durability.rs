@@ -290,6 +290,12 @@ fn a_damaged_state_store_is_refused_and_restored_from_its_backup() {
     b.start_with(&["--restore-state"], &[]);
     let keys: Vec<String> = all_running(&b, 2).into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["web:auto", "web:kept"]);
+    // On a sound store the flag changes nothing (left in a unit, it must not roll back).
+    b.ten_ok(&["spawn", "web:newer"]);
+    b.terminate();
+    b.start_with(&["--restore-state"], &[]);
+    assert_eq!(all_running(&b, 3).len(), 3);
+    assert!(b.serve_log().contains("is sound; kept"));
 }
 
 #[test]

@@ -218,10 +218,11 @@ fn a_damaged_log_store_is_set_aside_and_the_server_starts() {
     b.start();
     b.ten_ok(&["spawn", "web:a"]);
     b.terminate();
-    // A scrambled header: the file is no longer a database.
+    // Scrambled pages in the middle (a scrambled header is caught the same way).
     let path = b.data_dir().join("logs.db");
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[..100].fill(0x5a);
+    let n = bytes.len();
+    bytes[n / 2..].iter_mut().for_each(|x| *x ^= 0x5a);
     std::fs::write(&path, bytes).unwrap();
     let _ = std::fs::remove_file(b.data_dir().join("logs.db-wal"));
     b.start();

@@ -55,6 +55,9 @@ fn install_writes_a_unit_systemd_analyze_verifies_and_uninstall_removes_it() {
         }
         Err(e) => eprintln!("SKIPPED (verify): systemd-analyze is not installed: {e}"),
     }
+    let bad = b.ten(&["install", "--unit-dir", &units_arg, "--name", "bad name;x"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a unit name"));
     b.ten_ok(&["uninstall", "--unit-dir", &units_arg]);
     assert!(!unit.exists());
     // A unit it did not write is left alone.

@@ -39,3 +39,11 @@ pub enum Error {
     #[error("the server is shutting down")]
     ShuttingDown,
 }
+
+impl Error {
+    /// A state store write that failed for lack of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Error::Store { source, .. }
+            if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
+    }
+}

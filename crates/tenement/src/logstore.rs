@@ -150,6 +150,25 @@ pub struct LogStore {
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
+/// Largest log store checked page by page at start (`PRAGMA quick_check` reads all of it).
+const CHECK_AT_START_MAX: u64 = 256 << 20;
+
+/// What `PRAGMA quick_check` finds wrong with the database at `path`, if it is small enough to
+/// check at start ([`CHECK_AT_START_MAX`]) and not sound. A bigger one is found out by its
+/// first failed write (logged as an error).
+fn damaged_pages(path: &Path) -> Option<String> {
+    let size = std::fs::metadata(path).ok()?.len();
+    if size > CHECK_AT_START_MAX {
+        return None;
+    }
+    let conn = Connection::open(path).ok()?;
+    match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+        Ok(ok) if ok == "ok" => None,
+        Ok(problem) => Some(problem),
+        Err(e) => damaged(&e).then(|| e.to_string()),
+    }
+}
+
 /// Whether an SQLite error says the file is not a (sound) database.
 pub(crate) fn damaged(e: &rusqlite::Error) -> bool {
     matches!(
@@ -182,28 +201,30 @@ impl LogStore {
         path: &Path,
         retention: Retention,
     ) -> Result<(LogStore, Option<String>), Error> {
-        match Self::open(path, retention) {
-            Ok(store) => Ok((store, None)),
-            Err(Error::LogStore { source, .. }) if damaged(&source) => {
-                let secs = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let aside = path.with_extension(format!("db.corrupt-{secs}"));
-                for suffix in ["", "-wal", "-shm"] {
-                    let from = format!("{}{suffix}", path.display());
-                    let _ = std::fs::rename(&from, format!("{}{suffix}", aside.display()));
-                }
-                let store = Self::open(path, retention)?;
-                let why = format!(
-                    "log store {} is damaged ({source}): set aside as {}; a new log store begins (earlier lines are in the file set aside)",
-                    path.display(),
-                    aside.display()
-                );
-                Ok((store, Some(why)))
-            }
-            Err(e) => Err(e),
+        let why = match damaged_pages(path) {
+            Some(why) => why,
+            None => match Self::open(path, retention) {
+                Ok(store) => return Ok((store, None)),
+                Err(Error::LogStore { source, .. }) if damaged(&source) => source.to_string(),
+                Err(e) => return Err(e),
+            },
+        };
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let aside = path.with_extension(format!("db.corrupt-{secs}"));
+        for suffix in ["", "-wal", "-shm"] {
+            let from = format!("{}{suffix}", path.display());
+            let _ = std::fs::rename(&from, format!("{}{suffix}", aside.display()));
         }
+        let store = Self::open(path, retention)?;
+        let why = format!(
+            "log store {} is damaged ({why}): set aside as {}; a new log store begins (earlier lines are in the file set aside)",
+            path.display(),
+            aside.display()
+        );
+        Ok((store, Some(why)))
     }
 
     pub fn open(path: &Path, retention: Retention) -> Result<LogStore, Error> {
@@ -436,6 +457,9 @@ fn write_loop(mut conn: Connection, shared: Arc<Shared>, retention: Retention) {
                     shared
                         .written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) if damaged(&e) => {
+                    tracing::error!(error = %e, lines = batch.len(), "the log store is damaged: lines are lost; restart ten serve to set it aside and begin a new one")
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, lines = batch.len(), "could not write log lines")

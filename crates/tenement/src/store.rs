@@ -58,6 +58,12 @@ impl Store {
         Ok(store)
     }
 
+    /// Takes the disk reserve back if it was given away and there is room again (called
+    /// every few seconds: between a full disk and the next write there may be none).
+    pub fn keep_reserve(&self) {
+        self.reserve.take();
+    }
+
     /// Writes a consistent copy of the store to its backup file ([`backup_path`]), atomically
     /// (a new file renamed over the old one).
     pub fn back_up(&self) -> Result<(), Error> {

@@ -495,24 +495,39 @@ impl Supervisor {
             Ok(h) => h,
             Err(e) => return self.forget_record(key).await?.then_some(()).ok_or(e),
         };
-        let (store, k) = (self.inner.store.clone(), key.clone());
         // An `[instances]` entry stays down across restarts too, until spawned again.
         let listed = self.config().instances.contains(key);
-        tokio::task::spawn_blocking(move || {
-            if listed {
-                store.keep_down(&k)
-            } else {
-                store.remove(&k)
-            }
-        })
-        .await
-        .expect("store task")?;
+        let record = || {
+            let (store, k) = (self.inner.store.clone(), key.clone());
+            tokio::task::spawn_blocking(move || match listed {
+                true => store.keep_down(&k),
+                false => store.remove(&k),
+            })
+        };
+        let recorded = record().await.expect("store task");
         self.inner
             .forgetting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone());
-        stop_and_wait(handle).await;
+        match recorded {
+            Ok(()) => stop_and_wait(handle).await,
+            // The disk is full (the tenant being stopped may be what filled it): stop it
+            // first, which frees its data, then record that it is gone.
+            Err(e) if e.is_disk_full() => {
+                warn!(instance = %key, "data_dir's disk is full: stopping first, then recording the stop");
+                stop_and_wait(handle).await;
+                record().await.expect("store task")?;
+            }
+            Err(e) => {
+                self.inner
+                    .forgetting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(key);
+                return Err(e);
+            }
+        }
         info!(instance = %key, "stopped by user");
         Ok(())
     }

@@ -83,7 +83,22 @@ fn quote(s: &str) -> String {
     }
 }
 
+/// A unit name systemd accepts (systemd.unit(5)): letters, digits and `:-_.\@`.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
+    anyhow::ensure!(
+        ok,
+        "{name:?} is not a unit name (letters, digits and :-_.\\@ only)"
+    );
+    Ok(())
+}
+
 pub fn install(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
+    check_name(&args.name)?;
     let config = std::fs::canonicalize(config_file::find(explicit)?)?;
     // Validated now, not at the first boot.
     config_file::load(Some(&config), None)?;
@@ -102,6 +117,7 @@ pub fn install(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> 
 }
 
 pub fn uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
+    check_name(&args.name)?;
     let path = args.unit_dir.join(format!("{}.service", args.name));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("no unit at {}", path.display()))?;

@@ -60,6 +60,9 @@ pub async fn run(
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // SIGHUP (also what a closed terminal sends) must not end the server and its tenants,
+    // not even while it starts: handled (reload) from here on.
+    let mut hup = signal(SignalKind::hangup())?;
     let mut config = config_file::load(config.as_deref(), data_dir)?;
     let tls = &mut config.settings.tls;
     tls.enabled |= args.tls;
@@ -82,10 +85,20 @@ pub async fn run(
     raise_fd_limit();
 
     let state = data_dir.join("tenement.db");
+    // Only a damaged store is replaced: a sound one is newer than its backup (a flag left in
+    // a unit file must not roll the state back at every start).
     if args.restore_state {
-        let aside = tenement::restore_backup(&state)
-            .with_context(|| format!("cannot restore {}", state.display()))?;
-        warn!(damaged = %aside.display(), "state store restored from its last good copy");
+        match Store::open_checked(&state) {
+            Ok(_) => warn!(
+                "--restore-state: {} is sound; kept (its backup is older)",
+                state.display()
+            ),
+            Err(_) => {
+                let aside = tenement::restore_backup(&state)
+                    .with_context(|| format!("cannot restore {}", state.display()))?;
+                warn!(damaged = %aside.display(), "state store restored from its last good copy");
+            }
+        }
     }
     let store = match Store::open_checked(&state) {
         Ok(store) => store,
@@ -180,8 +193,6 @@ pub async fn run(
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    // SIGHUP (also what a closed terminal sends) must not end the server and its tenants.
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: stopping every instance"),
@@ -233,8 +244,16 @@ pub async fn run(
 
 /// Keeps `tenement.db.bak`, the last good copy of the state store: written now (the store
 /// was just found sound) and every [`BACKUP_EVERY`]. A failure (disk full) is a warning; the
-/// copy before it stays.
+/// copy before it stays. Also takes the store's disk reserve back as soon as there is room.
 fn back_up_now_and_then(store: Store) {
+    let s = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let s = s.clone();
+            let _ = tokio::task::spawn_blocking(move || s.keep_reserve()).await;
+        }
+    });
     tokio::spawn(async move {
         loop {
             let s = store.clone();

@@ -82,15 +82,27 @@ impl Supervisor {
                 Err(e) => report.failed.push(format!("{key}: {e}")),
             }
         }
+        // One at a time; a service whose first replacement fails keeps its other instances
+        // (on the old definition) serving: the rollout of that service stops there.
+        let mut halted: Vec<&tenement_core::ServiceName> = Vec::new();
         for key in keys.iter().filter(|k| {
             report
                 .services_changed
                 .iter()
                 .any(|s| s == k.service.as_str())
         }) {
+            if halted.contains(&&key.service) {
+                report.failed.push(format!(
+                    "{key}: not replaced (a replacement of its service failed; it keeps running the previous definition)"
+                ));
+                continue;
+            }
             match self.replace(key).await {
                 Ok(()) => report.replaced.push(key.to_string()),
-                Err(e) => report.failed.push(format!("{key}: {e}")),
+                Err(e) => {
+                    report.failed.push(format!("{key}: {e}"));
+                    halted.push(&key.service);
+                }
             }
         }
         for key in new.instances.iter().filter(|k| !old.instances.contains(k)) {
