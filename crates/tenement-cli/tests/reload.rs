@@ -124,3 +124,40 @@ fn sighup_reloads() {
         b.ten(&["spawn", "later:x"]).status.success().then_some(())
     });
 }
+
+#[test]
+fn a_failed_replacement_halts_its_services_rollout() {
+    let web = |extra: &str| {
+        format!(
+            "[service.web]\ncommand = \"{{fixture}}{extra}\"\nisolation = \"process\"\nhealth = \"/health\"\nstartup_timeout = 2\nrestart = \"never\"\n\n[instances]\nweb = [\"a\", \"b\"]\n"
+        )
+    };
+    let mut b = Building::new(TEN, &web(""));
+    b.start();
+    for key in ["web:a", "web:b"] {
+        b.wait_instance(key, "running", |i| i["state"] == "running");
+    }
+    let pids: Vec<_> = ["web:a", "web:b"]
+        .iter()
+        .map(|k| b.instance(k).unwrap()["pid"].clone())
+        .collect();
+    // The new definition never becomes ready.
+    b.write_config(&web(" --hang"));
+    let out = b.ten(&["reload"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("not replaced"), "{said}");
+    // One of the two was tried and failed; the other still runs the old definition.
+    let still: Vec<_> = ["web:a", "web:b"]
+        .iter()
+        .zip(&pids)
+        .filter(|(k, pid)| {
+            let i = b.instance(k).unwrap();
+            i["pid"] == **pid && i["state"] == "running"
+        })
+        .collect();
+    assert_eq!(still.len(), 1, "{said}");
+    let mut r = get(&b.http_addr(), "web.tenement.test", "/").unwrap();
+    let status = r.status;
+    assert_eq!(status, 200, "{}", r.text().unwrap());
+}
