@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import tenbench
-from tenbench import FIXTURE, api
+from tenbench import FIXTURE, api, wait_running
 
 
 def config(tmp, n, version):
@@ -46,16 +46,7 @@ def main():
     ctl = f"{tmp}/data/ten.sock"
     total = a.instances + 1
     try:
-        for _ in range(6000):
-            try:
-                ps = api(ctl, "GET", "/api/instances")
-                if sum(1 for i in ps if i["state"] == "running") == total:
-                    break
-            except (OSError, RuntimeError):
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("instances did not all start")
+        ps = wait_running(ctl, total)
         before = {i["instance"]: i["pid"] for i in ps}
         with open(f"{tmp}/tenement.toml", "w") as f:
             f.write(config(tmp, a.instances, "2"))

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 import tenbench
-from tenbench import FIXTURE, api
+from tenbench import FIXTURE, api, wait_running
 
 
 def cpu_seconds(pid):
@@ -48,16 +48,7 @@ def main():
         stdout=log, stderr=log, env={**os.environ, "TENEMENT_LOG": "warn"})
     ctl = f"{tmp}/data/ten.sock"
     try:
-        for _ in range(6000):
-            try:
-                ps = api(ctl, "GET", "/api/instances")
-                if sum(1 for i in ps if i["state"] == "running") == a.instances:
-                    break
-            except (OSError, RuntimeError):
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("instances did not all start")
+        wait_running(ctl, a.instances)
         time.sleep(2 * a.interval + 1)  # past the start-up burst
         c0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(a.seconds)

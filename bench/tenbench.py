@@ -41,6 +41,21 @@ def api(ctl, method, path, body=None):
     return json.loads(data) if data else None
 
 
+def wait_running(ctl, n, seconds=600):
+    """Waits until `n` instances are running on the server at control socket `ctl` (it may
+    still be starting); returns the instance list."""
+    import time
+    for _ in range(int(seconds * 10)):
+        try:
+            ps = api(ctl, "GET", "/api/instances")
+            if sum(1 for i in ps if i["state"] == "running") == n:
+                return ps
+        except (OSError, RuntimeError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{n} instances did not all start")
+
+
 class Server:
     """A real `ten serve` (release build) on a temp data dir, for `with` blocks.
 

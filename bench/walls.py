@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 
-from tenbench import FIXTURE, TEN, Server, api
+from tenbench import FIXTURE, TEN, Server, api, wait_running
 
 APP = f'command = "{FIXTURE}"\nsocket = "{{data_dir}}/{{id}}/app.sock"\n'
 
@@ -131,13 +131,7 @@ def health(ten, n):
     config = f"[service.web]\n{APP}isolation = \"process\"\n\n[instances]\nweb = [\n{instances}\n]\n"
     with serve(ten, config) as s:
         addr = http_addr(s)
-        for _ in range(6000):
-            ps = api(s.ctl, "GET", "/api/instances")
-            if sum(1 for i in ps if i["state"] == "running") == n:
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("instances did not all start")
+        wait_running(s.ctl, n)
         out = {}
         for path in ["/health", "/metrics"]:
             get(addr, path)  # the first /metrics reads the figures, later ones use them

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 mod cgroup;
+mod health;
 
 use crate::activity::Activity;
 use crate::logs::{self, Sink, Stream, Tail};
@@ -437,47 +438,6 @@ impl Actor {
             Err(e) => {
                 warn!(instance = %self.key, port = self.setup.port, error = %e, "cannot hold the port while asleep")
             }
-        }
-    }
-
-    fn on_probe(&mut self, result: Result<(), probe::ProbeError>) {
-        let interval = self.setup.settings.health_check_interval();
-        match (self.life.phase, result) {
-            (Phase::Starting, Ok(())) => {
-                self.activity.touch();
-                self.health = Health::Healthy;
-                self.next_health = Some(Instant::now() + interval);
-                self.apply(Input::Ready);
-            }
-            (Phase::Running, Ok(())) => {
-                // Nothing to tell anyone when it was healthy already (the usual case).
-                let changed = self.health != Health::Healthy;
-                self.health = Health::Healthy;
-                self.health_failures = 0;
-                self.next_health = Some(Instant::now() + interval);
-                if changed {
-                    self.publish();
-                }
-            }
-            // The server's own shortage (file descriptors, memory): says nothing about the
-            // instance, so it is not held against it.
-            (Phase::Running, Err(e)) if e.is_ours() => {
-                warn!(instance = %self.key, error = %e, "health check not run: the server is out of resources; not counted");
-                self.next_health = Some(Instant::now() + interval);
-            }
-            (Phase::Running, Err(e)) => {
-                self.health = Health::Unhealthy;
-                self.health_failures += 1;
-                self.status.send_modify(|s| s.health_check_failures += 1);
-                warn!(instance = %self.key, failures = self.health_failures, error = %e, "health check failed");
-                self.next_health = Some(Instant::now() + interval);
-                if self.health_failures >= HEALTH_FAILURES {
-                    self.apply(Input::Unhealthy);
-                } else {
-                    self.publish();
-                }
-            }
-            _ => {}
         }
     }
 

@@ -15,7 +15,7 @@ use tenement_runtime::{Runtimes, Spec, argv_for};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::LogStore;
 use crate::instance::{self, InstanceHandle, InstanceStatus, Setup};
@@ -28,6 +28,10 @@ use tenement_core::config::socket as socket_template;
 
 mod reload;
 mod restore;
+mod status;
+mod stop;
+
+use stop::remove_instance_dir;
 
 pub use reload::ReloadReport;
 
@@ -488,73 +492,6 @@ impl Supervisor {
             .release(port);
     }
 
-    /// Stops `key` for good: SIGTERM, grace period, SIGKILL; forgets it. A recorded instance
-    /// that is not running (its service left the configuration) is forgotten all the same.
-    pub async fn stop(&self, key: &InstanceKey) -> Result<(), Error> {
-        let handle = match self.handle(key) {
-            Ok(h) => h,
-            Err(e) => return self.forget_record(key).await?.then_some(()).ok_or(e),
-        };
-        // An `[instances]` entry stays down across restarts too, until spawned again.
-        let listed = self.config().instances.contains(key);
-        let record = || {
-            let (store, k) = (self.inner.store.clone(), key.clone());
-            tokio::task::spawn_blocking(move || match listed {
-                true => store.keep_down(&k),
-                false => store.remove(&k),
-            })
-        };
-        let recorded = record().await.expect("store task");
-        self.inner
-            .forgetting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone());
-        match recorded {
-            Ok(()) => stop_and_wait(handle).await,
-            // The disk is full (the tenant being stopped may be what filled it): stop it
-            // first, which frees its data, then record that it is gone.
-            Err(e) if e.is_disk_full() => {
-                warn!(instance = %key, "data_dir's disk is full: stopping first, then recording the stop");
-                stop_and_wait(handle).await;
-                record().await.expect("store task")?;
-            }
-            Err(e) => {
-                self.inner
-                    .forgetting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(key);
-                return Err(e);
-            }
-        }
-        info!(instance = %key, "stopped by user");
-        Ok(())
-    }
-
-    /// Removes the record (and data) of an instance that is recorded but not registered;
-    /// whether there was one.
-    async fn forget_record(&self, key: &InstanceKey) -> Result<bool, Error> {
-        let (store, k) = (self.inner.store.clone(), key.clone());
-        let existed = tokio::task::spawn_blocking(move || {
-            let existed = store.contains(&k)?;
-            if existed {
-                store.remove(&k)?;
-                store.remove_uid(&k)?;
-            }
-            Ok::<_, Error>(existed)
-        })
-        .await
-        .expect("store task")?;
-        if existed {
-            let data_dir = self.config().settings.data_dir.clone();
-            remove_instance_dir(&data_dir, key, &instance_dir(&data_dir, key));
-            self.inner.users.release(key);
-            info!(instance = %key, "forgot the record of an instance that was not running");
-        }
-        Ok(existed)
-    }
-
     /// Restarts `key` (also un-fails a failed instance) and waits until it is ready.
     pub async fn restart(&self, key: &InstanceKey) -> Result<InstanceStatus, Error> {
         let handle = self.handle(key)?;
@@ -572,55 +509,6 @@ impl Supervisor {
         )
         .await;
         wait_settled(key, handle).await
-    }
-
-    pub fn get(&self, key: &InstanceKey) -> Result<InstanceStatus, Error> {
-        Ok(status_of(&self.handle(key)?))
-    }
-
-    /// Every instance with usage figures read now (from its cgroup and quota filesystem:
-    /// a few file reads each, made after the registry's lock is released).
-    pub fn list(&self) -> Vec<InstanceStatus> {
-        let mut all: Vec<InstanceStatus> = self.handles().iter().map(status_of).collect();
-        all.sort_by(|a, b| a.instance.cmp(&b.instance));
-        all
-    }
-
-    /// Every instance with the usage figures last read, without reading anything: for
-    /// `/metrics`, which anyone may be allowed to ask for. When the figures are older than
-    /// [`USAGE_MAX_AGE`], one refresh is started in the background for the next caller.
-    pub fn list_cached(&self) -> Vec<InstanceStatus> {
-        let handles = self.handles();
-        let stale = handles.iter().any(|h| {
-            let at = h.usage.lock().unwrap_or_else(|p| p.into_inner()).at;
-            at.is_none_or(|t| t.elapsed() > USAGE_MAX_AGE)
-        });
-        let mut all: Vec<InstanceStatus> = handles.iter().map(cached_status).collect();
-        if stale
-            && !self
-                .inner
-                .sampling
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            let me = self.clone();
-            self.inner.runtime.spawn_blocking(move || {
-                me.handles().iter().for_each(|h| drop(status_of(h)));
-                me.inner
-                    .sampling
-                    .store(false, std::sync::atomic::Ordering::Release);
-            });
-        }
-        all.sort_by(|a, b| a.instance.cmp(&b.instance));
-        all
-    }
-
-    /// How many instances there are (no figure read: `/health` is public).
-    pub fn count(&self) -> usize {
-        self.registry().len()
-    }
-
-    fn handles(&self) -> Vec<InstanceHandle> {
-        self.registry().values().cloned().collect()
     }
 
     /// The newest `limit` captured lines of `key`, oldest first.
@@ -653,43 +541,6 @@ impl Supervisor {
         self.inner.tracker.wait().await;
     }
 }
-
-/// The status with usage figures read now (and remembered for [`cached_status`]).
-fn status_of(h: &InstanceHandle) -> InstanceStatus {
-    let s = h.status.borrow().clone();
-    let mut sample = instance::Sampled {
-        at: Some(std::time::Instant::now()),
-        ..Default::default()
-    };
-    if s.storage_quota_mb.is_some() {
-        sample.storage_used_bytes = storage::usage(&s.data_dir).map(|(used, _)| used);
-    }
-    let cgroup = h.cgroup.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(cg) = cgroup {
-        let usage = cg.usage();
-        (sample.memory_bytes, sample.cpu_usec) = (usage.memory_bytes, usage.cpu_usec);
-        sample.cgroups = cg.dirs();
-    }
-    *h.usage.lock().unwrap_or_else(|p| p.into_inner()) = sample;
-    cached_status(h)
-}
-
-/// The status with the usage figures last read.
-fn cached_status(h: &InstanceHandle) -> InstanceStatus {
-    let mut s = h.status.borrow().clone();
-    s.weight = h.activity.weight();
-    let sample = h.usage.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if s.pid.is_some() {
-        s.memory_bytes = sample.memory_bytes;
-        s.cpu_usec = sample.cpu_usec;
-        s.cgroups = sample.cgroups;
-    }
-    s.storage_used_bytes = sample.storage_used_bytes;
-    s
-}
-
-/// How old cached usage figures may be before `/metrics` has them read again.
-pub const USAGE_MAX_AGE: Duration = Duration::from_secs(5);
 
 pub(crate) async fn stop_and_wait(handle: InstanceHandle) {
     let mut status = handle.status.clone();
@@ -733,28 +584,4 @@ pub(crate) fn cgroup_name(key: &InstanceKey) -> String {
 /// `{data_dir}/{service}/{id}`: safe because both parts are validated DNS labels.
 pub fn instance_dir(data_dir: &Path, key: &InstanceKey) -> PathBuf {
     data_dir.join(key.service.as_str()).join(key.id.as_str())
-}
-
-/// Removes an instance's data directory, and nothing else: it must be exactly
-/// `{data_dir}/{service}/{id}` and a real directory, not a symlink planted by a tenant.
-fn remove_instance_dir(data_dir: &Path, key: &InstanceKey, dir: &Path) {
-    if dir != instance_dir(data_dir, key) {
-        warn!(instance = %key, dir = %dir.display(), "refusing to remove unexpected directory");
-        return;
-    }
-    match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_dir() => {
-            if let Err(e) = std::fs::remove_dir_all(dir) {
-                warn!(instance = %key, error = %e, "could not remove data directory");
-            }
-            // Remove the service directory too once it is empty; ignore "not empty".
-            if let Some(parent) = dir.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
-        }
-        Ok(_) => {
-            warn!(instance = %key, dir = %dir.display(), "data directory is not a directory; left alone")
-        }
-        Err(_) => {}
-    }
 }

@@ -339,6 +339,32 @@ impl Building {
         found
     }
 
+    /// A request through the front door to instance `key` (`id.service.DOMAIN`):
+    /// (status, body).
+    pub fn front(&self, key: &str, method: &str, path: &str) -> (u16, String) {
+        let (service, id) = key.split_once(':').expect("service:id");
+        let host = format!("{id}.{service}.{DOMAIN}");
+        let mut r = http::request(&self.http_addr(), &host, method, path, &[], None)
+            .expect("front door request");
+        let status = r.status;
+        (status, r.text().unwrap_or_default())
+    }
+
+    /// The uid instance `key` runs as, read by the fixture app from its own
+    /// `/proc/self/status`.
+    pub fn uid_of(&self, key: &str) -> u32 {
+        let (_, status) =
+            get_unix(&self.socket(key), "/read?path=/proc/self/status").expect("ask the fixture");
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .expect("Uid:");
+        line.split_whitespace()
+            .next()
+            .and_then(|u| u.parse().ok())
+            .expect("a uid")
+    }
+
     pub fn socket(&self, key: &str) -> PathBuf {
         PathBuf::from(
             self.instance(key).expect("instance exists")["socket"]
