@@ -51,8 +51,8 @@ fn all_running(b: &Building, n: usize) -> Vec<(String, String)> {
 }
 
 #[test]
-fn kill_9_leaves_no_tenant_and_restart_restores_everything() {
-    let mut b = Building::new(TEN, CONFIG);
+fn kill_9_without_adoption_leaves_no_tenant_and_restart_restores_everything() {
+    let mut b = Building::new(TEN, &test_support::no_adoption(CONFIG));
     b.start();
     b.ten_ok(&["spawn", "web:prod"]);
     b.ten_ok(&["spawn", "forky:a"]);

@@ -189,7 +189,7 @@ fn pids_max_stops_a_fork_bomb_and_tenement_stays_healthy() {
 
 #[test]
 fn stale_cgroups_are_cleaned_after_kill_9() {
-    let mut b = Building::new(TEN, CONFIG);
+    let mut b = Building::new(TEN, &test_support::no_adoption(CONFIG));
     b.start();
     b.ten_ok(&["spawn", "plain:a"]);
     b.ten_ok(&["spawn", "plain:b"]);

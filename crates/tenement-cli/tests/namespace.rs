@@ -130,7 +130,7 @@ fn stop_and_kill_9_leave_nothing_in_namespace_mode() {
     if !root() {
         return;
     }
-    let mut b = Building::new(TEN, CONFIG);
+    let mut b = Building::new(TEN, &test_support::no_adoption(CONFIG));
     b.start();
     b.ten_ok(&["spawn", "web:a"]);
     b.ten_ok(&["spawn", "web:b"]);

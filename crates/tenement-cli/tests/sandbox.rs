@@ -136,7 +136,7 @@ fn kill_9_of_the_server_leaves_no_sandbox_behind() {
     if !runsc_available() {
         return;
     }
-    let mut b = Building::new(TEN, CONFIG);
+    let mut b = Building::new(TEN, &test_support::no_adoption(CONFIG));
     b.start();
     b.ten_ok(&["spawn", "sb:a"]);
     assert!(!runsc_processes(&b).is_empty());

@@ -77,7 +77,7 @@ fn persisted_data_survives_stop_and_server_restart_ephemeral_does_not() {
         return;
     }
     let _one_at_a_time = serial();
-    let mut b = Building::new(TEN, CONFIG);
+    let mut b = Building::new(TEN, &test_support::no_adoption(CONFIG));
     b.start();
     let addr = b.http_addr();
     b.ten_ok(&["spawn", "keep:a"]);

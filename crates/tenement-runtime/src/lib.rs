@@ -15,8 +15,10 @@
 //! Knows nothing about HTTP, restart policy or persistence. cgroups and storage quotas are not
 //! here yet (see the resource-limits work).
 
+pub mod adopt;
 pub mod cgroup;
 mod command;
+pub mod handover;
 mod landlock;
 mod namespace;
 mod process;
@@ -32,9 +34,10 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitStatus;
 
+use std::os::fd::OwnedFd;
+
 use tenement_core::InstanceKey;
 use tenement_core::config::Isolation;
-use tokio::process::{ChildStderr, ChildStdout};
 
 pub use command::argv_for;
 pub use namespace::NamespaceRuntime;
@@ -71,6 +74,18 @@ pub struct Spec {
     pub user: Option<User>,
     /// Size of a private `/tmp` (and `/dev/shm`), where the level has one.
     pub tmp_size_mb: u64,
+    pub handover: Handover,
+}
+
+/// How the instance may outlive its server ([`handover`]).
+#[derive(Debug, Clone, Default)]
+pub struct Handover {
+    /// The shim's socket for its next owner; `None`: it cannot be adopted.
+    pub listen: Option<PathBuf>,
+    /// Seconds the instance runs on without an owner.
+    pub adopt_timeout: u64,
+    /// Given back to whoever adopts the instance ([`handover::Hello::meta`]).
+    pub meta: String,
 }
 
 impl Spec {
@@ -96,11 +111,20 @@ impl Spec {
     }
 }
 
-/// A started instance and its output pipes.
+/// A started (or adopted) instance and the read ends of its output pipes.
 pub struct Started {
     pub workload: Box<dyn Workload>,
-    pub stdout: ChildStdout,
-    pub stderr: ChildStderr,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// How a wait for an instance ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The instance has exited; every process of it is gone.
+    Exited(ExitStatus),
+    /// Another server is adopting it: stop reading its output, then [`Workload::let_go`].
+    Released,
 }
 
 /// A running process tree.
@@ -111,8 +135,12 @@ pub trait Workload: Send {
     fn terminate(&self);
     /// Ends the whole instance now (SIGKILL to its process group).
     fn kill(&self);
-    /// Resolves when the instance has exited; every process of it is gone afterwards.
-    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<ExitStatus>> + Send + '_>>;
+    /// Resolves when the instance has exited (every process of it is gone afterwards) or is
+    /// being handed to another server.
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<Ended>> + Send + '_>>;
+    /// After [`Ended::Released`]: this server has stopped reading the output; the next owner
+    /// may have it. The workload is not this server's any more.
+    fn let_go(&mut self);
 }
 
 /// An isolation backend.
@@ -121,6 +149,10 @@ pub trait Runtime: Send + Sync {
     /// Whether this backend can run here; the error says what is missing and how to get it.
     fn probe(&self) -> Result<(), Unavailable>;
     fn start(&self, spec: &Spec) -> Result<Started, Error>;
+    /// Takes over an instance an earlier server started with this `spec` ([`adopt`]).
+    fn adopt(&self, _spec: &Spec, found: Started) -> Started {
+        found
+    }
     /// Whether the process that listens on the instance's socket is the app itself, with the
     /// app's uid (so a peer check may compare uids). Not so under gVisor, whose own process
     /// holds the host side of the socket.
@@ -132,8 +164,9 @@ pub trait Runtime: Send + Sync {
     fn own_user(&self) -> bool {
         false
     }
-    /// Removes what an earlier server left behind (called once, when `ten serve` starts).
-    fn clean_stale(&self) {}
+    /// Removes what an earlier server left behind (called once, when `ten serve` starts),
+    /// but for the instances in `adopted`.
+    fn clean_stale(&self, _adopted: &[InstanceKey]) {}
 }
 
 /// Why an isolation level cannot be used on this machine.
@@ -181,8 +214,8 @@ impl Runtimes {
     }
 
     /// See [`Runtime::clean_stale`].
-    pub fn clean_stale(&self) {
-        self.by_level.values().for_each(|b| b.clean_stale());
+    pub fn clean_stale(&self, adopted: &[InstanceKey]) {
+        self.by_level.values().for_each(|b| b.clean_stale(adopted));
     }
 
     /// The backend for `level`, if it is built in and usable here.

@@ -9,13 +9,12 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::ExitStatus;
 
 use serde_json::json;
 use tenement_core::config::{Isolation, Sandbox};
 
 use crate::process::spawn_shim;
-use crate::{Error, Runtime, Spec, Started, Unavailable, User, Workload};
+use crate::{Ended, Error, Runtime, Spec, Started, Unavailable, User, Workload};
 
 pub struct SandboxRuntime {
     shim: PathBuf,
@@ -73,9 +72,12 @@ impl Runtime for SandboxRuntime {
         Isolation::Sandbox
     }
 
-    /// Forgets containers of an earlier server (they died with it: `runsc run` is attached).
-    fn clean_stale(&self) {
-        let _ = std::fs::remove_dir_all(&self.root);
+    /// Forgets containers of an earlier server (they died with it: `runsc run` is attached),
+    /// unless some were adopted (a stale container is deleted before its name is used again).
+    fn clean_stale(&self, adopted: &[tenement_core::InstanceKey]) {
+        if adopted.is_empty() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
     }
 
     fn own_user(&self) -> bool {
@@ -109,34 +111,14 @@ impl Runtime for SandboxRuntime {
         self.probe()?;
         spec.check_user(false)?;
         let runsc = self.runsc.clone().expect("probed");
-        // runsc names its control socket after the container id in the abstract namespace,
-        // which is host-wide: tell apart servers with different data directories.
-        let id = format!(
-            "{}_{}_{:08x}",
-            spec.key.service,
-            spec.key.id,
-            crate::fnv1a(self.root.as_os_str().as_encoded_bytes())
-        );
+        let id = self.container_id(spec);
         let fail = |source| Error::Spawn {
             key: spec.key.clone(),
             program: runsc.display().to_string(),
             source,
         };
         let bundle = self.bundle(spec, &id).map_err(fail)?;
-        let state = self.root.join("state");
-        let runsc_args = |verb: &[&str]| -> Vec<String> {
-            let mut v = vec![
-                runsc.display().to_string(),
-                "--root".into(),
-                state.display().to_string(),
-                format!("--platform={}", self.settings.platform),
-                format!("--network={}", self.settings.network),
-                "--host-uds=create".into(),
-                "--ignore-cgroups".into(),
-            ];
-            v.extend(verb.iter().map(|s| s.to_string()));
-            v
-        };
+        let runsc_args = |verb: &[&str]| self.runsc_args(verb);
         // A container of the same name left by a crash would make `run` fail.
         let _ = std::process::Command::new(&runsc)
             .args(&runsc_args(&["delete", "--force", &id])[1..])
@@ -163,14 +145,48 @@ impl Runtime for SandboxRuntime {
             &[]
         };
         let started = spawn_shim(&self.shim, &run, shim_args)?;
-        Ok(Started {
+        Ok(self.adopt(spec, started))
+    }
+
+    fn adopt(&self, spec: &Spec, found: Started) -> Started {
+        let id = self.container_id(spec);
+        Started {
             workload: Box::new(SandboxWorkload {
-                inner: started.workload,
-                delete: runsc_args(&["delete", "--force", &id]),
-                bundle,
+                inner: found.workload,
+                delete: self.runsc_args(&["delete", "--force", &id]),
+                bundle: self.root.join("bundles").join(&id),
             }),
-            ..started
-        })
+            ..found
+        }
+    }
+}
+
+impl SandboxRuntime {
+    /// runsc names its control socket after the container id in the abstract namespace,
+    /// which is host-wide: tell apart servers with different data directories.
+    fn container_id(&self, spec: &Spec) -> String {
+        format!(
+            "{}_{}_{:08x}",
+            spec.key.service,
+            spec.key.id,
+            crate::fnv1a(self.root.as_os_str().as_encoded_bytes())
+        )
+    }
+
+    /// A `runsc` command line (program first) with our global flags, then `verb`.
+    fn runsc_args(&self, verb: &[&str]) -> Vec<String> {
+        let runsc = self.runsc.as_deref().unwrap_or(Path::new("runsc"));
+        let mut v = vec![
+            runsc.display().to_string(),
+            "--root".into(),
+            self.root.join("state").display().to_string(),
+            format!("--platform={}", self.settings.platform),
+            format!("--network={}", self.settings.network),
+            "--host-uds=create".into(),
+            "--ignore-cgroups".into(),
+        ];
+        v.extend(verb.iter().map(|s| s.to_string()));
+        v
     }
 }
 
@@ -196,9 +212,16 @@ impl Workload for SandboxWorkload {
         self.inner.kill()
     }
 
-    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<ExitStatus>> + Send + '_>> {
+    fn let_go(&mut self) {
+        self.inner.let_go()
+    }
+
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<Ended>> + Send + '_>> {
         Box::pin(async move {
             let status = self.inner.wait().await;
+            if let Ok(Ended::Released) = status {
+                return status;
+            }
             let _ = tokio::process::Command::new(&self.delete[0])
                 .args(&self.delete[1..])
                 .stderr(std::process::Stdio::null())

@@ -1,19 +1,24 @@
 //! The shim: a tiny supervisor between `ten serve` and each app.
 //!
-//! `ten __shim [--cgroup DIR]... [--user UID:GID] [--namespace] [--hostname H] [--hide DIR]
-//! [--keep DIR]... [--reveal DIR]... [--tmp-size MB] [--netns] PPID -- ARGV...`
+//! `ten __shim --control-fd FD --out-fd FD --err-fd FD --key KEY [--listen PATH]
+//! [--adopt-timeout SECS] [--meta TEXT] [--cgroup DIR]... [--user UID:GID] [--namespace]
+//! [--hostname H] [--hide DIR] [--keep DIR]... [--reveal DIR]... [--tmp-size MB] [--netns]
+//! -- ARGV...`
 //!
 //! First the shim joins the instance's cgroups (`--cgroup`), so the app and everything it
 //! forks are inside from the start.
 //!
-//! `ten serve` starts the shim in a new process group; the shim forks the app, which stays in
-//! that group. The shim then waits for signals:
-//! - `SIGCHLD`: reap; when the app itself exits, exit with the same status (or die by the same
-//!   signal), so `ten serve` sees the app's status as the shim's.
-//! - anything else (`SIGTERM`, ...): if `ten serve` is gone — the kernel sends `SIGTERM` via
-//!   `PR_SET_PDEATHSIG` when its parent dies, see prctl(2) — SIGKILL the whole process group,
-//!   including itself. Otherwise ignore it: `ten serve` signals the whole group, so the app got
-//!   the same signal directly.
+//! `ten serve` starts the shim in a new process group, its stdout and stderr the write ends of
+//! two pipes whose read ends it also passes (`--out-fd`, `--err-fd`): the shim holds them for
+//! whichever server owns it next. The shim forks the app, which stays in that group, and then
+//! serves its control connection ([`crate::handover`]) and signals:
+//! - `SIGCHLD`: reap; when the app itself exits, tell the owner its status and kill what is
+//!   left of the instance (its cgroup, its process group, the shim with it).
+//! - a connection on `--listen` from the server's uid: the new owner ([`crate::handover`]).
+//! - the owner's connection closing without a hand-over: `ten serve` crashed. The instance
+//!   runs on for `--adopt-timeout` seconds; if no server adopts it by then, the shim kills it.
+//! - anything else (`SIGTERM`, ...): ignored; `ten serve` signals the whole group, so the app
+//!   got the same signal directly.
 //!
 //! With `--namespace`, the shim first enters new PID, mount, IPC and UTS namespaces
 //! (unshare(2)); since a new PID namespace applies only to children, its child is PID 1 there:
@@ -26,22 +31,28 @@
 //! shim's own), and is exec'd. Its errors there (a directory or program the user may not
 //! reach) are printed as `tenement: ...` and it exits 127.
 //!
-//! This is what guarantees that `kill -9` of `ten serve` leaves no tenant process behind, even
-//! when the app forked children of its own. It runs before any thread exists (the `ten` binary
+//! This is what guarantees that no tenant process outlives `ten serve` by more than
+//! `adopt_timeout` unless a new server adopted it, even when the app forked children of its
+//! own. It runs before any thread exists (the `ten` binary
 //! dispatches here before starting tokio), so fork is safe and the child may allocate.
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::prctl;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, execvp, fork, getpgrp, getppid, sethostname, setpgid};
+use nix::unistd::{ForkResult, Pid, execvp, fork, getpgrp, sethostname, setpgid};
 
+use crate::handover::{self, Msg};
 use crate::user::User;
 
 /// The hidden `ten` subcommand that runs the shim.
@@ -77,21 +88,32 @@ struct Options {
     workdir: Option<PathBuf>,
     /// cgroup directories to join first.
     cgroups: Vec<PathBuf>,
-    parent: i32,
+    /// The first owner's end of the control connection.
+    control_fd: Option<RawFd>,
+    /// Read ends of the app's stdout and stderr pipes, kept for the next owner.
+    out_fd: Option<RawFd>,
+    err_fd: Option<RawFd>,
+    /// Where later owners connect.
+    listen: Option<PathBuf>,
+    adopt_timeout: u64,
+    key: String,
+    meta: String,
     argv: Vec<CString>,
 }
 
 fn parse(args: &[OsString]) -> Result<Options, String> {
     let usage = || {
         format!(
-            "usage: ten {SUBCOMMAND} [--namespace] [--hostname H] [--hide DIR] [--keep DIR] PARENT_PID -- PROGRAM [ARGS...]"
+            "usage: ten {SUBCOMMAND} --control-fd FD --out-fd FD --err-fd FD --key KEY [OPTIONS] -- PROGRAM [ARGS...]"
         )
     };
     let mut o = Options::default();
     let mut it = args.iter();
+    let fd = |v: Option<&OsString>| v.and_then(|v| v.to_str()?.parse().ok()).ok_or_else(usage);
     loop {
         let arg = it.next().ok_or_else(usage)?;
         match arg.to_str() {
+            Some("--") => break,
             Some("--namespace") => o.namespace = true,
             Some("--netns") => o.netns = true,
             Some("--hostname") => o.hostname = Some(it.next().ok_or_else(usage)?.clone()),
@@ -99,12 +121,14 @@ fn parse(args: &[OsString]) -> Result<Options, String> {
             Some("--keep") => o.keep.push(it.next().ok_or_else(usage)?.into()),
             Some("--cgroup") => o.cgroups.push(it.next().ok_or_else(usage)?.into()),
             Some("--reveal") => o.reveal.push(it.next().ok_or_else(usage)?.into()),
-            Some("--tmp-size") => {
-                o.tmp_size_mb = it
-                    .next()
-                    .and_then(|v| v.to_str()?.parse().ok())
-                    .ok_or_else(usage)?
-            }
+            Some("--listen") => o.listen = Some(it.next().ok_or_else(usage)?.into()),
+            Some("--control-fd") => o.control_fd = Some(fd(it.next())?),
+            Some("--out-fd") => o.out_fd = Some(fd(it.next())?),
+            Some("--err-fd") => o.err_fd = Some(fd(it.next())?),
+            Some("--adopt-timeout") => o.adopt_timeout = fd(it.next())? as u64,
+            Some("--tmp-size") => o.tmp_size_mb = fd(it.next())? as u64,
+            Some("--key") => o.key = it.next().and_then(|v| v.to_str()).ok_or_else(usage)?.into(),
+            Some("--meta") => o.meta = it.next().and_then(|v| v.to_str()).ok_or_else(usage)?.into(),
             Some("--user") => {
                 o.user = Some(
                     it.next()
@@ -112,14 +136,10 @@ fn parse(args: &[OsString]) -> Result<Options, String> {
                         .ok_or_else(usage)?,
                 )
             }
-            Some(pid) => {
-                o.parent = pid.parse().map_err(|_| usage())?;
-                break;
-            }
-            None => return Err(usage()),
+            _ => return Err(usage()),
         }
     }
-    if it.next().is_none_or(|d| d != "--") {
+    if o.control_fd.is_none() || o.out_fd.is_none() || o.err_fd.is_none() {
         return Err(usage());
     }
     o.argv = it
@@ -152,14 +172,28 @@ fn join_cgroup(dir: &std::path::Path) -> std::io::Result<()> {
 fn shim(args: &[OsString]) -> Result<Infallible, String> {
     let mut o = parse(args)?;
     o.workdir = std::env::current_dir().ok();
+    // SAFETY: `ten serve` passed these descriptors to us alone (cleared close-on-exec for
+    // this exec only); nothing else in this process owns them.
+    let own = |fd: Option<RawFd>| unsafe { OwnedFd::from_raw_fd(fd.expect("parsed")) };
+    let owner = own(o.control_fd);
+    let pipes = [own(o.out_fd), own(o.err_fd)];
+    for fd in [&owner, &pipes[0], &pipes[1]] {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
     // Join the instance's cgroups before anything forks, so every process of it is inside.
     for dir in &o.cgroups {
         join_cgroup(dir).map_err(|e| format!("joining cgroup {}: {e}", dir.display()))?;
     }
-    prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| format!("prctl(PR_SET_PDEATHSIG): {e}"))?;
-    if getppid().as_raw() != o.parent {
-        return Err("ten serve exited before the instance started".into());
-    }
+    // Bound before any namespace: the path is the host's.
+    let listener = match &o.listen {
+        Some(path) => {
+            Some(listen(path).map_err(|e| format!("listening on {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
     let mut watched = SigSet::empty();
     for s in [
         Signal::SIGCHLD,
@@ -173,6 +207,8 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
     let old_mask = watched
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .map_err(|e| format!("sigprocmask: {e}"))?;
+    let signals = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))?;
     if o.netns {
         unshare(CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("unshare(network namespace): {e}"))?;
@@ -180,12 +216,223 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
     if o.namespace {
         enter_namespaces(&o)?;
     }
+    let mut owned = Owned {
+        owner: Some(owner),
+        listener,
+        signals,
+        pipes,
+        orphaned_at: None,
+    };
     // SAFETY: the shim is single-threaded (no runtime has started in this process), so the child
     // may do anything the parent could, allocation included.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child if o.namespace => init(&o, &old_mask, &watched),
-        ForkResult::Child => exec_app(&o, &old_mask),
-        ForkResult::Parent { child } => supervise(child, o.parent, &o.cgroups, &watched),
+        ForkResult::Child => {
+            // Only the shim serves its owner and holds the pipes' read ends: the connection
+            // must close when the shim dies, whatever init keeps.
+            drop(owned);
+            match o.namespace {
+                true => init(&o, &old_mask, &watched),
+                false => exec_app(&o, &old_mask),
+            }
+        }
+        ForkResult::Parent { child } => {
+            owned.supervise(child, &o);
+        }
+    }
+}
+
+/// A listening `SOCK_SEQPACKET` socket at `path` (0600), for the shim's next owner.
+fn listen(path: &std::path::Path) -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, socket};
+    let _ = std::fs::remove_file(path);
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    nix::sys::stat::fchmodat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )?;
+    nix::sys::socket::listen(&fd, Backlog::new(8)?)?;
+    Ok(fd)
+}
+
+/// What the shim serves after the fork.
+struct Owned {
+    /// The server the shim answers to; `None` between a crash and an adoption.
+    owner: Option<OwnedFd>,
+    listener: Option<OwnedFd>,
+    signals: SignalFd,
+    /// Read ends of the app's stdout and stderr.
+    pipes: [OwnedFd; 2],
+    orphaned_at: Option<Instant>,
+}
+
+impl Owned {
+    fn supervise(&mut self, app: Pid, o: &Options) -> ! {
+        let timeout = Duration::from_secs(o.adopt_timeout);
+        loop {
+            let left = self
+                .orphaned_at
+                .map(|at| timeout.saturating_sub(at.elapsed()));
+            if left.is_some_and(|l| l.is_zero()) {
+                // Nobody adopted the instance in time.
+                self.kill_all(&o.cgroups);
+            }
+            let poll_timeout = match left {
+                Some(l) => PollTimeout::try_from(l.as_millis().min(60_000) as i32 + 1)
+                    .unwrap_or(PollTimeout::MAX),
+                None => PollTimeout::NONE,
+            };
+            let (sig, conn, own) = {
+                let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+                if let Some(l) = &self.listener {
+                    fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(c) = &self.owner {
+                    fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                }
+                if poll(&mut fds, poll_timeout).is_err() {
+                    continue;
+                }
+                let ready = |i: usize| {
+                    fds.get(i)
+                        .and_then(|f| f.revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                let l = self.listener.is_some() as usize;
+                (
+                    ready(0),
+                    self.listener.is_some() && ready(1),
+                    self.owner.is_some() && ready(1 + l),
+                )
+            };
+            if sig {
+                self.on_signal(app, &o.cgroups);
+            }
+            if own {
+                self.on_owner();
+            }
+            if conn {
+                self.on_connection(o);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, app: Pid, cgroups: &[PathBuf]) {
+        let Ok(Some(info)) = self.signals.read_signal() else {
+            return;
+        };
+        if info.ssi_signo != Signal::SIGCHLD as u32 {
+            return; // the app got it too (ten serve signals the whole group)
+        }
+        if let Some(status) = reap_status(app) {
+            if let Some(owner) = &self.owner {
+                let _ = handover::send(owner.as_fd(), &Msg::Exit(status), &[]);
+            }
+            self.kill_all(cgroups);
+        }
+    }
+
+    /// The owner wrote or went away: the only thing it may say unasked is nothing at all.
+    fn on_owner(&mut self) {
+        let Some(owner) = &self.owner else { return };
+        match handover::recv(owner.as_fd()) {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                self.owner = None;
+                self.orphaned_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// A server connected: if it is ours (same uid), it becomes the owner once the current one
+    /// let go.
+    fn on_connection(&mut self, o: &Options) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        let Ok(raw) = nix::sys::socket::accept(listener.as_raw_fd()) else {
+            return;
+        };
+        // SAFETY: accept(2) just returned this descriptor to us.
+        let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+        let _ = nix::fcntl::fcntl(
+            &conn,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        if handover::peer_uid(conn.as_fd()).ok() != Some(nix::unistd::geteuid().as_raw()) {
+            return;
+        }
+        if let Some(old) = self.owner.take() {
+            release(&old);
+        }
+        let hello = Msg::Hello(handover::Hello {
+            key: o.key.clone(),
+            pid: std::process::id(),
+            cgroups: o.cgroups.clone(),
+            meta: o.meta.clone(),
+        });
+        let fds = [self.pipes[0].as_raw_fd(), self.pipes[1].as_raw_fd()];
+        if handover::send(conn.as_fd(), &hello, &fds).is_ok() {
+            self.owner = Some(conn);
+            self.orphaned_at = None;
+        } else if self.orphaned_at.is_none() {
+            self.orphaned_at = Some(Instant::now());
+        }
+    }
+
+    /// Kills every process of the instance, the shim last. Never returns.
+    fn kill_all(&self, cgroups: &[PathBuf]) -> ! {
+        // With the processes that left the group (setsid) but not the instance's cgroup.
+        if let Some(dir) = cgroups.first() {
+            kill_cgroup(dir);
+        }
+        let _ = signal::killpg(getpgrp(), Signal::SIGKILL);
+        std::process::exit(137)
+    }
+}
+
+/// Asks the current owner to let go, and waits (at most 5 s) until it has stopped reading
+/// the pipes (`released`) or is gone.
+fn release(owner: &OwnedFd) {
+    if handover::send(owner.as_fd(), &Msg::Release, &[]).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [PollFd::new(owner.as_fd(), PollFlags::POLLIN)];
+        let t = PollTimeout::try_from(left.as_millis() as i32).unwrap_or(PollTimeout::ZERO);
+        match poll(&mut fds, t) {
+            Ok(0) => return,
+            Ok(_) => match handover::recv(owner.as_fd()) {
+                Ok(Some((Msg::Released, _))) | Ok(None) | Err(_) => return,
+                Ok(Some(_)) => continue,
+            },
+            Err(_) if left.is_zero() => return,
+            Err(_) => continue,
+        }
+    }
+}
+
+/// Reaps every exited child; the wait status of `main` if it was among them.
+fn reap_status(main: Pid) -> Option<i32> {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid(2) with a valid pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return None;
+        }
+        if pid == main.as_raw() {
+            return Some(status);
+        }
     }
 }
 
@@ -351,29 +598,6 @@ fn become_user(user: User) -> Result<(), String> {
     setresgid(gid, gid, gid).map_err(|e| format!("setresgid({}): {e}", user.gid))?;
     let uid = Uid::from_raw(user.uid);
     setresuid(uid, uid, uid).map_err(|e| format!("setresuid({}): {e}", user.uid))
-}
-
-fn supervise(
-    child: Pid,
-    parent: i32,
-    cgroups: &[PathBuf],
-    watched: &SigSet,
-) -> Result<Infallible, String> {
-    loop {
-        let sig = watched.wait().map_err(|e| format!("sigwait: {e}"))?;
-        if sig != Signal::SIGCHLD {
-            if getppid().as_raw() != parent {
-                // ten serve is gone: take the whole instance down, the shim included; with
-                // the processes that left the group (setsid) but not the instance's cgroup.
-                if let Some(dir) = cgroups.first() {
-                    kill_cgroup(dir);
-                }
-                let _ = signal::killpg(getpgrp(), Signal::SIGKILL);
-            }
-            continue;
-        }
-        reap(child);
-    }
 }
 
 /// SIGKILLs every process of the cgroup at `dir` but this one (cgroup v2: `cgroup.kill`,

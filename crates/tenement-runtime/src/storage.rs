@@ -139,9 +139,13 @@ pub fn unmount(dir: &Path) {
     while umount2(dir, MntFlags::MNT_DETACH).is_ok() {}
 }
 
-/// Unmounts every mount below `data_dir` (left by a server that was killed), deepest first.
-pub fn clean_stale(data_dir: &Path) {
+/// Unmounts every mount below `data_dir` (left by a server that was killed), deepest first,
+/// but those of the instance directories in `adopted` (their instances run on).
+pub fn clean_stale(data_dir: &Path, adopted: &[PathBuf]) {
     for p in mounts_below(data_dir) {
+        if adopted.iter().any(|dir| p.starts_with(dir)) {
+            continue;
+        }
         unmount(&p);
     }
 }

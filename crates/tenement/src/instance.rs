@@ -12,8 +12,9 @@ use tenement_core::InstanceKey;
 use tenement_core::config::{Listen, Service, Settings};
 use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
 use tenement_runtime::cgroup::{Cgroup, Cgroups};
-use tenement_runtime::{Runtime, Spec, Workload};
+use tenement_runtime::{Ended, Runtime, Spec, Workload};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod cgroup;
@@ -127,6 +128,8 @@ pub struct Setup {
     pub cgroups: Option<&'static Cgroups>,
     /// Begin asleep (woken by the first request) instead of starting at once.
     pub asleep: bool,
+    /// The instance as an earlier server left it running: its first "start" takes it over.
+    pub adopted: Option<tenement_runtime::Started>,
 }
 
 type Probe = Pin<Box<dyn Future<Output = Result<(), probe::ProbeError>> + Send>>;
@@ -155,6 +158,11 @@ struct Actor {
     held_port: Option<std::net::TcpListener>,
     /// What the current run's latest readiness check found, while it is not ready.
     ready_error: Arc<std::sync::Mutex<Option<String>>>,
+    /// The current run's output readers, stopped when another server adopts the instance.
+    captures: Vec<tokio::task::JoinHandle<()>>,
+    capturing: CancellationToken,
+    /// Another server took the instance over: this actor ends without touching it.
+    handed_over: bool,
 }
 
 /// Where the instance's socket goes, prepared before every start ([`crate::socket_dir`]).
@@ -213,6 +221,9 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         oom_kills: 0,
         held_port: None,
         ready_error: Arc::default(),
+        captures: Vec::new(),
+        capturing: CancellationToken::new(),
+        handed_over: false,
         activity: activity.clone(),
         key: Arc::new(setup.key.clone()),
         setup,
@@ -256,6 +267,14 @@ impl Actor {
             tokio::select! {
                 input = inputs.recv() => self.apply(input.unwrap_or(Input::Stop)),
                 status = wait_exit(&mut self.workload) => {
+                    let status = match status {
+                        Ok(Ended::Released) => {
+                            self.let_go().await;
+                            break;
+                        }
+                        Ok(Ended::Exited(s)) => Ok(s),
+                        Err(e) => Err(e),
+                    };
                     self.workload = None;
                     // Its stop deadline goes with it: a restart's new process has none.
                     self.kill_deadline = None;
@@ -279,10 +298,29 @@ impl Actor {
                 _ = sleep_until(deadline) => self.on_timer(),
             }
         }
+        if self.handed_over {
+            // The instance, its socket, data and record are the next server's now; the last
+            // status (running) stays, for requests still finishing here.
+            info!(instance = %self.key, "handed over");
+            return;
+        }
         let cleanup = std::mem::replace(&mut self.setup.cleanup, Box::new(|| {}));
         cleanup();
         info!(instance = %self.key, "stopped");
         self.publish();
+    }
+
+    /// Another server is adopting the instance: stop reading its output (what was read is
+    /// kept), then tell the shim so.
+    async fn let_go(&mut self) {
+        self.capturing.cancel();
+        for capture in self.captures.drain(..) {
+            let _ = capture.await;
+        }
+        if let Some(w) = &mut self.workload {
+            w.let_go();
+        }
+        self.handed_over = true;
     }
 
     /// Feeds one input to the state machine and performs the effects; inputs that effects
@@ -350,36 +388,40 @@ impl Actor {
     }
 
     fn start_process(&mut self) -> Result<(), ExitReason> {
-        let plan = &self.setup.socket;
-        crate::socket_dir::prepare(&plan.path, plan.own_dir.as_deref(), plan.user)
-            .map_err(ExitReason::SpawnFailed)?;
-        let started = self.setup.runtime.start(&self.setup.spec).map_err(|e| {
-            let ours = matches!(&e, tenement_runtime::Error::Spawn { source, .. } if probe::server_short_of(source));
-            match ours {
-                true => ExitReason::ServerBusy(e.to_string()),
-                false => ExitReason::SpawnFailed(e.to_string()),
+        let started = match self.setup.adopted.take() {
+            Some(adopted) => adopted,
+            None => {
+                let plan = &self.setup.socket;
+                crate::socket_dir::prepare(&plan.path, plan.own_dir.as_deref(), plan.user)
+                    .map_err(ExitReason::SpawnFailed)?;
+                let started = self.setup.runtime.start(&self.setup.spec).map_err(|e| {
+                    let ours = matches!(&e, tenement_runtime::Error::Spawn { source, .. } if probe::server_short_of(source));
+                    match ours {
+                        true => ExitReason::ServerBusy(e.to_string()),
+                        false => ExitReason::SpawnFailed(e.to_string()),
+                    }
+                })?;
+                info!(instance = %self.key, pid = started.workload.pid(), "started");
+                started
             }
-        })?;
-        info!(instance = %self.key, pid = started.workload.pid(), "started");
-        for (pipe, stream) in [
-            (started.stdout.into_owned_fd(), Stream::Stdout),
-            (started.stderr.into_owned_fd(), Stream::Stderr),
-        ] {
-            let pipe = match pipe {
-                Ok(pipe) => pipe,
-                Err(e) => {
-                    warn!(instance = %self.key, ?stream, error = %e, "cannot capture output");
-                    continue;
-                }
-            };
+        };
+        self.capturing = CancellationToken::new();
+        self.captures = [
+            (started.stdout, Stream::Stdout),
+            (started.stderr, Stream::Stderr),
+        ]
+        .into_iter()
+        .map(|(pipe, stream)| {
             tokio::spawn(logs::capture(
                 pipe,
                 self.key.clone(),
                 stream,
                 self.tail.clone(),
                 self.setup.sink.clone(),
-            ));
-        }
+                self.capturing.clone(),
+            ))
+        })
+        .collect();
         self.workload = Some(started.workload);
         self.startup_deadline = Some(Instant::now() + self.setup.service.startup_timeout());
         let (endpoint, health) = (
@@ -544,7 +586,7 @@ impl Actor {
     }
 }
 
-async fn wait_exit(w: &mut Option<Box<dyn Workload>>) -> std::io::Result<std::process::ExitStatus> {
+async fn wait_exit(w: &mut Option<Box<dyn Workload>>) -> std::io::Result<Ended> {
     match w {
         Some(w) => w.wait().await,
         None => pending().await,

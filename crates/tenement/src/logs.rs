@@ -87,7 +87,7 @@ impl Sink {
     }
 }
 
-/// Reads `pipe` until EOF, line by line, into `tail` and `sink`.
+/// Reads `pipe` until EOF or `stop`, line by line, into `tail` and `sink`.
 ///
 /// An idle pipe holds no buffer: bytes are read into a stack buffer only once the pipe is
 /// readable, so a thousand quiet instances do not keep two 4 KB read buffers each (that was a
@@ -98,6 +98,7 @@ pub async fn capture(
     stream: Stream,
     tail: Arc<Tail>,
     sink: Sink,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let mut lines = Lines {
         instance,
@@ -112,7 +113,12 @@ pub async fn capture(
         tracing::warn!(instance = %lines.instance, ?stream, error = %e, "cannot capture output");
     }
     if let Ok(pipe) = pipe {
-        while pipe.readable().await.is_ok() {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                ready = pipe.readable() => if ready.is_err() { break },
+            }
             // `readable()` takes no part in tokio's cooperative budget: under a flood it is
             // always ready, and without this the loop would hold its worker thread forever,
             // starving the tasks queued behind it (other instances' capture, probes).
@@ -233,7 +239,15 @@ mod tests {
         let writer = std::thread::spawn(move || {
             std::io::Write::write_all(&mut std::fs::File::from(write), &input).unwrap()
         });
-        capture(read, key, Stream::Stdout, tail.clone(), sink).await;
+        capture(
+            read,
+            key,
+            Stream::Stdout,
+            tail.clone(),
+            sink,
+            Default::default(),
+        )
+        .await;
         writer.join().unwrap();
         let lines: Vec<String> = tail.last(10).iter().map(|l| l.text.clone()).collect();
         assert_eq!(

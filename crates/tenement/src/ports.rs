@@ -34,6 +34,11 @@ impl Ports {
         None
     }
 
+    /// Takes `port` (an adopted instance's) if no other instance has it.
+    pub fn claim(&mut self, port: u16) -> bool {
+        RANGE.contains(&port) && self.taken.insert(port)
+    }
+
     pub fn release(&mut self, port: u16) {
         self.taken.remove(&port);
     }

@@ -26,6 +26,7 @@ use crate::{Error, Store};
 use std::os::unix::fs::DirBuilderExt;
 use tenement_core::config::socket as socket_template;
 
+mod adopt;
 mod reload;
 mod restore;
 mod status;
@@ -33,6 +34,7 @@ mod stop;
 
 use stop::remove_instance_dir;
 
+pub use adopt::{Kept, find_running};
 pub use reload::ReloadReport;
 
 /// Size of a namespaced instance's private `/tmp` (and `/dev/shm`) when its service has no
@@ -79,6 +81,8 @@ struct Inner {
     stopping: CancellationToken,
     /// `true` while [`Supervisor::restore`] registers the instances it brings back.
     restoring: tokio::sync::watch::Sender<bool>,
+    /// Instances found running at start, until restore adopts them (`adopt.rs`).
+    adoptable: Mutex<HashMap<InstanceKey, tenement_runtime::adopt::Found>>,
 }
 
 impl Supervisor {
@@ -118,6 +122,7 @@ impl Supervisor {
                 runtime: tokio::runtime::Handle::current(),
                 stopping: CancellationToken::new(),
                 restoring: tokio::sync::watch::Sender::new(false),
+                adoptable: Mutex::default(),
             }),
         }
     }
@@ -234,13 +239,15 @@ impl Supervisor {
             .service(&key.service)
             .ok_or_else(|| Error::UnknownService(key.service.clone()))?;
         let runtime = self.inner.runtimes.get(service.isolation)?;
-        let port = self
-            .inner
-            .ports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allocate(service.listen == Listen::Tcp)
-            .ok_or(Error::NoFreePort)?;
+        let port = {
+            let mut ports = self.inner.ports.lock().unwrap_or_else(|p| p.into_inner());
+            match self.adopted_port(key).filter(|p| ports.claim(*p)) {
+                Some(p) => p,
+                None => ports
+                    .allocate(service.listen == Listen::Tcp)
+                    .ok_or(Error::NoFreePort)?,
+            }
+        };
         let invalid = |message: String| Error::Invalid {
             key: key.clone(),
             message,
@@ -252,7 +259,7 @@ impl Supervisor {
                 return Err(invalid(e));
             }
         };
-        let (spec, socket, data) = match self.prepare(key, service, port, run_as.user) {
+        let (mut spec, socket, data) = match self.prepare(key, service, port, run_as.user) {
             Ok(p) => p,
             Err(e) => {
                 self.release_port(port);
@@ -265,7 +272,8 @@ impl Supervisor {
             &config.settings.data_dir,
             &cgroup_name(key),
         );
-        if let Some(q) = quota.clone() {
+        let adopted = self.adopt(key, service, runtime, &mut spec, port).await;
+        if let Some(q) = quota.clone().filter(|_| adopted.is_none()) {
             let dir = data.clone();
             let mounted = tokio::task::spawn_blocking(move || q.mount(&dir))
                 .await
@@ -328,7 +336,8 @@ impl Supervisor {
                 me.cleanup(&cleanup_key, &socket, &data, persist, has_quota, port)
             }),
             cgroups: self.inner.cgroups,
-            asleep,
+            asleep: asleep && adopted.is_none(),
+            adopted,
         };
         let (handle, actor) = instance::start(setup);
         self.registry().insert(key.clone(), handle.clone());
@@ -440,6 +449,7 @@ impl Supervisor {
             cgroups: Vec::new(),
             user,
             tmp_size_mb: service.storage_quota_mb.unwrap_or(TMP_SIZE_MB),
+            handover: Default::default(),
         };
         Ok((spec, PathBuf::from(socket), data))
     }

@@ -380,6 +380,15 @@ impl Drop for Building {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Tenants outlive a killed server (for `adopt_timeout`): not a test's.
+        for pid in self.tenant_processes() {
+            // SAFETY: kill(2) of a process this building's server started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        while !self.tenant_processes().is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.remove_cgroup_scope();
         self.unmount_all();
         if std::thread::panicking() {
@@ -467,6 +476,15 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// Whether the tests run as root; if not, prints `SKIPPED: {why}` so the skip is visible.
+/// `config` with `[settings] adopt_timeout = 0`: instances stop the moment their server
+/// dies, as tests of the clean-up after a crash want.
+pub fn no_adoption(config: &str) -> String {
+    match config.contains("[settings]\n") {
+        true => config.replacen("[settings]\n", "[settings]\nadopt_timeout = 0\n", 1),
+        false => format!("[settings]\nadopt_timeout = 0\n\n{config}"),
+    }
+}
+
 pub fn root_or_skip(why: &str) -> bool {
     // SAFETY: geteuid(2) has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;

@@ -108,7 +108,18 @@ pub async fn run(
     back_up_now_and_then(store.clone());
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
     let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
-    runtimes.clean_stale();
+    // Instances an earlier server left running (a crash, an upgrade) are ours from here on;
+    // what is theirs survives the clean-up of its other leftovers.
+    let (running, kept) = tenement::find_running(&data_dir).await.with_context(|| {
+        format!(
+            "cannot look for running instances in {}",
+            data_dir.display()
+        )
+    })?;
+    if !running.is_empty() {
+        info!(instances = running.len(), "found running: adopting");
+    }
+    runtimes.clean_stale(&kept.keys);
     let users = crate::cmd::config::unknown_users(&config);
     for problem in crate::cmd::config::unavailable(&config, runtimes)
         .into_iter()
@@ -117,7 +128,7 @@ pub async fn run(
         tracing::warn!("{problem}. Its instances will fail to start.");
     }
     // Quota mounts of a server that was killed are still there: start from a clean slate.
-    tenement_runtime::storage::clean_stale(&data_dir);
+    tenement_runtime::storage::clean_stale(&data_dir, &kept.dirs);
     let scope = Cgroups::scope_for(&data_dir);
     // TENEMENT_NO_CGROUPS=1: diagnostics and benchmarks only (instances run without cgroups).
     let disabled = std::env::var_os("TENEMENT_NO_CGROUPS").is_some_and(|v| v == "1");
@@ -133,7 +144,7 @@ pub async fn run(
                 version = c.version(),
                 scope, "instances get their own cgroups"
             );
-            c.clean_stale();
+            c.clean_stale(&kept.cgroups);
         }
         None => warn!("no usable cgroups: memory_limit_mb/cpu_shares cannot be enforced here"),
     }
@@ -145,8 +156,9 @@ pub async fn run(
     if let Some(why) = set_aside {
         warn!("{why}");
     }
-    let supervisor =
-        Supervisor::new(Arc::new(config), store, runtimes, cgroups).with_log_store(logs.clone());
+    let supervisor = Supervisor::new(Arc::new(config), store, runtimes, cgroups)
+        .with_log_store(logs.clone())
+        .with_adopted(running);
 
     let socket_path = control_socket(&data_dir);
     let _ = std::fs::remove_file(&socket_path); // stale: the lock above proves no server owns it

@@ -53,6 +53,9 @@ pub struct Settings {
     pub max_header_kb: u64,
     /// Seconds a client may take to send its request head (also the keep-alive idle limit).
     pub header_timeout: u64,
+    /// Seconds a running instance outlives `ten serve` waiting for a new one to adopt it
+    /// (after a crash); then its shim stops it. 0: it stops with the server.
+    pub adopt_timeout: u64,
     /// Seconds an instance may take to start answering a proxied request (then 504).
     pub upstream_timeout: u64,
     pub tls: Tls,

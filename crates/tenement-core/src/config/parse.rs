@@ -36,6 +36,7 @@ const SETTINGS: &[&str] = &[
     "metrics_auth",
     "max_connections",
     "max_connections_per_ip",
+    "adopt_timeout",
 ];
 const SANDBOX: &[&str] = &["runsc", "platform", "network"];
 const TLS: &[&str] = &[
@@ -182,6 +183,7 @@ impl Settings {
             max_body_mb: 100,
             max_header_kb: 64,
             header_timeout: 10,
+            adopt_timeout: 60,
             upstream_timeout: 60,
             sandbox: Sandbox::default(),
             allow_unlimited: false,
@@ -253,6 +255,9 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
     }
     if let Some((n, _)) = f.int(ctx, "header_timeout", 1, 3600) {
         s.header_timeout = n as u64;
+    }
+    if let Some((n, _)) = f.int(ctx, "adopt_timeout", 0, DAY) {
+        s.adopt_timeout = n as u64;
     }
     if let Some((n, _)) = f.int(ctx, "upstream_timeout", 1, DAY) {
         s.upstream_timeout = n as u64;

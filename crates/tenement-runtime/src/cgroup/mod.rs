@@ -112,6 +112,14 @@ impl Cgroups {
         }
     }
 
+    /// The directories an instance cgroup called `name` has (or would have).
+    pub fn dirs_of(&self, name: &str) -> Vec<PathBuf> {
+        match self {
+            Cgroups::V2(t) => vec![t.parent().join(name)],
+            Cgroups::V1(t) => t.parents().into_iter().map(|p| p.join(name)).collect(),
+        }
+    }
+
     /// Removes this server's scope directory (at shutdown; fails harmlessly if not empty).
     pub fn remove_scope(&self) {
         let parents = match self {
@@ -123,13 +131,14 @@ impl Cgroups {
         }
     }
 
-    /// Kills whatever is left in instance cgroups of an earlier server and removes them.
-    pub fn clean_stale(&self) {
+    /// Kills whatever is left in instance cgroups of an earlier server and removes them, but
+    /// for those named in `adopted` (their instances run on).
+    pub fn clean_stale(&self, adopted: &[String]) {
         let names = match self {
             Cgroups::V2(t) => t.children(),
             Cgroups::V1(t) => t.children(),
         };
-        for name in names {
+        for name in names.into_iter().filter(|n| !adopted.contains(n)) {
             if let Ok(group) = self.create(&name, &Limits::default()) {
                 group.kill_all();
                 group.remove();

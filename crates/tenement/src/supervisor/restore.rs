@@ -76,6 +76,7 @@ impl Supervisor {
             });
         }
         let started = starts.join_all().await;
+        self.stop_unclaimed();
         // Every instance is registered: lists are complete from here on.
         self.inner.restoring.send_replace(false);
         let mut settling = tokio::task::JoinSet::new();
