@@ -60,6 +60,9 @@ enum Command {
     Deploy(cmd::traffic::DeployArgs),
     /// Re-read tenement.toml and apply it to the running server (as SIGHUP does).
     Reload,
+    /// Hand the running server over to a new process of its executable (a newer `ten`
+    /// installed at the same path): instances keep running, no connection is refused.
+    Upgrade,
     /// Create an API token for `--server`/`TENEMENT_SERVER` (printed once).
     TokenGen(cmd::tokens::GenArgs),
     /// List or revoke API tokens.
@@ -138,6 +141,7 @@ fn run_async(
             Command::Route(a) => cmd::traffic::route(&client, a).await,
             Command::Deploy(a) => cmd::traffic::deploy(&client, a).await,
             Command::Reload => cmd::config::reload(&client).await,
+            Command::Upgrade => cmd::upgrade::run(&client).await,
             Command::Serve(_)
             | Command::Config(_)
             | Command::Init(_)

@@ -40,6 +40,7 @@ pub fn router(supervisor: Supervisor, access: Access, limiter: RateLimiter) -> R
         .route("/health", get(list))
         .route("/config", get(config_summary))
         .route("/reload", post(reload))
+        .route("/upgrade", post(upgrade))
         .route("/tokens", post(auth::token_gen).get(auth::token_list))
         .route("/tokens/{id}", delete(auth::token_revoke))
         .route("/openapi.json", get(crate::openapi::document))
@@ -352,4 +353,17 @@ async fn reload(
             format!("nothing changed: {errors}"),
         )),
     }
+}
+
+/// `POST /api/upgrade`: the server hands over to a new process of its executable, which
+/// adopts every instance (admin only).
+async fn upgrade(
+    State(s): State<Supervisor>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<tenement::Upgraded>> {
+    crate::auth::admin_only(&p)?;
+    s.upgrade()
+        .await
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "upgrade_failed", e))
 }

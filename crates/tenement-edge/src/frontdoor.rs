@@ -118,7 +118,8 @@ fn bind_family(
 
 /// Serves the front door on `listeners`, each on a thread with its own single-threaded
 /// runtime and connection pool (no cross-thread wake-ups on the request path), until
-/// `shutdown`; then stops accepting and lets open connections finish (at most 10 s).
+/// `shutdown`; then stops accepting and lets open connections, websockets and streams finish
+/// (at most [`DRAIN`]).
 pub async fn front_door(
     listeners: Vec<std::net::TcpListener>,
     supervisor: Supervisor,
@@ -231,8 +232,18 @@ async fn accept_loop(
         });
     }
     connections.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), connections.wait()).await;
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    let _ = tokio::time::timeout_at(deadline, connections.wait()).await;
+    // Websockets and streaming answers run in tasks of their own, on this thread's runtime,
+    // which ends with this function: wait for them too (they are the instances' activity).
+    while door.supervisor.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
+
+/// How long, once it stops accepting, the front door waits for what it has in flight
+/// (`ten serve` bounds it further at shutdown: see the CLI's `serve`).
+const DRAIN: Duration = Duration::from_secs(60);
 
 /// Serves a client connection with hyper from here on (`io` may start with bytes the fast
 /// path has read already), until it closes or `shutdown`, which lets the request in progress

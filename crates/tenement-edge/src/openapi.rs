@@ -98,6 +98,7 @@ pub fn spec() -> Value {
                 "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["service", "id"], "properties": {
                     "service": { "type": "string" }, "id": { "type": "string" }, "weight": { "type": "integer" }, "timeout": { "type": "integer", "description": "seconds" }, "replace": { "type": "string" } } } } } },
                 "responses": with_errors(instance_ok("201")) } },
+            "/api/upgrade": { "post": { "summary": "Hand the server over to a new process of its executable, which adopts every instance (admin); 409 upgrade_failed leaves the running server as it was", "responses": with_errors(json!({ "200": { "description": "pid, adopted, handover_ms" } })) } },
             "/api/reload": { "post": { "summary": "Re-read tenement.toml and apply it (admin); 400 invalid_config changes nothing", "responses": with_errors(json!({ "200": { "description": "what changed: services_added, services_removed, services_changed, replaced, started, stopped, settings_changed, needs_restart, failed" } })) } },
             "/api/config": { "get": { "summary": "The configuration in use (admin; env values omitted)", "responses": with_errors(json!({ "200": { "description": "settings, services, instances, routing" } })) } },
             "/api/health": { "get": { "summary": "Instances with their health", "responses": with_errors(json!({ "200": { "description": "instances" } })) } },

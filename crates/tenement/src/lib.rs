@@ -36,6 +36,6 @@ pub use instance::{Health, InstanceStatus};
 pub use logs::{LogLine, Stream, now_ms};
 pub use logstore::{LogQuery, LogStore, Retention, StoredLine};
 pub use store::{Damaged, OpenError, Store, backup_path, restore_backup};
-pub use supervisor::{Kept, ReloadReport, Supervisor, find_running};
+pub use supervisor::{Kept, ReloadReport, Supervisor, UpgradeRequest, Upgraded, find_running};
 pub use tokens::{Check, Principal, TokenInfo, Tokens};
 pub use wake::Lease;

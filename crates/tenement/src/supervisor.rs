@@ -34,7 +34,7 @@ mod stop;
 
 use stop::remove_instance_dir;
 
-pub use adopt::{Kept, find_running};
+pub use adopt::{Kept, UpgradeRequest, Upgraded, find_running};
 pub use reload::ReloadReport;
 
 /// Size of a namespaced instance's private `/tmp` (and `/dev/shm`) when its service has no
@@ -83,6 +83,7 @@ struct Inner {
     restoring: tokio::sync::watch::Sender<bool>,
     /// Instances found running at start, until restore adopts them (`adopt.rs`).
     adoptable: Mutex<HashMap<InstanceKey, tenement_runtime::adopt::Found>>,
+    upgrades: Mutex<Option<tokio::sync::mpsc::Sender<adopt::UpgradeRequest>>>,
 }
 
 impl Supervisor {
@@ -123,6 +124,7 @@ impl Supervisor {
                 stopping: CancellationToken::new(),
                 restoring: tokio::sync::watch::Sender::new(false),
                 adoptable: Mutex::default(),
+                upgrades: Mutex::default(),
             }),
         }
     }

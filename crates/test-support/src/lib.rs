@@ -68,6 +68,8 @@ pub struct Building {
     pub fixture: PathBuf,
     config: PathBuf,
     server: Option<Child>,
+    /// A server started by `ten upgrade` (not our child): its pid.
+    successor: Option<i32>,
     /// `RLIMIT_NOFILE` (soft and hard) for `ten serve`, if set before it starts.
     pub fd_limit: Option<u64>,
 }
@@ -86,6 +88,7 @@ impl Building {
             ten,
             fixture,
             server: None,
+            successor: None,
             fd_limit: None,
         };
         b.write_config(config);
@@ -103,6 +106,7 @@ impl Building {
             dir,
             ten,
             server: None,
+            successor: None,
             fd_limit: None,
         }
     }
@@ -268,6 +272,33 @@ impl Building {
         std::fs::read_to_string(self.path().join("serve.log")).unwrap_or_default()
     }
 
+    /// `ten upgrade`: returns its output; the new server (pid in the output) is this
+    /// building's from now on, and the old one is reaped once it exits.
+    pub fn upgrade(&mut self) -> String {
+        let out = self.ten_ok(&["upgrade"]);
+        let pid = out
+            .split("pid ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {out:?}"));
+        self.successor = Some(pid);
+        out
+    }
+
+    /// Waits for the server that handed over to exit; its exit status.
+    pub fn wait_predecessor(&mut self) -> std::process::ExitStatus {
+        let mut child = self.server.take().expect("a predecessor");
+        wait_for("the old server to exit", SOON, || {
+            child.try_wait().ok().flatten()
+        })
+    }
+
+    /// The pid of the server that serves now.
+    pub fn serving_pid(&self) -> i32 {
+        self.successor
+            .unwrap_or_else(|| self.server.as_ref().expect("server running").id() as i32)
+    }
+
     /// `kill -9` of `ten serve`; waits for it to be reaped.
     pub fn kill9(&mut self) {
         let mut child = self.server.take().expect("server running");
@@ -379,6 +410,10 @@ impl Drop for Building {
         if let Some(mut child) = self.server.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(pid) = self.successor.take() {
+            // SAFETY: kill(2) of the server `ten upgrade` started for this building.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         // Tenants outlive a killed server (for `adopt_timeout`): not a test's.
         for pid in self.tenant_processes() {

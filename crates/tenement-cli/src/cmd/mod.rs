@@ -9,3 +9,4 @@ pub mod ps;
 pub mod serve;
 pub mod tokens;
 pub mod traffic;
+pub mod upgrade;

@@ -2,6 +2,7 @@
 //! the public port, bring instances back, and on SIGTERM/SIGINT stop them all gracefully.
 
 use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::client::control_socket;
+use crate::cmd::upgrade::{Handed, Successor};
 use crate::config_file;
 
 #[derive(clap::Args)]
@@ -63,6 +65,9 @@ pub async fn run(
     // SIGHUP (also what a closed terminal sends) must not end the server and its tenants,
     // not even while it starts: handled (reload) from here on.
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    // Started by `ten upgrade`: the predecessor's sockets and lock are ours.
+    let mut inherited = crate::cmd::upgrade::Inherited::from_env()?;
     let mut config = config_file::load(config.as_deref(), data_dir)?;
     let tls = &mut config.settings.tls;
     tls.enabled |= args.tls;
@@ -81,7 +86,14 @@ pub async fn run(
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o711))?;
     }
     check_data_dir(&data_dir)?;
-    let _lock = lock(&data_dir)?;
+    let (_lock, lock_fd) = match &inherited {
+        Some(i) => (None, i.lock.as_raw_fd()),
+        None => {
+            let l = lock(&data_dir)?;
+            let fd = l.as_raw_fd();
+            (Some(l), fd)
+        }
+    };
     raise_fd_limit();
 
     let state = data_dir.join("tenement.db");
@@ -106,8 +118,14 @@ pub async fn run(
         Err(tenement::OpenError::Other(e)) => return Err(e.into()),
     };
     back_up_now_and_then(store.clone());
+    // Read once: after a new binary is installed over it, /proc/self/exe says "(deleted)".
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
-    let runtimes: &'static Runtimes = Box::leak(Box::new(Runtimes::new(exe, &config.settings)));
+    let runtimes: &'static Runtimes =
+        Box::leak(Box::new(Runtimes::new(exe.clone(), &config.settings)));
+    if let Some(i) = inherited.as_mut() {
+        // Ready: from here the predecessor stops accepting and lets go of its instances.
+        i.take_over().await?;
+    }
     // Instances an earlier server left running (a crash, an upgrade) are ours from here on;
     // what is theirs survives the clean-up of its other leftovers.
     let (running, kept) = tenement::find_running(&data_dir).await.with_context(|| {
@@ -116,6 +134,7 @@ pub async fn run(
             data_dir.display()
         )
     })?;
+    let adopted = running.len();
     if !running.is_empty() {
         info!(instances = running.len(), "found running: adopting");
     }
@@ -161,13 +180,27 @@ pub async fn run(
         .with_adopted(running);
 
     let socket_path = control_socket(&data_dir);
-    let _ = std::fs::remove_file(&socket_path); // stale: the lock above proves no server owns it
-    let control = tokio::net::UnixListener::bind(&socket_path)
-        .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
-    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let front_listeners = bind(std::net::SocketAddr::new(args.bind, args.port), threads)
-        .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+    let (control, front_listeners) = match inherited.as_mut() {
+        Some(i) => (
+            tokio::net::UnixListener::from_std(i.control.take().context("no control socket")?)?,
+            std::mem::take(&mut i.front),
+        ),
+        None => {
+            let _ = std::fs::remove_file(&socket_path); // stale: the lock proves no server owns it
+            let control = tokio::net::UnixListener::bind(&socket_path)
+                .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+            std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let front = bind(std::net::SocketAddr::new(args.bind, args.port), threads)
+                .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+            (control, front)
+        }
+    };
+    let handed = Handed {
+        lock: lock_fd,
+        control: control.as_raw_fd(),
+        front: front_listeners.iter().map(|l| l.as_raw_fd()).collect(),
+    };
     let http_addr = front_listeners[0].local_addr()?;
     info!(control = %socket_path.display(), http = %http_addr, domain = %args.domain, "ten serve listening");
     if supervisor.config().settings.tls.enabled {
@@ -181,6 +214,11 @@ pub async fn run(
     // Instances come back while we listen, so that `ten ps` shows them starting; a list asked
     // for before they are all registered waits for that (`Supervisor::registered`).
     let restoring = tokio::spawn(supervisor.restore());
+    if inherited.is_some() {
+        // Connections wait in the sockets' queues until every instance is known here.
+        supervisor.registered(Duration::from_secs(30)).await;
+    }
+    let mut upgrades = supervisor.upgrade_requests();
     let (stop_control, stop_front) = (CancellationToken::new(), CancellationToken::new());
     let control = tokio::spawn(serve(
         control,
@@ -193,6 +231,11 @@ pub async fn run(
         async move { front_door(front_listeners, s, &domain, stop).await }
     });
 
+    if let Some(mut i) = inherited.take() {
+        i.serving(adopted).await;
+        // Held for this process's life (and handed on at the next upgrade).
+        std::mem::forget(i.lock);
+    }
     crate::notify::notify(&format!("READY=1\nSTATUS=serving on {http_addr}"));
     if let Some(every) = crate::notify::watchdog_interval() {
         // Pings from this runtime: if it stops making progress, systemd notices.
@@ -205,10 +248,36 @@ pub async fn run(
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut handed_over = None;
     loop {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: stopping every instance"),
             _ = int.recv() => info!("SIGINT: stopping every instance"),
+            request = upgrades.recv() => {
+                let Some(reply) = request else { continue };
+                match hand_over(&exe, &handed, &stop_front, &stop_control).await {
+                    Ok(done) => {
+                        let _ = reply.send(Ok(done.clone()));
+                        handed_over = Some(done);
+                    }
+                    Err((e, past_return)) => {
+                        warn!("upgrade failed: {e}");
+                        let _ = reply.send(Err(e.clone()));
+                        if past_return {
+                            bail!("upgrade failed after this server let go: {e}; the next ten serve adopts the instances");
+                        }
+                        continue;
+                    }
+                }
+            }
+            _ = usr2.recv() => {
+                info!("SIGUSR2: upgrading");
+                match hand_over(&exe, &handed, &stop_front, &stop_control).await {
+                    Ok(done) => handed_over = Some(done),
+                    Err((e, false)) => { warn!("upgrade failed: {e}"); continue }
+                    Err((e, true)) => bail!("upgrade failed after this server let go: {e}; the next ten serve adopts the instances"),
+                }
+            }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 let s = supervisor.clone();
@@ -223,6 +292,21 @@ pub async fn run(
             }
         }
         break;
+    }
+    if let Some(done) = handed_over {
+        // The successor serves; this server finishes what it has in flight and leaves
+        // everything else (instances, sockets, the lock) to it.
+        crate::notify::notify(&format!("MAINPID={}", done.pid));
+        restoring.abort();
+        // The front door waits for its connections, websockets and streams.
+        let drained = tokio::time::timeout(UPGRADE_DRAIN + Duration::from_secs(1), front);
+        if drained.await.is_err() {
+            warn!("requests still in flight after {UPGRADE_DRAIN:?}: cut");
+        }
+        let _ = tokio::task::spawn_blocking(move || logs.close()).await;
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, control).await;
+        info!(successor = done.pid, "handed over; ten serve exits");
+        return Ok(ExitCode::SUCCESS);
     }
     crate::notify::notify("STOPPING=1");
     restoring.abort();
@@ -254,6 +338,38 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ten upgrade`: starts the successor, stops accepting once it is ready, and lets it adopt
+/// every instance. The error says whether this server had already stopped accepting.
+async fn hand_over(
+    exe: &Path,
+    handed: &Handed,
+    stop_front: &CancellationToken,
+    stop_control: &CancellationToken,
+) -> Result<tenement::Upgraded, (String, bool)> {
+    let mut next = Successor::start(exe, handed)
+        .await
+        .map_err(|e| (format!("{e:#}"), false))?;
+    let stopped = std::time::Instant::now();
+    stop_front.cancel();
+    stop_control.cancel();
+    let (adopted, waited) = next
+        .go(stopped)
+        .await
+        .map_err(|e| (format!("{e:#}"), true))?;
+    let done = tenement::Upgraded {
+        pid: next.pid(),
+        adopted,
+        handover_ms: waited.as_secs_f64() * 1000.0,
+    };
+    info!(
+        successor = done.pid,
+        adopted,
+        handover_ms = done.handover_ms,
+        "upgrade: the new server serves"
+    );
+    Ok(done)
+}
+
 /// Keeps `tenement.db.bak`, the last good copy of the state store: written now (the store
 /// was just found sound) and every [`BACKUP_EVERY`]. A failure (disk full) is a warning; the
 /// copy before it stays. Also takes the store's disk reserve back as soon as there is room.
@@ -280,6 +396,10 @@ fn back_up_now_and_then(store: Store) {
 }
 
 const BACKUP_EVERY: Duration = Duration::from_secs(600);
+
+/// How long what the old server has in flight (websockets included) may take to finish
+/// after `ten upgrade`.
+const UPGRADE_DRAIN: Duration = Duration::from_secs(60);
 
 /// How long connections in flight may take to finish at shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

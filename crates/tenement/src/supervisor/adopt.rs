@@ -190,3 +190,55 @@ async fn stop_found_and_wait(found: Found, grace: Duration) {
         let _ = w.wait().await;
     }
 }
+
+/// What `ten upgrade` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Upgraded {
+    /// The new server's pid.
+    pub pid: u32,
+    /// Instances it adopted.
+    pub adopted: usize,
+    /// How long connections waited in the listening sockets' queues.
+    pub handover_ms: f64,
+}
+
+/// A `ten upgrade` asked of the server, and where its answer goes.
+pub type UpgradeRequest = tokio::sync::oneshot::Sender<Result<Upgraded, String>>;
+
+impl Supervisor {
+    /// Where `ten upgrade` requests arrive (for `ten serve`, which alone can hand over).
+    pub fn upgrade_requests(&self) -> tokio::sync::mpsc::Receiver<UpgradeRequest> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        *self
+            .inner
+            .upgrades
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Requests, streams and websockets in flight to any instance (the proxy's activity).
+    pub fn in_flight(&self) -> u64 {
+        self.registry()
+            .values()
+            .map(|h| h.activity.in_flight() as u64)
+            .sum()
+    }
+
+    /// Hands the server over to a new process of its executable ([`Upgraded`]).
+    pub async fn upgrade(&self) -> Result<Upgraded, String> {
+        let tx = self
+            .inner
+            .upgrades
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("this server cannot hand over")?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tx.try_send(reply)
+            .map_err(|_| "an upgrade is already under way".to_string())?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err("the server stopped before the upgrade finished".into()))
+    }
+}
