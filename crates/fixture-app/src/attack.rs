@@ -78,6 +78,8 @@ pub fn handle(path: &str, query: &str) -> Option<(u16, Vec<u8>)> {
         )),
         // Connects to a Unix socket by path, or by abstract name (`abstract=NAME`, with
         // `nul=1` for a name that ends in a NUL byte).
+        // A shim's control socket (SOCK_SEQPACKET): 200 with what it says first, if anything.
+        "/connect" if param(query, "seqpacket") == "1" => result(seqpacket(target)),
         "/connect" => {
             let name = param(query, "abstract");
             let stream = if name.is_empty() {
@@ -169,4 +171,53 @@ fn listen_stolen(
         }
     });
     Ok(())
+}
+
+/// Connects a `SOCK_SEQPACKET` socket to `path` and reads one message (1 s at most).
+fn seqpacket(path: &str) -> std::io::Result<String> {
+    let err = std::io::Error::last_os_error;
+    // SAFETY: plain socket(2)/connect(2)/recv(2) calls on a descriptor this function owns,
+    // with buffers of the sizes given.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(err());
+        }
+        let close = |e: std::io::Error| {
+            libc::close(fd);
+            Err(e)
+        };
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (i, b) in path.bytes().take(addr.sun_path.len() - 1).enumerate() {
+            addr.sun_path[i] = b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+            return close(err());
+        }
+        let timeout = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        let mut buf = [0u8; 4096];
+        let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
+        if n <= 0 {
+            let e = if n == 0 {
+                std::io::ErrorKind::UnexpectedEof.into()
+            } else {
+                err()
+            };
+            return close(e);
+        }
+        libc::close(fd);
+        Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+    }
 }

@@ -150,6 +150,7 @@ fn every_endpoint_by_who_asks() {
     rows.push(("POST", "/api/tokens".into(), Some("{}".into()), 403, 0));
     rows.push(("DELETE", "/api/tokens/1".into(), None, 403, 0));
     rows.push(("POST", "/api/reload".into(), None, 403, 0));
+    rows.push(("POST", "/api/upgrade".into(), None, 403, 0));
     rows.push(("GET", "/api/openapi.json".into(), None, 200, 0));
     rows.push(("GET", "/api/health".into(), None, 200, 0));
 

@@ -500,3 +500,67 @@ user = "root"
         );
     }
 }
+
+/// Where `key`'s shim listens for the next server (`handover::socket_path`).
+fn shim_socket(b: &Building, service: &str, id: &str) -> std::path::PathBuf {
+    let hash = format!("{service}/{id}")
+        .bytes()
+        .fold(0x811c9dc5u32, |h, c| {
+            (h ^ c as u32).wrapping_mul(0x01000193)
+        });
+    b.data_dir().join(".shims").join(format!("{hash:08x}"))
+}
+
+#[test]
+fn no_tenant_can_take_a_neighbours_instance_from_its_server() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(
+        TEN,
+        r#"
+[service.web]
+command = "{fixture}"
+
+[service.nobody]
+command = "{fixture}"
+isolation = "process"
+user = "nobody"
+"#,
+    );
+    b.start();
+    for key in ["web:victim", "web:evil", "nobody:evil"] {
+        b.ten_ok(&["spawn", key]);
+    }
+    let victim_pid = b.instance("web:victim").unwrap()["pid"].clone();
+    let shim = shim_socket(&b, "web", "victim");
+    assert!(shim.exists(), "{}", shim.display());
+    let attack = format!("/connect?seqpacket=1&path={}", shim.display());
+    // Namespaced, it does not even see data_dir; as a uid of its own, .shims (0700) is shut.
+    let (status, body) = tenant_does(&b, "web:evil", &attack);
+    assert_ne!(status, 200, "{body}");
+    let (status, body) = tenant_does(&b, "nobody:evil", &attack);
+    assert_ne!(status, 200, "{body}");
+    assert!(body.contains("ermission denied"), "{body}");
+    // Even with the way open (an operator's chmod), the shim says nothing to a stranger and
+    // keeps its server.
+    std::fs::set_permissions(
+        b.data_dir().join(".shims"),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (status, body) = tenant_does(&b, "nobody:evil", &attack);
+    assert_ne!(status, 200, "a stranger got the shim's hello: {body}");
+    assert!(!body.contains("hello"), "{body}");
+    let victim = b.instance("web:victim").unwrap();
+    assert_eq!(
+        (victim["state"].as_str(), &victim["pid"]),
+        (Some("running"), &victim_pid)
+    );
+    // Still its server's: a restart is seen and done by it.
+    b.ten_ok(&["restart", "web:victim"]);
+    b.wait_instance("web:victim", "restarted", |i| {
+        i["state"] == "running" && i["pid"] != victim_pid
+    });
+}

@@ -130,6 +130,8 @@ pub struct Setup {
     pub asleep: bool,
     /// The instance as an earlier server left it running: its first "start" takes it over.
     pub adopted: Option<tenement_runtime::Started>,
+    /// Cancelled when `ten upgrade` gave the instances to a new server.
+    pub handing_over: CancellationToken,
 }
 
 type Probe = Pin<Box<dyn Future<Output = Result<(), probe::ProbeError>> + Send>>;
@@ -296,6 +298,11 @@ impl Actor {
                     self.on_probe(result);
                 }
                 _ = sleep_until(deadline) => self.on_timer(),
+                _ = self.setup.handing_over.cancelled(), if self.workload.is_none() => {
+                    // Nothing running here: the successor brings it back as it sees fit.
+                    self.handed_over = true;
+                    break;
+                }
             }
         }
         if self.handed_over {
@@ -349,6 +356,8 @@ impl Actor {
 
     fn perform(&mut self, effect: Effect) -> Option<Input> {
         match effect {
+            // Once handed over, only the successor starts instances.
+            Effect::Spawn if self.setup.handing_over.is_cancelled() => None,
             Effect::Spawn => self.spawn().err().map(Input::Exited),
             Effect::Terminate => {
                 match &self.workload {

@@ -79,6 +79,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Cancelled when the server begins to shut down.
     stopping: CancellationToken,
+    /// `ten upgrade` let the successor take over: no instance starts here any more.
+    handing_over: CancellationToken,
     /// `true` while [`Supervisor::restore`] registers the instances it brings back.
     restoring: tokio::sync::watch::Sender<bool>,
     /// Instances found running at start, until restore adopts them (`adopt.rs`).
@@ -122,6 +124,7 @@ impl Supervisor {
                 tracker: TaskTracker::new(),
                 runtime: tokio::runtime::Handle::current(),
                 stopping: CancellationToken::new(),
+                handing_over: CancellationToken::new(),
                 restoring: tokio::sync::watch::Sender::new(false),
                 adoptable: Mutex::default(),
                 upgrades: Mutex::default(),
@@ -208,7 +211,7 @@ impl Supervisor {
         weight: u8,
         asleep: bool,
     ) -> Result<InstanceHandle, Error> {
-        if self.inner.stopping.is_cancelled() {
+        if self.inner.stopping.is_cancelled() || self.inner.handing_over.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         {
@@ -339,6 +342,7 @@ impl Supervisor {
             }),
             cgroups: self.inner.cgroups,
             asleep: asleep && adopted.is_none(),
+            handing_over: self.inner.handing_over.clone(),
             adopted,
         };
         let (handle, actor) = instance::start(setup);

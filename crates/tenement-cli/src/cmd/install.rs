@@ -2,11 +2,11 @@
 //!
 //! The unit is `Type=notify` (`ten serve` says READY, RELOADING and STOPPING, and pings the
 //! watchdog: `crate::notify`), reloads with SIGHUP, and has `Delegate=yes` so that the
-//! instances' cgroups are created below the service's own. `KillMode=mixed`: SIGTERM goes to
-//! `ten serve` alone, which stops accepting, lets requests finish and stops every instance in
-//! order; whatever is left after `TimeoutStopSec` is killed. (Tenants that outlive a restart
-//! of the service need adoption by the next `ten serve`, which is not built yet: until then
-//! they stop with it and come back when it starts.)
+//! instances' cgroups are created below the service's own. `KillMode=process`: signals go to
+//! `ten serve` alone. On `systemctl stop` it stops accepting, lets requests finish and stops
+//! every instance in order; when it crashes (or the watchdog kills it), the instances run on
+//! and the `ten serve` that `Restart=on-failure` starts adopts them (`adopt_timeout`).
+//! `NotifyAccess=all`: after `ten upgrade` the successor (`MAINPID=`) speaks for the unit.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,12 +51,14 @@ Wants=network-online.target
 
 [Service]
 Type=notify
-NotifyAccess=main
+NotifyAccess=all
 ExecStart={exe} serve --config {config}{args}
 ExecReload=/bin/kill -HUP $MAINPID
-# SIGTERM to ten serve alone: it stops accepting, lets requests finish, then stops every
-# instance in order. Whatever is left after TimeoutStopSec is killed.
-KillMode=mixed
+# Signals to ten serve alone. `systemctl stop`: it stops accepting, lets requests finish,
+# then stops every instance in order. A crash leaves the instances running, and the ten serve
+# started next adopts them (adopt_timeout). `ten upgrade` replaces ten serve without
+# restarting any instance.
+KillMode=process
 TimeoutStopSec=90
 WatchdogSec=30
 Restart=on-failure

@@ -255,7 +255,7 @@ pub async fn run(
             _ = int.recv() => info!("SIGINT: stopping every instance"),
             request = upgrades.recv() => {
                 let Some(reply) = request else { continue };
-                match hand_over(&exe, &handed, &stop_front, &stop_control).await {
+                match hand_over(&supervisor, &exe, &handed, &stop_front, &stop_control).await {
                     Ok(done) => {
                         let _ = reply.send(Ok(done.clone()));
                         handed_over = Some(done);
@@ -272,7 +272,7 @@ pub async fn run(
             }
             _ = usr2.recv() => {
                 info!("SIGUSR2: upgrading");
-                match hand_over(&exe, &handed, &stop_front, &stop_control).await {
+                match hand_over(&supervisor, &exe, &handed, &stop_front, &stop_control).await {
                     Ok(done) => handed_over = Some(done),
                     Err((e, false)) => { warn!("upgrade failed: {e}"); continue }
                     Err((e, true)) => bail!("upgrade failed after this server let go: {e}; the next ten serve adopts the instances"),
@@ -341,6 +341,7 @@ pub async fn run(
 /// `ten upgrade`: starts the successor, stops accepting once it is ready, and lets it adopt
 /// every instance. The error says whether this server had already stopped accepting.
 async fn hand_over(
+    supervisor: &Supervisor,
     exe: &Path,
     handed: &Handed,
     stop_front: &CancellationToken,
@@ -352,6 +353,7 @@ async fn hand_over(
     let stopped = std::time::Instant::now();
     stop_front.cancel();
     stop_control.cancel();
+    supervisor.hand_over();
     let (adopted, waited) = next
         .go(stopped)
         .await

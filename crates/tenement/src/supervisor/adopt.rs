@@ -217,6 +217,13 @@ impl Supervisor {
         rx
     }
 
+    /// From now on the successor of `ten upgrade` owns the instances: none starts here any
+    /// more, and every actor without a process ends (those with one end when their shim
+    /// moves to the successor).
+    pub fn hand_over(&self) {
+        self.inner.handing_over.cancel();
+    }
+
     /// Requests, streams and websockets in flight to any instance (the proxy's activity).
     pub fn in_flight(&self) -> u64 {
         self.registry()
