@@ -1,7 +1,10 @@
 //! `tenement-loadgen (--unix PATH | --tcp HOST:PORT) [--host H] [--path P] [-c N] [-d SECS]`
 //!
 //! N keep-alive connections send `GET P` back to back for SECS seconds; prints one line:
-//! `requests=… errors=… rps=… p50_us=… p99_us=…`. Used by `bench/proxy.py` so that the direct
+//! `requests=… errors=… retried=… rps=… p50_us=… p99_us=…`. A connection the server closes
+//! (`Connection: close`, or closed while idle) is replaced, and a request it took down
+//! before any byte of an answer is sent again on the new one, as HTTP clients do with
+//! idempotent requests (RFC 9112 §9.3.1): counted in `retried`, not in `errors`. Used by `bench/proxy.py` so that the direct
 //! Unix-socket run, the run through `ten serve` and the run through nginx use the same client.
 
 use std::time::{Duration, Instant};
@@ -49,9 +52,9 @@ fn parse() -> Opts {
     o
 }
 
-async fn worker(o: Opts, until: Instant) -> (Vec<u32>, u64) {
+async fn worker(o: Opts, until: Instant) -> (Vec<u32>, u64, u64) {
     let mut lat = Vec::with_capacity(100_000);
-    let mut errors = 0;
+    let (mut errors, mut retried) = (0, 0);
     'reconnect: while Instant::now() < until {
         let io: Box<dyn IoStream> = match (&o.unix, &o.tcp) {
             (Some(p), _) => match tokio::net::UnixStream::connect(p).await {
@@ -66,7 +69,10 @@ async fn worker(o: Opts, until: Instant) -> (Vec<u32>, u64) {
                     let _ = s.set_nodelay(true);
                     Box::new(s)
                 }
-                Err(_) => {
+                Err(e) => {
+                    if std::env::var_os("LOADGEN_DEBUG").is_some() {
+                        eprintln!("connect failed: {e}");
+                    }
                     errors += 1;
                     continue;
                 }
@@ -84,19 +90,45 @@ async fn worker(o: Opts, until: Instant) -> (Vec<u32>, u64) {
                 .header(hyper::header::HOST, o.host.as_str())
                 .body(Empty::<Bytes>::new())
                 .expect("valid request");
+            if send.ready().await.is_err() {
+                continue 'reconnect; // closed by the server: a new one
+            }
             let t0 = Instant::now();
-            let ok = match send.send_request(req).await {
-                Ok(res) => res.status().is_success() && res.into_body().collect().await.is_ok(),
-                Err(_) => false,
+            let (ok, close) = match send.send_request(req).await {
+                Ok(res) => {
+                    let close = res
+                        .headers()
+                        .get(hyper::header::CONNECTION)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                    let ok = res.status().is_success() && res.into_body().collect().await.is_ok();
+                    (ok, close)
+                }
+                // Closed before any answer: sent again on a new connection.
+                Err(e) if e.is_canceled() || e.is_incomplete_message() => {
+                    retried += 1;
+                    continue 'reconnect;
+                }
+                Err(e) => {
+                    if std::env::var_os("LOADGEN_DEBUG").is_some() {
+                        eprintln!("request failed: {e:?}");
+                    }
+                    (false, true)
+                }
             };
             if !ok {
+                if std::env::var_os("LOADGEN_DEBUG").is_some() {
+                    eprintln!("request failed (status or body)");
+                }
                 errors += 1;
                 continue 'reconnect;
             }
             lat.push(t0.elapsed().as_micros() as u32);
+            if close {
+                continue 'reconnect;
+            }
         }
     }
-    (lat, errors)
+    (lat, errors, retried)
 }
 
 trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -111,11 +143,12 @@ async fn main() {
         .map(|_| tokio::spawn(worker(o.clone(), until)))
         .collect();
     let mut all = Vec::new();
-    let mut errors = 0;
+    let (mut errors, mut retried) = (0, 0);
     for t in tasks {
-        let (lat, e) = t.await.expect("worker");
+        let (lat, e, r) = t.await.expect("worker");
         all.extend(lat);
         errors += e;
+        retried += r;
     }
     let secs = start.elapsed().as_secs_f64();
     all.sort_unstable();
@@ -125,7 +158,7 @@ async fn main() {
             .unwrap_or(0)
     };
     println!(
-        "requests={} errors={errors} rps={:.0} p50_us={} p99_us={}",
+        "requests={} errors={errors} retried={retried} rps={:.0} p50_us={} p99_us={}",
         all.len(),
         all.len() as f64 / secs,
         pct(0.5),

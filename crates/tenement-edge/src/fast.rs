@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::server::conn::http1;
@@ -51,6 +51,7 @@ pub(crate) async fn serve(
     let mut waiting_since = Instant::now();
     let timer = tokio::time::sleep(door.header_timeout);
     let stopping = shutdown.clone().cancelled_owned();
+    let mut draining = false;
     tokio::pin!(timer, stopping);
     loop {
         // Parsed in place: the head's bytes stay in `buf` while the request is proxied.
@@ -113,15 +114,28 @@ pub(crate) async fn serve(
                 // No whole head within header_timeout of the last answer: closed, as hyper
                 // does. (The timer is moved on only when it fires.)
                 let deadline = waiting_since + door.header_timeout;
-                if Instant::now() >= deadline {
+                if draining || Instant::now() >= deadline {
                     return;
                 }
                 timer.as_mut().reset(deadline.into());
             }
-            () = &mut stopping => return,
+            () = &mut stopping, if !draining => {
+                // Shutting down (or handing over): a request already on its way, on a
+                // connection just accepted or kept alive, is still answered (with `close`);
+                // only a connection that stays quiet for LAST_CALL is closed. Closing at once
+                // would reset those requests.
+                draining = true;
+                let last = tokio::time::Instant::now() + LAST_CALL;
+                if timer.deadline() > last {
+                    timer.as_mut().reset(last);
+                }
+            }
         }
     }
 }
+
+/// How long a quiet connection stays open once the front door stops accepting.
+const LAST_CALL: Duration = Duration::from_secs(1);
 
 /// Whether `buf` may hold a whole head: a blank line (`\n\n` or `\n\r\n`) in the bytes from
 /// `from` on (or just before it).

@@ -15,7 +15,8 @@
 //!   itself.
 //! - `release`: another server connected; the owner stops reading the pipes and answers
 //!   `released` (or closes the connection); only then does the new one get its `hello`, so two
-//!   servers never read the same pipe.
+//!   servers never read the same pipe. (An owner handing over says `released` unasked, so
+//!   its successor's connection is answered at once.)
 //!
 //! When the owner's connection closes without a `release` (the server crashed or was killed),
 //! the shim waits `--adopt-timeout` seconds for a new owner, then kills the instance.
@@ -47,21 +48,50 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
     Hello(Hello),
+    /// From a server to its successor (`ten upgrade`): instances, each with three
+    /// descriptors attached in order (control connection, stdout, stderr).
+    Batch(Vec<Hello>),
+    /// The last batch was sent.
+    End,
     /// The app's wait status (waitpid(2)).
     Exit(i32),
     Release,
     Released,
 }
 
+impl Hello {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "key": self.key, "pid": self.pid, "cgroups": self.cgroups, "meta": self.meta,
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Option<Hello> {
+        Some(Hello {
+            key: v["key"].as_str()?.to_string(),
+            pid: v["pid"].as_u64()?.try_into().ok()?,
+            cgroups: v["cgroups"]
+                .as_array()?
+                .iter()
+                .map(|c| c.as_str().map(PathBuf::from))
+                .collect::<Option<_>>()?,
+            meta: v["meta"].as_str()?.to_string(),
+        })
+    }
+}
+
+/// Instances per [`Msg::Batch`]: three descriptors each, under the kernel's 253 per message.
+pub const BATCH: usize = 64;
+
 impl Msg {
     fn encode(&self) -> Vec<u8> {
         match self {
-            Msg::Hello(h) => {
-                let json = serde_json::json!({
-                    "key": h.key, "pid": h.pid, "cgroups": h.cgroups, "meta": h.meta,
-                });
-                format!("hello {json}").into_bytes()
+            Msg::Hello(h) => format!("hello {}", h.json()).into_bytes(),
+            Msg::Batch(hellos) => {
+                let list: Vec<serde_json::Value> = hellos.iter().map(Hello::json).collect();
+                format!("batch {}", serde_json::Value::Array(list)).into_bytes()
             }
+            Msg::End => b"end".to_vec(),
             Msg::Exit(status) => format!("exit {status}").into_bytes(),
             Msg::Release => b"release".to_vec(),
             Msg::Released => b"released".to_vec(),
@@ -72,19 +102,12 @@ impl Msg {
         let text = std::str::from_utf8(bytes).ok()?;
         let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
         Some(match word {
-            "hello" => {
+            "hello" => Msg::Hello(Hello::from_json(&serde_json::from_str(rest).ok()?)?),
+            "batch" => {
                 let v: serde_json::Value = serde_json::from_str(rest).ok()?;
-                Msg::Hello(Hello {
-                    key: v["key"].as_str()?.to_string(),
-                    pid: v["pid"].as_u64()?.try_into().ok()?,
-                    cgroups: v["cgroups"]
-                        .as_array()?
-                        .iter()
-                        .map(|c| c.as_str().map(PathBuf::from))
-                        .collect::<Option<_>>()?,
-                    meta: v["meta"].as_str()?.to_string(),
-                })
+                Msg::Batch(v.as_array()?.iter().map(Hello::from_json).collect::<Option<_>>()?)
             }
+            "end" => Msg::End,
             "exit" => Msg::Exit(rest.parse().ok()?),
             "release" => Msg::Release,
             "released" => Msg::Released,
@@ -106,8 +129,13 @@ pub fn send(fd: BorrowedFd<'_>, msg: &Msg, fds: &[RawFd]) -> std::io::Result<()>
 /// Receives one message and the descriptors attached to it; `None` at end of stream. A message
 /// this version does not know is an error.
 pub fn recv(fd: BorrowedFd<'_>) -> std::io::Result<Option<(Msg, Vec<OwnedFd>)>> {
-    let mut buf = vec![0u8; 8192];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    recv_sized(fd, 8192)
+}
+
+/// [`recv`] of messages up to `max` bytes (with up to [`BATCH`] × 3 descriptors).
+pub fn recv_sized(fd: BorrowedFd<'_>, max: usize) -> std::io::Result<Option<(Msg, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; max];
+    let mut space = nix::cmsg_space!([RawFd; BATCH * 3]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let r = socket::recvmsg::<()>(
@@ -159,7 +187,8 @@ mod tests {
             cgroups: vec!["/sys/fs/cgroup/x".into()],
             meta: "{\"port\":3000}".into(),
         };
-        for msg in [Msg::Hello(hello), Msg::Exit(9), Msg::Release, Msg::Released] {
+        let batch = Msg::Batch(vec![hello.clone(), hello.clone()]);
+        for msg in [Msg::Hello(hello), batch, Msg::End, Msg::Exit(9), Msg::Release, Msg::Released] {
             assert_eq!(Msg::decode(&msg.encode()), Some(msg));
         }
         assert_eq!(Msg::decode(b"hello {}"), None);

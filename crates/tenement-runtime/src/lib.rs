@@ -141,6 +141,10 @@ pub trait Workload: Send {
     /// After [`Ended::Released`]: this server has stopped reading the output; the next owner
     /// may have it. The workload is not this server's any more.
     fn let_go(&mut self);
+    /// The connection to the instance's shim, to pass to a successor ([`adopt::send`]).
+    fn control(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 /// An isolation backend.

@@ -210,4 +210,8 @@ impl Workload for ShimWorkload {
         let _ = handover::send(self.control.get_ref().as_fd(), &Msg::Released, &[]);
         self.child = None; // reaped by tokio in the background, whenever it ends
     }
+
+    fn control(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(self.control.get_ref().as_fd())
+    }
 }

@@ -216,6 +216,10 @@ impl Workload for SandboxWorkload {
         self.inner.let_go()
     }
 
+    fn control(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.inner.control()
+    }
+
     fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<Ended>> + Send + '_>> {
         Box::pin(async move {
             let status = self.inner.wait().await;

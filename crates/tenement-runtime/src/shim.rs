@@ -339,15 +339,17 @@ impl Owned {
         }
     }
 
-    /// The owner wrote or went away: the only thing it may say unasked is nothing at all.
+    /// The owner wrote or went away.
     fn on_owner(&mut self) {
         let Some(owner) = &self.owner else { return };
         match handover::recv(owner.as_fd()) {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => {
+            // `released` unasked: the owner is handing over (`ten upgrade`); the next one
+            // needs to wait for nobody.
+            Ok(Some((Msg::Released, _))) | Ok(None) | Err(_) => {
                 self.owner = None;
                 self.orphaned_at = Some(Instant::now());
             }
+            Ok(Some(_)) => {}
         }
     }
 

@@ -132,6 +132,8 @@ pub struct Setup {
     pub adopted: Option<tenement_runtime::Started>,
     /// Cancelled when `ten upgrade` gave the instances to a new server.
     pub handing_over: CancellationToken,
+    /// Where the instance goes then (its shim connection and pipes, for the successor).
+    pub hand_to: Arc<std::sync::Mutex<Vec<tenement_runtime::adopt::Found>>>,
 }
 
 type Probe = Pin<Box<dyn Future<Output = Result<(), probe::ProbeError>> + Send>>;
@@ -160,8 +162,9 @@ struct Actor {
     held_port: Option<std::net::TcpListener>,
     /// What the current run's latest readiness check found, while it is not ready.
     ready_error: Arc<std::sync::Mutex<Option<String>>>,
-    /// The current run's output readers, stopped when another server adopts the instance.
-    captures: Vec<tokio::task::JoinHandle<()>>,
+    /// The current run's output readers, stopped when another server adopts the instance
+    /// (they give the pipes back).
+    captures: Vec<tokio::task::JoinHandle<Option<std::os::fd::OwnedFd>>>,
     capturing: CancellationToken,
     /// Another server took the instance over: this actor ends without touching it.
     handed_over: bool,
@@ -271,7 +274,7 @@ impl Actor {
                 status = wait_exit(&mut self.workload) => {
                     let status = match status {
                         Ok(Ended::Released) => {
-                            self.let_go().await;
+                            self.let_go(false).await;
                             break;
                         }
                         Ok(Ended::Exited(s)) => Ok(s),
@@ -298,9 +301,10 @@ impl Actor {
                     self.on_probe(result);
                 }
                 _ = sleep_until(deadline) => self.on_timer(),
-                _ = self.setup.handing_over.cancelled(), if self.workload.is_none() => {
-                    // Nothing running here: the successor brings it back as it sees fit.
-                    self.handed_over = true;
+                _ = self.setup.handing_over.cancelled() => {
+                    // The successor takes the instance over: what runs goes to it directly
+                    // (its shim is not even told); the rest is the successor's to bring back.
+                    self.let_go(true).await;
                     break;
                 }
             }
@@ -318,16 +322,40 @@ impl Actor {
     }
 
     /// Another server is adopting the instance: stop reading its output (what was read is
-    /// kept), then tell the shim so.
-    async fn let_go(&mut self) {
+    /// kept); then either pass the shim's connection and the pipes on (`give`: to the
+    /// successor of `ten upgrade`) or tell the shim it may answer the new server.
+    async fn let_go(&mut self, give: bool) {
         self.capturing.cancel();
+        let mut pipes = Vec::new();
         for capture in self.captures.drain(..) {
-            let _ = capture.await;
-        }
-        if let Some(w) = &mut self.workload {
-            w.let_go();
+            pipes.push(capture.await.ok().flatten());
         }
         self.handed_over = true;
+        let Some(mut workload) = self.workload.take() else {
+            return;
+        };
+        let pipes = (pipes.pop().flatten(), pipes.pop().flatten());
+        if let (true, (Some(stderr), Some(stdout))) = (give, pipes) {
+            let hello = tenement_runtime::handover::Hello {
+                key: self.key.to_string(),
+                pid: workload.pid(),
+                cgroups: self.setup.spec.cgroups.clone(),
+                meta: self.setup.spec.handover.meta.clone(),
+            };
+            let started = tenement_runtime::Started {
+                workload,
+                stdout,
+                stderr,
+            };
+            let found = tenement_runtime::adopt::Found { hello, started };
+            self.setup
+                .hand_to
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(found);
+            return;
+        }
+        workload.let_go();
     }
 
     /// Feeds one input to the state machine and performs the effects; inputs that effects
@@ -397,7 +425,9 @@ impl Actor {
     }
 
     fn start_process(&mut self) -> Result<(), ExitReason> {
-        let started = match self.setup.adopted.take() {
+        let adopted = self.setup.adopted.take();
+        let was_running = adopted.is_some();
+        let started = match adopted {
             Some(adopted) => adopted,
             None => {
                 let plan = &self.setup.socket;
@@ -439,6 +469,12 @@ impl Actor {
         );
         let last_error = Arc::new(std::sync::Mutex::new(None));
         self.ready_error = last_error.clone();
+        if was_running {
+            // Adopted: it was serving a moment ago; the periodic health checks take over
+            // (a thousand readiness checks at once would only hold up the hand-over).
+            self.probe = Some(Box::pin(std::future::ready(Ok(()))));
+            return Ok(());
+        }
         self.probe = Some(Box::pin(async move {
             probe::until_ready(&endpoint, health.as_deref(), &last_error).await;
             Ok(())

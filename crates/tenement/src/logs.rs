@@ -87,7 +87,8 @@ impl Sink {
     }
 }
 
-/// Reads `pipe` until EOF or `stop`, line by line, into `tail` and `sink`.
+/// Reads `pipe` until EOF or `stop`, line by line, into `tail` and `sink`; after `stop`,
+/// gives the pipe back (for a successor server).
 ///
 /// An idle pipe holds no buffer: bytes are read into a stack buffer only once the pipe is
 /// readable, so a thousand quiet instances do not keep two 4 KB read buffers each (that was a
@@ -99,7 +100,7 @@ pub async fn capture(
     tail: Arc<Tail>,
     sink: Sink,
     stop: tokio_util::sync::CancellationToken,
-) {
+) -> Option<OwnedFd> {
     let mut lines = Lines {
         instance,
         stream,
@@ -108,31 +109,37 @@ pub async fn capture(
         line: Vec::new(),
         dropped: 0,
     };
-    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe);
-    if let Err(e) = &pipe {
-        tracing::warn!(instance = %lines.instance, ?stream, error = %e, "cannot capture output");
-    }
-    if let Ok(pipe) = pipe {
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                ready = pipe.readable() => if ready.is_err() { break },
+    let pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            tracing::warn!(instance = %lines.instance, ?stream, error = %e, "cannot capture output");
+            return None;
+        }
+    };
+    let mut stopped = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {
+                stopped = true;
+                break;
             }
-            // `readable()` takes no part in tokio's cooperative budget: under a flood it is
-            // always ready, and without this the loop would hold its worker thread forever,
-            // starving the tasks queued behind it (other instances' capture, probes).
-            tokio::task::consume_budget().await;
-            let mut chunk = [0u8; 4096];
-            match pipe.try_read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => lines.feed(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
-            }
+            ready = pipe.readable() => if ready.is_err() { break },
+        }
+        // `readable()` takes no part in tokio's cooperative budget: under a flood it is
+        // always ready, and without this the loop would hold its worker thread forever,
+        // starving the tasks queued behind it (other instances' capture, probes).
+        tokio::task::consume_budget().await;
+        let mut chunk = [0u8; 4096];
+        match pipe.try_read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => lines.feed(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
         }
     }
     lines.finish();
+    stopped.then(|| pipe.into_nonblocking_fd().ok()).flatten()
 }
 
 /// Cuts a byte stream into log lines.

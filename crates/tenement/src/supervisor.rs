@@ -81,6 +81,8 @@ struct Inner {
     stopping: CancellationToken,
     /// `ten upgrade` let the successor take over: no instance starts here any more.
     handing_over: CancellationToken,
+    /// What the actors hand over then (`adopt.rs`).
+    hand_to: Arc<Mutex<Vec<tenement_runtime::adopt::Found>>>,
     /// `true` while [`Supervisor::restore`] registers the instances it brings back.
     restoring: tokio::sync::watch::Sender<bool>,
     /// Instances found running at start, until restore adopts them (`adopt.rs`).
@@ -125,6 +127,7 @@ impl Supervisor {
                 runtime: tokio::runtime::Handle::current(),
                 stopping: CancellationToken::new(),
                 handing_over: CancellationToken::new(),
+                hand_to: Arc::default(),
                 restoring: tokio::sync::watch::Sender::new(false),
                 adoptable: Mutex::default(),
                 upgrades: Mutex::default(),
@@ -211,6 +214,18 @@ impl Supervisor {
         weight: u8,
         asleep: bool,
     ) -> Result<InstanceHandle, Error> {
+        self.create_with(key, weight, asleep, true).await
+    }
+
+    /// [`Supervisor::create`]; `record`: write the instance to the state store (not when it
+    /// comes from there).
+    pub(crate) async fn create_with(
+        &self,
+        key: &InstanceKey,
+        weight: u8,
+        asleep: bool,
+        record: bool,
+    ) -> Result<InstanceHandle, Error> {
         if self.inner.stopping.is_cancelled() || self.inner.handing_over.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -224,7 +239,7 @@ impl Supervisor {
                 return Err(Error::AlreadyExists(key.clone()));
             }
         }
-        let result = self.create_reserved(key, weight, asleep).await;
+        let result = self.create_reserved(key, weight, asleep, record).await;
         self.inner
             .creating
             .lock()
@@ -238,6 +253,7 @@ impl Supervisor {
         key: &InstanceKey,
         weight: u8,
         asleep: bool,
+        record: bool,
     ) -> Result<InstanceHandle, Error> {
         let config = self.config();
         let service = config
@@ -288,8 +304,9 @@ impl Supervisor {
                 return Err(invalid(e.to_string()));
             }
         }
-        // The data directory (and the quota mount on it) belongs to the app's user.
-        if let Some(user) = run_as.user
+        // The data directory (and the quota mount on it) belongs to the app's user (an
+        // adopted instance's has since it started).
+        if let Some(user) = run_as.user.filter(|_| adopted.is_none())
             && let Err(e) = crate::socket_dir::chown_tree(&data, user)
         {
             self.release_port(port);
@@ -343,6 +360,7 @@ impl Supervisor {
             cgroups: self.inner.cgroups,
             asleep: asleep && adopted.is_none(),
             handing_over: self.inner.handing_over.clone(),
+            hand_to: self.inner.hand_to.clone(),
             adopted,
         };
         let (handle, actor) = instance::start(setup);
@@ -350,12 +368,18 @@ impl Supervisor {
         // Start at once and record in parallel: the fsync is not on the path to ready, but
         // the caller hears back only once the instance is recorded.
         self.inner.tracker.spawn_on(actor, &self.inner.runtime);
+        if !record && new_uid.is_none() {
+            return Ok(handle);
+        }
         let (store, k) = (self.inner.store.clone(), key.clone());
         let stored = tokio::task::spawn_blocking(move || {
             if let Some(uid) = new_uid {
                 store.set_uid(&k, uid)?;
             }
-            store.insert_with_weight(&k, weight)
+            match record {
+                true => store.insert_with_weight(&k, weight),
+                false => Ok(()),
+            }
         })
         .await
         .expect("store task");

@@ -122,23 +122,6 @@ pub async fn run(
     let exe = std::env::current_exe().context("cannot find the ten executable")?;
     let runtimes: &'static Runtimes =
         Box::leak(Box::new(Runtimes::new(exe.clone(), &config.settings)));
-    if let Some(i) = inherited.as_mut() {
-        // Ready: from here the predecessor stops accepting and lets go of its instances.
-        i.take_over().await?;
-    }
-    // Instances an earlier server left running (a crash, an upgrade) are ours from here on;
-    // what is theirs survives the clean-up of its other leftovers.
-    let (running, kept) = tenement::find_running(&data_dir).await.with_context(|| {
-        format!(
-            "cannot look for running instances in {}",
-            data_dir.display()
-        )
-    })?;
-    let adopted = running.len();
-    if !running.is_empty() {
-        info!(instances = running.len(), "found running: adopting");
-    }
-    runtimes.clean_stale(&kept.keys);
     let users = crate::cmd::config::unknown_users(&config);
     for problem in crate::cmd::config::unavailable(&config, runtimes)
         .into_iter()
@@ -146,8 +129,6 @@ pub async fn run(
     {
         tracing::warn!("{problem}. Its instances will fail to start.");
     }
-    // Quota mounts of a server that was killed are still there: start from a clean slate.
-    tenement_runtime::storage::clean_stale(&data_dir, &kept.dirs);
     let scope = Cgroups::scope_for(&data_dir);
     // TENEMENT_NO_CGROUPS=1: diagnostics and benchmarks only (instances run without cgroups).
     let disabled = std::env::var_os("TENEMENT_NO_CGROUPS").is_some_and(|v| v == "1");
@@ -158,13 +139,10 @@ pub async fn run(
     };
     let cgroups: Option<&'static Cgroups> = detected.map(|c| &*Box::leak(Box::new(c)));
     match cgroups {
-        Some(c) => {
-            info!(
-                version = c.version(),
-                scope, "instances get their own cgroups"
-            );
-            c.clean_stale(&kept.cgroups);
-        }
+        Some(c) => info!(
+            version = c.version(),
+            scope, "instances get their own cgroups"
+        ),
         None => warn!("no usable cgroups: memory_limit_mb/cpu_shares cannot be enforced here"),
     }
     let retention = Retention {
@@ -176,8 +154,34 @@ pub async fn run(
         warn!("{why}");
     }
     let supervisor = Supervisor::new(Arc::new(config), store, runtimes, cgroups)
-        .with_log_store(logs.clone())
-        .with_adopted(running);
+        .with_log_store(logs.clone());
+
+    let handed_to_us = match inherited.as_mut() {
+        // Ready: from here the predecessor stops accepting and hands its instances over.
+        Some(i) => i.take_over().await?,
+        None => Vec::new(),
+    };
+    let looking = std::time::Instant::now();
+    // Instances an earlier server left running (a crash, an upgrade) are ours from here on;
+    // what is theirs survives the clean-up of its other leftovers.
+    let (running, kept) = tenement::find_running(&data_dir, handed_to_us).await.with_context(|| {
+        format!(
+            "cannot look for running instances in {}",
+            data_dir.display()
+        )
+    })?;
+    let adopted = running.len();
+    if !running.is_empty() {
+        let ms = looking.elapsed().as_secs_f64() * 1000.0;
+        info!(instances = running.len(), ms, "found running: adopting");
+    }
+    runtimes.clean_stale(&kept.keys);
+    // Quota mounts of a server that was killed are still there: start from a clean slate.
+    tenement_runtime::storage::clean_stale(&data_dir, &kept.dirs);
+    if let Some(c) = cgroups {
+        c.clean_stale(&kept.cgroups);
+    }
+    let supervisor = supervisor.with_adopted(running);
 
     let socket_path = control_socket(&data_dir);
     let (control, front_listeners) = match inherited.as_mut() {
@@ -217,6 +221,8 @@ pub async fn run(
     if inherited.is_some() {
         // Connections wait in the sockets' queues until every instance is known here.
         supervisor.registered(Duration::from_secs(30)).await;
+        let ms = looking.elapsed().as_secs_f64() * 1000.0;
+        info!(ms, "every instance registered");
     }
     let mut upgrades = supervisor.upgrade_requests();
     let (stop_control, stop_front) = (CancellationToken::new(), CancellationToken::new());
@@ -353,9 +359,11 @@ async fn hand_over(
     let stopped = std::time::Instant::now();
     stop_front.cancel();
     stop_control.cancel();
-    supervisor.hand_over();
+    let running = supervisor.hand_over().await;
+    let ms = stopped.elapsed().as_secs_f64() * 1000.0;
+    info!(instances = running.len(), ms, "upgrade: every instance let go of");
     let (adopted, waited) = next
-        .go(stopped)
+        .go(running, stopped)
         .await
         .map_err(|e| (format!("{e:#}"), true))?;
     let done = tenement::Upgraded {

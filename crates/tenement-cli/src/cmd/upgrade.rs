@@ -5,18 +5,22 @@
 //! arriving meanwhile wait in the listening sockets' queues.
 //!
 //! Between the two servers: the descriptors, by number, in `TEN_UPGRADE_FDS`
-//! (`lock=N;control=N;front=N,N;talk=N`), and on `talk` (a socketpair) one line at a time:
-//! the successor says `ready` once its configuration and state store are open; the
-//! predecessor stops accepting and says `go`; the successor adopts the instances, starts
-//! accepting and says `serving`.
+//! (`lock=N;control=N;front=N,N;talk=N;handoff=N`), and on `talk` (a socketpair) one line at
+//! a time: the successor says `ready` once its configuration and stores are open; the
+//! predecessor stops accepting and starting instances, says `go`, and sends every running
+//! instance over `handoff` (`SOCK_SEQPACKET`: its shim's connection and its output pipes,
+//! `tenement_runtime::adopt::send`); the successor adopts them (and any other shim it finds),
+//! starts accepting and says `serving`.
 
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use tenement_runtime::adopt::Found;
 use tokio::net::UnixStream;
 
 const ENV: &str = "TEN_UPGRADE_FDS";
@@ -49,6 +53,7 @@ pub struct Inherited {
     pub control: Option<std::os::unix::net::UnixListener>,
     pub front: Vec<std::net::TcpListener>,
     talk: BufReader<UnixStream>,
+    handoff: Option<OwnedFd>,
 }
 
 impl Inherited {
@@ -76,8 +81,9 @@ impl Inherited {
             }
         };
         let (lock, control, talk) = (one("lock")?, one("control")?, one("talk")?);
+        let handoff = one("handoff")?;
         let front = fds.get("front").cloned().unwrap_or_default();
-        for fd in [lock, control, talk].iter().chain(&front) {
+        for fd in [lock, control, talk, handoff].iter().chain(&front) {
             // Open descriptors, not to be inherited further: checked before owning them.
             // SAFETY: only borrowed for this call; fcntl on a closed number fails cleanly.
             let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
@@ -89,11 +95,12 @@ impl Inherited {
         }
         // SAFETY: our predecessor passed these descriptors to this process alone (checked
         // open above); nothing else here owns them.
-        let (lock, control, talk, front) = unsafe {
+        let (lock, control, talk, handoff, front) = unsafe {
             (
                 std::fs::File::from_raw_fd(lock),
                 std::os::unix::net::UnixListener::from_raw_fd(control),
                 std::os::unix::net::UnixStream::from_raw_fd(talk),
+                OwnedFd::from_raw_fd(handoff),
                 front
                     .iter()
                     .map(|fd| std::net::TcpListener::from_raw_fd(*fd))
@@ -107,16 +114,26 @@ impl Inherited {
             control: Some(control),
             front,
             talk: BufReader::new(UnixStream::from_std(talk)?),
+            handoff: Some(handoff),
         }))
     }
 
-    /// Tells the predecessor we are ready and waits for its `go` (also when it is gone:
-    /// then the instances are ours anyway).
-    pub async fn take_over(&mut self) -> anyhow::Result<()> {
+    /// Tells the predecessor we are ready, waits for its `go` (also when it is gone: then
+    /// the instances are ours anyway) and receives the instances it hands over.
+    pub async fn take_over(&mut self) -> anyhow::Result<Vec<Found>> {
         self.talk.get_mut().write_all(b"ready\n").await?;
         let mut line = String::new();
         self.talk.read_line(&mut line).await?;
-        Ok(())
+        let Some(handoff) = self.handoff.take() else {
+            return Ok(Vec::new());
+        };
+        // (Blocking reads: nothing else happens here until the instances are ours.)
+        let received =
+            tokio::task::spawn_blocking(move || tenement_runtime::adopt::receive(handoff.as_fd()))
+                .await?;
+        let received = received.context("receiving the instances from the old server")?;
+        tracing::info!(instances = received.len(), "received from the old server");
+        Ok(received)
     }
 
     /// Tells the predecessor we are serving.
@@ -133,6 +150,7 @@ impl Inherited {
 pub struct Successor {
     child: std::process::Child,
     talk: BufReader<UnixStream>,
+    handoff: OwnedFd,
 }
 
 impl Successor {
@@ -140,6 +158,12 @@ impl Successor {
     /// it is ready to take over.
     pub async fn start(exe: &std::path::Path, handed: &Handed) -> anyhow::Result<Successor> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let (handoff, their_handoff) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
         let list = |fds: &[RawFd]| {
             fds.iter()
                 .map(|f| f.to_string())
@@ -148,12 +172,13 @@ impl Successor {
         };
         let talk = theirs.as_raw_fd();
         let spec = format!(
-            "lock={};control={};front={};talk={talk}",
+            "lock={};control={};front={};talk={talk};handoff={}",
             handed.lock,
             handed.control,
-            list(&handed.front)
+            list(&handed.front),
+            their_handoff.as_raw_fd(),
         );
-        let mut passed = vec![handed.lock, handed.control, talk];
+        let mut passed = vec![handed.lock, handed.control, talk, their_handoff.as_raw_fd()];
         passed.extend(&handed.front);
         let mut cmd = std::process::Command::new(exe);
         cmd.args(std::env::args_os().skip(1))
@@ -174,11 +199,12 @@ impl Successor {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", exe.display()))?;
-        drop(theirs);
+        drop((theirs, their_handoff));
         ours.set_nonblocking(true)?;
         let mut me = Successor {
             child,
             talk: BufReader::new(UnixStream::from_std(ours)?),
+            handoff,
         };
         if let Err(e) = me.expect("ready").await {
             let _ = me.child.kill();
@@ -192,10 +218,19 @@ impl Successor {
         self.child.id()
     }
 
-    /// Lets the successor adopt the instances; returns once it serves (how many it adopted,
-    /// and how long since `stopped_accepting`).
-    pub async fn go(&mut self, stopped_accepting: Instant) -> anyhow::Result<(usize, Duration)> {
+    /// Gives the successor the running instances (`found`, let go of by this server);
+    /// returns once it serves (how many it adopted, and how long since `stopped_accepting`).
+    pub async fn go(
+        &mut self,
+        found: Vec<Found>,
+        stopped_accepting: Instant,
+    ) -> anyhow::Result<(usize, Duration)> {
         self.talk.get_mut().write_all(b"go\n").await?;
+        let handoff = self.handoff.try_clone()?;
+        // Sent, then closed here: the successor holds the only copies from now on.
+        tokio::task::spawn_blocking(move || tenement_runtime::adopt::send(handoff.as_fd(), &found))
+            .await?
+            .context("handing the instances over")?;
         let adopted = self.expect("serving").await?;
         Ok((adopted.parse().unwrap_or(0), stopped_accepting.elapsed()))
     }

@@ -112,6 +112,16 @@ impl Cgroups {
         }
     }
 
+    /// The existing instance cgroup `name` of an adopted instance, as it is (nothing written).
+    pub fn open(&self, name: &str) -> Cgroup {
+        match self {
+            Cgroups::V2(t) => Cgroup::V2(v2::Group {
+                dir: t.parent().join(name),
+            }),
+            Cgroups::V1(t) => Cgroup::V1(t.open(name)),
+        }
+    }
+
     /// The directories an instance cgroup called `name` has (or would have).
     pub fn dirs_of(&self, name: &str) -> Vec<PathBuf> {
         match self {

@@ -60,6 +60,16 @@ impl Tree {
         all
     }
 
+    pub(super) fn open(&self, name: &str) -> Group {
+        Group {
+            dirs: self
+                .parents
+                .iter()
+                .map(|(c, p)| (*c, p.join(name)))
+                .collect(),
+        }
+    }
+
     pub(super) fn create(&self, name: &str, limits: &Limits) -> Result<Group, CgroupError> {
         let mut dirs = Vec::new();
         for (controller, parent) in &self.parents {

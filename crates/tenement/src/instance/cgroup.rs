@@ -13,6 +13,11 @@ impl Actor {
     /// The instance's cgroup for this run, with its limits; `None` when this host has no
     /// cgroups and no limit was asked for (or `allow_unlimited` is set).
     pub(super) fn make_cgroup(&self) -> Result<Option<Cgroup>, String> {
+        if self.setup.adopted.is_some() {
+            // Adopted: its cgroup is there, with these very limits (the spec digest matched).
+            let name = crate::supervisor::cgroup_name(&self.key);
+            return Ok(self.setup.cgroups.map(|c| c.open(&name)));
+        }
         let svc = &self.setup.service;
         let limits = Limits {
             memory_mb: svc.memory_limit_mb,

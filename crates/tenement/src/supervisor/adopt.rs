@@ -11,7 +11,7 @@ use tenement_core::InstanceKey;
 use tenement_core::config::Service;
 use tenement_runtime::adopt::Found;
 use tenement_runtime::{Runtime, Spec, Started};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{Supervisor, cgroup_name};
 
@@ -34,14 +34,24 @@ pub struct Kept {
 /// Takes over every instance an earlier server of `data_dir` left running (this server is
 /// their owner from now on: each stops `adopt_timeout` after this one ends, unless adopted
 /// again); what of theirs must be kept.
-pub async fn find_running(data_dir: &Path) -> std::io::Result<(Vec<Found>, Kept)> {
+/// `had`: instances handed over by a predecessor already (not asked again).
+pub async fn find_running(
+    data_dir: &Path,
+    had: Vec<Found>,
+) -> std::io::Result<(Vec<Found>, Kept)> {
     let dir = shims_dir(data_dir);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let found = tenement_runtime::adopt::find(&dir).await;
+    let skip: Vec<PathBuf> = had
+        .iter()
+        .filter_map(|f| f.hello.key.parse::<InstanceKey>().ok())
+        .map(|k| tenement_runtime::handover::socket_path(&dir, &k))
+        .collect();
+    let mut found = tenement_runtime::adopt::find(&dir, &skip).await;
+    found.extend(had);
     let mut kept = Kept::default();
     for key in found
         .iter()
@@ -131,7 +141,7 @@ impl Supervisor {
         let theirs: Option<Meta> = serde_json::from_str(&found.hello.meta).ok();
         let same = theirs.is_some_and(|m| m.port == port && m.digest == meta.digest);
         if same && found.hello.cgroups == cgroups {
-            info!(instance = %key, pid = found.hello.pid, "adopted");
+            tracing::debug!(instance = %key, pid = found.hello.pid, "adopted");
             return Some(runtime.adopt(spec, found.started));
         }
         warn!(instance = %key, "its definition changed while no server ran it: starting it anew");
@@ -218,10 +228,13 @@ impl Supervisor {
     }
 
     /// From now on the successor of `ten upgrade` owns the instances: none starts here any
-    /// more, and every actor without a process ends (those with one end when their shim
-    /// moves to the successor).
-    pub fn hand_over(&self) {
+    /// more, every actor ends, and what runs is returned, for [`tenement_runtime::adopt::send`]
+    /// (shim connections and pipes: this server no longer reads them).
+    pub async fn hand_over(&self) -> Vec<Found> {
         self.inner.handing_over.cancel();
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        std::mem::take(&mut *self.inner.hand_to.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Requests, streams and websockets in flight to any instance (the proxy's activity).

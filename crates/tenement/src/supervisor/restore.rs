@@ -44,16 +44,18 @@ impl Supervisor {
                 Default::default()
             }
         };
-        let mut wanted: Vec<(InstanceKey, u8)> = recorded;
+        // (key, weight, whether the store has it already)
+        let mut wanted: Vec<(InstanceKey, u8, bool)> =
+            recorded.into_iter().map(|(k, w)| (k, w, true)).collect();
         let config = self.config();
         for key in &config.instances {
             // (Stopped by the user: down until spawned again.)
-            if !wanted.iter().any(|(k, _)| k == key) && !kept_down.contains(key) {
-                wanted.push((key.clone(), 100));
+            if !wanted.iter().any(|(k, _, _)| k == key) && !kept_down.contains(key) {
+                wanted.push((key.clone(), 100, false));
             }
         }
         let mut starts = tokio::task::JoinSet::new();
-        for (key, weight) in wanted {
+        for (key, weight, recorded) in wanted {
             let me = self.clone();
             let config = me.config();
             let asleep = !config.instances.contains(&key)
@@ -61,7 +63,7 @@ impl Supervisor {
                     .service(&key.service)
                     .is_some_and(|s| s.idle_timeout > 0);
             starts.spawn(async move {
-                match me.create(&key, weight, asleep).await {
+                match me.create_with(&key, weight, asleep, !recorded).await {
                     Ok(_) if asleep => None,
                     Ok(handle) => Some((key, handle)),
                     Err(e @ Error::UnknownService(_)) => {
