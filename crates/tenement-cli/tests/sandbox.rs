@@ -1,6 +1,7 @@
 //! `isolation = "sandbox"`: the app runs on gVisor (real `runsc`, ptrace platform), its Unix
-//! socket is reachable from the host and through the front door, and nothing of it survives a
-//! stop or a `kill -9` of the server.
+//! socket is reachable from the host and through the front door, nothing of it survives a
+//! stop, and after a `kill -9` of the server it is adopted by the next one (or, with
+//! `adopt_timeout = 0`, gone at once).
 
 use test_support::http::get;
 use test_support::{Building, SOON, wait_for};
@@ -149,6 +150,36 @@ fn kill_9_of_the_server_leaves_no_sandbox_behind() {
     b.wait_instance("sb:a", "back", |i| i["state"] == "running");
     let mut r = get(&b.http_addr(), "a.sb.tenement.test", "/").unwrap();
     assert_eq!(r.text().unwrap(), "hello from sb:a\n");
+}
+
+#[test]
+fn a_crashed_server_is_replaced_and_adopts_the_sandbox() {
+    if !runsc_available() {
+        return;
+    }
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    b.ten_ok(&["spawn", "sb:a"]);
+    let pid = b.instance("sb:a").unwrap()["pid"].clone();
+    let sandbox = runsc_processes(&b);
+    b.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        runsc_processes(&b),
+        sandbox,
+        "the sandbox runs on without a server"
+    );
+    b.start();
+    let adopted = b.wait_instance("sb:a", "adopted", |i| i["state"] == "running");
+    assert_eq!(adopted["pid"], pid, "adopted, not restarted");
+    assert_eq!(runsc_processes(&b), sandbox);
+    let mut r = get(&b.http_addr(), "a.sb.tenement.test", "/").unwrap();
+    assert_eq!(r.text().unwrap(), "hello from sb:a\n");
+    // Still supervised: a stop takes the whole sandbox down.
+    b.ten_ok(&["stop", "sb:a"]);
+    wait_for("every runsc process to go", SOON, || {
+        runsc_processes(&b).is_empty().then_some(())
+    });
 }
 
 #[test]

@@ -162,6 +162,46 @@ fn upgrade_under_load_refuses_nothing_and_restarts_no_tenant() {
 }
 
 #[test]
+fn upgrade_keeps_namespaced_instances_and_their_logs() {
+    if !test_support::root_or_skip("namespace isolation needs root") {
+        return;
+    }
+    let mut b = Building::new(
+        TEN,
+        &CONFIG.replace("isolation = \"process\"", "isolation = \"namespace\""),
+    );
+    b.start();
+    let addr = b.http_addr();
+    let pids: Vec<u64> = ["web:a", "web:b"]
+        .iter()
+        .map(|k| running_pid(&b, k))
+        .collect();
+    say(&addr, "namespaced-before");
+    b.upgrade();
+    say(&addr, "namespaced-after");
+    assert!(b.wait_predecessor().success());
+    let after: Vec<u64> = ["web:a", "web:b"]
+        .iter()
+        .map(|k| running_pid(&b, k))
+        .collect();
+    assert_eq!(pids, after);
+    for line in ["namespaced-before", "namespaced-after"] {
+        wait_for(&format!("{line} in the logs"), SOON, || {
+            let out = b.ten_ok(&["logs", "web:a", "--search", line]);
+            out.contains(line).then_some(())
+        });
+    }
+    // The successor stops them as its own at SIGTERM (the building's server is gone: by pid).
+    let tenants = b.tenant_processes();
+    assert!(!tenants.is_empty());
+    // SAFETY: kill(2) of the server `ten upgrade` started for this building.
+    unsafe { libc::kill(b.serving_pid(), libc::SIGTERM) };
+    wait_for("every tenant stopped with the new server", SOON, || {
+        tenants.iter().all(|p| !alive(*p)).then_some(())
+    });
+}
+
+#[test]
 fn a_successor_that_cannot_start_leaves_the_server_as_it_was() {
     let mut b = Building::new(TEN, CONFIG);
     b.start();

@@ -28,7 +28,11 @@ pub async fn find(dir: &Path, skip: &[std::path::PathBuf]) -> Vec<Found> {
     };
     let skip: std::collections::HashSet<&std::path::PathBuf> = skip.iter().collect();
     let mut tries = tokio::task::JoinSet::new();
-    for path in entries.flatten().map(|e| e.path()).filter(|p| !skip.contains(p)) {
+    for path in entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !skip.contains(p))
+    {
         tries.spawn(async move {
             let found = tokio::time::timeout(Duration::from_secs(15), connect(&path)).await;
             (path, found)
@@ -36,7 +40,11 @@ pub async fn find(dir: &Path, skip: &[std::path::PathBuf]) -> Vec<Found> {
     }
     let t = std::time::Instant::now();
     let all = tries.join_all().await;
-    tracing::debug!(ms = t.elapsed().as_secs_f64() * 1000.0, shims = all.len(), "shims answered");
+    tracing::debug!(
+        ms = t.elapsed().as_secs_f64() * 1000.0,
+        shims = all.len(),
+        "shims answered"
+    );
     let mut out = Vec::new();
     for (path, found) in all {
         match found {

@@ -105,7 +105,12 @@ impl Msg {
             "hello" => Msg::Hello(Hello::from_json(&serde_json::from_str(rest).ok()?)?),
             "batch" => {
                 let v: serde_json::Value = serde_json::from_str(rest).ok()?;
-                Msg::Batch(v.as_array()?.iter().map(Hello::from_json).collect::<Option<_>>()?)
+                Msg::Batch(
+                    v.as_array()?
+                        .iter()
+                        .map(Hello::from_json)
+                        .collect::<Option<_>>()?,
+                )
             }
             "end" => Msg::End,
             "exit" => Msg::Exit(rest.parse().ok()?),
@@ -188,7 +193,14 @@ mod tests {
             meta: "{\"port\":3000}".into(),
         };
         let batch = Msg::Batch(vec![hello.clone(), hello.clone()]);
-        for msg in [Msg::Hello(hello), batch, Msg::End, Msg::Exit(9), Msg::Release, Msg::Released] {
+        for msg in [
+            Msg::Hello(hello),
+            batch,
+            Msg::End,
+            Msg::Exit(9),
+            Msg::Release,
+            Msg::Released,
+        ] {
             assert_eq!(Msg::decode(&msg.encode()), Some(msg));
         }
         assert_eq!(Msg::decode(b"hello {}"), None);

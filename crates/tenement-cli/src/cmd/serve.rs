@@ -153,8 +153,8 @@ pub async fn run(
     if let Some(why) = set_aside {
         warn!("{why}");
     }
-    let supervisor = Supervisor::new(Arc::new(config), store, runtimes, cgroups)
-        .with_log_store(logs.clone());
+    let supervisor =
+        Supervisor::new(Arc::new(config), store, runtimes, cgroups).with_log_store(logs.clone());
 
     let handed_to_us = match inherited.as_mut() {
         // Ready: from here the predecessor stops accepting and hands its instances over.
@@ -164,12 +164,14 @@ pub async fn run(
     let looking = std::time::Instant::now();
     // Instances an earlier server left running (a crash, an upgrade) are ours from here on;
     // what is theirs survives the clean-up of its other leftovers.
-    let (running, kept) = tenement::find_running(&data_dir, handed_to_us).await.with_context(|| {
-        format!(
-            "cannot look for running instances in {}",
-            data_dir.display()
-        )
-    })?;
+    let (running, kept) = tenement::find_running(&data_dir, handed_to_us)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot look for running instances in {}",
+                data_dir.display()
+            )
+        })?;
     let adopted = running.len();
     if !running.is_empty() {
         let ms = looking.elapsed().as_secs_f64() * 1000.0;
@@ -361,7 +363,10 @@ async fn hand_over(
     stop_control.cancel();
     let running = supervisor.hand_over().await;
     let ms = stopped.elapsed().as_secs_f64() * 1000.0;
-    info!(instances = running.len(), ms, "upgrade: every instance let go of");
+    info!(
+        instances = running.len(),
+        ms, "upgrade: every instance let go of"
+    );
     let (adopted, waited) = next
         .go(running, stopped)
         .await

@@ -18,9 +18,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tenement_runtime::adopt::Found;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 const ENV: &str = "TEN_UPGRADE_FDS";

@@ -35,10 +35,7 @@ pub struct Kept {
 /// their owner from now on: each stops `adopt_timeout` after this one ends, unless adopted
 /// again); what of theirs must be kept.
 /// `had`: instances handed over by a predecessor already (not asked again).
-pub async fn find_running(
-    data_dir: &Path,
-    had: Vec<Found>,
-) -> std::io::Result<(Vec<Found>, Kept)> {
+pub async fn find_running(data_dir: &Path, had: Vec<Found>) -> std::io::Result<(Vec<Found>, Kept)> {
     let dir = shims_dir(data_dir);
     std::fs::DirBuilder::new()
         .recursive(true)
