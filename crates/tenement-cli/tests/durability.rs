@@ -356,3 +356,37 @@ isolation = "process"
     assert_eq!(keys, ["web:after", "web:bystander"]);
     b.terminate();
 }
+
+#[test]
+fn a_mass_start_takes_its_turns_and_every_instance_comes_up() {
+    // 16 start slots per core: more instances than that start in turns, none timing out.
+    let slots = 16 * std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = slots + 16;
+    let ids: Vec<String> = (0..n).map(|i| format!("\"i{i}\"")).collect();
+    let mut b = Building::new(
+        TEN,
+        &format!(
+            "[service.slow]\ncommand = \"{{fixture}}\"\nargs = [\"--delay-listen\", \"1000\"]\nisolation = \"process\"\nstartup_timeout = 60\n\n[instances]\nslow = [{}]\n",
+            ids.join(", ")
+        ),
+    );
+    b.start();
+    let mut most = 0;
+    wait_for(&format!("{n} instances running"), SOON * 2, || {
+        let ps = b.ps();
+        let spawned_starting = ps
+            .iter()
+            .filter(|i| i["state"] == "starting" && !i["pid"].is_null())
+            .count();
+        most = most.max(spawned_starting);
+        assert!(
+            spawned_starting <= slots,
+            "{spawned_starting} spawned at once (slots: {slots})"
+        );
+        let running = ps.iter().filter(|i| i["state"] == "running").count();
+        (running == n).then_some(())
+    });
+    assert!(most > 0, "never saw one starting");
+    let restarts: u64 = b.ps().iter().map(|i| i["restarts"].as_u64().unwrap()).sum();
+    assert_eq!(restarts, 0);
+}

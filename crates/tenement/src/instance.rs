@@ -134,6 +134,9 @@ pub struct Setup {
     pub handing_over: CancellationToken,
     /// Where the instance goes then (its shim connection and pipes, for the successor).
     pub hand_to: Arc<std::sync::Mutex<Vec<tenement_runtime::adopt::Found>>>,
+    /// How many instances may be starting at once, server-wide: ten thousand starting
+    /// together on a few cores would each miss `startup_timeout`, and restart, and miss again.
+    pub start_slots: Arc<tokio::sync::Semaphore>,
 }
 
 type Probe = Pin<Box<dyn Future<Output = Result<(), probe::ProbeError>> + Send>>;
@@ -168,6 +171,10 @@ struct Actor {
     capturing: CancellationToken,
     /// Another server took the instance over: this actor ends without touching it.
     handed_over: bool,
+    /// A start slot, held from spawn until the run is ready or over ([`Setup::start_slots`]).
+    start_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// `starting`, waiting for a start slot.
+    awaiting_slot: bool,
 }
 
 /// Where the instance's socket goes, prepared before every start ([`crate::socket_dir`]).
@@ -229,6 +236,8 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         captures: Vec::new(),
         capturing: CancellationToken::new(),
         handed_over: false,
+        start_slot: None,
+        awaiting_slot: false,
         activity: activity.clone(),
         key: Arc::new(setup.key.clone()),
         setup,
@@ -301,6 +310,14 @@ impl Actor {
                     self.on_probe(result);
                 }
                 _ = sleep_until(deadline) => self.on_timer(),
+                slot = self.setup.start_slots.clone().acquire_owned(), if self.awaiting_slot => {
+                    self.awaiting_slot = false;
+                    self.start_slot = slot.ok();
+                    if let Err(reason) = self.spawn() {
+                        self.apply(Input::Exited(reason));
+                    }
+                    self.publish();
+                }
                 _ = self.setup.handing_over.cancelled() => {
                     // The successor takes the instance over: what runs goes to it directly
                     // (its shim is not even told); the rest is the successor's to bring back.
@@ -386,7 +403,15 @@ impl Actor {
         match effect {
             // Once handed over, only the successor starts instances.
             Effect::Spawn if self.setup.handing_over.is_cancelled() => None,
-            Effect::Spawn => self.spawn().err().map(Input::Exited),
+            // Starting takes one of the server's start slots (adopting does not: nothing
+            // starts); without one, it waits, `starting`, for the next (see `run`).
+            Effect::Spawn if self.setup.adopted.is_some() || self.start_slot.is_some() => {
+                self.spawn().err().map(Input::Exited)
+            }
+            Effect::Spawn => {
+                self.awaiting_slot = true;
+                None
+            }
             Effect::Terminate => {
                 match &self.workload {
                     Some(w) => {
@@ -490,6 +515,8 @@ impl Actor {
         info!(instance = %self.key, from = before.name(), to = now.name(), "state");
         if now != Phase::Starting {
             self.startup_deadline = None;
+            self.start_slot = None;
+            self.awaiting_slot = false;
         }
         if !now.has_process() {
             self.kill_deadline = None;

@@ -83,6 +83,8 @@ struct Inner {
     handing_over: CancellationToken,
     /// What the actors hand over then (`adopt.rs`).
     hand_to: Arc<Mutex<Vec<tenement_runtime::adopt::Found>>>,
+    /// Instances starting at once ([`instance::Setup::start_slots`]).
+    start_slots: Arc<tokio::sync::Semaphore>,
     /// `true` while [`Supervisor::restore`] registers the instances it brings back.
     restoring: tokio::sync::watch::Sender<bool>,
     /// Instances found running at start, until restore adopts them (`adopt.rs`).
@@ -128,6 +130,7 @@ impl Supervisor {
                 stopping: CancellationToken::new(),
                 handing_over: CancellationToken::new(),
                 hand_to: Arc::default(),
+                start_slots: Arc::new(tokio::sync::Semaphore::new(start_slots())),
                 restoring: tokio::sync::watch::Sender::new(false),
                 adoptable: Mutex::default(),
                 upgrades: Mutex::default(),
@@ -361,6 +364,7 @@ impl Supervisor {
             asleep: asleep && adopted.is_none(),
             handing_over: self.inner.handing_over.clone(),
             hand_to: self.inner.hand_to.clone(),
+            start_slots: self.inner.start_slots.clone(),
             adopted,
         };
         let (handle, actor) = instance::start(setup);
@@ -617,6 +621,12 @@ pub(crate) async fn wait_settled(
 
 /// `service.id`: the instance's name for its cgroup and storage image (unambiguous: `.` is
 /// not allowed in either part).
+/// Instances that may be starting at once: 16 per core (an app waiting on its own start-up,
+/// not on the CPU, leaves room for others).
+fn start_slots() -> usize {
+    16 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 pub(crate) fn cgroup_name(key: &InstanceKey) -> String {
     format!("{}.{}", key.service, key.id)
 }
