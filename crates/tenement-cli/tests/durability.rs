@@ -390,3 +390,30 @@ fn a_mass_start_takes_its_turns_and_every_instance_comes_up() {
     let restarts: u64 = b.ps().iter().map(|i| i["restarts"].as_u64().unwrap()).sum();
     assert_eq!(restarts, 0);
 }
+
+#[test]
+fn a_running_instance_costs_the_server_four_descriptors() {
+    // Its shim's connection, its two pipes, its kept health-check connection: ten thousand
+    // instances fit in a 65,536 open-files limit.
+    let mut b = Building::new(
+        TEN,
+        "[settings]\nhealth_check_interval = 1\n\n[service.web]\ncommand = \"{fixture}\"\nisolation = \"process\"\nhealth = \"/health\"\n",
+    );
+    b.start();
+    let fds = |b: &Building| {
+        std::fs::read_dir(format!("/proc/{}/fd", b.server_pid()))
+            .unwrap()
+            .count()
+    };
+    b.ten_ok(&["spawn", "web:warm"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let before = fds(&b);
+    let n = 20;
+    for i in 0..n {
+        b.ten_ok(&["spawn", &format!("web:i{i}")]);
+    }
+    // Past a health check of each, so its kept connection is counted.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let per = (fds(&b) - before) as f64 / n as f64;
+    assert!(per <= 4.0, "{per} descriptors per instance");
+}

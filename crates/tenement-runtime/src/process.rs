@@ -79,7 +79,9 @@ pub(crate) fn spawn_shim(
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| fail(e.into()))?;
     let passed = [theirs.as_raw_fd(), out_r.as_raw_fd(), err_r.as_raw_fd()];
     let h = &spec.handover;
-    let mut cmd = tokio::process::Command::new(shim);
+    // std's Command, not tokio's: tokio's keeps a pidfd per child, a fifth descriptor per
+    // instance in `ten serve` (the shim is reaped once its connection closes: `wait`).
+    let mut cmd = std::process::Command::new(shim);
     cmd.arg(shim::SUBCOMMAND)
         .arg("--control-fd")
         .arg(passed[0].to_string())
@@ -107,13 +109,13 @@ pub(crate) fn spawn_shim(
         .current_dir(&spec.workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .process_group(0);
+        .stderr(Stdio::from(err_w));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe; it clears
     // close-on-exec on the three descriptors in the child alone (another spawn running on
     // another thread meanwhile does not inherit them).
     unsafe {
-        cmd.pre_exec(move || {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             for fd in passed {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -124,7 +126,7 @@ pub(crate) fn spawn_shim(
     }
     let child = cmd.spawn().map_err(fail)?;
     drop(cmd); // the write ends: only the shim and the app hold them now
-    let pid = child.id().expect("a just-spawned child has a pid");
+    let pid = child.id();
     let control = register(ours).map_err(fail)?;
     Ok(Started {
         workload: Box::new(ShimWorkload {
@@ -147,7 +149,7 @@ pub(crate) fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
 /// An instance's shim, seen from the server that owns it ([`crate::handover`]).
 pub(crate) struct ShimWorkload {
     /// Present when this server spawned the shim (and must reap it).
-    pub(crate) child: Option<tokio::process::Child>,
+    pub(crate) child: Option<std::process::Child>,
     pub(crate) pgid: Pid,
     pub(crate) control: AsyncFd<OwnedFd>,
 }
@@ -190,8 +192,11 @@ impl Workload for ShimWorkload {
                     Ok(None) | Err(_) => break,
                 }
             }
-            if let Some(child) = &mut self.child {
-                let reaped = child.wait().await;
+            if let Some(mut child) = self.child.take() {
+                // Its connection closed: it has exited, or is about to (killed by itself).
+                let reaped = tokio::task::spawn_blocking(move || child.wait())
+                    .await
+                    .map_err(std::io::Error::other)?;
                 if status.is_none() {
                     status = Some(reaped?);
                 }
@@ -208,7 +213,9 @@ impl Workload for ShimWorkload {
 
     fn let_go(&mut self) {
         let _ = handover::send(self.control.get_ref().as_fd(), &Msg::Released, &[]);
-        self.child = None; // reaped by tokio in the background, whenever it ends
+        // Not ours to reap any more: a zombie until this server exits (`ten upgrade`), then
+        // init's.
+        self.child = None;
     }
 
     fn control(&self) -> Option<std::os::fd::BorrowedFd<'_>> {

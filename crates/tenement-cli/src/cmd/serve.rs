@@ -94,7 +94,15 @@ pub async fn run(
             (Some(l), fd)
         }
     };
-    raise_fd_limit();
+    let fds = raise_fd_limit();
+    let wanted = 4 * config.instances.len() as u64 + 1024;
+    if fds < wanted {
+        warn!(
+            limit = fds,
+            instances = config.instances.len(),
+            "the open-files limit is low for this many instances (4 descriptors each): raise it (LimitNOFILE, ulimit -n)"
+        );
+    }
 
     let state = data_dir.join("tenement.db");
     // Only a damaged store is replaced: a sound one is newer than its backup (a flag left in
@@ -473,10 +481,16 @@ fn lock(data_dir: &Path) -> anyhow::Result<Flock<std::fs::File>> {
     }
 }
 
-/// A thousand instances need a few thousand descriptors (pipes, sockets).
-fn raise_fd_limit() {
+/// Each running instance holds four descriptors here (its shim's connection, two pipes, a
+/// kept health-check connection): the soft limit goes up to the hard one, which is the
+/// operator's to set (the systemd unit's `LimitNOFILE=1048576`). Returns the limit.
+fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
+    };
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(_) => soft,
     }
 }
