@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use test_support::http::get;
+use test_support::http::{get, hammer};
 use test_support::{Building, SOON, wait_for};
 
 const TEN: &str = env!("CARGO_BIN_EXE_ten");
@@ -26,19 +26,6 @@ VERSION = "{change_env}"
 {extra}
 "#
     )
-}
-
-/// Requests `key` through the front door until stopped: every status seen.
-fn hammer(addr: String, key: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u16>> {
-    let (service, id) = key.split_once(':').unwrap();
-    let host = format!("{id}.{service}.tenement.test");
-    std::thread::spawn(move || {
-        let mut seen = vec![];
-        while !stop.load(Ordering::SeqCst) {
-            seen.push(get(&addr, &host, "/").map(|r| r.status).unwrap_or(0));
-        }
-        seen
-    })
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use test_support::http::{self, get};
+use test_support::http::get;
 use test_support::{Building, SOON, wait_for};
 
 const TEN: &str = env!("CARGO_BIN_EXE_ten");
@@ -129,26 +129,13 @@ fn listed_instances_start_with_the_server_even_if_they_scale_to_zero() {
     }
 }
 
-/// A websocket to sleepy:a, through the front door.
-fn websocket(addr: &str) -> std::io::BufReader<std::net::TcpStream> {
-    let hs = [
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ];
-    let r = http::request(addr, "a.sleepy.tenement.test", "GET", "/ws", &hs, None).unwrap();
-    assert_eq!(r.status, 101);
-    r.into_stream()
-}
-
 #[test]
 fn an_open_websocket_or_stream_keeps_it_awake() {
     let mut b = Building::new(TEN, CONFIG);
     b.start();
     let addr = b.http_addr();
     b.ten_ok(&["spawn", "sleepy:a"]);
-    let mut ws = websocket(&addr);
+    let mut ws = test_support::http::websocket(&addr, "a.sleepy.tenement.test");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         b.instance("sleepy:a").unwrap()["state"],
@@ -177,7 +164,7 @@ fn a_closed_websocket_does_not_keep_it_awake_while_the_client_lingers() {
     b.start();
     let addr = b.http_addr();
     b.ten_ok(&["spawn", "sleepy:a"]);
-    let mut ws = websocket(&addr);
+    let mut ws = test_support::http::websocket(&addr, "a.sleepy.tenement.test");
     // The close handshake: the app answers and hangs up; the client keeps its socket.
     ws.get_mut().write_all(&[0x88, 0x80, 1, 2, 3, 4]).unwrap();
     let mut close = [0u8; 2];

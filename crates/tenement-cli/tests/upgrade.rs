@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use test_support::http::{self, get};
+use test_support::http::{get, hammer, websocket};
 use test_support::{Building, SOON, alive, wait_for};
 
 const TEN: &str = env!("CARGO_BIN_EXE_ten");
@@ -26,31 +26,6 @@ fn running_pid(b: &Building, key: &str) -> u64 {
     b.wait_instance(key, "running", |i| i["state"] == "running")["pid"]
         .as_u64()
         .unwrap()
-}
-
-/// Requests `key` through the front door until stopped: every status seen (0: no answer).
-fn hammer(addr: String, key: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u16>> {
-    let (service, id) = key.split_once(':').unwrap();
-    let host = format!("{id}.{service}.tenement.test");
-    std::thread::spawn(move || {
-        let mut seen = vec![];
-        while !stop.load(Ordering::SeqCst) {
-            seen.push(get(&addr, &host, "/").map(|r| r.status).unwrap_or(0));
-        }
-        seen
-    })
-}
-
-fn websocket(addr: &str) -> std::io::BufReader<std::net::TcpStream> {
-    let hs = [
-        ("Connection", "Upgrade"),
-        ("Upgrade", "websocket"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-    ];
-    let r = http::request(addr, "a.web.tenement.test", "GET", "/ws", &hs, None).unwrap();
-    assert_eq!(r.status, 101);
-    r.into_stream()
 }
 
 fn echo(ws: &mut std::io::BufReader<std::net::TcpStream>, msg: &str) -> String {
@@ -83,7 +58,7 @@ fn upgrade_under_load_refuses_nothing_and_restarts_no_tenant() {
     let tenants = b.tenant_processes();
     let old_server = b.serving_pid();
 
-    let mut ws = websocket(&addr);
+    let mut ws = websocket(&addr, "a.web.tenement.test");
     assert_eq!(echo(&mut ws, "before"), "before");
     let stream = {
         let addr = addr.clone();

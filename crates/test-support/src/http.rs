@@ -203,3 +203,34 @@ fn read_response(s: TcpStream) -> io::Result<Response> {
         left,
     })
 }
+
+/// Requests `key` (`service:id`) through the front door at `addr` until `stop`: every status
+/// seen (0: no answer).
+pub fn hammer(
+    addr: String,
+    key: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u16>> {
+    let (service, id) = key.split_once(':').expect("service:id");
+    let host = format!("{id}.{service}.{}", crate::DOMAIN);
+    std::thread::spawn(move || {
+        let mut seen = vec![];
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            seen.push(get(&addr, &host, "/").map(|r| r.status).unwrap_or(0));
+        }
+        seen
+    })
+}
+
+/// A websocket to `/ws` of `host` through the front door at `addr` (after its 101).
+pub fn websocket(addr: &str, host: &str) -> BufReader<TcpStream> {
+    let hs = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let r = request(addr, host, "GET", "/ws", &hs, None).expect("websocket handshake");
+    assert_eq!(r.status, 101);
+    r.into_stream()
+}
