@@ -151,3 +151,96 @@ fn a_changed_definition_is_not_adopted_but_started_anew() {
     let (_, env) = b.front("web:a", "GET", "/env");
     assert!(env.contains("VERSION=two"), "{env}\n{after}");
 }
+
+/// What a shim says first to whoever connects to `socket` (SOCK_SEQPACKET), if anything.
+fn shim_says(socket: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: socket/connect/recv on a descriptor this function owns, buffers of their size.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (i, b) in socket.as_os_str().as_bytes().iter().enumerate() {
+            addr.sun_path[i] = *b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+        let connected = libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) == 0;
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        let tvp = &tv as *const _ as *const libc::c_void;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            tvp,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        let mut buf = [0u8; 4096];
+        let n = if connected {
+            libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0)
+        } else {
+            -1
+        };
+        libc::close(fd);
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+    }
+}
+
+#[test]
+fn no_process_takes_an_instance_from_its_running_server_not_even_as_root() {
+    let mut b = Building::new(TEN, &config(60, "process"));
+    b.start();
+    let pid = pid_of(&b, "web:a");
+    let shims: Vec<_> = std::fs::read_dir(b.data_dir().join(".shims"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(shims.len(), 2);
+    for s in &shims {
+        assert_eq!(
+            shim_says(s),
+            None,
+            "{} handed its instance over",
+            s.display()
+        );
+    }
+    // Still supervised by its server: a crash is seen and restarted.
+    let _ = b.front("web:a", "GET", "/crash");
+    b.wait_instance("web:a", "restarted", |i| {
+        i["state"] == "running" && i["pid"].as_u64() != Some(pid)
+    });
+    // Once the server is gone, the next one does get it.
+    b.kill9();
+    assert!(
+        shims
+            .iter()
+            .any(|s| shim_says(s).is_some_and(|h| h.starts_with("hello")))
+    );
+}
+
+#[test]
+fn a_shims_directory_that_is_a_link_is_refused_and_left_alone() {
+    let b = Building::new(TEN, &config(60, "process"));
+    let elsewhere = b.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("notes.txt"), "keep me").unwrap();
+    std::fs::create_dir_all(b.data_dir()).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, b.data_dir().join(".shims")).unwrap();
+    let out = b
+        .cmd(&["serve", "--port", "0", "--bind", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(".shims is not a directory of the server's own"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+}

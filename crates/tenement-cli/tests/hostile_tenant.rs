@@ -564,3 +564,52 @@ user = "nobody"
         i["state"] == "running" && i["pid"] != victim_pid
     });
 }
+
+#[test]
+fn descriptors_ten_serve_inherited_never_reach_a_tenant() {
+    if !root() {
+        return;
+    }
+    let b = Building::new(TEN, TWO);
+    let secret = b.path().join("secret");
+    std::fs::write(&secret, "root's").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let file = std::fs::File::open(&secret).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut cmd = b.cmd(&[
+        "serve",
+        "--port",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--domain",
+        "tenement.test",
+    ]);
+    // SAFETY: dup2(2) is async-signal-safe: the server starts with the file open as fd 77,
+    // not close-on-exec, as a careless parent would leave it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(raw, 77) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    test_support::wait_for("ten serve", test_support::SOON, || {
+        b.ten(&["ps"]).status.success().then_some(())
+    });
+    b.ten_ok(&["spawn", "web:a"]);
+    let (status, fds) = tenant_does(&b, "web:a", "/ls?path=/proc/self/fd");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(status, 200, "{fds}");
+    assert!(
+        !fds.split_whitespace().any(|f| f == "77"),
+        "inherited: {fds}"
+    );
+}

@@ -13,10 +13,11 @@
 //!   line is lost while nobody reads: the app blocks once the pipe (64 KiB) is full.
 //! - `exit {wait status}`: the app ended; the shim then kills what is left of the instance and
 //!   itself.
-//! - `release`: another server connected; the owner stops reading the pipes and answers
-//!   `released` (or closes the connection); only then does the new one get its `hello`, so two
-//!   servers never read the same pipe. (An owner handing over says `released` unasked, so
-//!   its successor's connection is answered at once.)
+//! - A server that connects while the instance has a live owner gets nothing (the connection
+//!   is closed): only an instance whose server crashed, or let go of it (`released`, owner →
+//!   shim), is adopted, so two servers never read the same pipe and no process takes an
+//!   instance from a running server. (`ten upgrade` passes the connection itself instead:
+//!   `adopt::send`.)
 //!
 //! When the owner's connection closes without a `release` (the server crashed or was killed),
 //! the shim waits `--adopt-timeout` seconds for a new owner, then kills the instance.

@@ -353,8 +353,9 @@ impl Owned {
         }
     }
 
-    /// A server connected: if it is ours (same uid), it becomes the owner once the current one
-    /// let go.
+    /// A server connected: if it is ours (same uid) and the instance has no owner (its server
+    /// crashed, or let go of it), it becomes the owner. A live owner keeps it: no other
+    /// process, even of the server's uid, takes an instance from a running server.
     fn on_connection(&mut self, o: &Options) {
         let Some(listener) = &self.listener else {
             return;
@@ -368,11 +369,10 @@ impl Owned {
             &conn,
             nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
         );
-        if handover::peer_uid(conn.as_fd()).ok() != Some(nix::unistd::geteuid().as_raw()) {
+        if handover::peer_uid(conn.as_fd()).ok() != Some(nix::unistd::geteuid().as_raw())
+            || self.owner.is_some()
+        {
             return;
-        }
-        if let Some(old) = self.owner.take() {
-            release(&old);
         }
         let hello = Msg::Hello(handover::Hello {
             key: o.key.clone(),
@@ -397,29 +397,6 @@ impl Owned {
         }
         let _ = signal::killpg(getpgrp(), Signal::SIGKILL);
         std::process::exit(137)
-    }
-}
-
-/// Asks the current owner to let go, and waits (at most 5 s) until it has stopped reading
-/// the pipes (`released`) or is gone.
-fn release(owner: &OwnedFd) {
-    if handover::send(owner.as_fd(), &Msg::Release, &[]).is_err() {
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut fds = [PollFd::new(owner.as_fd(), PollFlags::POLLIN)];
-        let t = PollTimeout::try_from(left.as_millis() as i32).unwrap_or(PollTimeout::ZERO);
-        match poll(&mut fds, t) {
-            Ok(0) => return,
-            Ok(_) => match handover::recv(owner.as_fd()) {
-                Ok(Some((Msg::Released, _))) | Ok(None) | Err(_) => return,
-                Ok(Some(_)) => continue,
-            },
-            Err(_) if left.is_zero() => return,
-            Err(_) => continue,
-        }
     }
 }
 

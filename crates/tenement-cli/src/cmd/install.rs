@@ -78,10 +78,12 @@ WantedBy=multi-user.target
 
 /// A word for a unit's command line, quoted when it has spaces or quotes (systemd.syntax(7)).
 fn quote(s: &str) -> String {
+    // `%` starts a specifier in unit files (systemd.unit(5)): `%%` is a `%`.
+    let s = s.replace('%', "%%");
     if s.contains([' ', '"', '\'', '\\']) {
         format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
-        s.to_owned()
+        s
     }
 }
 

@@ -64,6 +64,9 @@ pub async fn run(
         .init();
     // SIGHUP (also what a closed terminal sends) must not end the server and its tenants,
     // not even while it starts: handled (reload) from here on.
+    // Descriptors whoever started us left open are not the tenants' (every instance would
+    // inherit them): closed on exec from here on.
+    close_on_exec_from(3);
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
     // Started by `ten upgrade`: the predecessor's sockets and lock are ours.
@@ -391,6 +394,28 @@ async fn hand_over(
         "upgrade: the new server serves"
     );
     Ok(done)
+}
+
+/// Marks every descriptor from `first` on close-on-exec (close_range(2)).
+fn close_on_exec_from(first: u32) {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC closes nothing; it only sets a flag.
+    let r = unsafe { libc::close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
+    if r == 0 {
+        return;
+    }
+    // Before Linux 5.11: one by one.
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl(2) on a number; one that is closed meanwhile fails harmlessly.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }
 
 /// Keeps `tenement.db.bak`, the last good copy of the state store: written now (the store

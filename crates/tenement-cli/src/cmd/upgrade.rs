@@ -183,6 +183,9 @@ impl Successor {
         let mut cmd = std::process::Command::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env(ENV, spec)
+            // systemd's watchdog is for the main process, which the successor becomes
+            // (MAINPID=): its pings must not be refused for a pid that is not its own.
+            .env_remove("WATCHDOG_PID")
             .stdin(std::process::Stdio::null());
         // SAFETY: between fork and exec only fcntl(2), async-signal-safe: the descriptors
         // are inherited by the successor alone.

@@ -37,10 +37,24 @@ pub struct Kept {
 /// `had`: instances handed over by a predecessor already (not asked again).
 pub async fn find_running(data_dir: &Path, had: Vec<Found>) -> std::io::Result<(Vec<Found>, Kept)> {
     let dir = shims_dir(data_dir);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)?;
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    // Whatever is in it is connected to and what is dead removed: only a directory of the
+    // server's own will do, not a link to somewhere else nor one another user could change.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is not a directory of the server's own (a symbolic link, a file, or owned by uid {}): remove it",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let skip: Vec<PathBuf> = had
         .iter()
