@@ -121,9 +121,14 @@ impl Inherited {
     /// Tells the predecessor we are ready, waits for its `go` (also when it is gone: then
     /// the instances are ours anyway) and receives the instances it hands over.
     pub async fn take_over(&mut self) -> anyhow::Result<Vec<Found>> {
-        self.talk.get_mut().write_all(b"ready\n").await?;
+        // A predecessor that died meanwhile (a write or read error, an end of stream) leaves
+        // its instances to the shims' sockets: adopted as after a crash.
+        let _ = self.talk.get_mut().write_all(b"ready\n").await;
         let mut line = String::new();
-        self.talk.read_line(&mut line).await?;
+        if !matches!(self.talk.read_line(&mut line).await, Ok(n) if n > 0) {
+            tracing::warn!("the old server is gone: adopting its instances as after a crash");
+            return Ok(Vec::new());
+        }
         let Some(handoff) = self.handoff.take() else {
             return Ok(Vec::new());
         };

@@ -155,7 +155,7 @@ impl Supervisor {
             tracing::debug!(instance = %key, pid = found.hello.pid, "adopted");
             return Some(runtime.adopt(spec, found.started));
         }
-        warn!(instance = %key, "its definition changed while no server ran it: starting it anew");
+        warn!(instance = %key, "found running with a definition other than the configuration's: starting it anew");
         stop_found_and_wait(found, service.stop_timeout()).await;
         None
     }
