@@ -95,10 +95,16 @@ impl Client {
             Target::Socket(path) => {
                 req = req.header(hyper::header::HOST, "localhost");
                 let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| {
-                    anyhow!(
-                        "no ten server is running at {} ({e}); start one with `ten serve`",
-                        path.display()
-                    )
+                    match e.kind() {
+                        std::io::ErrorKind::PermissionDenied => anyhow!(
+                            "cannot use the control socket {} ({e}): it is for ten serve's own user; run as that user, or use --server URL with an API token",
+                            path.display()
+                        ),
+                        _ => anyhow!(
+                            "no ten server is running at {} ({e}); start one with `ten serve`",
+                            path.display()
+                        ),
+                    }
                 })?;
                 Box::new(TokioIo::new(stream)) as Box<dyn IoStream>
             }

@@ -613,3 +613,30 @@ fn descriptors_ten_serve_inherited_never_reach_a_tenant() {
         "inherited: {fds}"
     );
 }
+
+#[test]
+fn another_user_is_told_the_control_socket_is_not_theirs() {
+    if !root() {
+        return;
+    }
+    let mut b = Building::new(TEN, TWO);
+    b.start();
+    let mut cmd = b.cmd(&["ps"]);
+    // SAFETY: setgroups/setresgid/setresuid are async-signal-safe: `ten ps` runs as nobody.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ten serve's own user"), "{err}");
+    assert!(!err.contains("no ten server is running"), "{err}");
+}
