@@ -19,7 +19,7 @@
 //!   instance from a running server. (`ten upgrade` passes the connection itself instead:
 //!   `adopt::send`.)
 //!
-//! When the owner's connection closes without a `release` (the server crashed or was killed),
+//! When the owner's connection closes (the server crashed or was killed), or it says `released`,
 //! the shim waits `--adopt-timeout` seconds for a new owner, then kills the instance.
 
 use std::io::{IoSlice, IoSliceMut};
@@ -56,7 +56,7 @@ pub enum Msg {
     End,
     /// The app's wait status (waitpid(2)).
     Exit(i32),
-    Release,
+    /// Owner → shim: this server let go of the instance (the next to connect adopts it).
     Released,
 }
 
@@ -94,7 +94,6 @@ impl Msg {
             }
             Msg::End => b"end".to_vec(),
             Msg::Exit(status) => format!("exit {status}").into_bytes(),
-            Msg::Release => b"release".to_vec(),
             Msg::Released => b"released".to_vec(),
         }
     }
@@ -115,7 +114,6 @@ impl Msg {
             }
             "end" => Msg::End,
             "exit" => Msg::Exit(rest.parse().ok()?),
-            "release" => Msg::Release,
             "released" => Msg::Released,
             _ => return None,
         })
@@ -199,7 +197,6 @@ mod tests {
             batch,
             Msg::End,
             Msg::Exit(9),
-            Msg::Release,
             Msg::Released,
         ] {
             assert_eq!(Msg::decode(&msg.encode()), Some(msg));

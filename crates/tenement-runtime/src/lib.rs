@@ -118,15 +118,6 @@ pub struct Started {
     pub stderr: OwnedFd,
 }
 
-/// How a wait for an instance ended.
-#[derive(Debug)]
-pub enum Ended {
-    /// The instance has exited; every process of it is gone.
-    Exited(ExitStatus),
-    /// Another server is adopting it: stop reading its output, then [`Workload::let_go`].
-    Released,
-}
-
 /// A running process tree.
 pub trait Workload: Send {
     /// The process group id of the instance (the shim's pid).
@@ -135,11 +126,10 @@ pub trait Workload: Send {
     fn terminate(&self);
     /// Ends the whole instance now (SIGKILL to its process group).
     fn kill(&self);
-    /// Resolves when the instance has exited (every process of it is gone afterwards) or is
-    /// being handed to another server.
-    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<Ended>> + Send + '_>>;
-    /// After [`Ended::Released`]: this server has stopped reading the output; the next owner
-    /// may have it. The workload is not this server's any more.
+    /// Resolves when the instance has exited; every process of it is gone afterwards.
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<ExitStatus>> + Send + '_>>;
+    /// Tells the shim this server has stopped reading the output and lets go of the
+    /// instance: the next server to connect adopts it. Not this server's any more.
     fn let_go(&mut self);
     /// The connection to the instance's shim, to pass to a successor ([`adopt::send`]).
     fn control(&self) -> Option<std::os::fd::BorrowedFd<'_>> {

@@ -16,7 +16,7 @@ use tenement_core::config::Isolation;
 use tokio::io::unix::AsyncFd;
 
 use crate::handover::{self, Msg};
-use crate::{Ended, Error, Runtime, Spec, Started, Unavailable, Workload, shim};
+use crate::{Error, Runtime, Spec, Started, Unavailable, Workload, shim};
 
 pub struct ProcessRuntime {
     shim: PathBuf,
@@ -180,12 +180,11 @@ impl Workload for ShimWorkload {
         let _ = killpg(self.pgid, Signal::SIGKILL);
     }
 
-    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<Ended>> + Send + '_>> {
+    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<ExitStatus>> + Send + '_>> {
         Box::pin(async move {
             let mut status = None;
             loop {
                 match self.next().await {
-                    Ok(Some(Msg::Release)) if status.is_none() => return Ok(Ended::Released),
                     Ok(Some(Msg::Exit(raw))) => status = Some(ExitStatus::from_raw(raw)),
                     Ok(Some(_)) => {}
                     // The shim is gone (it kills itself right after saying how the app ended).
@@ -205,9 +204,7 @@ impl Workload for ShimWorkload {
             // while they are, so this reaches only them.
             let _ = killpg(self.pgid, Signal::SIGKILL);
             // A shim that died without a word was killed.
-            Ok(Ended::Exited(
-                status.unwrap_or(ExitStatus::from_raw(libc::SIGKILL)),
-            ))
+            Ok(status.unwrap_or(ExitStatus::from_raw(libc::SIGKILL)))
         })
     }
 

@@ -14,7 +14,7 @@ use serde_json::json;
 use tenement_core::config::{Isolation, Sandbox};
 
 use crate::process::spawn_shim;
-use crate::{Ended, Error, Runtime, Spec, Started, Unavailable, User, Workload};
+use crate::{Error, Runtime, Spec, Started, Unavailable, User, Workload};
 
 pub struct SandboxRuntime {
     shim: PathBuf,
@@ -220,12 +220,11 @@ impl Workload for SandboxWorkload {
         self.inner.control()
     }
 
-    fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<Ended>> + Send + '_>> {
+    fn wait(
+        &mut self,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<std::process::ExitStatus>> + Send + '_>> {
         Box::pin(async move {
             let status = self.inner.wait().await;
-            if let Ok(Ended::Released) = status {
-                return status;
-            }
             let _ = tokio::process::Command::new(&self.delete[0])
                 .args(&self.delete[1..])
                 .stderr(std::process::Stdio::null())

@@ -12,7 +12,7 @@ use tenement_core::InstanceKey;
 use tenement_core::config::{Listen, Service, Settings};
 use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
 use tenement_runtime::cgroup::{Cgroup, Cgroups};
-use tenement_runtime::{Ended, Runtime, Spec, Workload};
+use tenement_runtime::{Runtime, Spec, Workload};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -282,14 +282,6 @@ impl Actor {
             tokio::select! {
                 input = inputs.recv() => self.apply(input.unwrap_or(Input::Stop)),
                 status = wait_exit(&mut self.workload) => {
-                    let status = match status {
-                        Ok(Ended::Released) => {
-                            self.let_go(false).await;
-                            break;
-                        }
-                        Ok(Ended::Exited(s)) => Ok(s),
-                        Err(e) => Err(e),
-                    };
                     self.workload = None;
                     // Its stop deadline goes with it: a restart's new process has none.
                     self.kill_deadline = None;
@@ -322,7 +314,7 @@ impl Actor {
                 _ = self.setup.handing_over.cancelled() => {
                     // The successor takes the instance over: what runs goes to it directly
                     // (its shim is not even told); the rest is the successor's to bring back.
-                    self.let_go(true).await;
+                    self.let_go().await;
                     break;
                 }
             }
@@ -542,7 +534,7 @@ impl Actor {
     }
 }
 
-async fn wait_exit(w: &mut Option<Box<dyn Workload>>) -> std::io::Result<Ended> {
+async fn wait_exit(w: &mut Option<Box<dyn Workload>>) -> std::io::Result<std::process::ExitStatus> {
     match w {
         Some(w) => w.wait().await,
         None => pending().await,

@@ -13,10 +13,10 @@ use crate::logs::{self, Stream};
 use crate::probe;
 
 impl Actor {
-    /// Another server is adopting the instance: stop reading its output (what was read is
-    /// kept); then either pass the shim's connection and the pipes on (`give`: to the
-    /// successor of `ten upgrade`) or tell the shim it may answer the new server.
-    pub(super) async fn let_go(&mut self, give: bool) {
+    /// `ten upgrade`'s successor takes the instance over: stop reading its output (what was
+    /// read is kept), then pass the shim's connection and the pipes on; were the pipes not
+    /// to be had back, tell the shim instead that the next server to connect may adopt it.
+    pub(super) async fn let_go(&mut self) {
         self.capturing.cancel();
         let mut pipes = Vec::new();
         for capture in self.captures.drain(..) {
@@ -27,7 +27,7 @@ impl Actor {
             return;
         };
         let pipes = (pipes.pop().flatten(), pipes.pop().flatten());
-        if let (true, (Some(stderr), Some(stdout))) = (give, pipes) {
+        if let (Some(stderr), Some(stdout)) = pipes {
             let hello = tenement_runtime::handover::Hello {
                 key: self.key.to_string(),
                 pid: workload.pid(),
