@@ -2,32 +2,30 @@
 //! ([`tenement_core::route`]) to tenement itself (API, `/health`, dashboard) or proxied to an
 //! instance, which is woken first if it sleeps.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::response::IntoResponse;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode, Version, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Request, Response, StatusCode, header};
 use tenement::{Error, Lease, Supervisor};
 use tenement_core::route::{RouteError, Router, Target};
+use tenement_proxy::{Body, Engine, Resolve, Route, Unavailable};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::debug;
 
 use crate::error::ApiError;
-use crate::headers::Forwarding;
 use crate::metrics::{KindLabel, Metrics, RequestFigures, ServiceLabel};
-use crate::pool::{Pool, SWEEP_EVERY};
-use crate::proxy::{Limits, forward, plain};
 use crate::{Access, router};
 
+/// The front door's side of the proxy engine ([`tenement_proxy::Resolve`]): routes by the
+/// configuration's rules, leases instances from the supervisor (waking them), answers
+/// tenement's own paths with the API router, counts every request in the metrics. One per
+/// front-door thread.
 pub(crate) struct FrontDoor {
     supervisor: Supervisor,
     metrics: Arc<Metrics>,
@@ -36,18 +34,7 @@ pub(crate) struct FrontDoor {
     routes: std::sync::Mutex<(u64, Arc<Router>)>,
     domain: String,
     api: axum::Router,
-    pub(crate) pool: Arc<Pool>,
     figures: RequestFigures,
-    pub(crate) limits: Limits,
-    /// The largest request head accepted (`max_header_kb`).
-    pub(crate) max_head: usize,
-    pub(crate) header_timeout: Duration,
-}
-
-/// One client connection.
-pub(crate) struct Client {
-    peer: SocketAddr,
-    pub(crate) forwarding: Forwarding,
 }
 
 /// Binds the front door: one listening socket per worker thread, all on `addr`
@@ -128,14 +115,13 @@ pub async fn front_door(
 ) {
     let config = supervisor.config();
     let s = &config.settings;
-    let limits = Limits {
+    let settings = tenement_proxy::Settings {
         max_body: (s.max_body_mb as usize).saturating_mul(1024 * 1024),
         upstream_timeout: Duration::from_secs(s.upstream_timeout),
+        max_head: (s.max_header_kb as usize * 1024).max(8192),
+        header_timeout: Duration::from_secs(s.header_timeout),
+        fast_path: s.fast_path,
     };
-    let (header_timeout, max_buf) = (
-        Duration::from_secs(s.header_timeout),
-        (s.max_header_kb as usize * 1024).max(8192),
-    );
     let mut threads = Vec::new();
     let metrics = Metrics::new(supervisor.clone());
     let limiter = crate::RateLimiter::default();
@@ -159,12 +145,9 @@ pub async fn front_door(
             domain: domain.to_owned(),
             api: router(supervisor.clone(), Access::Network, limiter.clone()),
             supervisor: supervisor.clone(),
-            pool: Arc::default(),
             figures: RequestFigures::default(),
-            limits,
-            max_head: max_buf,
-            header_timeout,
         };
+        let engine = Engine::new(door, settings);
         let shutdown = shutdown.clone();
         let conn_limit = conn_limit.clone();
         let thread = std::thread::Builder::new()
@@ -176,7 +159,7 @@ pub async fn front_door(
                     .expect("a tokio runtime");
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a listening socket");
-                    accept_loop(listener, Arc::new(door), conn_limit, shutdown).await
+                    accept_loop(listener, engine, conn_limit, shutdown).await
                 })
             });
         threads.extend(thread.ok());
@@ -187,24 +170,12 @@ pub async fn front_door(
 
 async fn accept_loop(
     listener: TcpListener,
-    door: Arc<FrontDoor>,
+    engine: Arc<Engine<FrontDoor>>,
     limit: Arc<crate::conn_limit::ConnLimit>,
     shutdown: CancellationToken,
 ) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(door.header_timeout)
-        .max_buf_size(door.max_head)
-        .keep_alive(true);
     let connections = tokio_util::task::TaskTracker::new();
-    let pool = door.pool.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(SWEEP_EVERY).await;
-            pool.sweep();
-        }
-    });
+    tokio::spawn(engine.clone().sweep_pool());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -221,13 +192,9 @@ async fn accept_loop(
             continue; // closed at once: the caps keep descriptors for supervision
         };
         let _ = stream.set_nodelay(true);
-        let client = Arc::new(Client {
-            peer,
-            forwarding: Forwarding::new(peer, "http"),
-        });
-        let (door, builder, shutdown) = (door.clone(), builder.clone(), shutdown.clone());
+        let (engine, shutdown) = (engine.clone(), shutdown.clone());
         connections.spawn(async move {
-            crate::fast::serve(door, stream, client, builder, shutdown).await;
+            engine.serve(stream, peer, false, shutdown).await;
             drop(admitted);
         });
     }
@@ -236,7 +203,7 @@ async fn accept_loop(
     let _ = tokio::time::timeout_at(deadline, connections.wait()).await;
     // Websockets and streaming answers run in tasks of their own, on this thread's runtime,
     // which ends with this function: wait for them too (they are the instances' activity).
-    while door.supervisor.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+    while engine.resolver().supervisor.in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -245,40 +212,9 @@ async fn accept_loop(
 /// (`ten serve` bounds it further at shutdown: see the CLI's `serve`).
 const DRAIN: Duration = Duration::from_secs(60);
 
-/// Serves a client connection with hyper from here on (`io` may start with bytes the fast
-/// path has read already), until it closes or `shutdown`, which lets the request in progress
-/// finish.
-pub(crate) async fn serve_hyper<I>(
-    door: Arc<FrontDoor>,
-    io: I,
-    client: Arc<Client>,
-    builder: http1::Builder,
-    shutdown: CancellationToken,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = service_fn(move |req| {
-        let (door, client) = (door.clone(), client.clone());
-        async move { Ok::<_, Infallible>(door.handle(req, &client).await) }
-    });
-    let mut conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    let result = tokio::select! {
-        r = &mut conn => r,
-        _ = shutdown.cancelled() => {
-            std::pin::Pin::new(&mut conn).graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "connection ended with an error");
-    }
-}
-
 impl FrontDoor {
     /// The routes of the configuration in force (rebuilt once after a reload).
-    pub(crate) fn routes(&self) -> Arc<Router> {
+    fn routes(&self) -> Arc<Router> {
         let generation = self.supervisor.config_generation();
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if routes.0 != generation {
@@ -290,109 +226,8 @@ impl FrontDoor {
         routes.1.clone()
     }
 
-    /// The instance `target` names, awake and ready (the wait is timed when it had to wake).
-    pub(crate) async fn lease(&self, target: &Target, service: &str) -> Result<Lease, Error> {
-        let started = Instant::now();
-        let lease = match target {
-            Target::Instance(key) => self.supervisor.lease(key).await,
-            Target::Service(service) => self.supervisor.lease_service(service).await,
-            Target::Building => unreachable!("tenement's own requests are not proxied"),
-        };
-        if let Ok(l) = &lease
-            && l.waited
-        {
-            self.metrics
-                .wake_duration
-                .get_or_create(&ServiceLabel {
-                    service: service.to_owned(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-        }
-        lease
-    }
-
-    /// Counts a proxied request, answered with `status`, in the metrics.
-    pub(crate) fn record(&self, service: &str, status: StatusCode, started: Instant) {
-        let kind = match status {
-            StatusCode::BAD_GATEWAY => Some("upstream"),
-            StatusCode::GATEWAY_TIMEOUT => Some("timeout"),
-            StatusCode::SERVICE_UNAVAILABLE => Some("unavailable"),
-            StatusCode::PAYLOAD_TOO_LARGE => Some("too_large"),
-            _ => None,
-        };
-        if let Some(kind) = kind {
-            self.metrics
-                .proxy_errors
-                .get_or_create(&KindLabel { kind })
-                .inc();
-        }
-        self.metrics
-            .record_request(&self.figures, service, status.as_u16(), started.elapsed());
-    }
-
-    async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        let raw_host = hosts.next();
-        if hosts.next().is_some() {
-            // Routed by one, read by the app as another: refused (RFC 9112 §3.2).
-            return plain(StatusCode::BAD_REQUEST, "more than one Host header");
-        }
-        let Ok(host) = raw_host.map(|h| h.to_str()).transpose() else {
-            return plain(StatusCode::BAD_REQUEST, "malformed Host header: not ASCII");
-        };
-        if req.method() == Method::CONNECT {
-            return plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "CONNECT is not supported here",
-            );
-        }
-        if req.uri().scheme().is_none() && req.uri().authority().is_some() {
-            // `GET name HTTP/1.1`: a target that is neither a path nor an absolute URI.
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "the request target must be a path: /...",
-            );
-        }
-        if let Some(coding) = crate::headers::unsupported_coding(req.headers()) {
-            let msg = format!("transfer coding `{coding}` is not supported (only chunked)");
-            return plain(StatusCode::NOT_IMPLEMENTED, &msg);
-        }
-        let routed = match host {
-            // HTTP/1.0 may leave Host out: that is the bare domain (HTTP/1.1 must send it).
-            None if req.version() == Version::HTTP_10 => Ok(self.routes().bare(req.uri().path())),
-            _ => self.routes().route(host, req.uri().path()),
-        };
-        let target = match routed {
-            Ok(t) => t,
-            Err(e @ RouteError::BadHost(_)) => {
-                return plain(StatusCode::BAD_REQUEST, &e.to_string());
-            }
-            Err(e) => return plain(StatusCode::NOT_FOUND, &e.to_string()),
-        };
-        let service = match &target {
-            Target::Building if req.uri().path() == "/metrics" => return self.metrics(&req).await,
-            Target::Building => {
-                let mut req = req.map(Body::new);
-                req.extensions_mut().insert(crate::PeerAddr(client.peer));
-                return match self.api.clone().oneshot(req).await {
-                    Ok(res) => res,
-                    Err(never) => match never {},
-                };
-            }
-            Target::Instance(key) => key.service.as_str(),
-            Target::Service(service) => service.as_str(),
-        };
-        let started = Instant::now();
-        let res = match self.lease(&target, service).await {
-            Ok(lease) => forward(&self.pool, lease, req, &client.forwarding, self.limits).await,
-            Err(e) => unavailable(e),
-        };
-        self.record(service, res.status(), started);
-        res
-    }
-
     /// `/metrics`: public unless `[settings] metrics_auth = true`.
-    async fn metrics(&self, req: &Request<Incoming>) -> Response<Body> {
+    async fn metrics(&self, req: &Request<Incoming>) -> axum::response::Response {
         if self.supervisor.config().settings.metrics_auth {
             let principal = match crate::auth::bearer(req.headers()) {
                 Some(t) => self.supervisor.tokens().verify(&t).await,
@@ -428,19 +263,106 @@ impl FrontDoor {
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         };
-        let mut res = Response::new(Body::from(body));
+        let mut res = axum::response::Response::new(axum::body::Body::from(body));
         res.headers_mut()
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
         res
     }
 }
 
-fn unavailable(e: Error) -> Response<Body> {
-    plain(unavailable_status(&e), &e.to_string())
+/// The service a target counts under in the metrics.
+fn service_of(target: &Target) -> &str {
+    match target {
+        Target::Instance(key) => key.service.as_str(),
+        Target::Service(service) => service.as_str(),
+        Target::Building => "",
+    }
+}
+
+impl Resolve for FrontDoor {
+    type Target = Target;
+    type Lease = Lease;
+
+    fn route(&self, host: Option<&str>, path: &str) -> Route<Target> {
+        let routes = self.routes();
+        let routed = match host {
+            // HTTP/1.0 may leave Host out: that is the bare domain.
+            None => Ok(routes.bare(path)),
+            Some(host) => routes.route(Some(host), path),
+        };
+        match routed {
+            Ok(Target::Building) => Route::Local,
+            Ok(target) => Route::Upstream(target),
+            Err(e @ RouteError::BadHost(_)) => {
+                Route::Refused(StatusCode::BAD_REQUEST, e.to_string())
+            }
+            Err(e) => Route::Refused(StatusCode::NOT_FOUND, e.to_string()),
+        }
+    }
+
+    /// The instance `target` names, awake and ready (the wait is timed when it had to wake).
+    async fn lease(&self, target: &Target) -> Result<Lease, Unavailable> {
+        let started = Instant::now();
+        let lease = match target {
+            Target::Instance(key) => self.supervisor.lease(key).await,
+            Target::Service(service) => self.supervisor.lease_service(service).await,
+            Target::Building => unreachable!("tenement's own requests are not proxied"),
+        };
+        match lease {
+            Ok(l) => {
+                if l.waited {
+                    let service = service_of(target).to_owned();
+                    self.metrics
+                        .wake_duration
+                        .get_or_create(&ServiceLabel { service })
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Ok(l)
+            }
+            Err(e) => Err(Unavailable {
+                status: unavailable_status(&e),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    async fn local(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let res = if req.uri().path() == "/metrics" {
+            self.metrics(&req).await
+        } else {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(crate::PeerAddr(peer));
+            match self.api.clone().oneshot(req).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            }
+        };
+        res.map(|b| b.map_err(Into::into).boxed_unsync())
+    }
+
+    /// Counts a proxied request, answered with `status`, in the metrics.
+    fn record(&self, target: &Target, status: StatusCode, started: Instant) {
+        let kind = match status {
+            StatusCode::BAD_GATEWAY => Some("upstream"),
+            StatusCode::GATEWAY_TIMEOUT => Some("timeout"),
+            StatusCode::SERVICE_UNAVAILABLE => Some("unavailable"),
+            StatusCode::PAYLOAD_TOO_LARGE => Some("too_large"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.metrics
+                .proxy_errors
+                .get_or_create(&KindLabel { kind })
+                .inc();
+        }
+        let service = service_of(target);
+        self.metrics
+            .record_request(&self.figures, service, status.as_u16(), started.elapsed());
+    }
 }
 
 /// The answer when no instance could be leased.
-pub(crate) fn unavailable_status(e: &Error) -> StatusCode {
+fn unavailable_status(e: &Error) -> StatusCode {
     match e {
         Error::NotFound(_) | Error::UnknownService(_) => StatusCode::NOT_FOUND,
         Error::Store { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -16,18 +16,10 @@ mod auth;
 mod conn_limit;
 mod dashboard;
 mod error;
-mod fast;
-mod framing;
 mod frontdoor;
-mod headers;
 mod logs_api;
 pub mod metrics;
 mod openapi;
-mod pool;
-mod proxy;
-mod unix_conn;
-mod upload;
-mod upstream;
 
 pub use api::router;
 pub use auth::{Access, PeerAddr, RateLimiter};

@@ -1,22 +1,12 @@
 //! Reaching an instance: its endpoint (Unix socket, or TCP for `listen = "tcp"`), connecting
 //! with a retry when the listener's backlog is full, and the readiness and health probes.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-
-/// Where an instance listens, and who must be listening there. Compared and hashed by the
-/// socket path's bytes (one `write` to the hasher, not `Path`'s component walk: the front door
-/// looks endpoints up twice per request).
-#[derive(Debug, Clone)]
-pub enum Endpoint {
-    Unix(PathBuf, Peer),
-    Tcp(u16),
-}
+pub use tenement_proxy::{Endpoint, Io, Verify, connect_unix};
 
 /// Who may answer on an instance's Unix socket. Every connection, the front door's and the
 /// health checks', is checked after `connect` (SO_PEERCRED, unix(7)) before a byte is sent:
@@ -52,19 +42,11 @@ impl std::fmt::Debug for Peer {
     }
 }
 
-impl Peer {
-    /// Anyone at all: for unit tests whose app is a task of the test process itself.
-    pub fn any() -> Self {
-        Self {
-            refuse_self: false,
-            ..Self::default()
-        }
-    }
-
+impl Verify for Peer {
     /// Checks the process listening at the other end of `stream`.
-    pub fn verify(&self, stream: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+    fn verify(&self, stream: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
         use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-        let cred = getsockopt(stream, PeerCredentials).map_err(std::io::Error::from)?;
+        let cred = getsockopt(&stream, PeerCredentials).map_err(std::io::Error::from)?;
         let refuse = |why: String| {
             Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -100,32 +82,6 @@ impl Peer {
     }
 }
 
-impl PartialEq for Endpoint {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Endpoint::Unix(a, _), Endpoint::Unix(b, _)) => a.as_os_str() == b.as_os_str(),
-            (Endpoint::Tcp(a), Endpoint::Tcp(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
-impl Eq for Endpoint {}
-
-impl std::hash::Hash for Endpoint {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        use std::os::unix::ffi::OsStrExt;
-        match self {
-            Endpoint::Unix(path, _) => state.write(path.as_os_str().as_bytes()),
-            Endpoint::Tcp(port) => state.write_u32(u32::from(*port) | 1 << 16),
-        }
-    }
-}
-
-/// A connected byte stream to an instance.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// Why a probe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -153,42 +109,6 @@ pub fn server_short_of(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)
     )
-}
-
-/// How long a connect keeps retrying while the listener's backlog is full (EAGAIN).
-const BACKLOG_RETRY: Duration = Duration::from_secs(2);
-
-impl Endpoint {
-    /// Connects (a Unix socket's full backlog is waited out briefly: [`connect_unix`]).
-    pub async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
-        match self {
-            Endpoint::Tcp(port) => {
-                let s =
-                    tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, *port)).await?;
-                s.set_nodelay(true)?;
-                Ok(Box::new(s))
-            }
-            Endpoint::Unix(path, peer) => Ok(Box::new(connect_unix(path, peer).await?)),
-        }
-    }
-}
-
-/// Connects to a Unix socket, retrying briefly while its backlog is full: that fails at once
-/// with EAGAIN (unlike TCP, which queues); then checks who listens there ([`Peer::verify`]).
-pub async fn connect_unix(path: &Path, peer: &Peer) -> std::io::Result<tokio::net::UnixStream> {
-    let deadline = tokio::time::Instant::now() + BACKLOG_RETRY;
-    loop {
-        match tokio::net::UnixStream::connect(path).await {
-            Ok(stream) => return peer.verify(&stream).map(|()| stream),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            connected => return connected,
-        }
-    }
 }
 
 /// The most of a health answer's body that is read.

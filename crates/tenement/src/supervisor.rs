@@ -325,8 +325,8 @@ impl Supervisor {
             refuse_self: true,
         };
         let endpoint = match service.listen {
-            Listen::Unix => Endpoint::Unix(socket.clone(), peer),
-            Listen::Tcp => Endpoint::Tcp(port),
+            Listen::Unix => Endpoint::Unix(socket.clone(), Arc::new(peer)),
+            Listen::Tcp => Endpoint::Tcp((std::net::Ipv4Addr::LOCALHOST, port).into()),
         };
         let data_root = config.settings.data_dir.to_string_lossy();
         let (prefix, suffix) =

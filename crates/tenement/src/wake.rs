@@ -26,9 +26,18 @@ impl Lease {
     pub fn key(&self) -> &InstanceKey {
         &self.handle.key
     }
+}
 
-    pub fn endpoint(&self) -> &Endpoint {
+/// What the proxy engine needs of a lease: where the instance listens, its name for the log.
+impl tenement_proxy::Lease for Lease {
+    fn endpoint(&self) -> &Endpoint {
         &self.handle.endpoint
+    }
+}
+
+impl std::fmt::Display for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.handle.key.fmt(f)
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Settings {
     pub allow_unlimited: bool,
     /// Whether `/metrics` needs a bearer token.
     pub metrics_auth: bool,
+    /// Body-less proxied requests take the proxy engine's own HTTP/1.1 loop (else hyper
+    /// serves every request; for comparing, or if the fast path is ever suspected).
+    pub fast_path: bool,
     /// Days captured log lines are kept.
     pub log_retention_days: u64,
     /// Most space the log store may use, in MB (oldest lines go first).

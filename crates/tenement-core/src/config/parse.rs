@@ -37,6 +37,7 @@ const SETTINGS: &[&str] = &[
     "max_connections",
     "max_connections_per_ip",
     "adopt_timeout",
+    "fast_path",
 ];
 const SANDBOX: &[&str] = &["runsc", "platform", "network"];
 const TLS: &[&str] = &[
@@ -190,6 +191,7 @@ impl Settings {
             log_retention_days: 7,
             log_max_mb: 1024,
             metrics_auth: false,
+            fast_path: true,
             max_connections: 0,
             max_connections_per_ip: 256,
         }
@@ -264,6 +266,7 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
     }
     s.allow_unlimited = f.bool(ctx, "allow_unlimited").unwrap_or(false);
     s.metrics_auth = f.bool(ctx, "metrics_auth").unwrap_or(false);
+    s.fast_path = f.bool(ctx, "fast_path").unwrap_or(true);
     if let Some((n, _)) = f.int(ctx, "log_retention_days", 1, 3650) {
         s.log_retention_days = n as u64;
     }

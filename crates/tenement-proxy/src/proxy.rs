@@ -6,53 +6,31 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tenement::probe::Endpoint;
-use tenement::{ActivityGuard, Lease};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::debug;
 
+use crate::conn::{Body, Settings, full, log_failure, plain};
+use crate::endpoint::Endpoint;
 use crate::framing::Framing;
 use crate::headers::{Forwarding, pairs, wants_upgrade};
 use crate::pool::{Pool, Streaming};
 use crate::upload::{Clock, Upload};
 use crate::upstream::{Answer, Conn, UpstreamError, idempotent, request_head};
 
-/// Front-door limits, from `[settings]`.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_body: usize,
-    pub upstream_timeout: Duration,
-}
-
 /// Response bodies up to this size (with a Content-Length) are read whole before answering.
 const SMALL_BODY: u64 = 16 * 1024;
 
-/// A short plain-text answer.
-pub fn plain(status: StatusCode, msg: &str) -> Response<Body> {
-    let mut res = Response::new(Body::from(format!("{msg}\n")));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        res.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-    }
-    res
-}
-
-pub async fn forward(
+/// Proxies a request hyper parsed to the upstream `lease` names.
+pub async fn forward<L: crate::Lease>(
     pool: &Arc<Pool>,
-    lease: Lease,
+    lease: L,
     mut req: Request<Incoming>,
     forwarding: &Forwarding,
-    limits: Limits,
+    limits: Settings,
 ) -> Response<Body> {
     let declared = req
         .headers()
@@ -98,7 +76,7 @@ pub async fn forward(
     let (answer, reply) = match fetched.await {
         Ok(answer) => answer,
         Err(failure) => {
-            failure.log(lease.key());
+            log_failure(&lease, &failure);
             return plain(failure.0, failure.message());
         }
     };
@@ -106,21 +84,23 @@ pub async fn forward(
         return plain(StatusCode::BAD_GATEWAY, "the instance failed to answer");
     };
     match reply {
-        Reply::Whole(bytes) => head.map(|()| Body::from(bytes)),
+        Reply::Whole(bytes) => head.map(|()| full(bytes)),
         Reply::Stream(conn) => {
             let (framing, reusable) = (answer.framing, answer.reusable);
             let body = Streaming::new(conn, framing, reusable, pool.clone(), endpoint.clone());
             head.map(|()| {
-                Body::new(Guarded {
+                Guarded {
                     body,
-                    _guard: lease.guard,
-                })
+                    _lease: lease,
+                }
+                .map_err(Into::into)
+                .boxed_unsync()
             })
         }
         Reply::Switched(conn) => match client_upgrade {
             Some(client) => {
-                tunnel(conn, client, lease.guard);
-                head.map(|()| Body::empty())
+                tunnel(conn, client, lease);
+                head.map(|()| full(Bytes::new()))
             }
             None => plain(
                 StatusCode::BAD_GATEWAY,
@@ -134,17 +114,6 @@ pub async fn forward(
 pub struct Failure(pub StatusCode, pub UpstreamError);
 
 impl Failure {
-    /// In the server's log: the instance's failures (502, 504) as warnings, since an operator
-    /// wants to see them; the client's own (400, 408, 413) only when debugging.
-    pub fn log(&self, instance: &tenement_core::InstanceKey) {
-        let (status, error) = (self.0.as_u16(), &self.1);
-        if self.0.is_server_error() {
-            tracing::warn!(%instance, status, %error, "proxied request failed");
-        } else {
-            debug!(%instance, status, %error, "proxied request failed");
-        }
-    }
-
     pub fn message(&self) -> &'static str {
         match self.0 {
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
@@ -263,10 +232,10 @@ const HALF_CLOSED_IDLE: Duration = Duration::from_secs(10);
 /// Websocket (or any `Upgrade`) after the instance's 101: bytes copied both ways while both
 /// sides keep it open, with the instance counted as active throughout; once one side has
 /// closed, the other direction goes on until it is done or idle for [`HALF_CLOSED_IDLE`].
-fn tunnel(conn: Conn, client: hyper::upgrade::OnUpgrade, guard: ActivityGuard) {
+fn tunnel(conn: Conn, client: hyper::upgrade::OnUpgrade, lease: impl crate::Lease) {
     let (upstream, early) = conn.into_parts();
     tokio::spawn(async move {
-        let _guard = guard;
+        let _lease = lease;
         let Ok(client) = client.await else {
             return;
         };
@@ -321,13 +290,14 @@ async fn pipe(
     let _ = to.shutdown().await;
 }
 
-/// A response body that keeps its instance awake until it is finished or dropped.
-struct Guarded<B> {
+/// A response body that holds its lease (and so keeps its upstream awake) until it is
+/// finished or dropped.
+struct Guarded<B, L> {
     body: B,
-    _guard: ActivityGuard,
+    _lease: L,
 }
 
-impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for Guarded<B> {
+impl<B: HttpBody<Data = Bytes> + Unpin, L: Unpin> HttpBody for Guarded<B, L> {
     type Data = Bytes;
     type Error = B::Error;
 
@@ -365,7 +335,7 @@ mod tests {
     #[tokio::test]
     async fn a_dead_kept_alive_connection_is_retried_only_for_idempotent_requests() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), tenement::probe::Peer::any());
+        let endpoint = Endpoint::unix_any(dir.path().join("app.sock"));
         let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };

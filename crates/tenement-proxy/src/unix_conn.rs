@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tenement::probe::{Endpoint, Io, connect_unix};
+use crate::endpoint::{Endpoint, Io, connect_unix};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
@@ -31,7 +31,9 @@ pub struct UnixConn {
 /// Connects to an instance for the proxy: a Unix socket as a [`UnixConn`].
 pub async fn connect(endpoint: &Endpoint) -> io::Result<Box<dyn Io>> {
     match endpoint {
-        Endpoint::Unix(path, peer) => Ok(Box::new(UnixConn::new(connect_unix(path, peer).await?)?)),
+        Endpoint::Unix(path, peer) => {
+            Ok(Box::new(UnixConn::new(connect_unix(path, &**peer).await?)?))
+        }
         tcp => tcp.connect().await,
     }
 }

@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body as HttpBody, Incoming};
 use tokio::io::AsyncWrite;
 
-use tenement::probe::Io;
+use crate::endpoint::Io;
 
 use crate::upstream::UpstreamError;
 

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use crate::endpoint::Endpoint;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tenement::probe::Endpoint;
 use tenement_core::fnv::Fnv;
 
 use crate::framing::Framing;
@@ -228,7 +228,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn reuses_connections_and_notices_the_app_closing_one() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), tenement::probe::Peer::any());
+        let endpoint = Endpoint::unix_any(dir.path().join("app.sock"));
         let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };
@@ -251,7 +251,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_streaming_body_keeps_its_connection_until_read_to_the_end() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = Endpoint::Unix(dir.path().join("app.sock"), tenement::probe::Peer::any());
+        let endpoint = Endpoint::unix_any(dir.path().join("app.sock"));
         let Endpoint::Unix(path, _) = &endpoint else {
             unreachable!()
         };

@@ -11,37 +11,33 @@
 
 use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
-use hyper::server::conn::http1;
+use bytes::{Buf, BytesMut};
 use hyper::{Method, StatusCode};
-use tenement_core::route::Target;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::{Client, ClientStream, Engine, Rewind, log_failure};
 use crate::framing::Framing;
-use crate::frontdoor::{Client, FrontDoor, serve_hyper, unavailable_status};
 use crate::headers::{connection_tokens, line};
 use crate::proxy::{Reply, fetch};
 use crate::upstream::{Answer, Conn, UpstreamError, request_head};
+use crate::{Lease, Resolve, Route};
 
 /// Most header lines in a request head the fast path takes (hyper's limit too).
 const MAX_HEADERS: usize = 100;
 
 /// Serves one client connection until it closes, idles past `header_timeout`, or `shutdown`.
-pub(crate) async fn serve(
-    door: Arc<FrontDoor>,
-    mut stream: TcpStream,
+pub(crate) async fn serve<R: Resolve, S: ClientStream>(
+    door: Arc<Engine<R>>,
+    mut stream: S,
     client: Arc<Client>,
-    builder: http1::Builder,
     shutdown: CancellationToken,
 ) {
     let mut buf = BytesMut::new();
@@ -49,7 +45,7 @@ pub(crate) async fn serve(
     // once a blank line has come (a head trickling in is not rescanned for every byte).
     let mut scanned = None;
     let mut waiting_since = Instant::now();
-    let timer = tokio::time::sleep(door.header_timeout);
+    let timer = tokio::time::sleep(door.settings.header_timeout);
     let stopping = shutdown.clone().cancelled_owned();
     let mut draining = false;
     tokio::pin!(timer, stopping);
@@ -63,16 +59,20 @@ pub(crate) async fn serve(
         match parsed {
             Ok((httparse::Status::Complete(len), Some(req))) => {
                 // Over max_header_kb (it came in one read): hyper answers 431, as it would.
-                let plan = (len <= door.max_head).then(|| plan(&door, &req)).flatten();
+                let plan = (len <= door.settings.max_head)
+                    .then(|| plan(&door, &req))
+                    .flatten();
                 let Some(mut plan) = plan else {
                     let read = buf.freeze();
-                    return hand_over(door, stream, read, client, builder, shutdown).await;
+                    let io = Rewind { read, stream };
+                    return door.serve_hyper(io, client, shutdown).await;
                 };
                 // Shutting down: this answer says so, and is the last.
                 plan.close |= shutdown.is_cancelled();
                 let close = plan.close;
-                let (mut reader, mut writer) = stream.split();
+                let (mut reader, mut writer) = stream.halves();
                 let served = proxy(&door, &client, &req, plan, &mut writer, timer.as_mut());
+                let mut early = Vec::new();
                 let keep = if buf.len() == len {
                     // Nothing more from the client yet: if it hangs up meanwhile (a long poll
                     // or stream abandoned), the request is dropped, and with it the instance's
@@ -80,7 +80,7 @@ pub(crate) async fn serve(
                     tokio::select! {
                         biased;
                         keep = served => keep,
-                        () = hung_up(&mut reader) => false,
+                        () = hung_up(&mut reader, &mut early) => false,
                     }
                 } else {
                     served.await
@@ -89,20 +89,27 @@ pub(crate) async fn serve(
                     return;
                 }
                 buf.advance(len); // a pipelined next request may follow
+                buf.extend_from_slice(&early);
                 scanned = None;
                 waiting_since = Instant::now();
                 // The timer may have been moved on for the answer: bring it back.
-                let due = (waiting_since + door.header_timeout).into();
+                let due = (waiting_since + door.settings.header_timeout).into();
                 if timer.deadline() > due {
                     timer.as_mut().reset(due);
                 }
                 continue;
             }
-            Ok((httparse::Status::Partial, _)) if buf.len() <= door.max_head => {
+            Ok((httparse::Status::Partial, _)) if buf.len() <= door.settings.max_head => {
                 scanned = Some(buf.len());
             }
             // Malformed or oversized: hyper answers it (400, 431).
-            _ => return hand_over(door, stream, buf.freeze(), client, builder, shutdown).await,
+            _ => {
+                let io = Rewind {
+                    read: buf.freeze(),
+                    stream,
+                };
+                return door.serve_hyper(io, client, shutdown).await;
+            }
         }
         buf.reserve(4096);
         tokio::select! {
@@ -113,7 +120,7 @@ pub(crate) async fn serve(
             () = &mut timer => {
                 // No whole head within header_timeout of the last answer: closed, as hyper
                 // does. (The timer is moved on only when it fires.)
-                let deadline = waiting_since + door.header_timeout;
+                let deadline = waiting_since + door.settings.header_timeout;
                 if draining || Instant::now() >= deadline {
                     return;
                 }
@@ -153,25 +160,13 @@ fn ends_head(buf: &[u8], from: usize) -> bool {
 }
 
 /// Returns once the client has closed its side (or its connection failed); never if it sends
-/// more (a pipelined request: it is still there).
-async fn hung_up(reader: &mut tokio::net::tcp::ReadHalf<'_>) {
-    let mut byte = [0u8; 1];
-    if let Ok(1..) = reader.peek(&mut byte).await {
+/// more (a pipelined request: it is still there, read into `early`).
+async fn hung_up(reader: &mut (impl AsyncRead + Unpin), early: &mut Vec<u8>) {
+    let mut read = [0u8; 1024];
+    if let Ok(n @ 1..) = reader.read(&mut read).await {
+        early.extend_from_slice(&read[..n]);
         std::future::pending::<()>().await;
     }
-}
-
-/// The rest of the connection goes to hyper, starting with the bytes in `read`.
-async fn hand_over(
-    door: Arc<FrontDoor>,
-    stream: TcpStream,
-    read: Bytes,
-    client: Arc<Client>,
-    builder: http1::Builder,
-    shutdown: CancellationToken,
-) {
-    let io = Rewind { read, stream };
-    serve_hyper(door, io, client, builder, shutdown).await;
 }
 
 /// Parses a request head at the start of `buf`, into header slots left uninitialised.
@@ -186,8 +181,8 @@ fn parse<'b>(
 }
 
 /// A request the fast path proxies.
-struct Plan {
-    target: Target,
+struct Plan<T> {
+    target: T,
     method: Method,
     /// The client asked to close the connection after this request.
     close: bool,
@@ -197,7 +192,7 @@ struct Plan {
 
 /// Whether the fast path takes this request: HTTP/1.1, origin-form target, one Host routed
 /// to an instance or service, no body, no upgrade, no `Expect`.
-fn plan(door: &FrontDoor, req: &httparse::Request<'_, '_>) -> Option<Plan> {
+fn plan<R: Resolve>(door: &Engine<R>, req: &httparse::Request<'_, '_>) -> Option<Plan<R::Target>> {
     if req.version != Some(1) {
         return None;
     }
@@ -235,8 +230,8 @@ fn plan(door: &FrontDoor, req: &httparse::Request<'_, '_>) -> Option<Plan> {
     }
     let host = std::str::from_utf8(host?).ok()?;
     let route_path = path.split_once('?').map_or(path, |(p, _)| p);
-    match door.routes().route(Some(host), route_path) {
-        Ok(target @ (Target::Instance(_) | Target::Service(_))) => Some(Plan {
+    match door.resolver.route(Some(host), route_path) {
+        Route::Upstream(target) => Some(Plan {
             target,
             method,
             close,
@@ -252,27 +247,21 @@ fn uri_char(b: u8) -> bool {
 }
 
 /// Proxies one request and answers it; whether the connection can carry another.
-async fn proxy(
-    door: &FrontDoor,
+async fn proxy<R: Resolve>(
+    door: &Engine<R>,
     client: &Client,
     req: &httparse::Request<'_, '_>,
-    plan: Plan,
-    stream: &mut tokio::net::tcp::WriteHalf<'_>,
+    plan: Plan<R::Target>,
+    stream: &mut (impl AsyncWrite + Unpin),
     timer: Pin<&mut Sleep>,
 ) -> bool {
     let started = Instant::now();
-    let service = match &plan.target {
-        Target::Instance(key) => key.service.as_str(),
-        Target::Service(service) => service.as_str(),
-        Target::Building => unreachable!("not planned"),
-    };
     let head_request = plan.method == Method::HEAD;
     let mut out = Vec::with_capacity(1024);
-    let (status, keep) = match door.lease(&plan.target, service).await {
+    let (status, keep) = match door.resolver.lease(&plan.target).await {
         Err(e) => {
-            let status = unavailable_status(&e);
-            plain(&mut out, status, &e.to_string(), plan.close, head_request);
-            (status, stream.write_all(&out).await.is_ok())
+            plain(&mut out, e.status, &e.message, plan.close, head_request);
+            (e.status, stream.write_all(&out).await.is_ok())
         }
         Ok(lease) => {
             let upstream = request_head(
@@ -286,7 +275,7 @@ async fn proxy(
             );
             let (endpoint, mut no_body) = (lease.endpoint(), None);
             let expired = async {
-                lapse(timer, started + door.limits.upstream_timeout).await;
+                lapse(timer, started + door.settings.upstream_timeout).await;
                 UpstreamError::TimedOut
             };
             let fetched = fetch(
@@ -300,7 +289,7 @@ async fn proxy(
             );
             match fetched.await {
                 Err(failure) => {
-                    failure.log(lease.key());
+                    log_failure(&lease, &failure);
                     plain(
                         &mut out,
                         failure.0,
@@ -323,7 +312,7 @@ async fn proxy(
                 }
                 Ok((answer, Reply::Stream(mut conn))) => {
                     // Counted when the head is ready, as on hyper's path (a stream may be long).
-                    door.record(service, answer.status, started);
+                    door.resolver.record(&plan.target, answer.status, started);
                     let chunked = !matches!(answer.framing, Framing::Length(_));
                     answer_head(&mut out, &answer, chunked, plan.close);
                     let sent = stream.write_all(&out).await.is_ok()
@@ -337,7 +326,7 @@ async fn proxy(
             // The lease (and with it the instance's activity) ends here, the body sent.
         }
     };
-    door.record(service, status, started);
+    door.resolver.record(&plan.target, status, started);
     keep
 }
 
@@ -456,58 +445,6 @@ fn date(out: &mut Vec<u8>) {
         }
         line(out, "date", text.as_bytes());
     });
-}
-
-/// A client stream with the bytes already read from it put back in front.
-struct Rewind {
-    read: Bytes,
-    stream: TcpStream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            let taken = self.read.split_to(n);
-            buf.put_slice(&taken);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use crate::endpoint::{Endpoint, Io};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, StatusCode};
-use tenement::probe::{Endpoint, Io};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::poll_read_buf;
 
