@@ -2,6 +2,7 @@
 """Front-door benchmark: proxy throughput/latency against direct and nginx, and cold-wake latency.
 
 Usage: bench/proxy.py [--seconds 10] [--connections 32] [--rounds 3] [--wakes 20]
+                      [--before OLD_TEN] [--hyper] [--no-nginx]
 
 Same backend, same run: one instance of the compiled fixture app (crates/fixture-app) under
 `ten serve`; the load generator (crates/loadgen, N keep-alive connections) hits
@@ -12,6 +13,8 @@ Same backend, same run: one instance of the compiled fixture app (crates/fixture
      sending the app what ten serve sends: the client's Host and X-Forwarded-For,
      X-Forwarded-Proto, X-Forwarded-Host and Forwarded (checked before the runs),
   4. the same nginx with its defaults (Host "app", no forwarding headers), for reference,
+  5. with --before OLD_TEN, another build of ten serve (its own instance of the same app), for
+     before/after figures of a change; with --hyper, ten serve with `fast_path = false`,
 alternating for --rounds rounds (the proxies' order reverses each round), since this
 shared machine drifts between runs.
 Cold wake: an instance with idle_timeout = 1 is left to sleep, then one request is timed
@@ -139,6 +142,9 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--wakes", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="ten serve and nginx alternate this many times")
+    ap.add_argument("--before", help="another ten binary to measure beside this one")
+    ap.add_argument("--hyper", action="store_true", help="also ten serve with fast_path = false")
+    ap.add_argument("--no-nginx", action="store_true")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--locked", "--bins"], cwd=ROOT, check=True)
 
@@ -175,20 +181,37 @@ isolation = "process"
                              stdout=log, stderr=log, env={**os.environ, "TENEMENT_LOG": "warn"})
     ctl = f"{tmp}/data/ten.sock"
     nginx = None
+    others = []  # (name, port, process): other ten serve processes, each with its own instance
+    for name, binary, extra in [("through ten serve (before)", a.before, ""),
+                                ("through ten serve, fast_path = false", TEN if a.hyper else None, "fast_path = false")]:
+        if binary:
+            d = f"{tmp}/{len(others)}"
+            os.makedirs(d)
+            with open(f"{d}/tenement.toml", "w") as f:
+                f.write(f'[settings]\ndata_dir = "{d}/data"\nhealth_check_interval = 60\n{extra}\n'
+                        f'[service.tiny]\ncommand = "{FIXTURE}"\nsocket = "{d}/{{name}}-{{id}}.sock"\n'
+                        f'health = "/health"\nisolation = "process"\n')
+            p = free_port()
+            proc = subprocess.Popen([binary, "serve", "--config", f"{d}/tenement.toml", "--port", str(p), "--bind", "127.0.0.1", "--domain", "bench.test"],
+                                    stdout=log, stderr=log, env={**os.environ, "TENEMENT_LOG": "warn"})
+            others.append((name, p, proc, f"{d}/data/ten.sock"))
     try:
-        for _ in range(500):
-            try:
-                api(ctl, "GET", "/api/instances")
-                break
-            except (OSError, RuntimeError):
-                time.sleep(0.01)
-        api(ctl, "POST", "/api/instances", {"service": "tiny", "id": "a"})
+        for c in [ctl] + [o[3] for o in others]:
+            for _ in range(500):
+                try:
+                    api(c, "GET", "/api/instances")
+                    break
+                except (OSError, RuntimeError):
+                    time.sleep(0.01)
+            api(c, "POST", "/api/instances", {"service": "tiny", "id": "a"})
         sock = f"{tmp}/tiny-a.sock"
 
         # (name, loadgen args, pids whose CPU time is the proxy's)
         runs = [("direct to the Unix socket", ["--unix", sock], [])]
         runs.append(("through ten serve", ["--tcp", f"127.0.0.1:{port}", "--host", "a.tiny.bench.test"], [serve.pid]))
-        if shutil.which("nginx"):
+        for name, p, proc, _ in others:
+            runs.append((name, ["--tcp", f"127.0.0.1:{p}", "--host", "a.tiny.bench.test"], [proc.pid]))
+        if shutil.which("nginx") and not a.no_nginx:
             nport, bare_port = free_port(), free_port()
             os.makedirs(f"{tmp}/nginx/logs", exist_ok=True)
             with open(f"{tmp}/nginx/nginx.conf", "w") as f:
@@ -244,7 +267,7 @@ http {{
                 cpu = "-" if not pids else f"{(after[0] - before[0]) * tick_us / n:.1f} + {(after[1] - before[1]) * tick_us / n:.1f}"
                 rps[name].append(float(r["rps"]))
                 print(f"| {round_} | {name} | {r['rps']} | {r['p50_us']} | {r['p99_us']} | {r['errors']} | {cpu} |", flush=True)
-        for other in ["through nginx", "through nginx, bare"]:
+        for other in ["through nginx", "through nginx, bare"] + [o[0] for o in others]:
             if other in rps:
                 ratios = [t / n for t, n in zip(rps["through ten serve"], rps[other])]
                 won = sum(r >= 1 for r in ratios)
@@ -253,6 +276,8 @@ http {{
                       f"median {statistics.median(ratios):.2f} (95% bootstrap interval {low:.2f}–{high:.2f}); "
                       f"ten serve ahead in {won} of {len(ratios)} rounds")
 
+        if not a.wakes:
+            return
         print(f"\n## Cold wake through ten serve ({a.wakes} wakes each; medians)\n")
         print("| backend | request → response, sleeping (ms) | app alone: start-to-listen (ms) | tenement overhead (ms) "
               "| app alone: start to both answers (ms) | overhead beyond the app's own answers (ms) |")
@@ -278,8 +303,9 @@ http {{
         if nginx:
             nginx.terminate()
             nginx.wait()
-        serve.terminate()
-        serve.wait(timeout=60)
+        for proc in [serve] + [o[2] for o in others]:
+            proc.terminate()
+            proc.wait(timeout=60)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

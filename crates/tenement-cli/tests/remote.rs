@@ -96,3 +96,81 @@ fn health_is_public_over_tcp() {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains(r#""status":"ok""#), "{raw}");
 }
+
+/// The typed client (tenement-api) against a real server, over the control socket and over
+/// TCP with tokens: typed answers, and each error with the server's status and `code`.
+#[test]
+fn the_typed_client_keeps_the_servers_answers_and_error_codes() {
+    use tenement_api::{Client, DeployRequest, Error, LogParams, Target};
+    let mut b = Building::new(TEN, CONFIG);
+    b.start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = Client::new(Target::Socket(b.data_dir().join("ten.sock")));
+    let key: tenement_core::InstanceKey = "web:a".parse().unwrap();
+    rt.block_on(async {
+        let status = local.spawn(&key).await.unwrap();
+        assert_eq!(status.instance, key);
+        let all = local.instances().await.unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].state, "running");
+        let err = local.spawn(&key).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Api { status, code, .. } if *status == 409 && code == "already_exists"),
+            "{err:?}"
+        );
+        let gone: tenement_core::InstanceKey = "nope:a".parse().unwrap();
+        let err = local.spawn(&gone).await.unwrap_err();
+        assert_eq!(err.code(), Some("unknown_service"), "{err:?}");
+        let err = local.stop(&"web:zz".parse().unwrap()).await.unwrap_err();
+        assert_eq!(err.code(), Some("not_found"), "{err:?}");
+        let bad = DeployRequest {
+            service: "web".into(),
+            id: "b".into(),
+            timeout: Some(0),
+            ..DeployRequest::default()
+        };
+        let err = local.deploy(&bad).await.unwrap_err();
+        assert_eq!(err.code(), Some("bad_request"), "{err:?}");
+        let report = local.reload().await.unwrap();
+        assert!(report.failed.is_empty(), "{report:?}");
+        let lines = local
+            .logs(&LogParams {
+                instance: Some("web:a".into()),
+                ..LogParams::default()
+            })
+            .await
+            .unwrap();
+        assert!(lines.iter().all(|l| l.instance == "web:a"), "{lines:?}");
+
+        // Over TCP: a tenant's token sees its own instances, and is refused the rest with
+        // the server's code.
+        let alice: tenement_core::InstanceId = "alice".parse().unwrap();
+        let created = local.token_gen(Some(&alice)).await.unwrap();
+        assert_eq!(created.tenant.as_deref(), Some("alice"));
+        let tenant = Client::new(Target::Tcp {
+            authority: b.http_addr(),
+            token: Some(created.token),
+        });
+        assert!(tenant.instances().await.unwrap().is_empty());
+        let err = tenant.spawn(&key).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Api { status, code, .. } if *status == 403 && code == "forbidden"),
+            "{err:?}"
+        );
+        let err = tenant.tokens().await.unwrap_err();
+        assert_eq!(err.code(), Some("forbidden"), "{err:?}");
+        let nobody = Client::new(Target::Tcp {
+            authority: b.http_addr(),
+            token: None,
+        });
+        let err = nobody.instances().await.unwrap_err();
+        assert!(matches!(&err, Error::Api { status, .. } if *status == 401), "{err:?}");
+        let tokens = local.tokens().await.unwrap();
+        assert_eq!(tokens.len(), 1, "{tokens:?}");
+        local.token_revoke(tokens[0].id).await.unwrap();
+        local.stop(&key).await.unwrap();
+    });
+}

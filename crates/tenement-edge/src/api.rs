@@ -13,6 +13,9 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tenement::{InstanceStatus, LogLine, Principal, Supervisor};
+use tenement_api::{
+    DeployRequest, RouteAnswer, RouteRequest, ServerHealth, SpawnRequest, WeightRequest,
+};
 use tenement_core::{InstanceId, InstanceKey, ServiceName};
 
 use crate::auth::{self, Access, Gate, RateLimiter};
@@ -94,8 +97,11 @@ async fn config_summary(
     Ok(Json(v))
 }
 
-async fn health(State(s): State<Supervisor>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok", "instances": s.count() }))
+async fn health(State(s): State<Supervisor>) -> Json<ServerHealth> {
+    Json(ServerHealth {
+        status: "ok".into(),
+        instances: s.count(),
+    })
 }
 
 async fn list(
@@ -112,16 +118,10 @@ async fn list(
     )
 }
 
-#[derive(Deserialize)]
-struct SpawnBody {
-    service: String,
-    id: String,
-}
-
 async fn spawn(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    JsonBody(body): JsonBody<SpawnBody>,
+    JsonBody(body): JsonBody<SpawnRequest>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
     let key = InstanceKey::new(
         body.service.parse::<ServiceName>()?,
@@ -180,57 +180,37 @@ fn tenant_of(p: &Principal) -> String {
     }
 }
 
-#[derive(Deserialize)]
-struct WeightBody {
-    weight: u32,
-}
-
 async fn weight(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
     Path(raw): Path<String>,
-    JsonBody(body): JsonBody<WeightBody>,
+    JsonBody(body): JsonBody<WeightRequest>,
 ) -> Result<Json<InstanceStatus>> {
     let key = visible(&p, &raw)?;
     Ok(Json(s.set_weight(&key, body.weight).await?))
 }
 
-#[derive(Deserialize)]
-struct RouteBody {
-    service: String,
-    from: String,
-    to: String,
-}
-
 async fn route(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    JsonBody(b): JsonBody<RouteBody>,
-) -> Result<Json<serde_json::Value>> {
+    JsonBody(b): JsonBody<RouteRequest>,
+) -> Result<Json<RouteAnswer>> {
     let service: ServiceName = b.service.parse()?;
     let from = visible(&p, &format!("{service}:{}", b.from))?;
     let to = visible(&p, &format!("{service}:{}", b.to))?;
-    let (wf, wt) = s.route(&from, &to).await?;
-    Ok(Json(
-        serde_json::json!({ "from": from, "from_weight": wf, "to": to, "to_weight": wt }),
-    ))
-}
-
-#[derive(Deserialize)]
-struct DeployBody {
-    service: String,
-    id: String,
-    weight: Option<u32>,
-    /// Seconds to wait for the new instance to become healthy.
-    timeout: Option<u64>,
-    /// Id of the instance to replace once the new one is healthy.
-    replace: Option<String>,
+    let (from_weight, to_weight) = s.route(&from, &to).await?;
+    Ok(Json(RouteAnswer {
+        from,
+        from_weight,
+        to,
+        to_weight,
+    }))
 }
 
 async fn deploy(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    JsonBody(b): JsonBody<DeployBody>,
+    JsonBody(b): JsonBody<DeployRequest>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
     let service: ServiceName = b.service.parse()?;
     let key = InstanceKey::new(service.clone(), b.id.parse()?);

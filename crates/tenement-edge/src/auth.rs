@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::api::JsonBody;
-use serde::Deserialize;
+
 use tenement::{Check, Principal, Supervisor, TokenInfo};
 use tenement_core::InstanceId;
 
@@ -163,27 +163,23 @@ pub fn admin_only(p: &Principal) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize, Default)]
-pub struct TokenGenBody {
-    pub tenant: Option<String>,
-}
-
 /// `POST /api/tokens`: the only time a token is ever shown.
 pub async fn token_gen(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
-    JsonBody(body): JsonBody<Option<TokenGenBody>>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    JsonBody(body): JsonBody<Option<tenement_api::TokenRequest>>,
+) -> Result<(StatusCode, Json<tenement_api::TokenCreated>), ApiError> {
     admin_only(&p)?;
     let tenant = body
         .and_then(|b| b.tenant)
         .map(|t| t.parse::<InstanceId>())
         .transpose()?;
     let token = s.tokens().generate(tenant.clone()).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "token": token, "tenant": tenant })),
-    ))
+    let created = tenement_api::TokenCreated {
+        token,
+        tenant: tenant.map(|t| t.to_string()),
+    };
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// `GET /api/tokens`: ids and tenants, never secrets.

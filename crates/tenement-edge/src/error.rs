@@ -23,7 +23,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.message, "code": self.code });
+        let body = tenement_api::ErrorBody {
+            error: self.message,
+            code: self.code.into(),
+        };
         (self.status, Json(body)).into_response()
     }
 }

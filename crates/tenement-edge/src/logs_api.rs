@@ -11,7 +11,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::stream::{self, StreamExt};
-use serde::Deserialize;
+
 use tenement::{LogLine, LogQuery, Principal, StoredLine, Stream, Supervisor};
 use tenement_core::{InstanceKey, ServiceName};
 use tokio::sync::broadcast::error::RecvError;
@@ -19,21 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::api::ApiQuery;
 use crate::error::ApiError;
 
-#[derive(Deserialize, Default)]
-pub struct LogParams {
-    /// `service:id`
-    pub instance: Option<String>,
-    pub service: Option<String>,
-    /// `stdout` or `stderr`
-    pub stream: Option<String>,
-    /// Milliseconds since the epoch, or a duration back from now (`90s`, `10m`, `2h`, `7d`).
-    pub since: Option<String>,
-    pub until: Option<String>,
-    pub search: Option<String>,
-    pub limit: Option<usize>,
-    #[serde(default)]
-    pub follow: bool,
-}
+pub use tenement_api::LogParams;
 
 /// A point in time from `since`/`until`.
 fn instant_ms(raw: &str) -> Result<u64, ApiError> {
@@ -278,7 +264,7 @@ mod tests {
             text: text.into(),
         };
         let stored = |id, ts_ms, text: &str| StoredLine {
-            id,
+            id: Some(id),
             ts_ms,
             instance: "web:a".into(),
             stream: Stream::Stdout,

@@ -42,8 +42,8 @@ struct InstanceLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
-    state: &'static str,
-    isolation: &'static str,
+    state: String,
+    isolation: String,
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -220,10 +220,9 @@ impl std::fmt::Debug for Instances {
 impl Collector for Instances {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let all = self.0.list_cached();
-        let mut by_state: std::collections::BTreeMap<(&'static str, &'static str), i64> =
-            Default::default();
+        let mut by_state: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
         for i in &all {
-            *by_state.entry((i.state, i.isolation)).or_default() += 1;
+            *by_state.entry((&i.state, &i.isolation)).or_default() += 1;
         }
         let g = ConstGauge::new(0i64);
         let mut e = encoder.encode_descriptor(
@@ -233,7 +232,10 @@ impl Collector for Instances {
             g.metric_type(),
         )?;
         for ((state, isolation), n) in by_state {
-            ConstGauge::new(n).encode(e.encode_family(&StateLabels { state, isolation })?)?;
+            ConstGauge::new(n).encode(e.encode_family(&StateLabels {
+                state: state.to_owned(),
+                isolation: isolation.to_owned(),
+            })?)?;
         }
         let labels = |i: &tenement::InstanceStatus| InstanceLabels {
             service: i.service.clone(),

@@ -31,7 +31,7 @@ use crate::upstream::{Answer, Conn, UpstreamError, request_head};
 use crate::{Lease, Resolve, Route};
 
 /// Most header lines in a request head the fast path takes (hyper's limit too).
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// Serves one client connection until it closes, idles past `header_timeout`, or `shutdown`.
 pub(crate) async fn serve<R: Resolve, S: ClientStream>(
@@ -60,7 +60,7 @@ pub(crate) async fn serve<R: Resolve, S: ClientStream>(
             Ok((httparse::Status::Complete(len), Some(req))) => {
                 // Over max_header_kb (it came in one read): hyper answers 431, as it would.
                 let plan = (len <= door.settings.max_head)
-                    .then(|| plan(&door, &req))
+                    .then(|| plan(&door.resolver, &req))
                     .flatten();
                 let Some(mut plan) = plan else {
                     let read = buf.freeze();
@@ -170,7 +170,7 @@ async fn hung_up(reader: &mut (impl AsyncRead + Unpin), early: &mut Vec<u8>) {
 }
 
 /// Parses a request head at the start of `buf`, into header slots left uninitialised.
-fn parse<'b>(
+pub(crate) fn parse<'b>(
     buf: &'b [u8],
     slots: &'b mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Result<(httparse::Status<usize>, httparse::Request<'b, 'b>), httparse::Error> {
@@ -181,18 +181,21 @@ fn parse<'b>(
 }
 
 /// A request the fast path proxies.
-struct Plan<T> {
+pub(crate) struct Plan<T> {
     target: T,
-    method: Method,
+    pub(crate) method: Method,
     /// The client asked to close the connection after this request.
     close: bool,
     /// `Content-Length: 0` as sent (kept for apps that want it on a POST).
-    length: Option<u64>,
+    pub(crate) length: Option<u64>,
 }
 
 /// Whether the fast path takes this request: HTTP/1.1, origin-form target, one Host routed
 /// to an instance or service, no body, no upgrade, no `Expect`.
-fn plan<R: Resolve>(door: &Engine<R>, req: &httparse::Request<'_, '_>) -> Option<Plan<R::Target>> {
+pub(crate) fn plan<R: Resolve>(
+    resolver: &R,
+    req: &httparse::Request<'_, '_>,
+) -> Option<Plan<R::Target>> {
     if req.version != Some(1) {
         return None;
     }
@@ -230,7 +233,7 @@ fn plan<R: Resolve>(door: &Engine<R>, req: &httparse::Request<'_, '_>) -> Option
     }
     let host = std::str::from_utf8(host?).ok()?;
     let route_path = path.split_once('?').map_or(path, |(p, _)| p);
-    match door.resolver.route(Some(host), route_path) {
+    match resolver.route(Some(host), route_path) {
         Route::Upstream(target) => Some(Plan {
             target,
             method,

@@ -21,6 +21,8 @@ mod conn;
 mod endpoint;
 mod fast;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod headers;
 mod pool;
 mod proxy;

@@ -157,6 +157,16 @@ impl Conn {
         })
     }
 
+    /// A connection over `io` (the fuzz targets' recorded answers).
+    pub(crate) fn over(io: Box<dyn Io>) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            upload: None,
+            broken: false,
+        }
+    }
+
     /// For a connection back from the pool: whether nothing has arrived on it since its last
     /// exchange. An instance that closed it has sent EOF, which shows here without waiting.
     pub async fn is_idle(&mut self) -> bool {

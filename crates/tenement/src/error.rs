@@ -13,7 +13,7 @@ pub enum Error {
     #[error("{key} is {state}: {reason}")]
     NotReady {
         key: InstanceKey,
-        state: &'static str,
+        state: std::borrow::Cow<'static, str>,
         reason: String,
     },
     #[error("{key}: {message}")]

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tenement_core::InstanceKey;
 use tenement_core::config::{Listen, Service, Settings};
 use tenement_core::lifecycle::{Effect, ExitReason, Input, Lifecycle, Phase, Policy};
@@ -28,50 +27,7 @@ use crate::probe::{self, Endpoint};
 /// Consecutive failed health checks that restart an instance.
 pub const HEALTH_FAILURES: u32 = 3;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Not checked yet (or not running).
-    Unknown,
-    Healthy,
-    Unhealthy,
-}
-
-/// What `ten ps` and the API show about an instance.
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceStatus {
-    pub instance: InstanceKey,
-    pub service: String,
-    pub id: String,
-    pub state: &'static str,
-    pub health: Health,
-    pub isolation: &'static str,
-    /// Process group id of the running instance (its shim).
-    pub pid: Option<u32>,
-    /// When the current run became ready, in ms since the Unix epoch.
-    pub ready_since_ms: Option<u64>,
-    pub restarts: u32,
-    pub last_exit: Option<String>,
-    /// Times the kernel OOM-killed this instance.
-    pub oom_kills: u32,
-    /// Failed health checks over the instance's life.
-    pub health_check_failures: u64,
-    /// Current memory use of the instance's cgroup, in bytes.
-    pub memory_bytes: Option<u64>,
-    /// CPU time the current run has used, in microseconds.
-    pub cpu_usec: Option<u64>,
-    /// The instance's data directory (`HOME`).
-    pub data_dir: PathBuf,
-    pub storage_quota_mb: Option<u64>,
-    /// Bytes used on the instance's quota'd filesystem.
-    pub storage_used_bytes: Option<u64>,
-    pub socket: PathBuf,
-    pub port: u16,
-    pub weight: u8,
-    /// The current run's cgroup directories (one per controller hierarchy on a v1 host; none
-    /// when not running or when the host has no cgroups).
-    pub cgroups: Vec<PathBuf>,
-}
+pub use tenement_api::{Health, InstanceStatus};
 
 /// The cheap, cloneable way to reach an instance actor (one reference count: the front door
 /// clones it for every request).
@@ -206,9 +162,9 @@ pub fn start(setup: Setup) -> (InstanceHandle, impl Future<Output = ()> + Send) 
         instance: setup.key.clone(),
         service: setup.key.service.to_string(),
         id: setup.key.id.to_string(),
-        state: "starting",
+        state: "starting".into(),
         health: Health::Unknown,
-        isolation: setup.service.isolation.name(),
+        isolation: setup.service.isolation.name().into(),
         pid: None,
         ready_since_ms: None,
         restarts: 0,
@@ -514,7 +470,7 @@ impl Actor {
         });
         let pid = self.workload.as_ref().map(|w| w.pid());
         self.status.send_modify(|s| {
-            s.state = self.life.phase.name();
+            s.state = self.life.phase.name().into();
             s.health = self.health;
             s.pid = pid;
             s.ready_since_ms = ready_since_ms.filter(|_| self.life.phase == Phase::Running);

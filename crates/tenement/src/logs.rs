@@ -20,12 +20,7 @@ const TAIL_LINES: usize = 1000;
 /// Bytes kept per instance.
 const TAIL_BYTES: usize = 256 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    Stdout,
-    Stderr,
-}
+pub use tenement_api::Stream;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LogLine {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params, params_from_iter};
-use serde::Serialize;
+
 use tenement_core::InstanceKey;
 
 use crate::Error;
@@ -85,15 +85,7 @@ impl LogQuery {
     }
 }
 
-/// A stored line, as queries return it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct StoredLine {
-    pub id: i64,
-    pub ts_ms: u64,
-    pub instance: String,
-    pub stream: Stream,
-    pub text: String,
-}
+pub use tenement_api::StoredLine;
 
 struct Pending {
     queues: HashMap<Arc<InstanceKey>, Queue>,

@@ -505,7 +505,7 @@ pub(crate) async fn wait_settled(
 ) -> Result<InstanceStatus, Error> {
     let mut rx = handle.status.clone();
     let settled = rx
-        .wait_for(|s| !matches!(s.state, "starting" | "stopping"))
+        .wait_for(|s| !matches!(s.state.as_ref(), "starting" | "stopping"))
         .await
         .map(|s| s.clone());
     let status = match settled {
@@ -517,7 +517,7 @@ pub(crate) async fn wait_settled(
     }
     Err(Error::NotReady {
         key: key.clone(),
-        state: status.state,
+        state: status.state.clone(),
         reason: status
             .last_exit
             .clone()

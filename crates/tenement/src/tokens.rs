@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use serde::Serialize;
+
 use sha2::{Digest, Sha256};
 use tenement_core::{InstanceId, InstanceKey};
 
@@ -45,13 +45,7 @@ impl Principal {
     }
 }
 
-/// A token as listed (never its secret).
-#[derive(Debug, Clone, Serialize)]
-pub struct TokenInfo {
-    pub id: i64,
-    pub tenant: Option<String>,
-    pub created_at: i64,
-}
+pub use tenement_api::TokenInfo;
 
 /// What a presented token turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -55,7 +55,7 @@ impl Supervisor {
                 if tokio::time::Instant::now() >= until {
                     return Err(Error::NotReady {
                         key: key.clone(),
-                        state: "stopping",
+                        state: "stopping".into(),
                         reason: "being replaced by a reload".into(),
                     });
                 }
@@ -106,7 +106,7 @@ impl Supervisor {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::NotReady {
                 key: key.clone(),
-                state: handle.status.borrow().state,
+                state: handle.status.borrow().state.clone(),
                 reason: format!("not ready within {}s", wait.as_secs()),
             }),
         }
@@ -259,7 +259,7 @@ impl Supervisor {
                 let _ = self.stop(key).await;
                 return Err(Error::NotReady {
                     key: key.clone(),
-                    state: "starting",
+                    state: "starting".into(),
                     reason: format!("not healthy within {}s; deploy undone", timeout.as_secs()),
                 });
             }
@@ -285,9 +285,9 @@ async fn until_running(key: &InstanceKey, handle: &InstanceHandle) -> Result<(),
     loop {
         let (state, reason) = {
             let s = status.borrow_and_update();
-            (s.state, s.last_exit.clone())
+            (s.state.clone(), s.last_exit.clone())
         };
-        match state {
+        match state.as_ref() {
             "running" => return Ok(()),
             "sleeping" => {
                 let _ = handle.inputs.send(Input::Wake).await;
@@ -312,7 +312,7 @@ async fn until_running(key: &InstanceKey, handle: &InstanceHandle) -> Result<(),
 /// its checks; 2: stopping or backing off (the request waits for it).
 fn tier(h: &crate::instance::InstanceHandle) -> Option<u8> {
     let status = h.status.borrow();
-    match status.state {
+    match status.state.as_ref() {
         "failed" | "exited" | "stopped" => None,
         "running" if status.health == crate::Health::Unhealthy => Some(1),
         "running" | "sleeping" | "starting" => Some(0),

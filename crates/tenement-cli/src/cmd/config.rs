@@ -76,36 +76,26 @@ pub fn unavailable(config: &Config, runtimes: &Runtimes) -> Vec<String> {
 /// `ten reload`: the server reads its configuration file anew and applies it; prints what
 /// changed.
 pub async fn reload(client: &crate::client::Client) -> anyhow::Result<ExitCode> {
-    let r: serde_json::Value = client.call(hyper::Method::POST, "/reload", None).await?;
-    let list = |name: &str| -> Vec<String> {
-        r[name]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let r = client.reload().await?;
     let mut said = false;
-    for (name, what) in [
-        ("services_added", "service added"),
-        ("services_removed", "service removed"),
-        ("services_changed", "service changed"),
-        ("replaced", "replaced"),
-        ("started", "started"),
-        ("stopped", "stopped and forgotten"),
+    for (items, what) in [
+        (&r.services_added, "service added"),
+        (&r.services_removed, "service removed"),
+        (&r.services_changed, "service changed"),
+        (&r.replaced, "replaced"),
+        (&r.started, "started"),
+        (&r.stopped, "stopped and forgotten"),
         (
-            "settings_changed",
+            &r.settings_changed,
             "setting changed (applies to instances started from now on)",
         ),
         (
-            "needs_restart",
+            &r.needs_restart,
             "setting changed, NOT applied: needs a restart of ten serve",
         ),
-        ("failed", "FAILED"),
+        (&r.failed, "FAILED"),
     ] {
-        for item in list(name) {
+        for item in items {
             println!("{what}: {item}");
             said = true;
         }
@@ -113,7 +103,7 @@ pub async fn reload(client: &crate::client::Client) -> anyhow::Result<ExitCode> 
     if !said {
         println!("no change");
     }
-    Ok(if list("failed").is_empty() {
+    Ok(if r.failed.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

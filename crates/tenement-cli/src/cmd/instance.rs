@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
-use hyper::Method;
 use tenement_core::{InstanceId, InstanceKey, ServiceName};
 
 use crate::client::Client;
@@ -45,26 +44,21 @@ impl KeyArg {
 
 pub async fn spawn(client: &Client, args: SpawnArgs) -> anyhow::Result<ExitCode> {
     let key = args.key()?;
-    let body = serde_json::json!({ "service": key.service, "id": key.id });
-    let status: serde_json::Value = client.call(Method::POST, "/instances", Some(body)).await?;
-    println!("{key} {}", status["state"].as_str().unwrap_or("?"));
+    let status = client.spawn(&key).await?;
+    println!("{key} {}", status.state);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn stop(client: &Client, args: KeyArg) -> anyhow::Result<ExitCode> {
     let key = args.key()?;
-    let _: serde_json::Value = client
-        .call(Method::DELETE, &format!("/instances/{key}"), None)
-        .await?;
+    client.stop(&key).await?;
     println!("{key} stopped");
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn restart(client: &Client, args: KeyArg) -> anyhow::Result<ExitCode> {
     let key = args.key()?;
-    let status: serde_json::Value = client
-        .call(Method::POST, &format!("/instances/{key}/restart"), None)
-        .await?;
-    println!("{key} {}", status["state"].as_str().unwrap_or("?"));
+    let status = client.restart(&key).await?;
+    println!("{key} {}", status.state);
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::bail;
 use http_body_util::BodyExt;
-use hyper::Method;
-use serde_json::Value;
+use tenement_api::{LogParams, StoredLine, Stream};
 use tenement_core::{InstanceKey, ServiceName};
 
 use crate::client::Client;
@@ -34,15 +33,18 @@ pub struct Args {
     follow: bool,
 }
 
-fn print(line: &Value) {
-    let stream = line["stream"].as_str().unwrap_or("?");
-    let text = line["text"].as_str().unwrap_or("");
-    let at = UNIX_EPOCH + Duration::from_millis(line["ts_ms"].as_u64().unwrap_or(0));
+fn print(line: &StoredLine) {
+    let stream = match line.stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    };
+    let at = UNIX_EPOCH + Duration::from_millis(line.ts_ms);
     let at = humantime::format_rfc3339_millis(at);
-    let who = line["instance"].as_str().unwrap_or("");
+    let who = &line.instance;
     // Control characters shown, not obeyed: a line must not move the cursor, erase its own
     // prefix or retitle the terminal (and so pass for another instance's).
-    let text: String = text
+    let text: String = line
+        .text
         .chars()
         .flat_map(|c| match c {
             '\t' => vec![c],
@@ -53,48 +55,26 @@ fn print(line: &Value) {
     println!("{at} {who} {stream} {text}");
 }
 
-/// `application/x-www-form-urlencoded` for a query value.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
-    let mut query = match args.target.contains(':') {
-        true => format!("instance={}", args.target.parse::<InstanceKey>()?),
-        false => format!("service={}", args.target.parse::<ServiceName>()?),
+    let (instance, service) = match args.target.contains(':') {
+        true => (Some(args.target.parse::<InstanceKey>()?.to_string()), None),
+        false => (None, Some(args.target.parse::<ServiceName>()?.to_string())),
     };
-    query.push_str(&format!("&limit={}", args.limit));
-    for (name, value) in [
-        ("search", &args.search),
-        ("stream", &args.stream),
-        ("since", &args.since),
-    ] {
-        if let Some(v) = value {
-            query.push_str(&format!("&{name}={}", encode(v)));
-        }
-    }
+    let params = LogParams {
+        instance,
+        service,
+        stream: args.stream,
+        since: args.since,
+        search: args.search,
+        limit: Some(args.limit),
+        ..LogParams::default()
+    };
     if !args.follow {
-        let lines: Vec<Value> = client
-            .call(Method::GET, &format!("/logs?{query}"), None)
-            .await?;
+        let lines = client.logs(&params).await?;
         lines.iter().rev().for_each(print);
         return Ok(ExitCode::SUCCESS);
     }
-    let res = client
-        .request(Method::GET, &format!("/logs?{query}&follow=true"), None)
-        .await?;
-    if !res.status().is_success() {
-        let body = res.into_body().collect().await?.to_bytes();
-        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-        bail!("{}", v["error"].as_str().unwrap_or("cannot follow logs"));
-    }
+    let res = client.follow_logs(&params).await?;
     let mut body = res.into_body();
     let mut pending = String::new();
     while let Some(frame) = body.frame().await {
@@ -117,7 +97,7 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
                     "ten logs: {n} lines came too fast to follow and were skipped here; they are stored: `ten logs` without -f (with --since) shows them"
                 ),
                 ("log", Some(data)) => {
-                    if let Ok(line) = serde_json::from_str::<Value>(data) {
+                    if let Ok(line) = serde_json::from_str::<StoredLine>(data) {
                         print(&line);
                     }
                 }
@@ -126,12 +106,4 @@ pub async fn run(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     bail!("ten serve ended the stream")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn encodes_query_values() {
-        assert_eq!(super::encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-    }
 }

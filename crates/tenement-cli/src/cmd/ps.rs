@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hyper::Method;
-use serde_json::Value;
+use tenement_api::Health;
 
 use crate::client::Client;
 
@@ -15,28 +14,24 @@ pub struct Args {
     json: bool,
 }
 
-async fn fetch(client: &Client) -> anyhow::Result<Vec<Value>> {
-    client.call(Method::GET, "/instances", None).await
-}
-
 pub async fn ps(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
-    let list = fetch(client).await?;
+    let list = client.instances().await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     let rows = list.iter().map(|i| {
         vec![
-            s(&i["instance"]),
-            s(&i["state"]),
-            s(&i["health"]),
-            s(&i["isolation"]),
-            uptime(&i["ready_since_ms"]),
-            bytes(&i["memory_bytes"]),
-            cpu(&i["cpu_usec"]),
-            i["restarts"].to_string(),
-            i["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
-            i["last_exit"].as_str().unwrap_or("").to_owned(),
+            i.instance.to_string(),
+            i.state.to_string(),
+            i.health.as_str().to_owned(),
+            i.isolation.to_string(),
+            uptime(i.ready_since_ms),
+            bytes(i.memory_bytes),
+            cpu(i.cpu_usec),
+            i.restarts.to_string(),
+            i.pid.map_or("-".into(), |p| p.to_string()),
+            i.last_exit.clone().unwrap_or_default(),
         ]
     });
     let header = [
@@ -58,20 +53,24 @@ pub async fn ps(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
 /// Exit status 1 when any instance is not healthy, so scripts can use it. A sleeping instance
 /// is fine: sleeping is how scale to zero looks, and the next request wakes it.
 pub async fn health(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
-    let list = fetch(client).await?;
+    let list = client.instances().await?;
     let all_healthy = list
         .iter()
-        .all(|i| i["health"] == "healthy" || i["state"] == "sleeping");
+        .all(|i| i.health == Health::Healthy || i.state == "sleeping");
     if args.json {
-        let summary: Vec<Value> = list
+        let summary: Vec<serde_json::Value> = list
             .iter()
-            .map(|i| serde_json::json!({ "instance": i["instance"], "state": i["state"], "health": i["health"] }))
+            .map(|i| serde_json::json!({ "instance": i.instance, "state": i.state, "health": i.health }))
             .collect();
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        let rows = list
-            .iter()
-            .map(|i| vec![s(&i["instance"]), s(&i["state"]), s(&i["health"])]);
+        let rows = list.iter().map(|i| {
+            vec![
+                i.instance.to_string(),
+                i.state.to_string(),
+                i.health.as_str().into(),
+            ]
+        });
         print_table(&["INSTANCE", "STATE", "HEALTH"], rows);
     }
     Ok(if all_healthy {
@@ -81,8 +80,8 @@ pub async fn health(client: &Client, args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn bytes(v: &Value) -> String {
-    match v.as_u64() {
+fn bytes(v: Option<u64>) -> String {
+    match v {
         None => "-".into(),
         Some(b) if b < 1024 * 1024 => format!("{}K", b / 1024),
         Some(b) if b < 1024 * 1024 * 1024 => format!("{:.1}M", b as f64 / 1048576.0),
@@ -90,17 +89,12 @@ fn bytes(v: &Value) -> String {
     }
 }
 
-fn cpu(usec: &Value) -> String {
-    usec.as_u64()
-        .map_or("-".into(), |u| format!("{:.2}s", u as f64 / 1e6))
+fn cpu(usec: Option<u64>) -> String {
+    usec.map_or("-".into(), |u| format!("{:.2}s", u as f64 / 1e6))
 }
 
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or("-").to_owned()
-}
-
-fn uptime(since_ms: &Value) -> String {
-    let Some(since) = since_ms.as_u64() else {
+fn uptime(since_ms: Option<u64>) -> String {
+    let Some(since) = since_ms else {
         return "-".into();
     };
     let now = SystemTime::now()

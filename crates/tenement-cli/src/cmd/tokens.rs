@@ -4,8 +4,6 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
-use hyper::Method;
-use serde_json::{Value, json};
 use tenement_core::InstanceId;
 
 use crate::client::Client;
@@ -48,14 +46,8 @@ pub async fn generate(client: &Client, args: GenArgs) -> anyhow::Result<ExitCode
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let answer: Value = client
-        .call(
-            Method::POST,
-            "/tokens",
-            Some(json!({ "tenant": args.tenant })),
-        )
-        .await?;
-    println!("{}", answer["token"].as_str().unwrap_or_default());
+    let created = client.token_gen(tenant.as_ref()).await?;
+    println!("{}", created.token);
     eprintln!("keep it safe: it is not stored and cannot be shown again; use it as TENEMENT_TOKEN");
     Ok(ExitCode::SUCCESS)
 }
@@ -63,23 +55,20 @@ pub async fn generate(client: &Client, args: GenArgs) -> anyhow::Result<ExitCode
 pub async fn run(client: &Client, cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCommand::List => {
-            let tokens: Vec<Value> = client.call(Method::GET, "/tokens", None).await?;
+            let tokens = client.tokens().await?;
             println!("{:<6} {:<20} CREATED (UTC)", "ID", "TENANT");
             for t in tokens {
-                let created =
-                    UNIX_EPOCH + Duration::from_secs(t["created_at"].as_u64().unwrap_or(0));
+                let created = UNIX_EPOCH + Duration::from_secs(t.created_at.max(0) as u64);
                 println!(
                     "{:<6} {:<20} {}",
-                    t["id"].as_i64().unwrap_or(0),
-                    t["tenant"].as_str().unwrap_or("(admin)"),
+                    t.id,
+                    t.tenant.as_deref().unwrap_or("(admin)"),
                     humantime::format_rfc3339_seconds(created)
                 );
             }
         }
         TokenCommand::Revoke { id } => {
-            let _: Value = client
-                .call(Method::DELETE, &format!("/tokens/{id}"), None)
-                .await?;
+            client.token_revoke(id).await?;
             println!("token {id} revoked");
         }
     }

@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use hyper::Method;
-use serde_json::{Value, json};
+use tenement_api::{DeployRequest, RouteRequest};
 use tenement_core::{InstanceId, InstanceKey, ServiceName};
 
 use crate::client::Client;
@@ -50,33 +49,23 @@ pub struct DeployArgs {
 
 pub async fn weight(client: &Client, a: WeightArgs) -> anyhow::Result<ExitCode> {
     let key: InstanceKey = a.instance.parse()?;
-    let s: Value = client
-        .call(
-            Method::POST,
-            &format!("/instances/{key}/weight"),
-            Some(json!({ "weight": a.weight })),
-        )
-        .await?;
-    println!("{key} weight {}", s["weight"]);
+    let s = client.set_weight(&key, a.weight).await?;
+    println!("{key} weight {}", s.weight);
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn route(client: &Client, a: RouteArgs) -> anyhow::Result<ExitCode> {
     let service: ServiceName = a.service.parse()?;
     let (from, to): (InstanceId, InstanceId) = (a.from.parse()?, a.to.parse()?);
-    let r: Value = client
-        .call(
-            Method::POST,
-            "/route",
-            Some(json!({ "service": service, "from": from, "to": to })),
-        )
-        .await?;
+    let req = RouteRequest {
+        service: service.to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+    };
+    let r = client.route(&req).await?;
     println!(
         "{} weight {}, {} weight {}",
-        r["from"].as_str().unwrap_or("?"),
-        r["from_weight"],
-        r["to"].as_str().unwrap_or("?"),
-        r["to_weight"]
+        r.from, r.from_weight, r.to, r.to_weight
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -98,16 +87,15 @@ pub async fn deploy(client: &Client, a: DeployArgs) -> anyhow::Result<ExitCode> 
     if let Some(old) = &replace {
         old.parse::<InstanceId>()?;
     }
-    let body = json!({
-        "service": key.service, "id": key.id, "weight": a.weight,
-        "timeout": a.timeout, "replace": replace,
-    });
-    let s: Value = client.call(Method::POST, "/deploy", Some(body)).await?;
-    println!(
-        "{key} {} (weight {})",
-        s["state"].as_str().unwrap_or("?"),
-        s["weight"]
-    );
+    let req = DeployRequest {
+        service: key.service.to_string(),
+        id: key.id.to_string(),
+        weight: Some(a.weight),
+        timeout: a.timeout,
+        replace: replace.clone(),
+    };
+    let s = client.deploy(&req).await?;
+    println!("{key} {} (weight {})", s.state, s.weight);
     if let Some(old) = replace {
         println!("{}:{old} replaced", key.service);
     }

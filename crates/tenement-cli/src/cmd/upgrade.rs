@@ -30,12 +30,10 @@ const STEP_LIMIT: Duration = Duration::from_secs(60);
 
 /// `ten upgrade`: asks the server to hand over to a new process of its executable.
 pub async fn run(client: &crate::client::Client) -> anyhow::Result<ExitCode> {
-    let r: serde_json::Value = client.call(hyper::Method::POST, "/upgrade", None).await?;
+    let r = client.upgrade().await?;
     println!(
         "upgraded: ten serve is now pid {} ({} instances adopted; connections waited {:.1} ms)",
-        r["pid"],
-        r["adopted"],
-        r["handover_ms"].as_f64().unwrap_or(0.0)
+        r.pid, r.adopted, r.handover_ms
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -209,7 +209,7 @@ fn a_query_waits_for_its_own_instance_not_for_a_flood() {
             ..Default::default()
         };
         if let [line] = &s.query(&query).unwrap()[..] {
-            break line.id;
+            break line.id.expect("a stored line has its row");
         }
         assert!(Instant::now() < until, "the quiet line is never written");
     };

@@ -212,16 +212,7 @@ async fn stop_found_and_wait(found: Found, grace: Duration) {
     }
 }
 
-/// What `ten upgrade` reports.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Upgraded {
-    /// The new server's pid.
-    pub pid: u32,
-    /// Instances it adopted.
-    pub adopted: usize,
-    /// How long connections waited in the listening sockets' queues.
-    pub handover_ms: f64,
-}
+pub use tenement_api::Upgraded;
 
 /// A `ten upgrade` asked of the server, and where its answer goes.
 pub type UpgradeRequest = tokio::sync::oneshot::Sender<Result<Upgraded, String>>;

@@ -14,7 +14,6 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
 use tenement_core::InstanceKey;
 use tenement_core::config::Config;
 use tracing::{info, warn};
@@ -22,23 +21,7 @@ use tracing::{info, warn};
 use super::{Supervisor, stop_and_wait, wait_settled};
 use crate::Error;
 
-/// What a reload did.
-#[derive(Debug, Default, Serialize)]
-pub struct ReloadReport {
-    pub services_added: Vec<String>,
-    pub services_removed: Vec<String>,
-    pub services_changed: Vec<String>,
-    /// Instances replaced (changed service), started (new `[instances]`), stopped (removed).
-    pub replaced: Vec<String>,
-    pub started: Vec<String>,
-    pub stopped: Vec<String>,
-    /// Settings that changed and now apply to instances started from now on.
-    pub settings_changed: Vec<String>,
-    /// Settings that changed but need a restart of `ten serve` (their running value is kept).
-    pub needs_restart: Vec<String>,
-    /// Instances that could not be replaced or started, with why.
-    pub failed: Vec<String>,
-}
+pub use tenement_api::ReloadReport;
 
 /// Settings that only a new `ten serve` can take.
 const RESTART_ONLY: [&str; 4] = [
