@@ -24,11 +24,12 @@ use crate::Error;
 pub use tenement_api::ReloadReport;
 
 /// Settings that only a new `ten serve` can take.
-const RESTART_ONLY: [&str; 4] = [
+const RESTART_ONLY: [&str; 5] = [
     "data_dir",
     "tls",
     "max_connections",
     "max_connections_per_ip",
+    "fast_path",
 ];
 
 impl Supervisor {
@@ -168,4 +169,5 @@ fn settings_diff(old: &Config, new: &mut Config, report: &mut ReloadReport) {
     new.settings.tls = old.settings.tls.clone();
     new.settings.max_connections = old.settings.max_connections;
     new.settings.max_connections_per_ip = old.settings.max_connections_per_ip;
+    new.settings.fast_path = old.settings.fast_path;
 }
