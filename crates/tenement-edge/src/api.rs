@@ -23,8 +23,13 @@ use crate::error::ApiError;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-/// The management API and `/health`.
-pub fn router(supervisor: Supervisor, access: Access, limiter: RateLimiter) -> Router {
+/// The management API and `/health`; `tls`: the certificates, when HTTPS is on.
+pub fn router(
+    supervisor: Supervisor,
+    access: Access,
+    limiter: RateLimiter,
+    tls: Option<std::sync::Arc<tenement_tls::Tls>>,
+) -> Router {
     let gate = Gate {
         supervisor: supervisor.clone(),
         access,
@@ -44,9 +49,11 @@ pub fn router(supervisor: Supervisor, access: Access, limiter: RateLimiter) -> R
         .route("/config", get(config_summary))
         .route("/reload", post(reload))
         .route("/upgrade", post(upgrade))
+        .route("/tls", get(tls_status))
         .route("/tokens", post(auth::token_gen).get(auth::token_list))
         .route("/tokens/{id}", delete(auth::token_revoke))
         .route("/openapi.json", get(crate::openapi::document))
+        .layer(Extension(TlsState(tls)))
         .layer(middleware::from_fn_with_state(gate, auth::authenticate));
     Router::new()
         .route("/", get(crate::dashboard::index))
@@ -333,6 +340,29 @@ async fn reload(
             format!("nothing changed: {errors}"),
         )),
     }
+}
+
+/// The certificates, for `GET /api/tls` (none when HTTPS is off).
+#[derive(Clone)]
+struct TlsState(Option<std::sync::Arc<tenement_tls::Tls>>);
+
+/// `GET /api/tls` (admin: the names span every tenant): each certificate's names, validity and
+/// renewal time (seconds since the epoch), and the week's issuance budget.
+async fn tls_status(
+    Extension(p): Extension<Principal>,
+    Extension(TlsState(tls)): Extension<TlsState>,
+) -> Result<Json<serde_json::Value>> {
+    crate::auth::admin_only(&p)?;
+    let Some(tls) = tls else {
+        return Ok(Json(serde_json::json!({ "enabled": false, "certificates": [] })));
+    };
+    let (used, max) = tls.budget();
+    Ok(Json(serde_json::json!({
+        "enabled": true,
+        "certificates": tls.certificates(),
+        "issued_last_7_days": used,
+        "max_certificates_per_week": max,
+    })))
 }
 
 /// `POST /api/upgrade`: the server hands over to a new process of its executable, which

@@ -12,13 +12,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 use tenement::{Error, Lease, Supervisor};
 use tenement_core::route::{RouteError, Router, Target};
-use tenement_proxy::{Body, Engine, Resolve, Route, Unavailable};
+use tenement_proxy::{Body, Engine, Resolve, Route, Transport, Unavailable};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tracing::debug;
 
 use crate::error::ApiError;
+use crate::https::{Https, serve_http_port, serve_tls};
 use crate::metrics::{KindLabel, Metrics, RequestFigures, ServiceLabel};
 use crate::{Access, router};
 
@@ -109,6 +110,7 @@ fn bind_family(
 /// (at most [`DRAIN`]).
 pub async fn front_door(
     listeners: Vec<std::net::TcpListener>,
+    https: Option<(Vec<std::net::TcpListener>, Https)>,
     supervisor: Supervisor,
     domain: &str,
     shutdown: CancellationToken,
@@ -123,7 +125,7 @@ pub async fn front_door(
         fast_path: s.fast_path,
     };
     let mut threads = Vec::new();
-    let metrics = Metrics::new(supervisor.clone());
+    let metrics = Metrics::new(supervisor.clone(), https.as_ref().map(|h| h.1.tls.clone()));
     let limiter = crate::RateLimiter::default();
     let conn_limit =
         crate::conn_limit::ConnLimit::from_settings(s, metrics.connections_refused.clone());
@@ -131,6 +133,10 @@ pub async fn front_door(
         max_connections = conn_limit.max(),
         "front door connection cap"
     );
+    let (mut tls_listeners, https) = match https {
+        Some((l, h)) => (l.into_iter(), Some(h)),
+        None => (Vec::new().into_iter(), None),
+    };
     for (i, listener) in listeners.into_iter().enumerate() {
         let door = FrontDoor {
             metrics: metrics.clone(),
@@ -143,13 +149,19 @@ pub async fn front_door(
                 )),
             )),
             domain: domain.to_owned(),
-            api: router(supervisor.clone(), Access::Network, limiter.clone()),
+            api: router(
+                supervisor.clone(),
+                Access::Network,
+                limiter.clone(),
+                https.as_ref().map(|h| h.tls.clone()),
+            ),
             supervisor: supervisor.clone(),
             figures: RequestFigures::default(),
         };
         let engine = Engine::new(door, settings);
         let shutdown = shutdown.clone();
         let conn_limit = conn_limit.clone();
+        let tls = https.clone().zip(tls_listeners.next());
         let thread = std::thread::Builder::new()
             .name(format!("front-door-{i}"))
             .spawn(move || {
@@ -159,7 +171,10 @@ pub async fn front_door(
                     .expect("a tokio runtime");
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a listening socket");
-                    accept_loop(listener, engine, conn_limit, shutdown).await
+                    let tls = tls.map(|(h, l)| {
+                        (h, TcpListener::from_std(l).expect("a listening socket"))
+                    });
+                    accept_loop(listener, tls, engine, conn_limit, shutdown).await
                 })
             });
         threads.extend(thread.ok());
@@ -168,33 +183,54 @@ pub async fn front_door(
         tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
 }
 
+/// Accepts on `listener` (and on the TLS listener, if HTTPS is on) until `shutdown`, then
+/// waits for what is in flight (at most [`DRAIN`]). With HTTPS on, `listener` is the HTTP
+/// port: challenges and redirects only.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<(Https, TcpListener)>,
     engine: Arc<Engine<FrontDoor>>,
     limit: Arc<crate::conn_limit::ConnLimit>,
     shutdown: CancellationToken,
 ) {
     let connections = tokio_util::task::TaskTracker::new();
     tokio::spawn(engine.clone().sweep_pool());
+    let header_timeout = engine.settings().header_timeout;
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+        let secure = async {
+            match &tls {
+                Some((_, l)) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (accepted, secure) = tokio::select! {
+            accepted = listener.accept() => (accepted, false),
+            accepted = secure => (accepted, true),
             _ = shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
         };
         let Some(admitted) = limit.admit(peer.ip()) else {
             continue; // closed at once: the caps keep descriptors for supervision
         };
         let _ = stream.set_nodelay(true);
         let (engine, shutdown) = (engine.clone(), shutdown.clone());
+        let https = tls.as_ref().map(|(h, _)| h.clone());
         connections.spawn(async move {
-            engine.serve(stream, peer, false, shutdown).await;
+            match https {
+                Some(h) if secure => {
+                    let limit = header_timeout + tenement_tls::FIRST_CERTIFICATE_WAIT;
+                    serve_tls(engine, &h.tls, stream, peer, limit, shutdown).await;
+                }
+                Some(h) => serve_http_port(h, stream, header_timeout, shutdown).await,
+                None => engine.serve(stream, peer, Transport::Plain, shutdown).await,
+            }
             drop(admitted);
         });
     }

@@ -17,6 +17,7 @@ mod conn_limit;
 mod dashboard;
 mod error;
 mod frontdoor;
+mod https;
 mod logs_api;
 pub mod metrics;
 mod openapi;
@@ -24,19 +25,21 @@ mod openapi;
 pub use api::router;
 pub use auth::{Access, PeerAddr, RateLimiter};
 pub use frontdoor::{bind, front_door};
+pub use https::{Https, Routable};
 
 /// Serves the API on `listener` until `shutdown` is cancelled (in-flight requests finish).
 pub async fn serve<L>(
     listener: L,
     supervisor: tenement::Supervisor,
     access: Access,
+    tls: Option<std::sync::Arc<tenement_tls::Tls>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    axum::serve(listener, router(supervisor, access, RateLimiter::default()))
+    axum::serve(listener, router(supervisor, access, RateLimiter::default(), tls))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

@@ -75,7 +75,7 @@ fn seconds_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new(supervisor: Supervisor) -> Arc<Metrics> {
+    pub fn new(supervisor: Supervisor, tls: Option<Arc<tenement_tls::Tls>>) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("tenement");
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<ServiceLabel, Histogram>::new_with_constructor(
@@ -112,6 +112,9 @@ impl Metrics {
             connections_refused.clone(),
         );
         registry.register_collector(Box::new(Instances(supervisor)));
+        if let Some(tls) = tls {
+            registry.register_collector(Box::new(Certificates(tls)));
+        }
         Arc::new(Metrics {
             registry,
             requests,
@@ -214,6 +217,45 @@ struct Instances(Supervisor);
 impl std::fmt::Debug for Instances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Instances")
+    }
+}
+
+/// The certificates' expiry dates, and the week's issuance count.
+struct Certificates(Arc<tenement_tls::Tls>);
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Certificates")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: String,
+}
+
+impl Collector for Certificates {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let g = ConstGauge::new(0i64);
+        let mut e = encoder.encode_descriptor(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When each certificate expires (seconds since the Unix epoch), by its first name",
+            None,
+            g.metric_type(),
+        )?;
+        for cert in self.0.certificates() {
+            let name = cert.names.first().cloned().unwrap_or_default();
+            ConstGauge::new(cert.not_after as i64).encode(e.encode_family(&NameLabel { name })?)?;
+        }
+        let (used, _) = self.0.budget();
+        let e = encoder.encode_descriptor(
+            "tls_certificates_issued_last_7_days",
+            "Certificates ordered in the last 7 days (max_certificates_per_week bounds them)",
+            None,
+            g.metric_type(),
+        )?;
+        ConstGauge::new(i64::from(used)).encode(e)?;
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Version, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,54 @@ impl ClientStream for TcpStream {
     }
 }
 
+/// Any other stream (TLS): its halves take turns through a lock (`tokio::io::split`).
+pub struct Joined<S>(pub S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientStream for Joined<S> {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut S>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut S>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(&mut self.0)
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Joined<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Joined<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// How a client came: plain HTTP/1.1, or over TLS with the protocol it negotiated (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+    /// TLS with `h2`: HTTP/2 (hyper's), every request on hyper's path.
+    TlsHttp2,
+}
+
 /// One client connection.
 pub(crate) struct Client {
     pub(crate) peer: SocketAddr,
@@ -78,6 +126,7 @@ pub struct Engine<R> {
     pub(crate) pool: Arc<Pool>,
     pub(crate) settings: Settings,
     http1: http1::Builder,
+    http2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
 }
 
 impl<R: Resolve> Engine<R> {
@@ -88,16 +137,28 @@ impl<R: Resolve> Engine<R> {
             .header_read_timeout(settings.header_timeout)
             .max_buf_size(settings.max_head.max(8192))
             .keep_alive(true);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(settings.max_head.max(8192) as u32)
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(settings.header_timeout.max(Duration::from_secs(10))))
+            .keep_alive_timeout(Duration::from_secs(20));
         Arc::new(Self {
             resolver,
             pool: Arc::default(),
             settings,
             http1,
+            http2,
         })
     }
 
     pub fn resolver(&self) -> &R {
         &self.resolver
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Closes idle upstream connections past their time, every second, for as long as the
@@ -110,23 +171,51 @@ impl<R: Resolve> Engine<R> {
     }
 
     /// Serves one client connection from `peer` until it closes, idles past `header_timeout`,
-    /// or `shutdown` (which lets a request on its way finish). `tls`: the client came over
-    /// TLS (`X-Forwarded-Proto: https`).
+    /// or `shutdown` (which lets a request on its way finish).
     pub async fn serve<S: ClientStream>(
         self: Arc<Self>,
         stream: S,
         peer: SocketAddr,
-        tls: bool,
+        transport: Transport,
         shutdown: CancellationToken,
     ) {
+        let proto = match transport {
+            Transport::Plain => "http",
+            Transport::Tls | Transport::TlsHttp2 => "https",
+        };
         let client = Arc::new(Client {
             peer,
-            forwarding: Forwarding::new(peer, if tls { "https" } else { "http" }),
+            forwarding: Forwarding::new(peer, proto),
         });
-        if self.settings.fast_path {
-            crate::fast::serve(self, stream, client, shutdown).await;
-        } else {
-            self.serve_hyper(stream, client, shutdown).await;
+        match transport {
+            Transport::TlsHttp2 => self.serve_h2(stream, client, shutdown).await,
+            _ if self.settings.fast_path => {
+                crate::fast::serve(self, stream, client, shutdown).await;
+            }
+            _ => self.serve_hyper(stream, client, shutdown).await,
+        }
+    }
+
+    /// Serves an HTTP/2 connection (every stream a request on hyper's path).
+    async fn serve_h2<I>(self: Arc<Self>, io: I, client: Arc<Client>, shutdown: CancellationToken)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let http2 = self.http2.clone();
+        let service = service_fn(move |req| {
+            let (engine, client) = (self.clone(), client.clone());
+            async move { Ok::<_, Infallible>(engine.handle(req, &client).await) }
+        });
+        let mut conn = http2.serve_connection(TokioIo::new(io), service);
+        let result = tokio::select! {
+            r = &mut conn => r,
+            _ = shutdown.cancelled() => {
+                Pin::new(&mut conn).graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            debug!(error = %e, "HTTP/2 connection ended with an error");
         }
     }
 
@@ -162,7 +251,15 @@ impl<R: Resolve> Engine<R> {
     }
 
     /// A request hyper parsed: checked, then routed, then proxied or answered locally.
-    async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
+    async fn handle(&self, mut req: Request<Incoming>, client: &Client) -> Response<Body> {
+        if req.version() == Version::HTTP_2 && !req.headers().contains_key(header::HOST) {
+            // HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1): the app gets it as
+            // Host, as from an HTTP/1.1 client.
+            let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+            if let Some(value) = authority.and_then(|a| header::HeaderValue::from_str(&a).ok()) {
+                req.headers_mut().insert(header::HOST, value);
+            }
+        }
         let mut hosts = req.headers().get_all(header::HOST).iter();
         let raw_host = hosts.next();
         if hosts.next().is_some() {

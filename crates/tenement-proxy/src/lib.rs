@@ -35,7 +35,7 @@ use std::time::Instant;
 
 use hyper::StatusCode;
 
-pub use conn::{Body, BoxError, ClientStream, Engine, Settings, plain};
+pub use conn::{Body, BoxError, ClientStream, Engine, Joined, Settings, Transport, plain};
 pub use endpoint::{Anyone, Endpoint, Io, Verify, connect_unix};
 
 /// Where requests go: what the engine asks of the server it runs in.

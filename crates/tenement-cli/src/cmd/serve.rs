@@ -25,16 +25,18 @@ use crate::config_file;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// TCP port of the HTTP front door.
-    #[arg(long, default_value_t = 8080)]
-    port: u16,
+    /// TCP port of the HTTP front door (default 8080; with TLS, [settings.tls] http_port,
+    /// which answers ACME challenges and redirects to HTTPS).
+    #[arg(long)]
+    port: Option<u16>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
-    /// Domain for subdomain routing (`prod.api.DOMAIN`).
-    #[arg(long, default_value = "localhost", value_parser = tenement_core::route::parse_domain)]
-    domain: String,
-    /// Turn on TLS with ACME ([settings.tls] enabled; not built yet: warns, serves HTTP).
+    /// Domain for subdomain routing (`prod.api.DOMAIN`; default: [settings.tls] domain when
+    /// TLS is on, else localhost).
+    #[arg(long, value_parser = tenement_core::route::parse_domain)]
+    domain: Option<String>,
+    /// Turn on HTTPS with certificates from ACME ([settings.tls] enabled).
     #[arg(long)]
     tls: bool,
     /// ACME account email ([settings.tls] acme_email).
@@ -78,6 +80,23 @@ pub async fn run(
     if args.email.is_some() {
         tls.acme_email = args.email.clone();
     }
+    if args.staging && tls.directory_url == tenement_core::config::LETS_ENCRYPT {
+        tls.directory_url = tenement_core::config::LETS_ENCRYPT_STAGING.into();
+    }
+    if tls.enabled && tls.acme_email.is_none() {
+        bail!("TLS needs an email for the ACME account: --email, or acme_email in [settings.tls]");
+    }
+    if tls.enabled && args.domain.is_none() && tls.domain.is_none() {
+        bail!("TLS needs a domain: --domain, or domain in [settings.tls]");
+    }
+    let domain = match (&args.domain, &tls.domain) {
+        (Some(d), _) => d.clone(),
+        (None, Some(d)) if tls.enabled => d.clone(),
+        _ => "localhost".to_owned(),
+    };
+    let port = args
+        .port
+        .unwrap_or(if tls.enabled { tls.http_port } else { 8080 });
     let data_dir = config.settings.data_dir.clone();
     let fresh = !data_dir.exists();
     std::fs::create_dir_all(&data_dir)
@@ -197,6 +216,7 @@ pub async fn run(
     let supervisor = supervisor.with_adopted(running);
 
     let socket_path = control_socket(&data_dir);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (control, front_listeners) = match inherited.as_mut() {
         Some(i) => (
             tokio::net::UnixListener::from_std(i.control.take().context("no control socket")?)?,
@@ -207,25 +227,40 @@ pub async fn run(
             let control = tokio::net::UnixListener::bind(&socket_path)
                 .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
             std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let front = bind(std::net::SocketAddr::new(args.bind, args.port), threads)
-                .with_context(|| format!("cannot listen on {}:{}", args.bind, args.port))?;
+            let front = bind(std::net::SocketAddr::new(args.bind, port), threads)
+                .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
             (control, front)
         }
+    };
+    let tls_settings = supervisor.config().settings.tls.clone();
+    let https = match tls_settings.enabled {
+        true => {
+            let inherited = inherited.as_mut().map(|i| std::mem::take(&mut i.secure));
+            let listeners = crate::cmd::https::listeners(
+                inherited.unwrap_or_default(),
+                args.bind,
+                tls_settings.https_port,
+                threads,
+            )?;
+            let tls = crate::cmd::https::certificates(&tls_settings, &supervisor, &domain)?;
+            let https_port = tls_settings.https_port;
+            Some((listeners, tenement_edge::Https { tls, https_port }))
+        }
+        false => None,
     };
     let handed = Handed {
         lock: lock_fd,
         control: control.as_raw_fd(),
         front: front_listeners.iter().map(|l| l.as_raw_fd()).collect(),
+        secure: https.iter().flat_map(|h| &h.0).map(|l| l.as_raw_fd()).collect(),
     };
     let http_addr = front_listeners[0].local_addr()?;
-    info!(control = %socket_path.display(), http = %http_addr, domain = %args.domain, "ten serve listening");
-    if supervisor.config().settings.tls.enabled {
-        // Said loudly rather than refused, so a configuration written for a later version
-        // still runs; but nobody should believe they are on HTTPS.
-        warn!(
-            "TLS asked for (--tls or [settings.tls] enabled), but ACME/TLS is not built yet: serving plain HTTP only on {http_addr}"
-        );
+    match &https {
+        Some((l, _)) => {
+            let https_addr = l[0].local_addr()?;
+            info!(control = %socket_path.display(), http = %http_addr, https = %https_addr, %domain, "ten serve listening (HTTPS; HTTP answers ACME challenges and redirects)");
+        }
+        None => info!(control = %socket_path.display(), http = %http_addr, %domain, "ten serve listening"),
     }
 
     // Instances come back while we listen, so that `ten ps` shows them starting; a list asked
@@ -243,11 +278,12 @@ pub async fn run(
         control,
         supervisor.clone(),
         Access::ControlSocket,
+        https.as_ref().map(|h| h.1.tls.clone()),
         stop_control.clone(),
     ));
     let front = tokio::spawn({
-        let (s, domain, stop) = (supervisor.clone(), args.domain.clone(), stop_front.clone());
-        async move { front_door(front_listeners, s, &domain, stop).await }
+        let (s, domain, stop) = (supervisor.clone(), domain.clone(), stop_front.clone());
+        async move { front_door(front_listeners, https, s, &domain, stop).await }
     });
 
     if let Some(mut i) = inherited.take() {

@@ -5,7 +5,7 @@
 //! arriving meanwhile wait in the listening sockets' queues.
 //!
 //! Between the two servers: the descriptors, by number, in `TEN_UPGRADE_FDS`
-//! (`lock=N;control=N;front=N,N;talk=N;handoff=N`), and on `talk` (a socketpair) one line at
+//! (`lock=N;control=N;front=N,N;secure=N,N;talk=N;handoff=N`; `secure`: the HTTPS listeners), and on `talk` (a socketpair) one line at
 //! a time: the successor says `ready` once its configuration and stores are open; the
 //! predecessor stops accepting and starting instances, says `go`, and sends every running
 //! instance over `handoff` (`SOCK_SEQPACKET`: its shim's connection and its output pipes,
@@ -43,6 +43,7 @@ pub struct Handed {
     pub lock: RawFd,
     pub control: RawFd,
     pub front: Vec<RawFd>,
+    pub secure: Vec<RawFd>,
 }
 
 /// In a successor: what its predecessor handed over.
@@ -50,6 +51,7 @@ pub struct Inherited {
     pub lock: std::fs::File,
     pub control: Option<std::os::unix::net::UnixListener>,
     pub front: Vec<std::net::TcpListener>,
+    pub secure: Vec<std::net::TcpListener>,
     talk: BufReader<UnixStream>,
     handoff: Option<OwnedFd>,
 }
@@ -81,7 +83,8 @@ impl Inherited {
         let (lock, control, talk) = (one("lock")?, one("control")?, one("talk")?);
         let handoff = one("handoff")?;
         let front = fds.get("front").cloned().unwrap_or_default();
-        for fd in [lock, control, talk, handoff].iter().chain(&front) {
+        let secure = fds.get("secure").cloned().unwrap_or_default();
+        for fd in [lock, control, talk, handoff].iter().chain(&front).chain(&secure) {
             // Open descriptors, not to be inherited further: checked before owning them.
             // SAFETY: only borrowed for this call; fcntl on a closed number fails cleanly.
             let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
@@ -93,16 +96,19 @@ impl Inherited {
         }
         // SAFETY: our predecessor passed these descriptors to this process alone (checked
         // open above); nothing else here owns them.
-        let (lock, control, talk, handoff, front) = unsafe {
+        let listeners = |fds: &[RawFd]| {
+            fds.iter()
+                // SAFETY: as below.
+                .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(*fd) })
+                .collect::<Vec<_>>()
+        };
+        let (front, secure) = (listeners(&front), listeners(&secure));
+        let (lock, control, talk, handoff) = unsafe {
             (
                 std::fs::File::from_raw_fd(lock),
                 std::os::unix::net::UnixListener::from_raw_fd(control),
                 std::os::unix::net::UnixStream::from_raw_fd(talk),
                 OwnedFd::from_raw_fd(handoff),
-                front
-                    .iter()
-                    .map(|fd| std::net::TcpListener::from_raw_fd(*fd))
-                    .collect::<Vec<_>>(),
             )
         };
         control.set_nonblocking(true)?;
@@ -111,6 +117,7 @@ impl Inherited {
             lock,
             control: Some(control),
             front,
+            secure,
             talk: BufReader::new(UnixStream::from_std(talk)?),
             handoff: Some(handoff),
         }))
@@ -175,14 +182,16 @@ impl Successor {
         };
         let talk = theirs.as_raw_fd();
         let spec = format!(
-            "lock={};control={};front={};talk={talk};handoff={}",
+            "lock={};control={};front={};secure={};talk={talk};handoff={}",
             handed.lock,
             handed.control,
             list(&handed.front),
+            list(&handed.secure),
             their_handoff.as_raw_fd(),
         );
         let mut passed = vec![handed.lock, handed.control, talk, their_handoff.as_raw_fd()];
         passed.extend(&handed.front);
+        passed.extend(&handed.secure);
         let mut cmd = std::process::Command::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env(ENV, spec)

@@ -112,7 +112,20 @@ pub struct Tls {
     pub http_port: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_provider: Option<String>,
+    /// The ACME directory (default: Let's Encrypt's, production or staging).
+    pub directory_url: String,
+    /// A root certificate to trust for the directory (a private CA); none: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_root: Option<PathBuf>,
+    /// How names are proven: `http-01` (on http_port) or `tls-alpn-01` (on https_port).
+    pub challenge: String,
+    /// Most certificates issued in 7 days (the CA's limit per registered domain, less a margin).
+    pub max_certificates_per_week: u32,
 }
+
+/// Let's Encrypt's ACME directories.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// A template for instances: `[service.NAME]` (or the legacy `[process.NAME]`).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -49,6 +49,10 @@ const TLS: &[&str] = &[
     "https_port",
     "http_port",
     "dns_provider",
+    "directory_url",
+    "ca_root",
+    "challenge",
+    "max_certificates_per_week",
 ];
 pub(super) const DAY: i64 = 86_400;
 
@@ -209,6 +213,10 @@ impl Tls {
             https_port: 443,
             http_port: 80,
             dns_provider: None,
+            directory_url: super::LETS_ENCRYPT.into(),
+            ca_root: None,
+            challenge: "http-01".into(),
+            max_certificates_per_week: 40,
         }
     }
 }
@@ -350,6 +358,27 @@ fn tls(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, data_dir: &Path) -> Tl
         );
     }
     t.dns_provider = f.string(ctx, "dns_provider").map(|(s, _)| s);
+    if t.staging {
+        t.directory_url = super::LETS_ENCRYPT_STAGING.into();
+    }
+    if let Some((url, span)) = f.string(ctx, "directory_url") {
+        if !url.starts_with("https://") && !url.starts_with("http://") {
+            let msg = format!("{url:?} is not an http(s):// URL");
+            ctx.error(span, "settings.tls.directory_url", msg);
+        }
+        t.directory_url = url;
+    }
+    t.ca_root = f.string(ctx, "ca_root").map(|(p, _)| resolve(base, &p));
+    if let Some((challenge, span)) = f.string(ctx, "challenge") {
+        if !["http-01", "tls-alpn-01"].contains(&challenge.as_str()) {
+            let msg = format!("{challenge:?}: must be \"http-01\" or \"tls-alpn-01\"");
+            ctx.error(span, "settings.tls.challenge", msg);
+        }
+        t.challenge = challenge;
+    }
+    if let Some((n, _)) = f.int(ctx, "max_certificates_per_week", 1, 100_000) {
+        t.max_certificates_per_week = n as u32;
+    }
     if t.enabled {
         if t.acme_email.is_none() {
             ctx.error(

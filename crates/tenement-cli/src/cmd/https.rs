@@ -1,0 +1,54 @@
+//! `ten serve` with `[settings.tls] enabled`: the HTTPS listeners and the certificates.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tenement::Supervisor;
+use tenement_core::config::Tls as TlsSettings;
+use tenement_edge::{Routable, bind};
+use tenement_tls::{ChallengeType, Tls};
+
+/// The certificates (loaded from `cache_dir`), and their renewal running.
+pub fn certificates(
+    settings: &TlsSettings,
+    supervisor: &Supervisor,
+    domain: &str,
+) -> anyhow::Result<Arc<Tls>> {
+    let names = Arc::new(Routable {
+        supervisor: supervisor.clone(),
+        domain: domain.to_owned(),
+    });
+    let challenge = match settings.challenge.as_str() {
+        "tls-alpn-01" => ChallengeType::TlsAlpn01,
+        _ => ChallengeType::Http01,
+    };
+    let tls = Tls::new(
+        tenement_tls::Settings {
+            cache_dir: settings.cache_dir.clone(),
+            directory_url: settings.directory_url.clone(),
+            ca_root: settings.ca_root.clone(),
+            email: settings.acme_email.clone().unwrap_or_default(),
+            challenge,
+            max_per_week: settings.max_certificates_per_week,
+        },
+        names,
+    )
+    .with_context(|| format!("cannot use cache_dir {}", settings.cache_dir.display()))?;
+    tokio::spawn(tls.clone().renew());
+    Ok(tls)
+}
+
+/// The HTTPS listeners: inherited from an upgraded predecessor, or bound on `https_port`.
+pub fn listeners(
+    inherited: Vec<std::net::TcpListener>,
+    bind_to: IpAddr,
+    port: u16,
+    threads: usize,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    if !inherited.is_empty() {
+        return Ok(inherited);
+    }
+    bind(SocketAddr::new(bind_to, port), threads)
+        .with_context(|| format!("cannot listen on {bind_to}:{port} (https_port)"))
+}
