@@ -354,7 +354,9 @@ async fn tls_status(
 ) -> Result<Json<serde_json::Value>> {
     crate::auth::admin_only(&p)?;
     let Some(tls) = tls else {
-        return Ok(Json(serde_json::json!({ "enabled": false, "certificates": [] })));
+        return Ok(Json(
+            serde_json::json!({ "enabled": false, "certificates": [] }),
+        ));
     };
     let (used, max) = tls.budget();
     Ok(Json(serde_json::json!({

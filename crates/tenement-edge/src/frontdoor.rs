@@ -171,9 +171,8 @@ pub async fn front_door(
                     .expect("a tokio runtime");
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(listener).expect("a listening socket");
-                    let tls = tls.map(|(h, l)| {
-                        (h, TcpListener::from_std(l).expect("a listening socket"))
-                    });
+                    let tls = tls
+                        .map(|(h, l)| (h, TcpListener::from_std(l).expect("a listening socket")));
                     accept_loop(listener, tls, engine, conn_limit, shutdown).await
                 })
             });

@@ -66,8 +66,7 @@ pub(crate) async fn serve_tls<R: Resolve>(
     handshake_limit: Duration,
     shutdown: CancellationToken,
 ) {
-    let (stream, protocol) = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await
-    {
+    let (stream, protocol) = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake refused"),
         Err(_) => return debug!(%peer, "TLS handshake too slow"),
@@ -119,9 +118,16 @@ fn http_port_answer<B>(https: &Https, req: &Request<B>) -> Response<Body> {
         );
         res
     };
-    if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/") {
+    if let Some(token) = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")
+    {
         return match https.tls.challenges().http01(token) {
-            Some(key_authorization) => answer(StatusCode::OK, key_authorization),
+            Some(key_authorization) => {
+                tracing::info!(token, "http-01 validation");
+                answer(StatusCode::OK, key_authorization)
+            }
             None => answer(StatusCode::NOT_FOUND, "no such challenge\n".into()),
         };
     }
@@ -136,7 +142,8 @@ fn http_port_answer<B>(https: &Https, req: &Request<B>) -> Response<Body> {
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= 253
-                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
         });
     let Some(host) = host else {
         return answer(StatusCode::BAD_REQUEST, "no usable Host header\n".into());

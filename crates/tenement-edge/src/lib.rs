@@ -39,7 +39,10 @@ where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    axum::serve(listener, router(supervisor, access, RateLimiter::default(), tls))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::serve(
+        listener,
+        router(supervisor, access, RateLimiter::default(), tls),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }

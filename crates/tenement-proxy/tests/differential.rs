@@ -203,7 +203,12 @@ async fn engine(endpoint: Endpoint, fast_path: bool) -> SocketAddr {
         loop {
             let (stream, peer) = listener.accept().await.unwrap();
             let engine = engine.clone();
-            tokio::spawn(engine.serve(stream, peer, tenement_proxy::Transport::Plain, CancellationToken::new()));
+            tokio::spawn(engine.serve(
+                stream,
+                peer,
+                tenement_proxy::Transport::Plain,
+                CancellationToken::new(),
+            ));
         }
     });
     addr

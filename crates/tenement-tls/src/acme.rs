@@ -130,7 +130,10 @@ impl Acme {
                 Ok(status) => return Err(format!("order {status:?}")),
                 Err(e) => return Err(format!("order: {e}")),
             }
-            let key = order.finalize().await.map_err(|e| format!("finalize: {e}"))?;
+            let key = order
+                .finalize()
+                .await
+                .map_err(|e| format!("finalize: {e}"))?;
             let chain = order
                 .poll_certificate(&retries)
                 .await

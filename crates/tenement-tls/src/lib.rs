@@ -73,6 +73,9 @@ pub enum Protocol {
     Http2,
 }
 
+/// An order's outcome, once it has one.
+type Outcome = watch::Receiver<Option<Result<(), Refused>>>;
+
 /// Certificates, their sources and their limits.
 pub struct Tls {
     store: Arc<Store>,
@@ -82,7 +85,7 @@ pub struct Tls {
     main: Arc<ServerConfig>,
     challenge_config: Arc<ServerConfig>,
     /// Orders under way, by name: their outcome, when there is one.
-    pending: Mutex<HashMap<String, watch::Receiver<Option<Result<(), Refused>>>>>,
+    pending: Mutex<HashMap<String, Outcome>>,
     orders: Semaphore,
     failures: Mutex<HashMap<String, (Instant, Duration)>>,
     budget: Budget,
@@ -127,7 +130,8 @@ impl Tls {
             Ok::<_, std::io::Error>(c)
         };
         let mut main = config(store.clone(), vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
-        main.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(std::io::Error::other)?;
+        main.ticketer =
+            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(std::io::Error::other)?;
         let challenge_config = config(challenges.clone(), vec![ACME_TLS_ALPN.to_vec()])?;
         let source = acme::Acme {
             directory_url: settings.directory_url,
@@ -148,7 +152,10 @@ impl Tls {
             pending: Mutex::default(),
             orders: Semaphore::new(ORDERS_AT_ONCE),
             failures: Mutex::default(),
-            budget: Budget::open(settings.cache_dir.join("issued.json"), settings.max_per_week),
+            budget: Budget::open(
+                settings.cache_dir.join("issued.json"),
+                settings.max_per_week,
+            ),
             added: Notify::new(),
         }))
     }
@@ -176,6 +183,7 @@ impl Tls {
         if acme {
             // A CA validating tls-alpn-01: its answer, and nothing else on this connection.
             let stream = start.into_stream(self.challenge_config.clone()).await;
+            info!(%name, answered = stream.is_ok(), "tls-alpn-01 validation");
             drop(stream);
             return Err(format!("tls-alpn-01 validation of {name}"));
         }
@@ -226,11 +234,7 @@ impl Tls {
 
     /// The outcome of `name`'s order: the one under way, or a new one (`renewal`: even if a
     /// certificate is in force).
-    fn order(
-        self: &Arc<Self>,
-        name: &str,
-        renewal: bool,
-    ) -> Result<watch::Receiver<Option<Result<(), Refused>>>, Refused> {
+    fn order(self: &Arc<Self>, name: &str, renewal: bool) -> Result<Outcome, Refused> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = pending.get(name) {
             return Ok(rx.clone());
@@ -305,9 +309,7 @@ impl Tls {
             for cert in self.store.all() {
                 let name = &cert.names[0];
                 let due = match self.failure(name) {
-                    Some((until, _)) => {
-                        now + until.saturating_duration_since(Instant::now())
-                    }
+                    Some((until, _)) => now + until.saturating_duration_since(Instant::now()),
                     None => cert.renew_at(),
                 };
                 if due <= now && self.names.routes(name) {

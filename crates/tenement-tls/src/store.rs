@@ -113,9 +113,10 @@ impl Store {
             if path.extension().is_none_or(|e| e != "pem") {
                 continue;
             }
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|pem| {
-                Cert::from_pem(&pem, path.clone())
-            }) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| Cert::from_pem(&pem, path.clone()))
+            {
                 Ok(cert) => store.insert(Arc::new(cert)),
                 Err(e) => warn!(file = %path.display(), error = %e, "certificate not loaded"),
             }

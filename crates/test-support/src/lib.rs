@@ -4,6 +4,7 @@
 //! Everything polls with generous deadlines (the CI machine is small and shared); nothing here
 //! asserts on timing.
 
+pub mod acme;
 pub mod http;
 
 use std::io::{Read, Write};
@@ -72,6 +73,8 @@ pub struct Building {
     successor: Option<i32>,
     /// `RLIMIT_NOFILE` (soft and hard) for `ten serve`, if set before it starts.
     pub fd_limit: Option<u64>,
+    /// `--port` (0: any free port).
+    pub http_port: u16,
 }
 
 impl Building {
@@ -90,6 +93,7 @@ impl Building {
             server: None,
             successor: None,
             fd_limit: None,
+            http_port: 0,
         };
         b.write_config(config);
         b
@@ -108,6 +112,7 @@ impl Building {
             server: None,
             successor: None,
             fd_limit: None,
+            http_port: 0,
         }
     }
 
@@ -194,10 +199,11 @@ impl Building {
             .append(true)
             .open(self.path().join("serve.log"))
             .expect("serve.log");
+        let port = self.http_port.to_string();
         let mut cmd = self.cmd(&[
             "serve",
             "--port",
-            "0",
+            &port,
             "--bind",
             "127.0.0.1",
             "--domain",

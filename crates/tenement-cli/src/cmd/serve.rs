@@ -252,7 +252,11 @@ pub async fn run(
         lock: lock_fd,
         control: control.as_raw_fd(),
         front: front_listeners.iter().map(|l| l.as_raw_fd()).collect(),
-        secure: https.iter().flat_map(|h| &h.0).map(|l| l.as_raw_fd()).collect(),
+        secure: https
+            .iter()
+            .flat_map(|h| &h.0)
+            .map(|l| l.as_raw_fd())
+            .collect(),
     };
     let http_addr = front_listeners[0].local_addr()?;
     match &https {
@@ -260,7 +264,9 @@ pub async fn run(
             let https_addr = l[0].local_addr()?;
             info!(control = %socket_path.display(), http = %http_addr, https = %https_addr, %domain, "ten serve listening (HTTPS; HTTP answers ACME challenges and redirects)");
         }
-        None => info!(control = %socket_path.display(), http = %http_addr, %domain, "ten serve listening"),
+        None => {
+            info!(control = %socket_path.display(), http = %http_addr, %domain, "ten serve listening")
+        }
     }
 
     // Instances come back while we listen, so that `ten ps` shows them starting; a list asked

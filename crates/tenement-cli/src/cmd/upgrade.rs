@@ -84,7 +84,11 @@ impl Inherited {
         let handoff = one("handoff")?;
         let front = fds.get("front").cloned().unwrap_or_default();
         let secure = fds.get("secure").cloned().unwrap_or_default();
-        for fd in [lock, control, talk, handoff].iter().chain(&front).chain(&secure) {
+        for fd in [lock, control, talk, handoff]
+            .iter()
+            .chain(&front)
+            .chain(&secure)
+        {
             // Open descriptors, not to be inherited further: checked before owning them.
             // SAFETY: only borrowed for this call; fcntl on a closed number fails cleanly.
             let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
@@ -94,15 +98,16 @@ impl Inherited {
             )
             .with_context(|| format!("TEN_UPGRADE_FDS names a closed descriptor {fd}"))?;
         }
-        // SAFETY: our predecessor passed these descriptors to this process alone (checked
-        // open above); nothing else here owns them.
         let listeners = |fds: &[RawFd]| {
             fds.iter()
-                // SAFETY: as below.
+                // SAFETY: our predecessor passed these listening sockets to this process
+                // alone (checked open above); nothing else here owns them.
                 .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(*fd) })
                 .collect::<Vec<_>>()
         };
         let (front, secure) = (listeners(&front), listeners(&secure));
+        // SAFETY: our predecessor passed these descriptors to this process alone (checked
+        // open above); nothing else here owns them.
         let (lock, control, talk, handoff) = unsafe {
             (
                 std::fs::File::from_raw_fd(lock),

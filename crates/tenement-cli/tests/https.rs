@@ -1,0 +1,253 @@
+//! HTTPS with certificates from a real ACME CA (pebble, Let's Encrypt's test server, on
+//! loopback; its DNS, pebble-challtestsrv, says every name is 127.0.0.1): on demand for names
+//! that route and never for others, http-01 and tls-alpn-01, the cache across restarts,
+//! renewal, the HTTP port's redirect, HTTP/2 and websockets over TLS. Clients are curl and
+//! openssl, as users would use them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use test_support::acme::Pebble;
+use test_support::{Building, DOMAIN, wait_for};
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+fn building(pebble: &Pebble, challenge: &str) -> Building {
+    let config = format!(
+        r#"
+[settings]
+health_check_interval = 60
+
+{}
+[service.web]
+command = "{{fixture}}"
+socket = "{{dir}}/{{name}}-{{id}}.sock"
+isolation = "process"
+"#,
+        pebble.tls_section(challenge)
+    );
+    let mut b = Building::new(TEN, &config);
+    b.http_port = pebble.http_port;
+    b
+}
+
+/// `curl` over HTTPS to `name` (resolved to loopback), trusting pebble's issuer: the status,
+/// the HTTP version and the body; `None` if no TLS connection could be made.
+fn curl(
+    pebble: &Pebble,
+    root: &std::path::Path,
+    name: &str,
+    path: &str,
+    extra: &[&str],
+) -> Option<(u16, String, String)> {
+    let port = pebble.https_port;
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--cacert"])
+        .arg(root)
+        .args(["--resolve", &format!("{name}:{port}:127.0.0.1")])
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .args(extra)
+        .arg(format!("https://{name}:{port}{path}"))
+        .output()
+        .expect("curl");
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = text.rsplit_once('\n')?;
+    let (code, version) = last.split_once(' ')?;
+    Some((code.parse().ok()?, version.to_owned(), body.to_owned()))
+}
+
+fn api_tls(b: &Building) -> serde_json::Value {
+    let (status, body) =
+        test_support::get_unix(&b.data_dir().join("ten.sock"), "/api/tls").expect("/api/tls");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+#[test]
+fn certificates_come_on_demand_for_names_that_route_and_never_for_others() {
+    let Some(pebble) = Pebble::start_or_skip(None) else {
+        return;
+    };
+    let mut b = building(&pebble, "http-01");
+    b.start();
+    b.ten_ok(&["spawn", "web:prod"]);
+    let root = pebble.issuer_root();
+    let name = format!("prod.web.{DOMAIN}");
+
+    // The first handshake for the name waits for its certificate; HTTP/2 by ALPN.
+    let (status, version, body) = curl(&pebble, &root, &name, "/", &[]).expect("HTTPS");
+    assert_eq!((status, version.as_str()), (200, "2"), "{body}");
+    assert!(body.contains("hello from web:prod"), "{body}");
+    assert_eq!(pebble.orders(), 1);
+    assert!(b.serve_log().contains("http-01 validation"));
+    // HTTP/1.1 over TLS too, on the cached certificate.
+    let (status, version, _) = curl(&pebble, &root, &name, "/", &["--http1.1"]).expect("HTTPS/1.1");
+    assert_eq!((status, version.as_str()), (200, "1.1"));
+
+    // Names that do not route: no certificate, and nothing asked of the CA. An instance that
+    // does not exist, a service that does not, a name outside the domain.
+    for unknown in [
+        format!("nope.web.{DOMAIN}"),
+        format!("a.nosuch.{DOMAIN}"),
+        "example.org".to_owned(),
+    ] {
+        assert_eq!(curl(&pebble, &root, &unknown, "/", &[]), None, "{unknown}");
+    }
+    assert_eq!(
+        pebble.orders(),
+        1,
+        "an order for a name that does not route"
+    );
+
+    // The HTTP port sends everything to HTTPS.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", pebble.http_port)).unwrap();
+    write!(
+        s,
+        "GET /x?y=1 HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+    let location = format!("location: https://{name}:{}/x?y=1", pebble.https_port);
+    assert!(answer.to_ascii_lowercase().contains(&location), "{answer}");
+
+    // Kept on disk for the server alone, and listed with its dates.
+    let cache = b.data_dir().join("acme");
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&cache), 0o700);
+    assert_eq!(mode(&cache.join("account.json")), 0o600);
+    assert_eq!(mode(&cache.join(format!("certs/{name}.pem"))), 0o600);
+    let tls = api_tls(&b);
+    let certs = tls["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 1, "{tls}");
+    assert_eq!(certs[0]["names"][0], name.as_str());
+    assert!(certs[0]["not_after"].as_u64().unwrap() > certs[0]["renew_at"].as_u64().unwrap());
+    assert_eq!(tls["issued_last_7_days"], 1);
+
+    // A restart serves the cached certificate: no new order.
+    b.terminate();
+    b.start();
+    let (status, _, _) = curl(&pebble, &root, &name, "/", &[]).expect("HTTPS after restart");
+    assert_eq!(status, 200);
+    assert_eq!(
+        pebble.orders(),
+        1,
+        "a restart ordered the certificate again"
+    );
+
+    // The bare domain routes too (tenement's own paths): its expiry is in /metrics.
+    let (status, _, metrics) = curl(&pebble, &root, DOMAIN, "/metrics", &[]).expect("metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!(
+            "tenement_tls_certificate_expiry_timestamp_seconds{{name=\"{name}\"}}"
+        )),
+        "{metrics}"
+    );
+    assert_eq!(pebble.orders(), 2);
+}
+
+/// A websocket through TLS with openssl as the client: the upgrade, then one echoed message.
+fn websocket_over_tls(pebble: &Pebble, root: &std::path::Path, name: &str) -> String {
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-alpn",
+            "http/1.1",
+            "-verify_return_error",
+        ])
+        .args(["-connect", &format!("127.0.0.1:{}", pebble.https_port)])
+        .args(["-servername", name, "-CAfile"])
+        .arg(root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client");
+    let mut input = client.stdin.take().unwrap();
+    let mut output = BufReader::new(client.stdout.take().unwrap());
+    write!(
+        input,
+        "GET /ws HTTP/1.1\r\nHost: {name}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        if line.is_empty() || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // A masked text frame "over tls" (mask 0), and the echo comes back unmasked.
+    let text = b"over tls";
+    let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(text);
+    input.write_all(&frame).unwrap();
+    input.flush().unwrap();
+    let mut echo = [0u8; 10];
+    output.read_exact(&mut echo).unwrap();
+    let _ = client.kill();
+    let _ = client.wait();
+    String::from_utf8_lossy(&echo[2..]).into_owned()
+}
+
+#[test]
+fn tls_alpn_01_issues_and_websockets_work_over_tls() {
+    let Some(pebble) = Pebble::start_or_skip(None) else {
+        return;
+    };
+    let mut b = building(&pebble, "tls-alpn-01");
+    b.start();
+    b.ten_ok(&["spawn", "web:prod"]);
+    let root = pebble.issuer_root();
+    let name = format!("prod.web.{DOMAIN}");
+    let (status, _, body) = curl(&pebble, &root, &name, "/", &[]).expect("HTTPS");
+    assert_eq!(status, 200, "{body}");
+    let log = b.serve_log();
+    assert!(log.contains("tls-alpn-01 validation"), "{log}");
+    assert!(!log.contains("http-01 validation"), "{log}");
+    assert_eq!(websocket_over_tls(&pebble, &root, &name), "over tls");
+}
+
+#[test]
+fn a_short_lived_certificate_is_renewed_before_it_expires() {
+    // Certificates valid 30 s: renewed at 20 s, while the old one keeps serving.
+    let Some(pebble) = Pebble::start_or_skip(Some(30)) else {
+        return;
+    };
+    let mut b = building(&pebble, "http-01");
+    b.start();
+    b.ten_ok(&["spawn", "web:prod"]);
+    let root = pebble.issuer_root();
+    let name = format!("prod.web.{DOMAIN}");
+    assert_eq!(
+        curl(&pebble, &root, &name, "/", &[]).map(|r| r.0),
+        Some(200)
+    );
+    let first = api_tls(&b)["certificates"][0]["not_after"]
+        .as_u64()
+        .unwrap();
+    let renewed = wait_for("a renewal", Duration::from_secs(90), || {
+        let after = api_tls(&b)["certificates"][0]["not_after"].as_u64()?;
+        (after > first).then_some(after)
+    });
+    assert!(renewed > first);
+    assert_eq!(pebble.orders(), 2);
+    assert_eq!(
+        curl(&pebble, &root, &name, "/", &[]).map(|r| r.0),
+        Some(200)
+    );
+}
