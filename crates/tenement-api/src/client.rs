@@ -155,6 +155,24 @@ impl Client {
             .await
     }
 
+    /// Routes the custom domain `name` to `instance` (and gets its certificate, with HTTPS).
+    pub async fn domain_add(&self, name: &str, instance: &InstanceKey) -> Result<Domain> {
+        let body = Domain {
+            name: name.to_owned(),
+            instance: instance.clone(),
+        };
+        self.call(Method::POST, "/domains", Some(&body)).await
+    }
+
+    pub async fn domain_remove(&self, name: &str) -> Result<()> {
+        let path = format!("/domains/{}", crate::types::encode(name));
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
+    pub async fn domains(&self) -> Result<Vec<Domain>> {
+        self.call(Method::GET, "/domains", None::<&()>).await
+    }
+
     /// `GET /api/logs`: stored lines, newest first.
     pub async fn logs(&self, params: &LogParams) -> Result<Vec<StoredLine>> {
         let path = format!("/logs?{}", params.to_query());

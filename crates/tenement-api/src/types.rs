@@ -226,8 +226,9 @@ impl LogParams {
     }
 }
 
-/// Percent-encoding of a query value (everything but RFC 3986's unreserved characters).
-fn encode(s: &str) -> String {
+/// Percent-encoding of a query value or path segment (everything but RFC 3986's unreserved
+/// characters).
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -236,6 +237,14 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A custom domain and the instance it routes to (`POST /api/domains` takes one; `GET`
+/// lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    pub name: String,
+    pub instance: InstanceKey,
 }
 
 /// `GET /health` (on the bare domain) and `GET /api/health`'s summary.

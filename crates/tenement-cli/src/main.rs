@@ -63,6 +63,9 @@ enum Command {
     /// Hand the running server over to a new process of its executable (a newer `ten`
     /// installed at the same path): instances keep running, no connection is refused.
     Upgrade,
+    /// Custom domains: add, rm, ls.
+    #[command(subcommand)]
+    Domain(cmd::domain::DomainCommand),
     /// Create an API token for `--server`/`TENEMENT_SERVER` (printed once).
     TokenGen(cmd::tokens::GenArgs),
     /// List or revoke API tokens.
@@ -137,6 +140,7 @@ fn run_async(
             Command::Logs(a) => cmd::logs::run(&client, a).await,
             Command::TokenGen(a) => cmd::tokens::generate(&client, a).await,
             Command::Token(c) => cmd::tokens::run(&client, c).await,
+            Command::Domain(c) => cmd::domain::run(&client, c).await,
             Command::Weight(a) => cmd::traffic::weight(&client, a).await,
             Command::Route(a) => cmd::traffic::route(&client, a).await,
             Command::Deploy(a) => cmd::traffic::deploy(&client, a).await,

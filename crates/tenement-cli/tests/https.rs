@@ -127,21 +127,36 @@ fn certificates_come_on_demand_for_names_that_route_and_never_for_others() {
     assert_eq!(mode(&cache.join(format!("certs/{name}.pem"))), 0o600);
     let tls = api_tls(&b);
     let certs = tls["certificates"].as_array().unwrap();
+    // (ordered at `ten spawn` already: the first visitor did not wait for the CA.)
     assert_eq!(certs.len(), 1, "{tls}");
     assert_eq!(certs[0]["names"][0], name.as_str());
     assert!(certs[0]["not_after"].as_u64().unwrap() > certs[0]["renew_at"].as_u64().unwrap());
     assert_eq!(tls["issued_last_7_days"], 1);
 
-    // A restart serves the cached certificate: no new order.
+    // A custom domain: its certificate is ordered when it is added, before any visitor.
+    b.ten_ok(&["domain", "add", "shop.customer.org", "web:prod"]);
+    wait_for(
+        "the custom domain's certificate",
+        Duration::from_secs(60),
+        || {
+            let tls = api_tls(&b);
+            let names = tls["certificates"].to_string();
+            names.contains("shop.customer.org").then_some(())
+        },
+    );
+    assert_eq!(pebble.orders(), 2);
+    let (status, _, body) =
+        curl(&pebble, &root, "shop.customer.org", "/", &[]).expect("custom domain");
+    assert_eq!((status, body.trim()), (200, "hello from web:prod"));
+
+    // A restart serves the cached certificates: no new order.
     b.terminate();
     b.start();
     let (status, _, _) = curl(&pebble, &root, &name, "/", &[]).expect("HTTPS after restart");
     assert_eq!(status, 200);
-    assert_eq!(
-        pebble.orders(),
-        1,
-        "a restart ordered the certificate again"
-    );
+    let (status, _, _) = curl(&pebble, &root, "shop.customer.org", "/", &[]).expect("domain");
+    assert_eq!(status, 200);
+    assert_eq!(pebble.orders(), 2, "a restart ordered a certificate again");
 
     // The bare domain routes too (tenement's own paths): its expiry is in /metrics.
     let (status, _, metrics) = curl(&pebble, &root, DOMAIN, "/metrics", &[]).expect("metrics");
@@ -152,7 +167,7 @@ fn certificates_come_on_demand_for_names_that_route_and_never_for_others() {
         )),
         "{metrics}"
     );
-    assert_eq!(pebble.orders(), 2);
+    assert_eq!(pebble.orders(), 3);
 }
 
 /// A websocket through TLS with openssl as the client: the upgrade, then one echoed message.

@@ -39,7 +39,7 @@ pub enum RouteError {
 /// Paths on the bare domain that always belong to tenement: health, metrics and the
 /// management API's endpoints (kept in step with `tenement-edge/src/api.rs`). Other `/api…`
 /// paths are free for `[routing.path]` rules and `[routing] default`.
-pub const OWN_PATHS: [&str; 10] = [
+pub const OWN_PATHS: [&str; 14] = [
     "/health",
     "/metrics",
     "/api/instances",
@@ -48,6 +48,10 @@ pub const OWN_PATHS: [&str; 10] = [
     "/api/deploy",
     "/api/health",
     "/api/config",
+    "/api/reload",
+    "/api/upgrade",
+    "/api/tls",
+    "/api/domains",
     "/api/tokens",
     "/api/openapi.json",
 ];

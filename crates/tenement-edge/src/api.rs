@@ -50,6 +50,11 @@ pub fn router(
         .route("/reload", post(reload))
         .route("/upgrade", post(upgrade))
         .route("/tls", get(tls_status))
+        .route(
+            "/domains",
+            get(crate::domains_api::list).post(crate::domains_api::add),
+        )
+        .route("/domains/{name}", delete(crate::domains_api::remove))
         .route("/tokens", post(auth::token_gen).get(auth::token_list))
         .route("/tokens/{id}", delete(auth::token_revoke))
         .route("/openapi.json", get(crate::openapi::document))
@@ -128,6 +133,7 @@ async fn list(
 async fn spawn(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
+    Extension(tls): Extension<TlsState>,
     JsonBody(body): JsonBody<SpawnRequest>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
     let key = InstanceKey::new(
@@ -136,6 +142,7 @@ async fn spawn(
     );
     may_act(&p, &key)?;
     let status = s.spawn(&key).await?;
+    tls.ensure(&s, &key);
     Ok((StatusCode::CREATED, Json(status)))
 }
 
@@ -217,6 +224,7 @@ async fn route(
 async fn deploy(
     State(s): State<Supervisor>,
     Extension(p): Extension<Principal>,
+    Extension(tls): Extension<TlsState>,
     JsonBody(b): JsonBody<DeployRequest>,
 ) -> Result<(StatusCode, Json<InstanceStatus>)> {
     let service: ServiceName = b.service.parse()?;
@@ -249,6 +257,7 @@ async fn deploy(
             drain,
         )
         .await?;
+    tls.ensure(&s, &key);
     Ok((StatusCode::CREATED, Json(status)))
 }
 
@@ -344,7 +353,21 @@ async fn reload(
 
 /// The certificates, for `GET /api/tls` (none when HTTPS is off).
 #[derive(Clone)]
-struct TlsState(Option<std::sync::Arc<tenement_tls::Tls>>);
+pub(crate) struct TlsState(pub Option<std::sync::Arc<tenement_tls::Tls>>);
+
+impl TlsState {
+    /// With HTTPS on: a new instance's certificate ordered now, before its first visitor.
+    fn ensure(&self, s: &Supervisor, key: &InstanceKey) {
+        if let Some(tls) = &self.0 {
+            tls.ensure(&format!(
+                "{}.{}.{}",
+                key.id,
+                key.service,
+                s.routing_domain()
+            ));
+        }
+    }
+}
 
 /// `GET /api/tls` (admin: the names span every tenant): each certificate's names, validity and
 /// renewal time (seconds since the epoch), and the week's issuance budget.

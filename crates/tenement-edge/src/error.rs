@@ -45,6 +45,9 @@ impl From<tenement::Error> for ApiError {
             E::NoInstances(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_instances"),
             E::TooManyInstances { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_instances"),
             E::BadWeight(_) => (StatusCode::BAD_REQUEST, "bad_weight"),
+            E::BadDomain(_) => (StatusCode::BAD_REQUEST, "invalid_domain"),
+            E::DomainTaken(..) => (StatusCode::CONFLICT, "domain_taken"),
+            E::UnknownDomain(_) => (StatusCode::NOT_FOUND, "not_found"),
             E::Store { .. } | E::LogStore { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
         };
         Self::new(status, code, e.to_string())

@@ -319,6 +319,10 @@ impl Resolve for FrontDoor {
     type Lease = Lease;
 
     fn route(&self, host: Option<&str>, path: &str) -> Route<Target> {
+        // A customer's own domain names its instance, whatever the path.
+        if let Some(key) = host.and_then(|h| self.supervisor.domains().get(h)) {
+            return Route::Upstream(Target::Instance(key));
+        }
         let routes = self.routes();
         let routed = match host {
             // HTTP/1.0 may leave Host out: that is the bare domain.

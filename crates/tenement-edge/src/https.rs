@@ -29,7 +29,7 @@ pub struct Routable {
 impl Names for Routable {
     fn routes(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if name == self.domain {
+        if name == self.domain || self.supervisor.domains().get(&name).is_some() {
             return true;
         }
         if !name.ends_with(&format!(".{}", self.domain)) {

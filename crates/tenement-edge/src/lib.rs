@@ -15,6 +15,7 @@ mod api;
 mod auth;
 mod conn_limit;
 mod dashboard;
+mod domains_api;
 mod error;
 mod frontdoor;
 mod https;

@@ -110,6 +110,12 @@ pub fn spec() -> Value {
             },
             "/api/tokens/{id}": { "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } }],
                 "delete": { "summary": "Revoke a token (admin); effective at once", "responses": with_errors(json!({ "204": { "description": "revoked" } })) } },
+            "/api/tls": { "get": { "summary": "Certificates in force (names, not_before, not_after, renew_at: seconds since the epoch) and the week's issuance count (admin)", "responses": with_errors(json!({ "200": { "description": "enabled, certificates, issued_last_7_days, max_certificates_per_week" } })) } },
+            "/api/domains": {
+                "get": { "summary": "Custom domains and their instances (admin)", "responses": with_errors(json!({ "200": { "description": "[{name, instance}]" } })) },
+                "post": { "summary": "Route a custom domain to an instance, durable across restarts; with HTTPS its certificate is ordered at once (admin). 400 invalid_domain, 404 not_found (instance), 409 domain_taken", "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object", "required": ["name", "instance"], "properties": { "name": { "type": "string" }, "instance": { "type": "string" } } } } } }, "responses": with_errors(json!({ "201": { "description": "{name, instance}" } })) }
+            },
+            "/api/domains/{name}": { "delete": { "summary": "Stop routing a custom domain (admin)", "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }], "responses": with_errors(json!({ "204": { "description": "removed" } })) } },
             "/api/openapi.json": { "get": { "summary": "This document (a token is needed, as for every /api/ path)", "responses": with_errors(json!({ "200": { "description": "OpenAPI 3.0" } })) } },
             "/health": { "get": { "summary": "Public liveness of the server", "security": [], "responses": { "200": { "description": "ok" } } } },
             "/metrics": { "get": { "summary": "Prometheus metrics (public unless metrics_auth)", "security": [], "responses": { "200": { "description": "text exposition" } } } }

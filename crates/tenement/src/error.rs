@@ -38,6 +38,12 @@ pub enum Error {
     NoFreePort,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    BadDomain(String),
+    #[error("{0} already routes to {1}")]
+    DomainTaken(String, InstanceKey),
+    #[error("no custom domain {0}")]
+    UnknownDomain(String),
 }
 
 impl Error {

@@ -15,6 +15,7 @@
 //! Knows nothing about HTTP routing (that is `tenement-edge`).
 
 mod activity;
+pub mod domains;
 mod error;
 mod instance;
 mod logs;

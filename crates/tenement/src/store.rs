@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at INTEGER NOT NULL DEFAULT (unixepoch()),
     tenant     TEXT
 );
+CREATE TABLE IF NOT EXISTS domains (
+    name       TEXT PRIMARY KEY,
+    instance   TEXT NOT NULL,
+    created_at INTEGER NOT NULL DEFAULT (unixepoch())
+);
 ";
 
 impl Store {
@@ -308,6 +313,38 @@ impl Store {
             c.execute("DELETE FROM tokens WHERE id = ?1", params![id])
                 .map(|n| n > 0)
         })
+    }
+
+    /// Routes custom domain `name` to `instance`; false if `name` is taken already.
+    pub fn insert_domain(&self, name: &str, instance: &InstanceKey) -> Result<bool, Error> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO domains (name, instance) VALUES (?1, ?2)",
+                params![name, instance.to_string()],
+            )
+            .map(|n| n > 0)
+        })
+    }
+
+    /// Removes custom domain `name`; whether it existed.
+    pub fn delete_domain(&self, name: &str) -> Result<bool, Error> {
+        self.with(|c| {
+            c.execute("DELETE FROM domains WHERE name = ?1", params![name])
+                .map(|n| n > 0)
+        })
+    }
+
+    /// Every custom domain and its instance (rows that do not parse are skipped).
+    pub fn domains(&self) -> Result<Vec<(String, InstanceKey)>, Error> {
+        let rows: Vec<(String, String)> = self.with(|c| {
+            let mut stmt = c.prepare("SELECT name, instance FROM domains ORDER BY name")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, key)| Some((name, key.parse().ok()?)))
+            .collect())
     }
 
     /// Every instance that should exist, with its weight. Rows that are not valid ids (the

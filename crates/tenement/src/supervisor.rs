@@ -62,6 +62,9 @@ struct Inner {
     cgroups: Option<&'static Cgroups>,
     store: Store,
     tokens: crate::Tokens,
+    domains: crate::domains::Domains,
+    /// The domain requests are routed under (`ten serve --domain`).
+    routing_domain: std::sync::OnceLock<String>,
     registry: Mutex<HashMap<InstanceKey, InstanceHandle, Fnv>>,
     /// Keys being created right now (so two creates of one key never both touch its files).
     creating: Mutex<std::collections::HashSet<InstanceKey>>,
@@ -107,6 +110,10 @@ impl Supervisor {
             Vec::new()
         });
         let users = crate::users::Users::new(&config.settings.data_dir, recorded);
+        let domains = store.domains().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the custom domains from the state store");
+            Vec::new()
+        });
         Self {
             inner: Arc::new(Inner {
                 replacing: Mutex::default(),
@@ -118,6 +125,8 @@ impl Supervisor {
                 runtimes,
                 cgroups,
                 tokens: crate::Tokens::new(store.clone()),
+                domains: crate::domains::Domains::new(domains),
+                routing_domain: Default::default(),
                 store,
                 registry: Mutex::new(HashMap::default()),
                 creating: Mutex::default(),
@@ -152,6 +161,23 @@ impl Supervisor {
 
     pub fn tokens(&self) -> &crate::Tokens {
         &self.inner.tokens
+    }
+
+    /// The custom domains ([`crate::domains`]).
+    pub fn domains(&self) -> &crate::domains::Domains {
+        &self.inner.domains
+    }
+
+    /// Sets the domain requests are routed under (once, when the server starts).
+    pub fn set_routing_domain(&self, domain: &str) {
+        let _ = self.inner.routing_domain.set(domain.to_owned());
+    }
+
+    pub fn routing_domain(&self) -> &str {
+        self.inner
+            .routing_domain
+            .get()
+            .map_or("localhost", String::as_str)
     }
 
     pub(crate) fn store(&self) -> &Store {

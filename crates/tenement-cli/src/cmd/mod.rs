@@ -1,6 +1,7 @@
 //! One module per `ten` subcommand.
 
 pub mod config;
+pub mod domain;
 pub mod https;
 pub mod init;
 pub mod install;

@@ -214,6 +214,7 @@ pub async fn run(
         c.clean_stale(&kept.cgroups);
     }
     let supervisor = supervisor.with_adopted(running);
+    supervisor.set_routing_domain(&domain);
 
     let socket_path = control_socket(&data_dir);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
