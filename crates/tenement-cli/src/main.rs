@@ -63,6 +63,9 @@ enum Command {
     /// Hand the running server over to a new process of its executable (a newer `ten`
     /// installed at the same path): instances keep running, no connection is refused.
     Upgrade,
+    /// Print a Caddyfile for Caddy in front of ten serve (wildcards by DNS-01, on-demand TLS
+    /// asking ten which names route).
+    Caddyfile(cmd::caddyfile::Args),
     /// Custom domains: add, rm, ls.
     #[command(subcommand)]
     Domain(cmd::domain::DomainCommand),
@@ -103,6 +106,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Config(args) => cmd::config::run(cli.config.as_deref(), cli.data_dir, args),
         Command::Init(args) => cmd::init::run(cli.config.as_deref(), args),
+        Command::Caddyfile(args) => cmd::caddyfile::run(cli.config.as_deref(), args),
         Command::Install(args) => cmd::install::install(cli.config.as_deref(), args),
         Command::Uninstall(args) => cmd::install::uninstall(args),
         command => run_async(cli.config, cli.data_dir, cli.server, cli.token, command),
@@ -149,6 +153,7 @@ fn run_async(
             Command::Serve(_)
             | Command::Config(_)
             | Command::Init(_)
+            | Command::Caddyfile(_)
             | Command::Install(_)
             | Command::Uninstall(_) => {
                 unreachable!("handled above")

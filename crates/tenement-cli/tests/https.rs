@@ -266,3 +266,93 @@ fn a_short_lived_certificate_is_renewed_before_it_expires() {
         Some(200)
     );
 }
+
+/// Caddy (Debian's) in front of a plain ten serve, with the Caddyfile `ten caddyfile` writes:
+/// Caddy orders a certificate on demand from pebble only for names ten says route.
+#[test]
+fn caddy_in_front_orders_certificates_only_for_names_ten_routes() {
+    let Some(pebble) = Pebble::start_or_skip(None) else {
+        return;
+    };
+    if Command::new("caddy").arg("version").output().is_err() {
+        eprintln!("SKIPPED: caddy is not installed (scripts/test installs it)");
+        return;
+    }
+    // ten without TLS; [settings.tls] still says email, CA and ports, for Caddy.
+    let tls = pebble
+        .tls_section("http-01")
+        .replace("enabled = true", "enabled = false");
+    let config = format!(
+        "{tls}\n[service.web]\ncommand = \"{{fixture}}\"\nsocket = \"{{dir}}/{{name}}-{{id}}.sock\"\nisolation = \"process\"\n"
+    );
+    let mut b = Building::new(TEN, &config);
+    b.start();
+    b.ten_ok(&["spawn", "web:prod"]);
+    let addr = b.http_addr();
+    let caddyfile = b.ten_ok(&["caddyfile", "--upstream", &addr]);
+    assert!(
+        caddyfile.contains(&format!("ask http://{addr}/api/tls/ask")),
+        "{caddyfile}"
+    );
+    // The test's own: no admin endpoint (tests run side by side), storage in the temp dir.
+    let caddyfile = caddyfile.replacen("{\n", "{\n\tadmin off\n", 1);
+    let path = b.path().join("Caddyfile");
+    std::fs::write(&path, caddyfile).unwrap();
+    let log = std::fs::File::create(b.path().join("caddy.log")).unwrap();
+    let mut caddy = Command::new("caddy")
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("XDG_DATA_HOME", b.path().join("caddy-data"))
+        .env("XDG_CONFIG_HOME", b.path().join("caddy-config"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("caddy");
+    let caddy_log = || std::fs::read_to_string(b.path().join("caddy.log")).unwrap_or_default();
+    wait_for("caddy to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", pebble.https_port)).ok()
+    });
+    let root = pebble.issuer_root();
+    let name = format!("prod.web.{DOMAIN}");
+    let got = curl(&pebble, &root, &name, "/", &[]);
+    let (status, _, body) = got.unwrap_or_else(|| panic!("through caddy:\n{}", caddy_log()));
+    assert_eq!((status, body.trim()), (200, "hello from web:prod"));
+    assert_eq!(pebble.orders(), 1);
+    assert_eq!(
+        curl(&pebble, &root, &format!("nope.web.{DOMAIN}"), "/", &[]),
+        None
+    );
+    assert_eq!(
+        pebble.orders(),
+        1,
+        "caddy ordered a certificate ten did not allow"
+    );
+    let _ = caddy.kill();
+    let _ = caddy.wait();
+}
+
+/// The ask endpoint itself: 200 for a name that routes, 404 for one that does not, 400
+/// without a name.
+#[test]
+fn the_ask_endpoint_answers_which_names_route() {
+    let mut b = Building::new(
+        TEN,
+        "[service.web]\ncommand = \"{fixture}\"\nsocket = \"{dir}/{name}-{id}.sock\"\nisolation = \"process\"\n",
+    );
+    b.start();
+    b.ten_ok(&["spawn", "web:prod"]);
+    b.ten_ok(&["domain", "add", "shop.customer.org", "web:prod"]);
+    let ask = |q: &str| {
+        let path = format!("/api/tls/ask{q}");
+        let r = test_support::http::request(&b.http_addr(), "127.0.0.1", "GET", &path, &[], None);
+        r.expect("ask").status
+    };
+    assert_eq!(ask(&format!("?domain=prod.web.{DOMAIN}")), 200);
+    assert_eq!(ask(&format!("?domain=web.{DOMAIN}")), 200);
+    assert_eq!(ask(&format!("?domain={DOMAIN}")), 200);
+    assert_eq!(ask("?domain=shop.customer.org"), 200);
+    assert_eq!(ask(&format!("?domain=nope.web.{DOMAIN}")), 404);
+    assert_eq!(ask(&format!("?domain=a.nosuch.{DOMAIN}")), 404);
+    assert_eq!(ask("?domain=example.org"), 404);
+    assert_eq!(ask(""), 400);
+}

@@ -368,6 +368,8 @@ impl Resolve for FrontDoor {
     async fn local(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let res = if req.uri().path() == "/metrics" {
             self.metrics(&req).await
+        } else if req.uri().path() == "/api/tls/ask" {
+            crate::https::ask(&self.supervisor, &self.domain, &req, peer)
         } else {
             let mut req = req.map(axum::body::Body::new);
             req.extensions_mut().insert(crate::PeerAddr(peer));

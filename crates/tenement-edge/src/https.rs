@@ -49,6 +49,41 @@ impl Names for Routable {
     }
 }
 
+/// `GET /api/tls/ask?domain=NAME`, for Caddy's on-demand TLS (`ten caddyfile`): 200 if the name
+/// routes here (Caddy may order its certificate), 404 if not. Loopback clients only (Caddy on
+/// the same machine): it would tell anyone which tenants exist.
+pub(crate) fn ask<B>(
+    supervisor: &Supervisor,
+    domain: &str,
+    req: &Request<B>,
+    peer: std::net::SocketAddr,
+) -> axum::response::Response {
+    let text = |status: StatusCode, msg: &str| {
+        let mut res = Response::new(Body::from(format!("{msg}\n")));
+        *res.status_mut() = status;
+        res
+    };
+    if !peer.ip().is_loopback() {
+        return text(StatusCode::FORBIDDEN, "for clients on this machine only");
+    }
+    let name = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("domain="))
+            .map(str::to_owned)
+    });
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return text(StatusCode::BAD_REQUEST, "ask with ?domain=NAME");
+    };
+    let names = Routable {
+        supervisor: supervisor.clone(),
+        domain: domain.to_owned(),
+    };
+    match names.routes(&name) {
+        true => text(StatusCode::OK, "routes here"),
+        false => text(StatusCode::NOT_FOUND, "does not route here"),
+    }
+}
+
 /// What a TLS front door needs: the certificates, and where HTTPS listens (for redirects).
 #[derive(Clone)]
 pub struct Https {

@@ -1,5 +1,6 @@
 //! One module per `ten` subcommand.
 
+pub mod caddyfile;
 pub mod config;
 pub mod domain;
 pub mod https;
