@@ -195,14 +195,29 @@ fn serve_warns_of_an_isolation_level_this_machine_cannot_run() {
 }
 
 #[test]
-fn serve_takes_the_tls_flags_and_says_it_still_serves_plain_http() {
-    let mut b = Building::new(TEN, "[service.web]\ncommand = \"{fixture}\"\n");
+fn serve_takes_the_tls_flags() {
+    // --tls --email --staging (and --domain, which the harness gives): HTTPS on https_port,
+    // with Let's Encrypt's staging directory (not contacted until a handshake needs it).
+    let https = test_support::acme::free_port();
+    let mut b = Building::new(
+        TEN,
+        &format!(
+            "[settings.tls]\nhttps_port = {https}\n\n[service.web]\ncommand = \"{{fixture}}\"\n"
+        ),
+    );
     b.start_with(&["--tls", "--email", "ops@example.com", "--staging"], &[]);
-    wait_for("the TLS warning", SOON, || {
-        b.serve_log()
-            .contains("ACME/TLS is not built yet: serving plain HTTP only")
-            .then_some(())
-    });
+    let log = b.serve_log();
+    assert!(log.contains(&format!("https=127.0.0.1:{https}")), "{log}");
+    let (status, body) =
+        test_support::get_unix(&b.data_dir().join("ten.sock"), "/api/tls").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("\"enabled\":true"), "{body}");
+    let (_, config) =
+        test_support::get_unix(&b.data_dir().join("ten.sock"), "/api/config").unwrap();
+    assert!(
+        config.contains("acme-staging-v02.api.letsencrypt.org"),
+        "{config}"
+    );
 }
 
 #[test]

@@ -224,8 +224,7 @@ async fn accept_loop(
         connections.spawn(async move {
             match https {
                 Some(h) if secure => {
-                    let limit = header_timeout + tenement_tls::FIRST_CERTIFICATE_WAIT;
-                    serve_tls(engine, &h.tls, stream, peer, limit, shutdown).await;
+                    serve_tls(engine, &h.tls, stream, peer, header_timeout, shutdown).await;
                 }
                 Some(h) => serve_http_port(h, stream, header_timeout, shutdown).await,
                 None => engine.serve(stream, peer, Transport::Plain, shutdown).await,

@@ -98,13 +98,12 @@ pub(crate) async fn serve_tls<R: Resolve>(
     tls: &Arc<Tls>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    handshake_limit: Duration,
+    header_timeout: Duration,
     shutdown: CancellationToken,
 ) {
-    let (stream, protocol) = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
-        Ok(Ok(accepted)) => accepted,
-        Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake refused"),
-        Err(_) => return debug!(%peer, "TLS handshake too slow"),
+    let (stream, protocol) = match tls.accept(stream, header_timeout).await {
+        Ok(accepted) => accepted,
+        Err(e) => return debug!(%peer, error = %e, "TLS handshake refused"),
     };
     let transport = match protocol {
         Protocol::Http2 => Transport::TlsHttp2,

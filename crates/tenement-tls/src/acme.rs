@@ -72,7 +72,12 @@ impl Acme {
                 let (account, credentials) = builder
                     .create(&new, self.directory_url.clone(), None)
                     .await
-                    .map_err(|e| format!("ACME account at {}: {e}", self.directory_url))?;
+                    .map_err(|e| {
+                        format!(
+                            "cannot register with the ACME CA at {}: {e}",
+                            self.directory_url
+                        )
+                    })?;
                 let stored = Stored {
                     directory_url: self.directory_url.clone(),
                     credentials,

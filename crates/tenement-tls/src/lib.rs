@@ -165,13 +165,19 @@ impl Tls {
     }
 
     /// TLS on a client connection: the ClientHello read, a certificate for its name found or
-    /// got (or the connection closed), the handshake completed.
+    /// got (or the connection closed), the handshake completed. The client has `limit` for
+    /// its ClientHello and again for the rest of the handshake (a connection that sends
+    /// nothing is closed then); a new name's certificate may take [`FIRST_CERTIFICATE_WAIT`].
     pub async fn accept(
         self: &Arc<Self>,
         tcp: TcpStream,
+        limit: Duration,
     ) -> Result<(TlsStream<TcpStream>, Protocol), String> {
         let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-        let start = acceptor.await.map_err(|e| format!("ClientHello: {e}"))?;
+        let start = match tokio::time::timeout(limit, acceptor).await {
+            Ok(hello) => hello.map_err(|e| format!("ClientHello: {e}"))?,
+            Err(_) => return Err(format!("no ClientHello within {limit:?}")),
+        };
         let hello = start.client_hello();
         let name = hello.server_name().map(str::to_ascii_lowercase);
         let acme = hello
@@ -195,10 +201,10 @@ impl Tls {
                 Err(_) => return Err(Refused::TimedOut(name, FIRST_CERTIFICATE_WAIT).to_string()),
             }
         }
-        let stream = start
-            .into_stream(self.main.clone())
-            .await
-            .map_err(|e| format!("handshake for {name}: {e}"))?;
+        let stream = match tokio::time::timeout(limit, start.into_stream(self.main.clone())).await {
+            Ok(done) => done.map_err(|e| format!("handshake for {name}: {e}"))?,
+            Err(_) => return Err(format!("handshake for {name} not done within {limit:?}")),
+        };
         let protocol = match stream.get_ref().1.alpn_protocol() {
             Some(b"h2") => Protocol::Http2,
             _ => Protocol::Http1,

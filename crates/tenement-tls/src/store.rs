@@ -186,6 +186,12 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
         let msg = format!("{} is not a directory", dir.display());
         return Err(std::io::Error::other(msg));
     }
+    // Another user's directory (a tenant's) could hand us certificates and keys of its own.
+    let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+    if owner != nix::unistd::geteuid().as_raw() {
+        let msg = format!("{} belongs to another user (uid {owner})", dir.display());
+        return Err(std::io::Error::other(msg));
+    }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 

@@ -89,6 +89,7 @@ pub async fn run(
     if tls.enabled && args.domain.is_none() && tls.domain.is_none() {
         bail!("TLS needs a domain: --domain, or domain in [settings.tls]");
     }
+
     let domain = match (&args.domain, &tls.domain) {
         (Some(d), _) => d.clone(),
         (None, Some(d)) if tls.enabled => d.clone(),
@@ -97,6 +98,12 @@ pub async fn run(
     let port = args
         .port
         .unwrap_or(if tls.enabled { tls.http_port } else { 8080 });
+    if config.settings.tls.enabled
+        && let Some((name, msg)) =
+            tenement_core::config::cache_in_service(&config.settings, config.services.keys())
+    {
+        bail!("service {name}: {msg}");
+    }
     let data_dir = config.settings.data_dir.clone();
     let fresh = !data_dir.exists();
     std::fs::create_dir_all(&data_dir)
@@ -218,21 +225,7 @@ pub async fn run(
 
     let socket_path = control_socket(&data_dir);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (control, front_listeners) = match inherited.as_mut() {
-        Some(i) => (
-            tokio::net::UnixListener::from_std(i.control.take().context("no control socket")?)?,
-            std::mem::take(&mut i.front),
-        ),
-        None => {
-            let _ = std::fs::remove_file(&socket_path); // stale: the lock proves no server owns it
-            let control = tokio::net::UnixListener::bind(&socket_path)
-                .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
-            std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
-            let front = bind(std::net::SocketAddr::new(args.bind, port), threads)
-                .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
-            (control, front)
-        }
-    };
+    // Every TCP listener before the control socket: a port in use leaves nothing behind.
     let tls_settings = supervisor.config().settings.tls.clone();
     let https = match tls_settings.enabled {
         true => {
@@ -248,6 +241,21 @@ pub async fn run(
             Some((listeners, tenement_edge::Https { tls, https_port }))
         }
         false => None,
+    };
+    let (control, front_listeners) = match inherited.as_mut() {
+        Some(i) => (
+            tokio::net::UnixListener::from_std(i.control.take().context("no control socket")?)?,
+            std::mem::take(&mut i.front),
+        ),
+        None => {
+            let front = bind(std::net::SocketAddr::new(args.bind, port), threads)
+                .with_context(|| format!("cannot listen on {}:{port}", args.bind))?;
+            let _ = std::fs::remove_file(&socket_path); // stale: the lock proves no server owns it
+            let control = tokio::net::UnixListener::bind(&socket_path)
+                .with_context(|| format!("cannot listen on {}", socket_path.display()))?;
+            std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))?;
+            (control, front)
+        }
     };
     let handed = Handed {
         lock: lock_fd,

@@ -123,6 +123,22 @@ pub struct Tls {
     pub max_certificates_per_week: u32,
 }
 
+/// The service whose instances' data (`{data_dir}/{service}`, the tenants' own directories)
+/// would hold `[settings.tls] cache_dir`, and why that is refused.
+pub fn cache_in_service<'a>(
+    settings: &Settings,
+    mut services: impl Iterator<Item = &'a ServiceName>,
+) -> Option<(&'a ServiceName, String)> {
+    let cache = &settings.tls.cache_dir;
+    let name = services.find(|n| cache.starts_with(settings.data_dir.join(n.as_str())))?;
+    let msg = format!(
+        "its instances' data ({}) would hold [settings.tls] cache_dir {}, the certificates' keys: rename the service or set cache_dir elsewhere",
+        settings.data_dir.join(name.as_str()).display(),
+        cache.display()
+    );
+    Some((name, msg))
+}
+
 /// Let's Encrypt's ACME directories.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";

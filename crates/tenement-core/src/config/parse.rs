@@ -117,6 +117,7 @@ pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, Conf
         }
     }
     sockets_apart(&mut ctx, &services, &socket_spans, &settings);
+    cache_apart(&mut ctx, &services, &spans, &settings);
     let instances = match top.take("instances") {
         Some(v) => instances(&mut ctx, v, &spans),
         None => Vec::new(),
@@ -138,6 +139,24 @@ pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, Conf
         instances,
         routing,
     })
+}
+
+/// `[settings.tls] cache_dir` inside a service's data (`{data_dir}/{service}`, whose instance
+/// directories belong to the tenants: a service `acme` with an instance `certs` would own the
+/// directory of every certificate and key): an error on that service.
+fn cache_apart(
+    ctx: &mut Ctx<'_>,
+    services: &BTreeMap<ServiceName, super::Service>,
+    spans: &BTreeMap<ServiceName, Span>,
+    settings: &Settings,
+) {
+    if !settings.tls.enabled {
+        return;
+    }
+    if let Some((name, msg)) = super::cache_in_service(settings, services.keys()) {
+        let span = spans.get(name).copied().unwrap_or_default();
+        ctx.error(span, &format!("service.{name}"), msg);
+    }
 }
 
 /// Two services whose socket templates can resolve to one path (`shop:eu-a` and `shop-eu:a`
