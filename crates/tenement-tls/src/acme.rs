@@ -29,6 +29,8 @@ pub trait Source: Send + Sync + 'static {
 
 /// An ACME CA.
 pub struct Acme {
+    /// Where DNS-01 answers go (wildcards need it); `None`: no DNS-01.
+    pub dns: Option<Arc<crate::dns::Rfc2136>>,
     pub directory_url: String,
     /// A root to trust for the directory's HTTPS (a private CA); `None`: the system's roots.
     pub ca_root: Option<PathBuf>,
@@ -98,6 +100,9 @@ impl Acme {
             .await
             .map_err(|e| format!("new order: {e}"))?;
         let mut opened = Vec::new();
+        // A wildcard's order proves its other names in DNS too: nothing of it needs inbound
+        // HTTP (and the names share one `_acme-challenge` record set).
+        let in_dns = names.iter().any(|n| n.starts_with("*.")) && self.dns.is_some();
         let proven = async {
             let mut authorizations = order.authorizations();
             while let Some(authz) = authorizations.next().await {
@@ -105,16 +110,31 @@ impl Acme {
                 if authz.status == AuthorizationStatus::Valid {
                     continue;
                 }
+                // A wildcard can only be proven in DNS.
+                let kind = match (authz.wildcard, &self.dns) {
+                    (true, None) => return Err("a wildcard needs a DNS provider".into()),
+                    (true, Some(_)) => ChallengeType::Dns01,
+                    (false, _) if in_dns => ChallengeType::Dns01,
+                    (false, _) => self.challenge.clone(),
+                };
                 let mut challenge = authz
-                    .challenge(self.challenge.clone())
-                    .ok_or_else(|| format!("the CA offers no {:?} challenge", self.challenge))?;
-                let name = challenge.identifier().to_string();
+                    .challenge(kind.clone())
+                    .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
+                let name = match challenge.identifier().identifier {
+                    Identifier::Dns(name) => name.clone(),
+                    other => return Err(format!("not a DNS name: {other:?}")),
+                };
                 let key_auth = challenge.key_authorization();
-                match self.challenge {
-                    ChallengeType::Http01 => {
+                match (&kind, &self.dns) {
+                    (ChallengeType::Http01, _) => {
                         let token = challenge.token.clone();
                         self.challenges.open_http01(&token, key_auth.as_str());
                         opened.push(Opened::Http(token));
+                    }
+                    (ChallengeType::Dns01, Some(dns)) => {
+                        let value = key_auth.dns_value();
+                        dns.set(&name, &value).await?;
+                        opened.push(Opened::Dns(dns.clone(), name, value));
                     }
                     _ => {
                         self.challenges
@@ -150,6 +170,11 @@ impl Acme {
             match o {
                 Opened::Http(token) => self.challenges.close_http01(&token),
                 Opened::Alpn(name) => self.challenges.close_alpn01(&name),
+                Opened::Dns(dns, name, value) => {
+                    if let Err(e) = dns.clear(&name, &value).await {
+                        tracing::warn!(%name, error = %e, "DNS-01 record not removed");
+                    }
+                }
             }
         }
         proven
@@ -159,6 +184,7 @@ impl Acme {
 enum Opened {
     Http(String),
     Alpn(String),
+    Dns(Arc<crate::dns::Rfc2136>, String, String),
 }
 
 impl Source for Acme {

@@ -13,12 +13,16 @@
 //!   serves every name from the [`store::Store`] (ALPN `h2`, `http/1.1`).
 //! - Certificates come from a [`acme::Source`] (ACME today): a new source is a file added.
 //!
+//! - With a DNS provider ([`dns::Rfc2136`]), an instance's name (`prod.api.DOMAIN`) is served
+//!   by its service's wildcard (`*.api.DOMAIN`, with `api.DOMAIN`), proven by DNS-01: one
+//!   certificate per service instead of one per instance.
+//!
 //! # Limitations
-//! One name per certificate; wildcards through DNS-01 are not built yet. Without SNI (a
-//! client connecting by IP address) the handshake fails.
+//! Without SNI (a client connecting by IP address) the handshake fails.
 
 pub mod acme;
 mod challenge;
+pub mod dns;
 pub mod store;
 
 use std::collections::HashMap;
@@ -82,6 +86,9 @@ pub struct Tls {
     challenges: Arc<Challenges>,
     source: Box<dyn acme::Source>,
     names: Arc<dyn Names>,
+    /// The routing domain, and whether instance names get their service's wildcard.
+    domain: String,
+    wildcards: bool,
     main: Arc<ServerConfig>,
     challenge_config: Arc<ServerConfig>,
     /// Orders under way, by name: their outcome, when there is one.
@@ -96,6 +103,10 @@ pub struct Tls {
 /// What `[settings.tls]` says of certificates.
 pub struct Settings {
     pub cache_dir: PathBuf,
+    /// The routing domain (`prod.api.DOMAIN`).
+    pub domain: String,
+    /// Where DNS-01 answers go; with it, instances get their service's wildcard.
+    pub dns: Option<dns::Rfc2136>,
     pub directory_url: String,
     pub ca_root: Option<PathBuf>,
     pub email: String,
@@ -133,7 +144,9 @@ impl Tls {
         main.ticketer =
             rustls::crypto::aws_lc_rs::Ticketer::new().map_err(std::io::Error::other)?;
         let challenge_config = config(challenges.clone(), vec![ACME_TLS_ALPN.to_vec()])?;
+        let wildcards = settings.dns.is_some();
         let source = acme::Acme {
+            dns: settings.dns.map(Arc::new),
             directory_url: settings.directory_url,
             ca_root: settings.ca_root,
             email: settings.email,
@@ -147,6 +160,8 @@ impl Tls {
             challenges,
             source: Box::new(source),
             names,
+            domain: settings.domain.trim_end_matches('.').to_ascii_lowercase(),
+            wildcards,
             main: Arc::new(main),
             challenge_config: Arc::new(challenge_config),
             pending: Mutex::default(),
@@ -222,7 +237,8 @@ impl Tls {
         if !self.names.routes(name) {
             return Err(Refused::Unknown(name.to_owned()));
         }
-        let mut outcome = self.order(name, false)?;
+        let (key, names) = self.plan(name);
+        let mut outcome = self.order(&key, names, false)?;
         let done = outcome
             .wait_for(Option::is_some)
             .await
@@ -234,13 +250,35 @@ impl Tls {
     /// in the background; failures are logged, and retried at the first handshake.
     pub fn ensure(self: &Arc<Self>, name: &str) {
         if self.store.get(name).is_none() && self.names.routes(name) {
-            let _ = self.order(name, false);
+            let (key, names) = self.plan(name);
+            let _ = self.order(&key, names, false);
         }
     }
 
-    /// The outcome of `name`'s order: the one under way, or a new one (`renewal`: even if a
-    /// certificate is in force).
-    fn order(self: &Arc<Self>, name: &str, renewal: bool) -> Result<Outcome, Refused> {
+    /// What to order for `name`: a certificate of its own, or (with a DNS provider) for an
+    /// instance's name (`prod.api.DOMAIN`), its service's wildcard and the service's own name
+    /// (`*.api.DOMAIN`, `api.DOMAIN`). Returns the order's key (the first name) and the names.
+    fn plan(&self, name: &str) -> (String, Vec<String>) {
+        let below = name
+            .strip_suffix(&self.domain)
+            .and_then(|s| s.strip_suffix('.'));
+        match below.map(|b| b.split_once('.')) {
+            Some(Some((_, service))) if self.wildcards && !service.contains('.') => {
+                let parent = format!("{service}.{}", self.domain);
+                (format!("*.{parent}"), vec![format!("*.{parent}"), parent])
+            }
+            _ => (name.to_owned(), vec![name.to_owned()]),
+        }
+    }
+
+    /// The outcome of the order keyed `name` (`names` in one certificate): the one under
+    /// way, or a new one (`renewal`: even if a certificate is in force).
+    fn order(
+        self: &Arc<Self>,
+        name: &str,
+        names: Vec<String>,
+        renewal: bool,
+    ) -> Result<Outcome, Refused> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = pending.get(name) {
             return Ok(rx.clone());
@@ -255,7 +293,7 @@ impl Tls {
         pending.insert(name.to_owned(), rx.clone());
         let (this, name) = (self.clone(), name.to_owned());
         tokio::spawn(async move {
-            let outcome = this.issue(&name).await;
+            let outcome = this.issue(&name, &names).await;
             match &outcome {
                 Ok(()) => {
                     info!(%name, "certificate issued");
@@ -280,11 +318,10 @@ impl Tls {
         Ok(rx)
     }
 
-    async fn issue(&self, name: &str) -> Result<(), Refused> {
+    async fn issue(&self, name: &str, names: &[String]) -> Result<(), Refused> {
         let _slot = self.orders.acquire().await.expect("never closed");
         let reserved = self.budget.reserve()?;
-        let names = [name.to_owned()];
-        let issued = self.source.issue(&names).await.and_then(|pem| {
+        let issued = self.source.issue(names).await.and_then(|pem| {
             self.store.put(&file_name(name), pem.as_bytes())?;
             Ok(())
         });
@@ -313,13 +350,15 @@ impl Tls {
             let now = SystemTime::now();
             let mut next = now + Duration::from_secs(3600);
             for cert in self.store.all() {
-                let name = &cert.names[0];
-                let due = match self.failure(name) {
+                // A wildcard's order is keyed by it, as when it was first ordered.
+                let wild = cert.names.iter().find(|n| n.starts_with("*."));
+                let key = wild.unwrap_or(&cert.names[0]);
+                let due = match self.failure(key) {
                     Some((until, _)) => now + until.saturating_duration_since(Instant::now()),
                     None => cert.renew_at(),
                 };
-                if due <= now && self.names.routes(name) {
-                    let _ = self.order(name, true);
+                if due <= now && self.names.routes(key.trim_start_matches("*.")) {
+                    let _ = self.order(key, cert.names.clone(), true);
                     next = next.min(now + Duration::from_secs(1));
                 } else if due > now {
                     next = next.min(due);

@@ -33,6 +33,12 @@ impl Pebble {
     /// Starts pebble (certificates valid `validity` seconds, if given), or says SKIPPED and
     /// returns `None` when this machine has no pebble.
     pub fn start_or_skip(validity: Option<u64>) -> Option<Pebble> {
+        Self::start_with(validity, None)
+    }
+
+    /// As [`Pebble::start_or_skip`], resolving names through `dns` (a real DNS server, for
+    /// DNS-01) instead of pebble-challtestsrv.
+    pub fn start_with(validity: Option<u64>, dns: Option<std::net::SocketAddr>) -> Option<Pebble> {
         for tool in ["pebble", "pebble-challtestsrv", "openssl", "curl"] {
             if !on_path(tool) {
                 eprintln!("SKIPPED: {tool} is not installed (scripts/test installs it)");
@@ -41,7 +47,7 @@ impl Pebble {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
-        let (dns, listen, management) = (free_port(), free_port(), free_port());
+        let (listen, management) = (free_port(), free_port());
         let (http_port, https_port) = (free_port(), free_port());
         make_listener_certificate(d);
         let mut config = serde_json::json!({ "pebble": {
@@ -59,19 +65,28 @@ impl Pebble {
         }
         std::fs::write(d.join("pebble.json"), config.to_string()).expect("pebble.json");
         let log = |name: &str| std::fs::File::create(d.join(name)).expect("log file");
-        let dns_server = Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{}", free_port())])
-            .stdout(log("challtestsrv.log"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pebble-challtestsrv");
+        let mut children = Vec::new();
+        let dns = match dns {
+            Some(addr) => addr.to_string(),
+            None => {
+                let addr = format!("127.0.0.1:{}", free_port());
+                let server = Command::new("pebble-challtestsrv")
+                    .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                    .args(["-dns01", &addr])
+                    .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                    .args(["-management", &format!("127.0.0.1:{}", free_port())])
+                    .stdout(log("challtestsrv.log"))
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("pebble-challtestsrv");
+                children.push(server);
+                addr
+            }
+        };
         let pebble = Command::new("pebble")
             .arg("-config")
             .arg(d.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args(["-dnsserver", &dns])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")
@@ -79,13 +94,14 @@ impl Pebble {
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble");
+        children.push(pebble);
         let p = Pebble {
             directory_url: format!("https://127.0.0.1:{listen}/dir"),
             ca_root: d.join("ca.pem"),
             http_port,
             https_port,
             management,
-            children: vec![dns_server, pebble],
+            children,
             dir,
         };
         wait_for("pebble to listen", Duration::from_secs(30), || {

@@ -5,6 +5,7 @@
 //! asserts on timing.
 
 pub mod acme;
+pub mod dns;
 pub mod http;
 
 use std::io::{Read, Write};

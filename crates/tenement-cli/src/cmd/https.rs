@@ -19,6 +19,23 @@ pub fn certificates(
         supervisor: supervisor.clone(),
         domain: domain.to_owned(),
     });
+    let dns = match (settings.dns_provider.as_deref(), &settings.rfc2136) {
+        (Some("rfc2136"), Some(r)) => {
+            use base64::Engine;
+            let key_secret = base64::engine::general_purpose::STANDARD
+                .decode(r.key_secret.trim())
+                .context(
+                    "[settings.tls.rfc2136] key_secret is not base64 (as tsig-keygen prints it)",
+                )?;
+            Some(tenement_tls::dns::Rfc2136 {
+                server: r.server.parse().context("[settings.tls.rfc2136] server")?,
+                zone: r.zone.clone().unwrap_or_else(|| domain.to_owned()),
+                key_name: r.key_name.clone(),
+                key_secret,
+            })
+        }
+        _ => None,
+    };
     let challenge = match settings.challenge.as_str() {
         "tls-alpn-01" => ChallengeType::TlsAlpn01,
         _ => ChallengeType::Http01,
@@ -26,6 +43,8 @@ pub fn certificates(
     let tls = Tls::new(
         tenement_tls::Settings {
             cache_dir: settings.cache_dir.clone(),
+            domain: domain.to_owned(),
+            dns,
             directory_url: settings.directory_url.clone(),
             ca_root: settings.ca_root.clone(),
             email: settings.acme_email.clone().unwrap_or_default(),

@@ -121,6 +121,23 @@ pub struct Tls {
     pub challenge: String,
     /// Most certificates issued in 7 days (the CA's limit per registered domain, less a margin).
     pub max_certificates_per_week: u32,
+    /// `[settings.tls.rfc2136]`: DNS-01 by dynamic update (`dns_provider = "rfc2136"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rfc2136: Option<Rfc2136>,
+}
+
+/// A DNS server taking signed (TSIG, hmac-sha256) dynamic updates for the zone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rfc2136 {
+    /// `host:port` of the primary server.
+    pub server: String,
+    /// The zone (default: the TLS domain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    pub key_name: String,
+    /// Base64, as `tsig-keygen` prints it. Never shown by `GET /api/config`.
+    #[serde(skip_serializing)]
+    pub key_secret: String,
 }
 
 /// The service whose instances' data (`{data_dir}/{service}`, the tenants' own directories)

@@ -53,7 +53,9 @@ const TLS: &[&str] = &[
     "ca_root",
     "challenge",
     "max_certificates_per_week",
+    "rfc2136",
 ];
+const RFC2136: &[&str] = &["server", "zone", "key_name", "key_secret"];
 pub(super) const DAY: i64 = 86_400;
 
 pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, ConfigErrors> {
@@ -236,6 +238,7 @@ impl Tls {
             ca_root: None,
             challenge: "http-01".into(),
             max_certificates_per_week: 40,
+            rfc2136: None,
         }
     }
 }
@@ -397,6 +400,34 @@ fn tls(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, data_dir: &Path) -> Tl
     }
     if let Some((n, _)) = f.int(ctx, "max_certificates_per_week", 1, 100_000) {
         t.max_certificates_per_week = n as u32;
+    }
+    if let Some(mut r) = f.table(ctx, "rfc2136") {
+        let span = r.span;
+        let mut need = |r: &mut Fields<'_>, name: &str| {
+            r.string(ctx, name).map(|(v, _)| v).unwrap_or_else(|| {
+                ctx.error(span, &format!("settings.tls.rfc2136.{name}"), "required");
+                String::new()
+            })
+        };
+        let server = need(&mut r, "server");
+        let key_name = need(&mut r, "key_name");
+        let key_secret = need(&mut r, "key_secret");
+        let zone = r.string(ctx, "zone").map(|(z, _)| z);
+        if !server.is_empty() && server.parse::<std::net::SocketAddr>().is_err() {
+            let msg = format!("{server:?} is not an address:port (e.g. \"127.0.0.1:53\")");
+            ctx.error(span, "settings.tls.rfc2136.server", msg);
+        }
+        r.finish(ctx, RFC2136);
+        t.rfc2136 = Some(super::Rfc2136 {
+            server,
+            zone,
+            key_name,
+            key_secret,
+        });
+    }
+    if t.dns_provider.as_deref() == Some("rfc2136") && t.rfc2136.is_none() {
+        let msg = "dns_provider = \"rfc2136\" needs a [settings.tls.rfc2136] table (server, key_name, key_secret)";
+        ctx.error(f.span, "settings.tls.rfc2136", msg);
     }
     if t.enabled {
         if t.acme_email.is_none() {
