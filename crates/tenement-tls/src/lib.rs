@@ -194,7 +194,9 @@ impl Tls {
             Err(_) => return Err(format!("no ClientHello within {limit:?}")),
         };
         let hello = start.client_hello();
-        let name = hello.server_name().map(str::to_ascii_lowercase);
+        let name = hello
+            .server_name()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase());
         let acme = hello
             .alpn()
             .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
@@ -460,5 +462,80 @@ impl Budget {
         {
             warn!(file = %self.file.display(), error = %e, "issuance count not saved");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Every;
+    impl Names for Every {
+        fn routes(&self, _: &str) -> bool {
+            true
+        }
+    }
+
+    fn tls(dir: &std::path::Path, dns: bool, max_per_week: u32) -> Arc<Tls> {
+        let dns = dns.then(|| dns::Rfc2136 {
+            server: "127.0.0.1:53".parse().unwrap(),
+            zone: "example.com".into(),
+            key_name: "k".into(),
+            key_secret: vec![0; 32],
+        });
+        let settings = Settings {
+            cache_dir: dir.to_path_buf(),
+            domain: "example.com".into(),
+            dns,
+            directory_url: "https://127.0.0.1:1/dir".into(),
+            ca_root: None,
+            email: "a@example.com".into(),
+            challenge: ChallengeType::Http01,
+            max_per_week,
+        };
+        Tls::new(settings, Arc::new(Every)).unwrap()
+    }
+
+    #[test]
+    fn with_a_dns_provider_instances_get_their_services_wildcard() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = tls(dir.path(), false, 40);
+        let own = |n: &str| (n.to_owned(), vec![n.to_owned()]);
+        assert_eq!(plain.plan("a.api.example.com"), own("a.api.example.com"));
+        let dns = tls(dir.path(), true, 40);
+        let wild = (
+            "*.api.example.com".to_owned(),
+            vec!["*.api.example.com".to_owned(), "api.example.com".to_owned()],
+        );
+        assert_eq!(dns.plan("a.api.example.com"), wild);
+        // Services, the bare domain, deeper names and custom domains keep their own.
+        for name in [
+            "api.example.com",
+            "example.com",
+            "x.a.api.example.com",
+            "shop.org",
+        ] {
+            assert_eq!(dns.plan(name), own(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_weekly_budget_counts_issued_certificates_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("issued.json");
+        let budget = Budget::open(file.clone(), 2);
+        let a = budget.reserve().unwrap();
+        budget.settle(a, false); // a failed order gives its place back
+        assert_eq!(budget.used(), 0);
+        let (a, b) = (budget.reserve().unwrap(), budget.reserve().unwrap());
+        assert!(
+            matches!(budget.reserve(), Err(Refused::Budget(2))),
+            "over budget"
+        );
+        budget.settle(a, true);
+        budget.settle(b, true);
+        let again = Budget::open(file, 2);
+        assert_eq!(again.used(), 2);
+        assert!(again.reserve().is_err());
     }
 }

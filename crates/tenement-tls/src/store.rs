@@ -62,12 +62,21 @@ impl Cert {
         if names.is_empty() {
             return Err("the certificate names no DNS name".into());
         }
+        let (not_before, not_after) = (
+            time(x509.validity().not_before),
+            time(x509.validity().not_after),
+        );
+        drop(x509);
+        let key = CertifiedKey::new(chain, signing);
+        // A key that is not the certificate's would fail every handshake for its names.
+        key.keys_match()
+            .map_err(|e| format!("the private key is not the certificate's: {e}"))?;
         Ok(Self {
             names,
-            not_before: time(x509.validity().not_before),
-            not_after: time(x509.validity().not_after),
+            not_before,
+            not_after,
             file,
-            key: Arc::new(CertifiedKey::new(chain, signing)),
+            key: Arc::new(key),
         })
     }
 
@@ -173,7 +182,10 @@ impl Store {
 
 impl ResolvesServerCert for Store {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?.to_ascii_lowercase();
+        let name = hello
+            .server_name()?
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         self.get(&name).map(|c| c.key.clone())
     }
 }
@@ -212,4 +224,103 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `names`, valid `days` from now (negative: expired), as
+    /// the cache keeps it: chain, then key.
+    pub(crate) fn pem(names: &[&str], valid: bool) -> String {
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = match valid {
+            true => rcgen::date_time_ymd(2090, 1, 1),
+            false => rcgen::date_time_ymd(2021, 1, 1),
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn names_find_their_own_certificate_then_a_covering_wildcard_never_an_expired_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put("own", pem(&["a.web.example.com"], true).as_bytes())
+            .unwrap();
+        store
+            .put(
+                "wild",
+                pem(&["*.web.example.com", "web.example.com"], true).as_bytes(),
+            )
+            .unwrap();
+        store
+            .put("old", pem(&["old.example.com"], false).as_bytes())
+            .unwrap();
+        assert_eq!(
+            store.get("a.web.example.com").unwrap().names,
+            ["a.web.example.com"]
+        );
+        assert_eq!(
+            store.get("b.web.example.com").unwrap().names[0],
+            "*.web.example.com"
+        );
+        assert_eq!(
+            store.get("web.example.com").unwrap().names[0],
+            "*.web.example.com"
+        );
+        // A wildcard covers one label only.
+        assert!(store.get("x.b.web.example.com").is_none());
+        assert!(
+            store.get("old.example.com").is_none(),
+            "an expired certificate served"
+        );
+        // Kept on disk, 0600, and found again by the next process.
+        let file = dir.path().join("certs/own.pem");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = Store::open(dir.path()).unwrap();
+        assert!(again.get("b.web.example.com").is_some());
+        assert_eq!(again.all().len(), 3);
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_left_alone_and_the_rest_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put("good", pem(&["good.example.com"], true).as_bytes())
+            .unwrap();
+        std::fs::write(dir.path().join("certs/bad.pem"), "not a certificate").unwrap();
+        // A key that is not the certificate's is refused when kept.
+        let mixed = format!(
+            "{}{}",
+            pem(&["x.example.com"], true)
+                .split("-----BEGIN PRIVATE KEY-----")
+                .next()
+                .unwrap(),
+            rcgen::KeyPair::generate().unwrap().serialize_pem()
+        );
+        let err = store.put("mixed", mixed.as_bytes());
+        assert!(err.is_err(), "a certificate with another key was kept");
+        let again = Store::open(dir.path()).unwrap();
+        assert!(again.get("good.example.com").is_some());
+        assert!(dir.path().join("certs/bad.pem").exists());
+    }
+
+    #[test]
+    fn renewal_is_due_at_two_thirds_of_the_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cert = store
+            .put("c", pem(&["c.example.com"], true).as_bytes())
+            .unwrap();
+        let life = cert.not_after.duration_since(cert.not_before).unwrap();
+        let at = cert.renew_at().duration_since(cert.not_before).unwrap();
+        assert_eq!(at.as_secs(), life.as_secs() * 2 / 3);
+    }
 }
