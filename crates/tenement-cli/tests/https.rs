@@ -32,32 +32,13 @@ isolation = "process"
     b
 }
 
-/// `curl` over HTTPS to `name` (resolved to loopback), trusting pebble's issuer: the status,
-/// the HTTP version and the body; `None` if no TLS connection could be made.
-fn curl(
-    pebble: &Pebble,
-    root: &std::path::Path,
-    name: &str,
-    path: &str,
-    extra: &[&str],
-) -> Option<(u16, String, String)> {
-    let port = pebble.https_port;
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "60", "--cacert"])
-        .arg(root)
-        .args(["--resolve", &format!("{name}:{port}:127.0.0.1")])
-        .args(["-w", "\n%{http_code} %{http_version}"])
-        .args(extra)
-        .arg(format!("https://{name}:{port}{path}"))
-        .output()
-        .expect("curl");
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, last) = text.rsplit_once('\n')?;
-    let (code, version) = last.split_once(' ')?;
-    Some((code.parse().ok()?, version.to_owned(), body.to_owned()))
+/// A started server using `pebble` with `challenge`, its instance `web:prod`: the server,
+/// pebble's issuer root and the instance's name.
+fn started(pebble: &Pebble, challenge: &str) -> (Building, std::path::PathBuf, String) {
+    let mut b = building(pebble, challenge);
+    b.start();
+    b.ten_ok(&["spawn", "web:prod"]);
+    (b, pebble.issuer_root(), format!("prod.web.{DOMAIN}"))
 }
 
 fn api_tls(b: &Building) -> serde_json::Value {
@@ -72,20 +53,18 @@ fn certificates_come_on_demand_for_names_that_route_and_never_for_others() {
     let Some(pebble) = Pebble::start_or_skip(None) else {
         return;
     };
-    let mut b = building(&pebble, "http-01");
-    b.start();
-    b.ten_ok(&["spawn", "web:prod"]);
-    let root = pebble.issuer_root();
-    let name = format!("prod.web.{DOMAIN}");
+    let (mut b, root, name) = started(&pebble, "http-01");
 
     // The first handshake for the name waits for its certificate; HTTP/2 by ALPN.
-    let (status, version, body) = curl(&pebble, &root, &name, "/", &[]).expect("HTTPS");
+    let (status, version, body) = pebble.curl(&root, &name, "/", &[]).expect("HTTPS");
     assert_eq!((status, version.as_str()), (200, "2"), "{body}");
     assert!(body.contains("hello from web:prod"), "{body}");
     assert_eq!(pebble.orders(), 1);
     assert!(b.serve_log().contains("http-01 validation"));
     // HTTP/1.1 over TLS too, on the cached certificate.
-    let (status, version, _) = curl(&pebble, &root, &name, "/", &["--http1.1"]).expect("HTTPS/1.1");
+    let (status, version, _) = pebble
+        .curl(&root, &name, "/", &["--http1.1"])
+        .expect("HTTPS/1.1");
     assert_eq!((status, version.as_str()), (200, "1.1"));
 
     // Names that do not route: no certificate, and nothing asked of the CA. An instance that
@@ -95,7 +74,7 @@ fn certificates_come_on_demand_for_names_that_route_and_never_for_others() {
         format!("a.nosuch.{DOMAIN}"),
         "example.org".to_owned(),
     ] {
-        assert_eq!(curl(&pebble, &root, &unknown, "/", &[]), None, "{unknown}");
+        assert_eq!(pebble.curl(&root, &unknown, "/", &[]), None, "{unknown}");
     }
     assert_eq!(
         pebble.orders(),
@@ -145,21 +124,28 @@ fn certificates_come_on_demand_for_names_that_route_and_never_for_others() {
         },
     );
     assert_eq!(pebble.orders(), 2);
-    let (status, _, body) =
-        curl(&pebble, &root, "shop.customer.org", "/", &[]).expect("custom domain");
+    let (status, _, body) = pebble
+        .curl(&root, "shop.customer.org", "/", &[])
+        .expect("custom domain");
     assert_eq!((status, body.trim()), (200, "hello from web:prod"));
 
     // A restart serves the cached certificates: no new order.
     b.terminate();
     b.start();
-    let (status, _, _) = curl(&pebble, &root, &name, "/", &[]).expect("HTTPS after restart");
+    let (status, _, _) = pebble
+        .curl(&root, &name, "/", &[])
+        .expect("HTTPS after restart");
     assert_eq!(status, 200);
-    let (status, _, _) = curl(&pebble, &root, "shop.customer.org", "/", &[]).expect("domain");
+    let (status, _, _) = pebble
+        .curl(&root, "shop.customer.org", "/", &[])
+        .expect("domain");
     assert_eq!(status, 200);
     assert_eq!(pebble.orders(), 2, "a restart ordered a certificate again");
 
     // The bare domain routes too (tenement's own paths): its expiry is in /metrics.
-    let (status, _, metrics) = curl(&pebble, &root, DOMAIN, "/metrics", &[]).expect("metrics");
+    let (status, _, metrics) = pebble
+        .curl(&root, DOMAIN, "/metrics", &[])
+        .expect("metrics");
     assert_eq!(status, 200);
     assert!(
         metrics.contains(&format!(
@@ -224,12 +210,8 @@ fn tls_alpn_01_issues_and_websockets_work_over_tls() {
     let Some(pebble) = Pebble::start_or_skip(None) else {
         return;
     };
-    let mut b = building(&pebble, "tls-alpn-01");
-    b.start();
-    b.ten_ok(&["spawn", "web:prod"]);
-    let root = pebble.issuer_root();
-    let name = format!("prod.web.{DOMAIN}");
-    let (status, _, body) = curl(&pebble, &root, &name, "/", &[]).expect("HTTPS");
+    let (b, root, name) = started(&pebble, "tls-alpn-01");
+    let (status, _, body) = pebble.curl(&root, &name, "/", &[]).expect("HTTPS");
     assert_eq!(status, 200, "{body}");
     let log = b.serve_log();
     assert!(log.contains("tls-alpn-01 validation"), "{log}");
@@ -243,15 +225,8 @@ fn a_short_lived_certificate_is_renewed_before_it_expires() {
     let Some(pebble) = Pebble::start_or_skip(Some(30)) else {
         return;
     };
-    let mut b = building(&pebble, "http-01");
-    b.start();
-    b.ten_ok(&["spawn", "web:prod"]);
-    let root = pebble.issuer_root();
-    let name = format!("prod.web.{DOMAIN}");
-    assert_eq!(
-        curl(&pebble, &root, &name, "/", &[]).map(|r| r.0),
-        Some(200)
-    );
+    let (b, root, name) = started(&pebble, "http-01");
+    assert_eq!(pebble.curl(&root, &name, "/", &[]).map(|r| r.0), Some(200));
     let first = api_tls(&b)["certificates"][0]["not_after"]
         .as_u64()
         .unwrap();
@@ -261,10 +236,7 @@ fn a_short_lived_certificate_is_renewed_before_it_expires() {
     });
     assert!(renewed > first);
     assert_eq!(pebble.orders(), 2);
-    assert_eq!(
-        curl(&pebble, &root, &name, "/", &[]).map(|r| r.0),
-        Some(200)
-    );
+    assert_eq!(pebble.curl(&root, &name, "/", &[]).map(|r| r.0), Some(200));
 }
 
 /// Caddy (Debian's) in front of a plain ten serve, with the Caddyfile `ten caddyfile` writes:
@@ -314,12 +286,12 @@ fn caddy_in_front_orders_certificates_only_for_names_ten_routes() {
     });
     let root = pebble.issuer_root();
     let name = format!("prod.web.{DOMAIN}");
-    let got = curl(&pebble, &root, &name, "/", &[]);
+    let got = pebble.curl(&root, &name, "/", &[]);
     let (status, _, body) = got.unwrap_or_else(|| panic!("through caddy:\n{}", caddy_log()));
     assert_eq!((status, body.trim()), (200, "hello from web:prod"));
     assert_eq!(pebble.orders(), 1);
     assert_eq!(
-        curl(&pebble, &root, &format!("nope.web.{DOMAIN}"), "/", &[]),
+        pebble.curl(&root, &format!("nope.web.{DOMAIN}"), "/", &[]),
         None
     );
     assert_eq!(

@@ -2,7 +2,6 @@
 //! (RFC 2136), with pebble resolving through that BIND: one certificate per service serves all
 //! of its instances.
 
-use std::process::Command;
 use std::time::Duration;
 
 use test_support::acme::Pebble;
@@ -12,21 +11,24 @@ use test_support::{Building, DOMAIN, wait_for};
 const TEN: &str = env!("CARGO_BIN_EXE_ten");
 
 fn curl_ok(b: &Building, pebble: &Pebble, root: &std::path::Path, name: &str) -> String {
-    let port = pebble.https_port;
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "60", "--cacert"])
-        .arg(root)
-        .args(["--resolve", &format!("{name}:{port}:127.0.0.1")])
-        .arg(format!("https://{name}:{port}/"))
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{name}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        b.serve_log()
+    let got = pebble.curl(root, name, "/", &[]);
+    got.unwrap_or_else(|| panic!("{name}: no answer\n{}", b.serve_log()))
+        .2
+}
+
+/// A server whose DNS-01 answers go to `bind`, signed with `secret`.
+fn building(pebble: &Pebble, bind: &Bind, secret: &str) -> Building {
+    let config = format!(
+        "{}dns_provider = \"rfc2136\"\n\n[settings.tls.rfc2136]\nserver = \"{}\"\nkey_name = \"{}\"\n\
+         key_secret = \"{secret}\"\n\n[service.web]\ncommand = \"{{fixture}}\"\n\
+         socket = \"{{dir}}/{{name}}-{{id}}.sock\"\nisolation = \"process\"\n",
+        pebble.tls_section("http-01"),
+        bind.addr,
+        bind.key_name,
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut b = Building::new(TEN, &config);
+    b.http_port = pebble.http_port;
+    b
 }
 
 #[test]
@@ -37,16 +39,7 @@ fn instances_share_their_services_wildcard_proven_by_dns01() {
     let Some(pebble) = Pebble::start_with(None, Some(bind.addr)) else {
         return;
     };
-    let config = format!(
-        "{}dns_provider = \"rfc2136\"\n\n[settings.tls.rfc2136]\nserver = \"{}\"\nkey_name = \"{}\"\nkey_secret = \"{}\"\n\n\
-         [service.web]\ncommand = \"{{fixture}}\"\nsocket = \"{{dir}}/{{name}}-{{id}}.sock\"\nisolation = \"process\"\n",
-        pebble.tls_section("http-01"),
-        bind.addr,
-        bind.key_name,
-        bind.key_secret,
-    );
-    let mut b = Building::new(TEN, &config);
-    b.http_port = pebble.http_port;
+    let mut b = building(&pebble, &bind, &bind.key_secret);
     b.start();
     b.ten_ok(&["spawn", "web:a"]);
     b.ten_ok(&["spawn", "web:b"]);
@@ -89,16 +82,8 @@ fn a_wrong_tsig_key_fails_the_order_and_says_why() {
     let Some(pebble) = Pebble::start_with(None, Some(bind.addr)) else {
         return;
     };
-    let config = format!(
-        "{}dns_provider = \"rfc2136\"\n\n[settings.tls.rfc2136]\nserver = \"{}\"\nkey_name = \"{}\"\nkey_secret = \"{}\"\n\n\
-         [service.web]\ncommand = \"{{fixture}}\"\nsocket = \"{{dir}}/{{name}}-{{id}}.sock\"\nisolation = \"process\"\n",
-        pebble.tls_section("http-01"),
-        bind.addr,
-        bind.key_name,
-        "d3JvbmcgYnV0IHdlbGwtZm9ybWVkIGtleSBvZiAzMiBieXRlcyE=",
-    );
-    let mut b = Building::new(TEN, &config);
-    b.http_port = pebble.http_port;
+    let wrong = "d3JvbmcgYnV0IHdlbGwtZm9ybWVkIGtleSBvZiAzMiBieXRlcyE=";
+    let mut b = building(&pebble, &bind, wrong);
     b.start();
     b.ten_ok(&["spawn", "web:a"]);
     let log = wait_for(

@@ -202,21 +202,24 @@ impl<R: Resolve> Engine<R> {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let http2 = self.http2.clone();
-        let service = service_fn(move |req| {
+        let conn = http2.serve_connection(TokioIo::new(io), self.service(client));
+        until_done(conn, shutdown, |c| c.graceful_shutdown()).await;
+    }
+
+    /// Each request of a hyper connection, to [`Engine::handle`].
+    fn service(
+        self: Arc<Self>,
+        client: Arc<Client>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    > + Clone {
+        service_fn(move |req| {
             let (engine, client) = (self.clone(), client.clone());
             async move { Ok::<_, Infallible>(engine.handle(req, &client).await) }
-        });
-        let mut conn = http2.serve_connection(TokioIo::new(io), service);
-        let result = tokio::select! {
-            r = &mut conn => r,
-            _ = shutdown.cancelled() => {
-                Pin::new(&mut conn).graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            debug!(error = %e, "HTTP/2 connection ended with an error");
-        }
+        })
     }
 
     /// Serves a client connection with hyper from here on (`io` may start with bytes the fast
@@ -231,23 +234,10 @@ impl<R: Resolve> Engine<R> {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let http1 = self.http1.clone();
-        let service = service_fn(move |req| {
-            let (engine, client) = (self.clone(), client.clone());
-            async move { Ok::<_, Infallible>(engine.handle(req, &client).await) }
-        });
-        let mut conn = http1
-            .serve_connection(TokioIo::new(io), service)
+        let conn = http1
+            .serve_connection(TokioIo::new(io), self.service(client))
             .with_upgrades();
-        let result = tokio::select! {
-            r = &mut conn => r,
-            _ = shutdown.cancelled() => {
-                Pin::new(&mut conn).graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = result {
-            debug!(error = %e, "connection ended with an error");
-        }
+        until_done(conn, shutdown, |c| c.graceful_shutdown()).await;
     }
 
     /// A request hyper parsed: checked, then routed, then proxied or answered locally.
@@ -304,6 +294,26 @@ impl<R: Resolve> Engine<R> {
         };
         self.resolver.record(&target, res.status(), started);
         res
+    }
+}
+
+/// Runs a hyper connection to its end; at `shutdown`, lets the request in progress finish and
+/// takes no other.
+async fn until_done<C, E>(conn: C, shutdown: CancellationToken, graceful: fn(Pin<&mut C>))
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
     }
 }
 

@@ -140,6 +140,35 @@ impl Pebble {
         path
     }
 
+    /// `curl` over HTTPS to `name` on the HTTPS port (resolved to loopback), trusting `root`
+    /// (pebble's issuer: [`Pebble::issuer_root`]): the status, the HTTP version and the body;
+    /// `None` if no TLS connection could be made.
+    pub fn curl(
+        &self,
+        root: &Path,
+        name: &str,
+        path: &str,
+        extra: &[&str],
+    ) -> Option<(u16, String, String)> {
+        let port = self.https_port;
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "60", "--cacert"])
+            .arg(root)
+            .args(["--resolve", &format!("{name}:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_code} %{http_version}"])
+            .args(extra)
+            .arg(format!("https://{name}:{port}{path}"))
+            .output()
+            .expect("curl");
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, last) = text.rsplit_once('\n')?;
+        let (code, version) = last.split_once(' ')?;
+        Some((code.parse().ok()?, version.to_owned(), body.to_owned()))
+    }
+
     /// Orders pebble has taken.
     pub fn orders(&self) -> usize {
         self.log().matches("Added order").count()
