@@ -88,39 +88,25 @@ fn bad_custom_domains_are_refused_with_their_reason_and_change_nothing() {
         assert!(!out.status.success(), "{args:?} accepted");
         assert!(err.contains(why), "{args:?}: {err}");
     };
-    refused(
-        &["domain", "add", "shop.customer.org", "web:bob"],
-        "already routes to web:alice",
-    );
-    refused(
-        &["domain", "add", "not a name", "web:bob"],
-        "not a domain name",
-    );
-    refused(
-        &["domain", "add", "x/../y.org", "web:bob"],
-        "not a domain name",
-    );
-    refused(
-        &["domain", "add", "localhost", "web:bob"],
-        "not a fully qualified",
-    );
-    refused(
-        &["domain", "add", "10.0.0.1", "web:bob"],
-        "not a fully qualified",
-    );
-    refused(&["domain", "add", DOMAIN, "web:bob"], "own domain");
-    refused(
-        &["domain", "add", &format!("bob.web.{DOMAIN}"), "web:bob"],
-        "own domain",
-    );
-    refused(
-        &["domain", "add", "new.customer.org", "web:nobody"],
-        "no instance web:nobody",
-    );
-    refused(
-        &["domain", "add", "new.customer.org", "nope:x"],
-        "no instance nope:x",
-    );
+    let own = format!("bob.web.{DOMAIN}");
+    let cases: [(&str, &str, &str); 9] = [
+        (
+            "shop.customer.org",
+            "web:bob",
+            "already routes to web:alice",
+        ),
+        ("not a name", "web:bob", "not a domain name"),
+        ("x/../y.org", "web:bob", "not a domain name"),
+        ("localhost", "web:bob", "not a fully qualified"),
+        ("10.0.0.1", "web:bob", "not a fully qualified"),
+        (DOMAIN, "web:bob", "own domain"),
+        (&own, "web:bob", "own domain"),
+        ("new.customer.org", "web:nobody", "no instance web:nobody"),
+        ("new.customer.org", "nope:x", "no instance nope:x"),
+    ];
+    for (name, instance, why) in cases {
+        refused(&["domain", "add", name, instance], why);
+    }
     let ls = b.ten_ok(&["domain", "ls"]);
     assert_eq!(ls.lines().count(), 2, "{ls}");
 
