@@ -142,6 +142,34 @@ fn certificates_come_on_demand_for_names_that_route_and_never_for_others() {
     assert_eq!(status, 200);
     assert_eq!(pebble.orders(), 2, "a restart ordered a certificate again");
 
+    // An upgrade hands the HTTPS listeners over: served throughout, no new order.
+    let during = {
+        let (pebble_port, root, name) = (pebble.https_port, root.clone(), name.clone());
+        std::thread::spawn(move || {
+            (0..40)
+                .filter(|_| {
+                    let out = Command::new("curl")
+                        .args(["-sS", "--max-time", "30", "--cacert"])
+                        .arg(&root)
+                        .args(["--resolve", &format!("{name}:{pebble_port}:127.0.0.1")])
+                        .arg(format!("https://{name}:{pebble_port}/"))
+                        .output()
+                        .unwrap();
+                    !out.status.success()
+                })
+                .count()
+        })
+    };
+    b.upgrade();
+    assert_eq!(
+        during.join().unwrap(),
+        0,
+        "requests failed during the upgrade"
+    );
+    let (status, _, _) = pebble.curl(&root, &name, "/", &[]).expect("after upgrade");
+    assert_eq!(status, 200);
+    assert_eq!(pebble.orders(), 2, "an upgrade ordered a certificate again");
+
     // The bare domain routes too (tenement's own paths): its expiry is in /metrics.
     let (status, _, metrics) = pebble
         .curl(&root, DOMAIN, "/metrics", &[])
