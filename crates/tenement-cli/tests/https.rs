@@ -327,6 +327,11 @@ fn caddy_in_front_orders_certificates_only_for_names_ten_routes() {
         1,
         "caddy ordered a certificate ten did not allow"
     );
+    // Everyone reaches ten through Caddy from loopback: Caddy keeps ten's ask endpoint shut.
+    let ask = format!("/api/tls/ask?domain={name}");
+    let (status, _, body) = pebble.curl(&root, &name, &ask, &[]).expect("through caddy");
+    assert_eq!(status, 404, "{body}");
+    assert!(!body.contains("routes here"), "{body}");
     let _ = caddy.kill();
     let _ = caddy.wait();
 }
@@ -355,4 +360,7 @@ fn the_ask_endpoint_answers_which_names_route() {
     assert_eq!(ask(&format!("?domain=a.nosuch.{DOMAIN}")), 404);
     assert_eq!(ask("?domain=example.org"), 404);
     assert_eq!(ask(""), 400);
+    // A custom domain whose instance is gone routes nowhere.
+    b.ten_ok(&["stop", "web:prod"]);
+    assert_eq!(ask("?domain=shop.customer.org"), 404);
 }

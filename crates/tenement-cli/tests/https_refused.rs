@@ -213,6 +213,28 @@ fn clients_that_never_finish_a_handshake_are_dropped_and_made_up_names_order_not
         b.ps()
     );
 
+    // Two steps: a request to the service's own name (which has a certificate) creates a
+    // made-up instance; a handshake for that instance's name must still order nothing, or
+    // anyone could spend the week's budget (and the CA's limit) that way.
+    let service = format!("open.{DOMAIN}");
+    for i in 0..3 {
+        let host = format!("Host: evil{i}.open.{DOMAIN}");
+        let got = pebble.curl(&root, &service, "/", &["--http1.1", "-H", &host]);
+        assert!(got.is_some_and(|r| r.2.contains(&format!("open:evil{i}"))));
+        let made_up = format!("evil{i}.open.{DOMAIN}");
+        assert_eq!(
+            pebble.curl(&root, &made_up, "/", &[]),
+            None,
+            "{made_up} served"
+        );
+    }
+    assert_eq!(
+        pebble.orders(),
+        1,
+        "only the service's own name: {}",
+        pebble.log()
+    );
+
     // The HTTP port redirects only to plain host names.
     for host in ["evil.example/@x", "a b", "x\"y", ""] {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", pebble.http_port)).unwrap();

@@ -36,6 +36,8 @@ pub(crate) struct FrontDoor {
     domain: String,
     api: axum::Router,
     figures: RequestFigures,
+    /// The connection caps, which HTTP/2 streams count against too.
+    conn_limit: Arc<crate::conn_limit::ConnLimit>,
 }
 
 /// Binds the front door: one listening socket per worker thread, all on `addr`
@@ -157,6 +159,7 @@ pub async fn front_door(
             ),
             supervisor: supervisor.clone(),
             figures: RequestFigures::default(),
+            conn_limit: conn_limit.clone(),
         };
         let engine = Engine::new(door, settings);
         let shutdown = shutdown.clone();
@@ -378,6 +381,13 @@ impl Resolve for FrontDoor {
             }
         };
         res.map(|b| b.map_err(Into::into).boxed_unsync())
+    }
+
+    /// Each HTTP/2 stream takes a place of its client address's `max_connections_per_ip` (and
+    /// of `max_connections`), as a connection does: it holds an upstream connection too.
+    fn admit_stream(&self, peer: std::net::IpAddr) -> Option<Box<dyn Send + Unpin>> {
+        let admitted = self.conn_limit.admit(peer)?;
+        Some(Box::new(admitted))
     }
 
     /// Counts a proxied request, answered with `status`, in the metrics.

@@ -18,19 +18,25 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 /// The names that may have a certificate: the bare domain, a service (`api.DOMAIN`, a
-/// `[routing.subdomain]` rule), an instance that exists (`prod.api.DOMAIN`; not one a request
-/// would only create: `spawn_on_request` must not let anyone order certificates for names
-/// they make up).
+/// `[routing.subdomain]` rule), an instance that exists (`prod.api.DOMAIN`), a custom domain
+/// whose instance exists. Not an instance of a `spawn_on_request` service, unless its
+/// service's wildcard serves it (`wildcards`): anyone can create those instances with a
+/// request, and so make the server order certificates until the week's budget is gone.
 pub struct Routable {
     pub supervisor: Supervisor,
     pub domain: String,
+    /// Instance names are served by their service's wildcard (DNS-01).
+    pub wildcards: bool,
 }
 
 impl Names for Routable {
     fn routes(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if name == self.domain || self.supervisor.domains().get(&name).is_some() {
+        if name == self.domain {
             return true;
+        }
+        if let Some(key) = self.supervisor.domains().get(&name) {
+            return self.supervisor.get(&key).is_ok();
         }
         if !name.ends_with(&format!(".{}", self.domain)) {
             return false;
@@ -43,7 +49,12 @@ impl Names for Routable {
         );
         match router.route(Some(&name), "/") {
             Ok(Target::Service(_)) => true,
-            Ok(Target::Instance(key)) => self.supervisor.get(&key).is_ok(),
+            Ok(Target::Instance(key)) => {
+                let on_request = config
+                    .service(&key.service)
+                    .is_some_and(|s| s.spawn_on_request);
+                (self.wildcards || !on_request) && self.supervisor.get(&key).is_ok()
+            }
             _ => false,
         }
     }
@@ -74,9 +85,12 @@ pub(crate) fn ask<B>(
     let Some(name) = name.filter(|n| !n.is_empty()) else {
         return text(StatusCode::BAD_REQUEST, "ask with ?domain=NAME");
     };
+    // Caddy orders one certificate per name asked about (its wildcards, with a DNS
+    // provider, are site blocks of their own that never ask).
     let names = Routable {
         supervisor: supervisor.clone(),
         domain: domain.to_owned(),
+        wildcards: false,
     };
     match names.routes(&name) {
         true => text(StatusCode::OK, "routes here"),
@@ -186,7 +200,12 @@ fn http_port_answer<B>(https: &Https, req: &Request<B>) -> Response<Body> {
         443 => String::new(),
         p => format!(":{p}"),
     };
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
     let location = format!("https://{}{port}{target}", host.to_ascii_lowercase());
     let mut res = answer(StatusCode::PERMANENT_REDIRECT, format!("{location}\n"));
     if let Ok(value) = header::HeaderValue::from_str(&location) {

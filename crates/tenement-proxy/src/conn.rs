@@ -141,7 +141,7 @@ impl<R: Resolve> Engine<R> {
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(settings.max_head.max(8192) as u32)
-            .max_concurrent_streams(256)
+            .max_concurrent_streams(100)
             .keep_alive_interval(Some(settings.header_timeout.max(Duration::from_secs(10))))
             .keep_alive_timeout(Duration::from_secs(20));
         Arc::new(Self {
@@ -242,14 +242,24 @@ impl<R: Resolve> Engine<R> {
 
     /// A request hyper parsed: checked, then routed, then proxied or answered locally.
     async fn handle(&self, mut req: Request<Incoming>, client: &Client) -> Response<Body> {
-        if req.version() == Version::HTTP_2 && !req.headers().contains_key(header::HOST) {
-            // HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1): the app gets it as
-            // Host, as from an HTTP/1.1 client.
-            let authority = req.uri().authority().map(|a| a.as_str().to_owned());
-            if let Some(value) = authority.and_then(|a| header::HeaderValue::from_str(&a).ok()) {
-                req.headers_mut().insert(header::HOST, value);
+        if req.version() == Version::HTTP_2 {
+            let Some(slot) = self.resolver.admit_stream(client.peer.ip()) else {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight from this address",
+                );
+            };
+            if let Err(refused) = host_from_authority(&mut req) {
+                return refused;
             }
+            let res = self.route_and_answer(req, client).await;
+            return res.map(|body| proxy::hold(body, slot));
         }
+        self.route_and_answer(req, client).await
+    }
+
+    /// Checks, routes and answers (proxied or local) one request.
+    async fn route_and_answer(&self, req: Request<Incoming>, client: &Client) -> Response<Body> {
         let mut hosts = req.headers().get_all(header::HOST).iter();
         let raw_host = hosts.next();
         if hosts.next().is_some() {
@@ -314,6 +324,26 @@ where
     };
     if let Err(e) = result {
         debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1): the app gets it as Host, as from
+/// an HTTP/1.1 client. A Host header that says otherwise is refused (routed by one, read as
+/// the other by something in between).
+fn host_from_authority(req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+    match (authority, req.headers().get(header::HOST)) {
+        (Some(a), Some(host)) if !host.as_bytes().eq_ignore_ascii_case(a.as_bytes()) => Err(plain(
+            StatusCode::BAD_REQUEST,
+            ":authority and Host name different hosts",
+        )),
+        (Some(a), None) => {
+            if let Ok(value) = header::HeaderValue::from_str(&a) {
+                req.headers_mut().insert(header::HOST, value);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -67,6 +67,15 @@ pub trait Resolve: Send + Sync + 'static {
     fn record(&self, target: &Self::Target, status: StatusCode, started: Instant) {
         let _ = (target, status, started);
     }
+
+    /// A place for one more HTTP/2 stream from `peer` (held until its answer is done), or
+    /// `None` when that address has too much in flight: an HTTP/2 connection carries many
+    /// requests at once, so a cap on connections alone does not bound one client. The
+    /// default admits every stream.
+    fn admit_stream(&self, peer: std::net::IpAddr) -> Option<Box<dyn Send + Unpin>> {
+        let _ = peer;
+        Some(Box::new(()))
+    }
 }
 
 /// Where a request goes.

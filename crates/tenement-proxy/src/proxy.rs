@@ -290,6 +290,11 @@ async fn pipe(
     let _ = to.shutdown().await;
 }
 
+/// `body`, holding `held` until it is finished or dropped.
+pub(crate) fn hold<L: Send + Unpin + 'static>(body: Body, held: L) -> Body {
+    Guarded { body, _lease: held }.boxed_unsync()
+}
+
 /// A response body that holds its lease (and so keeps its upstream awake) until it is
 /// finished or dropped.
 struct Guarded<B, L> {

@@ -56,14 +56,26 @@ impl Acme {
                     None => Account::builder(),
                 };
                 let builder = builder().map_err(|e| format!("ACME client: {e}"))?;
-                if let Ok(bytes) = std::fs::read(&saved)
-                    && let Ok(stored) = serde_json::from_slice::<Stored>(&bytes)
-                    && stored.directory_url == self.directory_url
-                {
-                    return builder
-                        .from_credentials(stored.credentials)
-                        .await
-                        .map_err(|e| format!("ACME account from {}: {e}", saved.display()));
+                if let Ok(bytes) = std::fs::read(&saved) {
+                    match serde_json::from_slice::<Stored>(&bytes) {
+                        Ok(stored) if stored.directory_url == self.directory_url => {
+                            return builder
+                                .from_credentials(stored.credentials)
+                                .await
+                                .map_err(|e| format!("ACME account from {}: {e}", saved.display()));
+                        }
+                        Ok(stored) => tracing::warn!(
+                            file = %saved.display(),
+                            was = %stored.directory_url,
+                            "the ACME account is another directory's: registering anew"
+                        ),
+                        Err(e) => {
+                            // Kept aside, not overwritten: it may be the only copy of a key.
+                            let aside = saved.with_extension("json.unreadable");
+                            let _ = std::fs::rename(&saved, &aside);
+                            tracing::warn!(file = %saved.display(), error = %e, kept = %aside.display(), "the ACME account file does not parse: registering anew");
+                        }
+                    }
                 }
                 let contact = format!("mailto:{}", self.email);
                 let new = NewAccount {

@@ -395,9 +395,18 @@ impl Tls {
     }
 }
 
-/// The cache file of `name`'s certificate (`*` of a wildcard spelled out).
+/// The cache file of `name`'s certificate (`*` of a wildcard spelled out; a name too long for
+/// a file name, up to 253 bytes, is cut and told apart by a hash of the whole).
 fn file_name(name: &str) -> String {
-    name.replace('*', "_wildcard_")
+    let name = name.replace('*', "_wildcard_");
+    if name.len() <= 200 {
+        return name;
+    }
+    // FNV-1a: stable across runs, unlike std's hashers.
+    let digest = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |a, b| {
+        (a ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{}-{digest:016x}", &name[..180])
 }
 
 /// Certificates issued in the last 7 days, counted against `max_certificates_per_week`, and

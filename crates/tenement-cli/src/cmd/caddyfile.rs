@@ -18,6 +18,10 @@ pub struct Args {
     domain: Option<String>,
 }
 
+/// Every client reaches ten through Caddy from 127.0.0.1: ten's loopback-only ask endpoint
+/// must be closed at Caddy, or anyone could list the names that route.
+const ASK_CLOSED: &str = "\t@ask path /api/tls/ask\n\trespond @ask 404\n";
+
 pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
     let config = crate::config_file::load_for_client(config)?;
     let tls = &config.settings.tls;
@@ -62,14 +66,14 @@ pub fn run(config: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> {
         for service in config.services.keys() {
             let _ = writeln!(
                 out,
-                "*.{service}.{domain}, {service}.{domain} {{\n\ttls {{\n\t\tdns {provider} {{env.DNS_API_TOKEN}}\n\t}}\n\treverse_proxy {up}\n}}\n"
+                "*.{service}.{domain}, {service}.{domain} {{\n\ttls {{\n\t\tdns {provider} {{env.DNS_API_TOKEN}}\n\t}}\n{ASK_CLOSED}\treverse_proxy {up}\n}}\n"
             );
         }
     }
     let _ = writeln!(
         out,
         "# Every other name that routes (instances, the bare domain, custom domains): on demand.\n\
-         https:// {{\n\ttls {{\n\t\ton_demand\n\t}}\n\treverse_proxy {up}\n}}\n\n\
+         https:// {{\n\ttls {{\n\t\ton_demand\n\t}}\n{ASK_CLOSED}\treverse_proxy {up}\n}}\n\n\
          # Plain HTTP: Caddy redirects to HTTPS by itself."
     );
     print!("{out}");

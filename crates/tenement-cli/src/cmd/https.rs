@@ -15,9 +15,11 @@ pub fn certificates(
     supervisor: &Supervisor,
     domain: &str,
 ) -> anyhow::Result<Arc<Tls>> {
+    let wildcards = settings.dns_provider.as_deref() == Some("rfc2136");
     let names = Arc::new(Routable {
         supervisor: supervisor.clone(),
         domain: domain.to_owned(),
+        wildcards,
     });
     let dns = match (settings.dns_provider.as_deref(), &settings.rfc2136) {
         (Some("rfc2136"), Some(r)) => {
