@@ -249,8 +249,8 @@ impl<R: Resolve> Engine<R> {
                     "too many requests in flight from this address",
                 );
             };
-            if let Err(refused) = host_from_authority(&mut req) {
-                return refused;
+            if let Err(why) = host_from_authority(&mut req) {
+                return plain(StatusCode::BAD_REQUEST, why);
             }
             let res = self.route_and_answer(req, client).await;
             return res.map(|body| proxy::hold(body, slot));
