@@ -330,13 +330,12 @@ where
 /// HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1): the app gets it as Host, as from
 /// an HTTP/1.1 client. A Host header that says otherwise is refused (routed by one, read as
 /// the other by something in between).
-fn host_from_authority(req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
+fn host_from_authority(req: &mut Request<Incoming>) -> Result<(), &'static str> {
     let authority = req.uri().authority().map(|a| a.as_str().to_owned());
     match (authority, req.headers().get(header::HOST)) {
-        (Some(a), Some(host)) if !host.as_bytes().eq_ignore_ascii_case(a.as_bytes()) => Err(plain(
-            StatusCode::BAD_REQUEST,
-            ":authority and Host name different hosts",
-        )),
+        (Some(a), Some(host)) if !host.as_bytes().eq_ignore_ascii_case(a.as_bytes()) => {
+            Err(":authority and Host name different hosts")
+        }
         (Some(a), None) => {
             if let Ok(value) = header::HeaderValue::from_str(&a) {
                 req.headers_mut().insert(header::HOST, value);
