@@ -112,6 +112,27 @@ fn sighup_reloads() {
     });
 }
 
+/// The front door reads its settings when it starts: a reload says they need a restart (and
+/// keeps them), rather than claiming they apply.
+#[test]
+fn front_door_settings_are_said_to_need_a_restart() {
+    let mut b = Building::new(TEN, &config("one", ""));
+    b.start();
+    let settings = "[settings]\nmax_body_mb = 1\nheader_timeout = 3\nhealth_check_interval = 5\n";
+    b.write_config(&format!("{settings}{}", config("one", "")));
+    let out = b.ten_ok(&["reload"]);
+    for name in ["max_body_mb", "header_timeout"] {
+        let line = format!("setting changed, NOT applied: needs a restart of ten serve: {name}");
+        assert!(out.contains(&line), "{out}");
+    }
+    assert!(
+        out.contains(
+            "setting changed (applies to instances started from now on): health_check_interval"
+        ),
+        "{out}"
+    );
+}
+
 #[test]
 fn a_failed_replacement_halts_its_services_rollout() {
     let web = |extra: &str| {

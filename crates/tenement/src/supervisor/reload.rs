@@ -23,13 +23,17 @@ use crate::Error;
 
 pub use tenement_api::ReloadReport;
 
-/// Settings that only a new `ten serve` can take.
-const RESTART_ONLY: [&str; 5] = [
+/// Settings that only a new `ten serve` can take (the front door's are read when it starts).
+const RESTART_ONLY: [&str; 9] = [
     "data_dir",
     "tls",
     "max_connections",
     "max_connections_per_ip",
     "fast_path",
+    "max_body_mb",
+    "max_header_kb",
+    "header_timeout",
+    "upstream_timeout",
 ];
 
 impl Supervisor {
@@ -170,4 +174,8 @@ fn settings_diff(old: &Config, new: &mut Config, report: &mut ReloadReport) {
     new.settings.max_connections = old.settings.max_connections;
     new.settings.max_connections_per_ip = old.settings.max_connections_per_ip;
     new.settings.fast_path = old.settings.fast_path;
+    new.settings.max_body_mb = old.settings.max_body_mb;
+    new.settings.max_header_kb = old.settings.max_header_kb;
+    new.settings.header_timeout = old.settings.header_timeout;
+    new.settings.upstream_timeout = old.settings.upstream_timeout;
 }
