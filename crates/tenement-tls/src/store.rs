@@ -169,12 +169,12 @@ impl Store {
     /// Every certificate in force, once each.
     pub fn all(&self) -> Vec<Arc<Cert>> {
         let map = self.by_name.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Arc<Cert>> = Vec::new();
-        for cert in map.values() {
-            if !out.iter().any(|c| Arc::ptr_eq(c, cert)) {
-                out.push(cert.clone());
-            }
-        }
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<Arc<Cert>> = map
+            .values()
+            .filter(|c| seen.insert(Arc::as_ptr(c)))
+            .cloned()
+            .collect();
         out.sort_by(|a, b| a.names.cmp(&b.names));
         out
     }
