@@ -53,6 +53,22 @@ impl Endpoint {
     }
 }
 
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Unix(path, _) => write!(f, "{}", path.display()),
+            Endpoint::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// An endpoint is a lease of itself, for resolvers with nothing to keep awake.
+impl crate::Lease for Endpoint {
+    fn endpoint(&self) -> &Endpoint {
+        self
+    }
+}
+
 impl PartialEq for Endpoint {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {

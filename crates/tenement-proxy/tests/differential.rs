@@ -16,23 +16,9 @@ use tokio_util::sync::CancellationToken;
 /// Routes `*.app.test` to the app, `app.test` to the server itself, the rest nowhere.
 struct Fixed(Endpoint);
 
-struct Leased(Endpoint);
-
-impl std::fmt::Display for Leased {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("app")
-    }
-}
-
-impl tenement_proxy::Lease for Leased {
-    fn endpoint(&self) -> &Endpoint {
-        &self.0
-    }
-}
-
 impl Resolve for Fixed {
     type Target = ();
-    type Lease = Leased;
+    type Lease = Endpoint;
 
     fn route(&self, host: Option<&str>, _path: &str) -> Route<()> {
         let host = host.unwrap_or("app.test").to_ascii_lowercase();
@@ -45,8 +31,8 @@ impl Resolve for Fixed {
         }
     }
 
-    async fn lease(&self, (): &()) -> Result<Leased, Unavailable> {
-        Ok(Leased(self.0.clone()))
+    async fn lease(&self, (): &()) -> Result<Endpoint, Unavailable> {
+        Ok(self.0.clone())
     }
 
     async fn local(&self, req: Request<hyper::body::Incoming>, _: SocketAddr) -> Response<Body> {

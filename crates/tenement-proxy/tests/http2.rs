@@ -24,20 +24,6 @@ struct App {
     in_flight: Arc<AtomicUsize>,
 }
 
-struct Leased(Endpoint);
-
-impl std::fmt::Display for Leased {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("app")
-    }
-}
-
-impl tenement_proxy::Lease for Leased {
-    fn endpoint(&self) -> &Endpoint {
-        &self.0
-    }
-}
-
 struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
@@ -48,14 +34,14 @@ impl Drop for Slot {
 
 impl Resolve for App {
     type Target = ();
-    type Lease = Leased;
+    type Lease = Endpoint;
 
     fn route(&self, _: Option<&str>, _: &str) -> Route<()> {
         Route::Upstream(())
     }
 
-    async fn lease(&self, (): &()) -> Result<Leased, Unavailable> {
-        Ok(Leased(self.endpoint.clone()))
+    async fn lease(&self, (): &()) -> Result<Endpoint, Unavailable> {
+        Ok(self.endpoint.clone())
     }
 
     async fn local(&self, _: Request<hyper::body::Incoming>, _: SocketAddr) -> Response<Body> {
