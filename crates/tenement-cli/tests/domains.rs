@@ -129,6 +129,14 @@ fn bad_custom_domains_are_refused_with_their_reason_and_change_nothing() {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(err.contains("admin"), "{args:?}: {err}");
     }
+    // Nor see the certificates (every tenant's names); nobody without a token at all.
+    let bearer = format!("Bearer {token}");
+    let tls = |auth: &[(&str, &str)]| {
+        let r = http::request(&b.http_addr(), "127.0.0.1", "GET", "/api/tls", auth, None);
+        r.expect("/api/tls").status
+    };
+    assert_eq!(tls(&[("Authorization", bearer.as_str())]), 403);
+    assert_eq!(tls(&[]), 401);
     wait_for("the domain still there", test_support::SOON, || {
         b.ten_ok(&["domain", "ls"])
             .contains("shop.customer.org")

@@ -360,6 +360,32 @@ fn the_ask_endpoint_answers_which_names_route() {
     assert_eq!(ask(&format!("?domain=a.nosuch.{DOMAIN}")), 404);
     assert_eq!(ask("?domain=example.org"), 404);
     assert_eq!(ask(""), 400);
+    // A client that is not on this machine is told nothing (ten listens on loopback here: a
+    // connection from the machine's own non-loopback address stands for one).
+    let outside = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|u| u.connect("192.0.2.1:9").and_then(|()| u.local_addr()))
+        .ok()
+        .and_then(|a| match a.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_loopback() => Some(ip),
+            _ => None,
+        });
+    match outside {
+        Some(ip) => {
+            let path = format!("/api/tls/ask?domain=prod.web.{DOMAIN}");
+            let r = test_support::http::request_from(
+                ip,
+                &b.http_addr(),
+                "127.0.0.1",
+                "GET",
+                &path,
+                &[],
+            );
+            let mut r = r.expect("ask from outside");
+            let status = r.status;
+            assert_eq!(status, 403, "{:?}", r.text());
+        }
+        None => eprintln!("SKIPPED (part): no non-loopback IPv4 address to ask from"),
+    }
     // A custom domain whose instance is gone routes nowhere.
     b.ten_ok(&["stop", "web:prod"]);
     assert_eq!(ask("?domain=shop.customer.org"), 404);

@@ -104,6 +104,10 @@ fn an_unreachable_ca_fails_the_handshake_fast_and_backs_off() {
     );
     let mut b = Building::new(TEN, &config);
     b.http_port = http_port;
+    // A damaged account file: kept aside (it may be the only copy of a key), not trusted.
+    let cache = b.data_dir().join("acme");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("account.json"), "{ not json").unwrap();
     b.start();
     b.ten_ok(&["spawn", "web:prod"]);
     let name = format!("prod.web.{DOMAIN}");
@@ -124,6 +128,9 @@ fn an_unreachable_ca_fails_the_handshake_fast_and_backs_off() {
         log.contains("https://127.0.0.1:1/dir").then_some(log)
     });
     assert!(log.contains("no certificate"), "{log}");
+    assert!(log.contains("does not parse"), "{log}");
+    let kept = std::fs::read_to_string(cache.join("account.json.unreadable")).unwrap();
+    assert_eq!(kept, "{ not json");
     // Within the backoff the next handshake fails at once, without trying the CA again.
     let (ok, took) = handshake();
     assert!(!ok);

@@ -313,6 +313,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_directory_of_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to give a directory to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        std::os::unix::fs::chown(&certs, Some(65534), Some(65534)).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("belongs to another user"), "{err}");
+        // A link in its place is refused too (not followed).
+        std::fs::remove_dir(&certs).unwrap();
+        std::os::unix::fs::symlink("/etc", &certs).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    #[test]
     fn renewal_is_due_at_two_thirds_of_the_lifetime() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
