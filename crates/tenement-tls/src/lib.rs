@@ -210,13 +210,11 @@ impl Tls {
             drop(stream);
             return Err(format!("tls-alpn-01 validation of {name}"));
         }
-        if self.store.get(&name).is_none() {
-            let got = tokio::time::timeout(FIRST_CERTIFICATE_WAIT, self.obtain(&name)).await;
-            match got {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(Refused::TimedOut(name, FIRST_CERTIFICATE_WAIT).to_string()),
-            }
+        // (At once when the name has its certificate: `obtain` looks first.)
+        match tokio::time::timeout(FIRST_CERTIFICATE_WAIT, self.obtain(&name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(Refused::TimedOut(name, FIRST_CERTIFICATE_WAIT).to_string()),
         }
         let stream = match tokio::time::timeout(limit, start.into_stream(self.main.clone())).await {
             Ok(done) => done.map_err(|e| format!("handshake for {name}: {e}"))?,

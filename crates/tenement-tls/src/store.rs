@@ -97,6 +97,8 @@ impl Cert {
 /// The certificates in force, by name.
 pub struct Store {
     dir: PathBuf,
+    /// By name; a wildcard `*.web.example.com` under `.web.example.com`, so that a name's
+    /// covering wildcard is found with a slice of the name itself (every handshake looks).
     by_name: RwLock<HashMap<String, Arc<Cert>>>,
 }
 
@@ -138,10 +140,7 @@ impl Store {
     pub fn get(&self, name: &str) -> Option<Arc<Cert>> {
         let map = self.by_name.read().unwrap_or_else(|p| p.into_inner());
         let own = map.get(name);
-        let wild = || {
-            let (_, parent) = name.split_once('.')?;
-            map.get(&format!("*.{parent}"))
-        };
+        let wild = || map.get(&name[name.find('.')?..]);
         own.filter(|c| !c.expired())
             .or_else(|| wild().filter(|c| !c.expired()))
             .cloned()
@@ -159,9 +158,10 @@ impl Store {
     fn insert(&self, cert: Arc<Cert>) {
         let mut map = self.by_name.write().unwrap_or_else(|p| p.into_inner());
         for name in &cert.names {
+            let key = name.strip_prefix('*').unwrap_or(name);
             // Two files for one name (a renewal under another file name): the later one.
-            if map.get(name).is_none_or(|c| c.not_after <= cert.not_after) {
-                map.insert(name.clone(), cert.clone());
+            if map.get(key).is_none_or(|c| c.not_after <= cert.not_after) {
+                map.insert(key.to_owned(), cert.clone());
             }
         }
     }
