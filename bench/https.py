@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from tenbench import FIXTURE, RELEASE, ROOT, TEN, api
+from tenbench import FIXTURE, NGINX_AS_TEN, RELEASE, ROOT, TEN, api
 
 LOADGEN = os.path.join(RELEASE, "tenement-loadgen")
 DOMAIN = "bench.test"
@@ -192,14 +192,7 @@ http {{
     ssl_certificate {tmp}/fullchain.pem;
     ssl_certificate_key {tmp}/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
-    location / {{
-      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header Forwarded "for=$remote_addr;host=\\"$http_host\\";proto=$scheme";
-    }}
+{NGINX_AS_TEN}
   }}
 }}
 """)

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from tenbench import FIXTURE, RELEASE, ROOT, TEN, api
+from tenbench import FIXTURE, NGINX_AS_TEN, RELEASE, ROOT, TEN, api
 
 LOADGEN = os.path.join(RELEASE, "tenement-loadgen")
 HELLO = os.path.join(ROOT, "examples/hello/app.py")
@@ -228,14 +228,7 @@ http {{
   # What ten serve does for every request: the client's Host and the four forwarding headers.
   server {{
     listen 127.0.0.1:{nport} reuseport;
-    location / {{
-      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header Forwarded "for=$remote_addr;host=\\"$http_host\\";proto=$scheme";
-    }}
+{NGINX_AS_TEN}
   }}
   # nginx's defaults: Host "app", no forwarding headers (less for the app to parse).
   server {{

@@ -10,6 +10,17 @@ RELEASE = os.path.join(ROOT, "target/release")
 TEN = os.path.join(RELEASE, "ten")
 FIXTURE = os.path.join(RELEASE, "tenement-fixture")
 
+# nginx's `location /` doing what ten serve does for every request: proxy to the `app`
+# upstream with keep-alive, passing the client's Host and the four forwarding headers.
+NGINX_AS_TEN = """    location / {
+      proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header Forwarded "for=$remote_addr;host=\\"$http_host\\";proto=$scheme";
+    }"""
+
 
 class UnixConn(http.client.HTTPConnection):
     """HTTP over a Unix socket."""

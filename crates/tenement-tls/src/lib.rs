@@ -401,9 +401,9 @@ fn file_name(name: &str) -> String {
         return name;
     }
     // FNV-1a: stable across runs, unlike std's hashers.
-    let digest = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |a, b| {
-        (a ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let mut hasher = tenement_core::fnv::FnvHasher::default();
+    std::hash::Hasher::write(&mut hasher, name.as_bytes());
+    let digest = std::hash::Hasher::finish(&hasher);
     format!("{}-{digest:016x}", &name[..180])
 }
 
