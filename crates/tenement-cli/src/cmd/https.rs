@@ -6,11 +6,38 @@ use std::sync::Arc;
 use anyhow::Context;
 use tenement::Supervisor;
 use tenement_core::config::Tls as TlsSettings;
-use tenement_edge::{Routable, bind};
+use tenement_edge::{Https, Routable, bind};
 use tenement_tls::{ChallengeType, Tls};
 
+/// With `[settings.tls] enabled`: the HTTPS listeners (`inherited` from an upgraded
+/// predecessor, else bound on `https_port`) and what the front door needs for HTTPS.
+pub fn front(
+    supervisor: &Supervisor,
+    domain: &str,
+    inherited: Option<Vec<std::net::TcpListener>>,
+    bind_to: IpAddr,
+    threads: usize,
+) -> anyhow::Result<Option<(Vec<std::net::TcpListener>, Https)>> {
+    let settings = supervisor.config().settings.tls.clone();
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let port = settings.https_port;
+    let listeners = match inherited.filter(|l| !l.is_empty()) {
+        Some(l) => l,
+        None => bind(SocketAddr::new(bind_to, port), threads)
+            .with_context(|| format!("cannot listen on {bind_to}:{port} (https_port)"))?,
+    };
+    let tls = certificates(&settings, supervisor, domain)?;
+    let https = Https {
+        tls,
+        https_port: port,
+    };
+    Ok(Some((listeners, https)))
+}
+
 /// The certificates (loaded from `cache_dir`), and their renewal running.
-pub fn certificates(
+fn certificates(
     settings: &TlsSettings,
     supervisor: &Supervisor,
     domain: &str,
@@ -58,18 +85,4 @@ pub fn certificates(
     .with_context(|| format!("cannot use cache_dir {}", settings.cache_dir.display()))?;
     tokio::spawn(tls.clone().renew());
     Ok(tls)
-}
-
-/// The HTTPS listeners: inherited from an upgraded predecessor, or bound on `https_port`.
-pub fn listeners(
-    inherited: Vec<std::net::TcpListener>,
-    bind_to: IpAddr,
-    port: u16,
-    threads: usize,
-) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    if !inherited.is_empty() {
-        return Ok(inherited);
-    }
-    bind(SocketAddr::new(bind_to, port), threads)
-        .with_context(|| format!("cannot listen on {bind_to}:{port} (https_port)"))
 }

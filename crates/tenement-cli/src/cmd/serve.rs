@@ -226,22 +226,8 @@ pub async fn run(
     let socket_path = control_socket(&data_dir);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Every TCP listener before the control socket: a port in use leaves nothing behind.
-    let tls_settings = supervisor.config().settings.tls.clone();
-    let https = match tls_settings.enabled {
-        true => {
-            let inherited = inherited.as_mut().map(|i| std::mem::take(&mut i.secure));
-            let listeners = crate::cmd::https::listeners(
-                inherited.unwrap_or_default(),
-                args.bind,
-                tls_settings.https_port,
-                threads,
-            )?;
-            let tls = crate::cmd::https::certificates(&tls_settings, &supervisor, &domain)?;
-            let https_port = tls_settings.https_port;
-            Some((listeners, tenement_edge::Https { tls, https_port }))
-        }
-        false => None,
-    };
+    let secure = inherited.as_mut().map(|i| std::mem::take(&mut i.secure));
+    let https = crate::cmd::https::front(&supervisor, &domain, secure, args.bind, threads)?;
     let (control, front_listeners) = match inherited.as_mut() {
         Some(i) => (
             tokio::net::UnixListener::from_std(i.control.take().context("no control socket")?)?,
