@@ -91,6 +91,10 @@ fn main() -> std::process::ExitCode {
     {
         tenement_runtime::shim::run(&raw[2..]);
     }
+    #[cfg(feature = "wasm")]
+    if raw.get(1).is_some_and(|a| a == tenement_wasm::SUBCOMMAND) {
+        tenement_wasm::host::run(&raw[2..]);
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         // A client writing into a closed pipe (`ten ps | head -3`) ends quietly, as Unix tools

@@ -27,6 +27,8 @@ pub mod shim;
 pub mod storage;
 pub mod user;
 mod walls;
+#[cfg(feature = "wasm")]
+mod wasm;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,6 +77,11 @@ pub struct Spec {
     /// Size of a private `/tmp` (and `/dev/shm`), where the level has one.
     pub tmp_size_mb: u64,
     pub handover: Handover,
+    /// The service's `memory_limit_mb` (the cgroup's, and a wasm component's linear memory).
+    pub memory_limit_mb: Option<u64>,
+    /// `wasm`: CPU time one request may use, and whether the component may reach the network.
+    pub request_cpu_ms: u64,
+    pub outbound: bool,
 }
 
 /// How the instance may outlive its server ([`handover`]).
@@ -158,6 +165,12 @@ pub trait Runtime: Send + Sync {
     fn own_user(&self) -> bool {
         false
     }
+    /// Checks what the service's `command` names before anything starts (`ten config
+    /// --check`, `ten serve`): `argv` as the service gives it, relative to `workdir`. Levels
+    /// that run any program have nothing to check.
+    fn check_program(&self, _argv: &[String], _workdir: &std::path::Path) -> Result<(), String> {
+        Ok(())
+    }
     /// Removes what an earlier server left behind (called once, when `ten serve` starts),
     /// but for the instances in `adopted`.
     fn clean_stale(&self, _adopted: &[InstanceKey]) {}
@@ -197,10 +210,12 @@ impl Runtimes {
             Box::new(ProcessRuntime::new(shim.clone())),
             Box::new(NamespaceRuntime::new(shim.clone())),
             Box::new(SandboxRuntime::new(
-                shim,
+                shim.clone(),
                 &settings.sandbox,
                 &settings.data_dir,
             )),
+            #[cfg(feature = "wasm")]
+            Box::new(wasm::WasmRuntime::new(shim, &settings.data_dir)),
         ];
         Self {
             by_level: backends.into_iter().map(|b| (b.isolation(), b)).collect(),
@@ -224,11 +239,11 @@ impl Runtimes {
 }
 
 fn not_built_reason(level: Isolation) -> String {
-    let hint = "use isolation = \"process\", \"namespace\" or \"sandbox\" until it lands (docs/isolation.md)";
+    let hint = "use isolation = \"process\", \"namespace\", \"sandbox\" or \"wasm\" until it lands (docs/isolation.md)";
     match level {
-        Isolation::Wasm => {
-            format!("the wasmtime backend is not implemented in this build yet; {hint}")
-        }
+        Isolation::Wasm => "this build of ten has no wasm support (it was built without the \
+            `wasm` cargo feature, which is on by default): rebuild with default features"
+            .into(),
         Isolation::Firecracker | Isolation::Qemu => {
             format!("VM backends are not implemented in this build yet; {hint}")
         }

@@ -41,6 +41,14 @@ impl Runtime for NamespaceRuntime {
 
     fn start(&self, spec: &Spec) -> Result<Started, Error> {
         spec.check_user(false)?;
+        let args = shim_args(spec);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_shim(&self.shim, spec, &args)
+    }
+}
+
+/// The shim's options that build `spec`'s namespace and walls (shared with `wasm`).
+pub(crate) fn shim_args(spec: &Spec) -> Vec<String> {
         let hostname = format!("{}-{}", spec.key.id, spec.key.service);
         let tmp_size = spec.tmp_size_mb.to_string();
         let user = spec.user.map(|u| u.arg());
@@ -66,11 +74,9 @@ impl Runtime for NamespaceRuntime {
         if let Some(user) = user {
             args.extend(["--user".into(), user]);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        spawn_shim(&self.shim, spec, &args)
-    }
+        args
 }
 
-fn path(p: &std::path::Path) -> String {
+pub(crate) fn path(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
 }

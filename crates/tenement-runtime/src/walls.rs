@@ -146,6 +146,9 @@ fn perform(op: &Op) -> Result<(), String> {
             if is_dir {
                 mkdirs(path)?;
             } else if !path.exists() {
+                if let Some(dir) = path.parent() {
+                    mkdirs(dir)?;
+                }
                 File::create(path).map_err(|e| format!("create {}: {e}", path.display()))?;
             }
             let from = format!("/proc/self/fd/{}", source.as_raw_fd());

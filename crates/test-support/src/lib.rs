@@ -7,6 +7,7 @@
 pub mod acme;
 pub mod dns;
 pub mod http;
+pub mod wasm;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

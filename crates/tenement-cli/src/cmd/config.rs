@@ -24,13 +24,18 @@ pub fn run(
     if args.check {
         // Every isolation level in use must be usable here: fail loudly now, not at spawn.
         let exe = std::env::current_exe()?;
-        let problems = unavailable(&config, &Runtimes::new(exe, &config.settings));
+        let runtimes = Runtimes::new(exe, &config.settings);
+        let problems = unavailable(&config, &runtimes);
         if !problems.is_empty() {
             anyhow::bail!(
                 "{}: isolation not available on this machine:\n  {}",
                 config.file.display(),
                 problems.join("\n  ")
             );
+        }
+        let problems = bad_programs(&config, &runtimes);
+        if !problems.is_empty() {
+            anyhow::bail!("{}:\n  {}", config.file.display(), problems.join("\n  "));
         }
         println!(
             "{}: ok ({} service{})",
@@ -55,6 +60,26 @@ pub fn unknown_users(config: &Config) -> Vec<String> {
             tenement::users::lookup(user)
                 .err()
                 .map(|e| format!("service.{name}.user: {e}"))
+        })
+        .collect()
+}
+
+/// Services whose `command` their level cannot run (a wasm service's component that is not
+/// one tenement can serve), each as `service.NAME.command: why`. A command that depends on
+/// the instance (`{id}`...) is checked at each spawn instead.
+pub fn bad_programs(config: &Config, runtimes: &Runtimes) -> Vec<String> {
+    config
+        .services
+        .iter()
+        .filter(|(_, svc)| !svc.command.as_str().contains('{'))
+        .filter_map(|(name, svc)| {
+            let runtime = runtimes.get(svc.isolation).ok()?;
+            let args: Vec<String> = svc.args.iter().map(|a| a.as_str().to_owned()).collect();
+            let argv = tenement_runtime::argv_for(svc.command.as_str(), &args);
+            runtime
+                .check_program(&argv, &svc.workdir)
+                .err()
+                .map(|e| format!("service.{name}.command: {e}"))
         })
         .collect()
 }

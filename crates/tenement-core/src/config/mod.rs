@@ -198,6 +198,16 @@ pub struct Service {
     /// process). See `docs/isolation.md`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `wasm` only: CPU time one request may use (default [`Service::REQUEST_CPU_MS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_cpu_ms: Option<u64>,
+    /// `wasm` only: whether the component may open outbound connections.
+    pub outbound: bool,
+}
+
+impl Service {
+    /// CPU time a wasm request may use unless `request_cpu_ms` says otherwise.
+    pub const REQUEST_CPU_MS: u64 = 10_000;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

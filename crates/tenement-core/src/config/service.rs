@@ -33,6 +33,8 @@ const SERVICE: &[&str] = &[
     "storage_persist",
     "env",
     "user",
+    "request_cpu_ms",
+    "outbound",
 ];
 
 pub(super) fn service(
@@ -143,6 +145,7 @@ pub(super) fn service(
             "directly in {data_dir}, which namespace and sandbox isolation hide from the instance: use the instance's own directory, as the default does (\"{data_dir}/{id}/app.sock\")",
         );
     }
+    let listen_span = f.span_of("listen");
     let listen = f
         .string(ctx, "listen")
         .and_then(|v| {
@@ -179,6 +182,35 @@ pub(super) fn service(
         }
         u
     });
+    let request_cpu_ms = f
+        .int(ctx, "request_cpu_ms", 1, 3_600_000)
+        .map(|(n, span)| (n as u64, span));
+    let outbound_span = f.span_of("outbound");
+    let outbound = f.bool(ctx, "outbound");
+    if isolation != Isolation::Wasm {
+        // Only a wasm host can bound a request's CPU time or deny the network; elsewhere
+        // the setting would be a promise not kept.
+        if let Some((_, span)) = request_cpu_ms {
+            ctx.error(
+                span,
+                &f.field("request_cpu_ms"),
+                "applies to isolation = \"wasm\" only (other levels are bounded by cpu_shares and their cgroup)",
+            );
+        }
+        if let Some(span) = outbound_span {
+            ctx.error(
+                span,
+                &f.field("outbound"),
+                "applies to isolation = \"wasm\" only (apps at other levels share the host's network)",
+            );
+        }
+    } else if let Some(span) = listen_span.filter(|_| listen == Listen::Tcp) {
+        ctx.error(
+            span,
+            &f.field("listen"),
+            "isolation = \"wasm\" serves the component on the instance's Unix socket: remove `listen = \"tcp\"`",
+        );
+    }
     let env_vars = f
         .table(ctx, "env")
         .map(|t| env_table(ctx, t, env))
@@ -205,6 +237,8 @@ pub(super) fn service(
         storage_persist,
         env: env_vars,
         user,
+        request_cpu_ms: request_cpu_ms.map(|(n, _)| n),
+        outbound: outbound.unwrap_or(false),
     };
     Some((service, socket_span))
 }

@@ -64,6 +64,14 @@ impl<'de> Fields<'de> {
         }
     }
 
+    /// Where `name`'s value is, if the table has it (still there to take).
+    pub fn span_of(&self, name: &str) -> Option<Span> {
+        self.table
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(_, v)| v.span)
+    }
+
     pub fn take(&mut self, name: &str) -> Option<Value<'de>> {
         self.table.remove(name)
     }

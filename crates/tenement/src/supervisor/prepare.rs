@@ -101,6 +101,9 @@ impl Supervisor {
             user,
             tmp_size_mb: service.storage_quota_mb.unwrap_or(TMP_SIZE_MB),
             handover: Default::default(),
+            memory_limit_mb: service.memory_limit_mb,
+            request_cpu_ms: service.request_cpu_ms.unwrap_or(Service::REQUEST_CPU_MS),
+            outbound: service.outbound,
         };
         Ok((spec, PathBuf::from(socket), data))
     }

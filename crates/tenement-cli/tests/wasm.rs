@@ -1,0 +1,340 @@
+//! `isolation = "wasm"`: components built from source (crates/tenement-wasm/guests), served
+//! through the front door, attacked from inside (files, memory, CPU, network, panics) and
+//! refused when they are not something tenement can serve.
+
+use std::path::Path;
+use std::time::Duration;
+
+use test_support::http::{get, request};
+use test_support::{Building, SOON, wait_for};
+
+const TEN: &str = env!("CARGO_BIN_EXE_ten");
+
+/// A building whose `hello` service runs the handler guest (copied into the building), with
+/// `extra` lines added to the service; `None` when the machine cannot build guests.
+fn building(extra: &str) -> Option<Building> {
+    if !test_support::root_or_skip("wasm instances run inside namespace walls") {
+        return None;
+    }
+    let handler = test_support::wasm::guest("handler")?;
+    let config = format!(
+        r#"
+[settings]
+backoff_base_ms = 100
+
+[service.hello]
+command = "handler.wasm"
+isolation = "wasm"
+health = "/health"
+startup_timeout = 60
+{extra}
+[service.hello.env]
+GREETING = "hi there"
+"#
+    );
+    let b = Building::new(TEN, &config);
+    std::fs::copy(handler, b.path().join("handler.wasm")).unwrap();
+    Some(b)
+}
+
+fn front(b: &Building, path: &str) -> (u16, String) {
+    b.front("hello:one", "GET", path)
+}
+
+fn post(b: &Building, path: &str, body: &[u8]) -> (u16, String) {
+    let mut r = request(
+        &b.http_addr(),
+        "one.hello.tenement.test",
+        "POST",
+        path,
+        &[],
+        Some((body.len() as u64, &mut &body[..])),
+    )
+    .unwrap();
+    (r.status, r.text().unwrap())
+}
+
+#[test]
+fn a_handler_is_served_with_its_env_and_nothing_leaks_between_requests() {
+    let Some(mut b) = building("") else { return };
+    let check = b.ten_ok(&["config", "--check"]);
+    assert!(check.contains("ok"), "{check}");
+    b.start();
+    b.ten_ok(&["spawn", "hello:one"]);
+    let status = b.instance("hello:one").unwrap();
+    assert_eq!(status["isolation"], "wasm");
+    assert_eq!(status["health"], "healthy");
+    assert_eq!(front(&b, "/"), (200, "hello from wasm\n".into()));
+    assert_eq!(front(&b, "/env?GREETING"), (200, "hi there".into()));
+    assert_eq!(front(&b, "/env?INSTANCE_ID"), (200, "one".into()));
+    // The host's PATH means nothing to a component.
+    assert_eq!(front(&b, "/env?PATH"), (200, "(unset)".into()));
+    // A fresh instance per request: a static counter starts over each time.
+    for _ in 0..3 {
+        assert_eq!(front(&b, "/count"), (200, "1".into()));
+    }
+    assert_eq!(
+        post(&b, "/echo", b"a body through the component"),
+        (200, "a body through the component".into())
+    );
+    // Its stdout and stderr are the instance's logs.
+    assert_eq!(front(&b, "/log?marker-42").0, 200);
+    wait_for("the component's lines in the logs", SOON, || {
+        let logs = b.ten_ok(&["logs", "hello:one"]);
+        (logs.contains("stdout: marker-42") && logs.contains("stderr: marker-42")).then_some(())
+    });
+    // ps shows the host process's memory like any instance's.
+    let ps = b.ten_ok(&["ps"]);
+    assert!(ps.contains("wasm"), "{ps}");
+}
+
+#[test]
+fn a_component_sees_its_data_directory_and_nothing_else() {
+    let Some(mut b) = building("") else { return };
+    b.start();
+    b.ten_ok(&["spawn", "hello:one"]);
+    b.ten_ok(&["spawn", "hello:two"]);
+    assert_eq!(post(&b, "/write?note.txt", b"kept"), (200, "kept".into()));
+    let data = b.data_dir();
+    let file = data.join("hello/one/note.txt");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept");
+    // Written as the instance's own uid, like any app's files.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&file).unwrap());
+    assert_ne!(uid, 0);
+    let mine = format!("/read?{}", file.display());
+    assert_eq!(front(&b, &mine), (200, "kept".into()));
+    // Nothing outside its directory: not the host's files, not its neighbour's, not the
+    // server's state, not the building's.
+    let neighbour = data.join("hello/two");
+    std::fs::write(neighbour.join("secret"), "theirs").unwrap();
+    for path in [
+        "/etc/passwd".to_owned(),
+        "/proc/self/environ".to_owned(),
+        neighbour.join("secret").display().to_string(),
+        data.join("state.db").display().to_string(),
+        b.path().join("tenement.toml").display().to_string(),
+        format!("{}/../two/secret", data.join("hello/one").display()),
+    ] {
+        let (status, body) = front(&b, &format!("/read?{path}"));
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(!body.contains("theirs") && !body.contains("root:"), "{body}");
+    }
+    // A write that escapes is refused too.
+    let (status, body) = post(&b, "/write?../two/planted", b"planted");
+    assert_eq!(status, 500, "{body}");
+    assert!(!neighbour.join("planted").exists());
+}
+
+#[test]
+fn memory_cpu_and_panics_fail_one_request_not_the_instance() {
+    let Some(mut b) = building("memory_limit_mb = 64\nrequest_cpu_ms = 300") else {
+        return;
+    };
+    b.start();
+    b.ten_ok(&["spawn", "hello:one"]);
+    let pid = b.instance("hello:one").unwrap()["pid"].clone();
+    assert_eq!(front(&b, "/alloc?16").0, 200);
+    let (status, body) = front(&b, "/alloc?200");
+    assert_eq!(status, 500, "{body}");
+    let (status, body) = front(&b, "/panic");
+    assert_eq!((status, body.contains("trapped")), (500, true), "{body}");
+    // A request that spins is cut off; meanwhile the others are served.
+    let addr = b.http_addr();
+    let spinner = std::thread::spawn(move || {
+        let mut r = get(&addr, "one.hello.tenement.test", "/spin").unwrap();
+        (r.status, r.text().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(front(&b, "/"), (200, "hello from wasm\n".into()));
+    let (status, body) = spinner.join().unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("CPU time limit (300 ms)"), "{body}");
+    // Same process, healthy, nothing restarted.
+    assert_eq!(front(&b, "/"), (200, "hello from wasm\n".into()));
+    let after = b.instance("hello:one").unwrap();
+    assert_eq!((after["pid"].clone(), after["restarts"].clone()), (pid, 0.into()));
+    assert_eq!(after["health"], "healthy");
+    let logs = b.ten_ok(&["logs", "hello:one"]);
+    assert!(logs.contains("asked to panic"), "{logs}");
+    assert!(logs.contains("GET /spin: the handler ran past its CPU time limit"), "{logs}");
+}
+
+#[test]
+fn outbound_requests_are_refused_unless_allowed_and_never_reach_this_host() {
+    let host_ip = non_loopback_ipv4();
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut s = stream;
+            let _ = std::io::Read::read(&mut s, &mut [0u8; 4096]);
+            let _ = std::io::Write::write_all(
+                &mut s,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\noutside",
+            );
+        }
+    });
+    for (extra, allowed) in [("", false), ("outbound = true", true)] {
+        let Some(mut b) = building(extra) else { return };
+        b.start();
+        b.ten_ok(&["spawn", "hello:one"]);
+        // Loopback: this host's own services (the API, other tenants' TCP ports): never.
+        let (status, body) = front(&b, &format!("/fetch?http://127.0.0.1:{port}/"));
+        assert_eq!(status, 502, "{body}");
+        let expected = match allowed {
+            true => "DestinationIpProhibited",
+            false => "HttpRequestDenied",
+        };
+        assert!(body.contains(expected), "{extra}: {body}");
+        let (status, body) = front(&b, &format!("/fetch?http://localhost:{}/", b.http_addr().rsplit(':').next().unwrap()));
+        assert_eq!(status, 502, "{body}");
+        let Some(ip) = host_ip else {
+            eprintln!("SKIPPED the allowed case: this machine has no non-loopback IPv4 address");
+            continue;
+        };
+        let (status, body) = front(&b, &format!("/fetch?http://{ip}:{port}/"));
+        match allowed {
+            true => assert_eq!((status, body.as_str()), (200, "fetched 200: outside")),
+            false => assert!(status == 502 && body.contains("HttpRequestDenied"), "{body}"),
+        }
+    }
+}
+
+fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+    // The address a UDP socket would use towards a public one (nothing is sent).
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    match s.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(v4) if !v4.is_loopback() => Some(v4),
+        _ => None,
+    }
+}
+
+#[test]
+fn an_idle_instance_sleeps_and_wakes_and_stop_leaves_nothing() {
+    let Some(mut b) = building("idle_timeout = 1") else { return };
+    b.start();
+    b.ten_ok(&["spawn", "hello:one"]);
+    assert_eq!(front(&b, "/").0, 200);
+    b.wait_instance("hello:one", "asleep", |i| i["state"] == "sleeping");
+    assert!(b.tenant_processes().is_empty(), "{:?}", b.tenant_processes());
+    assert_eq!(front(&b, "/"), (200, "hello from wasm\n".into()));
+    assert_eq!(b.instance("hello:one").unwrap()["state"], "running");
+    b.ten_ok(&["stop", "hello:one"]);
+    assert!(b.tenant_processes().is_empty(), "{:?}", b.tenant_processes());
+}
+
+#[test]
+fn components_are_compiled_once_and_a_damaged_cache_entry_is_rebuilt() {
+    let Some(mut b) = building("") else { return };
+    b.start();
+    b.ten_ok(&["spawn", "hello:one"]);
+    b.ten_ok(&["spawn", "hello:two"]);
+    let compiled = |b: &Building| b.serve_log().matches("compiled instance").count();
+    assert_eq!(compiled(&b), 1, "{}", b.serve_log());
+    let cache = b.data_dir().join(".wasm-cache");
+    let meta = std::fs::metadata(&cache).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777, 0o711);
+    let artifact = only_artifact(&cache);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&artifact).unwrap().permissions());
+    assert_eq!(mode & 0o022, 0, "no tenant may write an artifact");
+
+    // Damage it (as a disk error would): the next start must not run it.
+    let mut code = std::fs::read(&artifact).unwrap();
+    let middle = code.len() / 2;
+    code[middle] ^= 0xff;
+    std::fs::write(&artifact, code).unwrap();
+    b.ten_ok(&["restart", "hello:one"]);
+    b.wait_instance("hello:one", "running again", |i| i["state"] == "running");
+    assert_eq!(compiled(&b), 2, "{}", b.serve_log());
+    assert_eq!(front(&b, "/"), (200, "hello from wasm\n".into()));
+
+    // A changed component is compiled anew, under a new name.
+    let mut wasm = std::fs::read(b.path().join("handler.wasm")).unwrap();
+    wasm.extend_from_slice(&custom_section("tenement-test", b"v2"));
+    std::fs::write(b.path().join("handler.wasm"), wasm).unwrap();
+    b.ten_ok(&["restart", "hello:two"]);
+    b.wait_instance("hello:two", "running again", |i| i["state"] == "running");
+    assert_eq!(compiled(&b), 3);
+    let names = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(names, 4, "two artifacts, each with its digest");
+}
+
+fn only_artifact(cache: &Path) -> std::path::PathBuf {
+    let found: Vec<_> = std::fs::read_dir(cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    found[0].clone()
+}
+
+/// A component-level custom section (id 0): changes the file, not what it does.
+fn custom_section(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name.as_bytes());
+    payload.extend_from_slice(data);
+    let mut section = vec![0u8, payload.len() as u8];
+    section.extend(payload);
+    section
+}
+
+#[test]
+fn what_is_not_a_servable_component_is_refused_by_name_at_check_and_spawn() {
+    let Some(handler) = test_support::wasm::guest("handler") else {
+        return;
+    };
+    if !test_support::root_or_skip("wasm instances run inside namespace walls") {
+        return;
+    }
+    let command = test_support::wasm::guest("command").unwrap();
+    let missing = test_support::wasm::guest("missing_import").unwrap();
+    let _ = handler;
+    let cases: [(&str, Vec<u8>, &[&str]); 5] = [
+        ("absent.wasm", vec![], &["absent.wasm: no such file"]),
+        ("text.wasm", b"#!/bin/sh\necho hi\n".to_vec(), &["text.wasm is not a WebAssembly component"]),
+        ("core.wasm", b"\0asm\x01\0\0\0".to_vec(), &["core.wasm is a core WebAssembly module, not a component"]),
+        ("command.wasm", std::fs::read(command).unwrap(), &["command.wasm is a wasi:cli command", "wasi:http/incoming-handler"]),
+        ("missing.wasm", std::fs::read(missing).unwrap(), &["missing.wasm imports what tenement does not provide", "tenement:test/vault"]),
+    ];
+    for (file, bytes, expected) in cases {
+        let config = format!(
+            "[service.bad]\ncommand = \"{file}\"\nisolation = \"wasm\"\nstartup_timeout = 30\nrestart = \"never\"\n"
+        );
+        let mut b = Building::new(TEN, &config);
+        if !bytes.is_empty() {
+            std::fs::write(b.path().join(file), bytes).unwrap();
+        }
+        let check = b.ten(&["config", "--check"]);
+        let said = String::from_utf8_lossy(&check.stderr);
+        assert!(!check.status.success(), "{file}");
+        for e in expected {
+            assert!(said.contains(e), "{file}: config --check said {said}");
+        }
+        assert!(said.contains("service.bad.command"), "{said}");
+        b.start();
+        let spawn = b.ten(&["spawn", "bad:one"]);
+        let said = String::from_utf8_lossy(&spawn.stderr);
+        assert!(!spawn.status.success(), "{file}");
+        for e in expected {
+            assert!(said.contains(e), "{file}: spawn said {said}");
+        }
+        assert!(b.tenant_processes().is_empty());
+    }
+}
+
+#[test]
+fn wasm_only_settings_are_refused_elsewhere() {
+    let b = Building::new(
+        TEN,
+        "[service.app]\ncommand = \"{fixture}\"\nisolation = \"namespace\"\noutbound = false\nrequest_cpu_ms = 100\n",
+    );
+    let check = b.ten(&["config", "--check"]);
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success());
+    assert!(said.contains("service.app.outbound") && said.contains("share the host's network"), "{said}");
+    assert!(said.contains("service.app.request_cpu_ms"), "{said}");
+    assert!(said.contains("tenement.toml:7:12: service.app.outbound"), "names file, line and field: {said}");
+}

@@ -1,0 +1,124 @@
+//! `isolation = "wasm"`: a WebAssembly component (`wasi:http/proxy`) served by `ten __wasm`
+//! ([`tenement_wasm::host`]), one host process per instance.
+//!
+//! The host runs exactly as a `namespace` app does (the same shim options: its own uid,
+//! cgroup, PID and mount namespaces, walls, Landlock scope), so a bug in wasmtime is still
+//! walled off from the host and from other tenants, and memory, CPU and pids are the
+//! instance's cgroup's. What it may see inside those walls: its data directory (kept
+//! writable, as at `namespace`), the `ten` binary, and the one compiled artifact it runs
+//! (revealed read-only). The component itself sees less still: only what the host grants it.
+//!
+//! The component is checked and compiled at start by `ten serve` ([`tenement_wasm::Cache`]);
+//! a start that finds it cached costs a stat and a lookup.
+
+use std::path::{Path, PathBuf};
+
+use tenement_core::config::Isolation;
+use tenement_wasm::Cache;
+
+use crate::namespace::{path, shim_args};
+use crate::process::spawn_shim;
+use crate::{Error, Runtime, Spec, Started, Unavailable};
+
+pub struct WasmRuntime {
+    shim: PathBuf,
+    cache: Result<Cache, String>,
+}
+
+impl WasmRuntime {
+    pub fn new(shim: PathBuf, data_dir: &Path) -> Self {
+        Self {
+            shim,
+            cache: Cache::new(data_dir.join(".wasm-cache")),
+        }
+    }
+
+    fn cache(&self) -> Result<&Cache, Unavailable> {
+        self.cache.as_ref().map_err(|e| Unavailable {
+            isolation: "wasm",
+            reason: e.clone(),
+        })
+    }
+}
+
+/// The component a service's argv names, and the arguments it gets.
+fn component<'a>(argv: &'a [String], workdir: &Path) -> Result<(PathBuf, &'a [String]), String> {
+    let (first, args) = argv
+        .split_first()
+        .ok_or("`command` names no component")?;
+    if argv.first().is_some_and(|a| a == "/bin/sh") {
+        return Err("`command` must name a .wasm component, not a shell command line".into());
+    }
+    Ok((workdir.join(first), args))
+}
+
+impl Runtime for WasmRuntime {
+    fn isolation(&self) -> Isolation {
+        Isolation::Wasm
+    }
+
+    fn own_user(&self) -> bool {
+        true
+    }
+
+    fn probe(&self) -> Result<(), Unavailable> {
+        self.cache()?;
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Unavailable {
+                isolation: "wasm",
+                reason: "the wasm host runs inside namespace walls, which need root (CAP_SYS_ADMIN); run ten serve as root".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_program(&self, argv: &[String], workdir: &Path) -> Result<(), String> {
+        let (file, _) = component(argv, workdir)?;
+        tenement_wasm::check(&file)
+    }
+
+    fn start(&self, spec: &Spec) -> Result<Started, Error> {
+        let denied = |message: String| Error::Denied {
+            key: spec.key.clone(),
+            message,
+        };
+        let cache = self.cache()?;
+        let (file, args) = component(&spec.argv, &spec.workdir).map_err(denied)?;
+        // Compiling takes from milliseconds to seconds: off the runtime's other tasks.
+        let prepared = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| cache.prepare(&file))
+            }
+            _ => cache.prepare(&file),
+        }
+        .map_err(denied)?;
+        if prepared.compiled {
+            tracing::info!(instance = %spec.key, component = %file.display(), "compiled");
+        }
+        let mut argv = vec![
+            path(&self.shim),
+            tenement_wasm::SUBCOMMAND.into(),
+            "--module".into(),
+            path(&prepared.artifact),
+            "--dir".into(),
+            path(&spec.instance_dir),
+            "--memory-mb".into(),
+            spec.memory_limit_mb.unwrap_or(4096).to_string(),
+            "--cpu-ms".into(),
+            spec.request_cpu_ms.to_string(),
+        ];
+        if spec.outbound {
+            argv.push("--outbound".into());
+        }
+        argv.push("--".into());
+        argv.extend(args.iter().cloned());
+        let host = Spec {
+            argv,
+            ..spec.clone()
+        };
+        let mut shim = shim_args(&host);
+        shim.extend(["--reveal".into(), path(&prepared.artifact)]);
+        let shim: Vec<&str> = shim.iter().map(String::as_str).collect();
+        spawn_shim(&self.shim, &host, &shim)
+    }
+}

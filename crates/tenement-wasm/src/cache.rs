@@ -1,0 +1,225 @@
+//! Checking and compiling components, once per content: `ten serve`'s half.
+//!
+//! An artifact is native code that the host maps and runs, so it is only as trustworthy as
+//! the directory it lives in and the bytes it holds:
+//! - the cache directory is the server's, mode 0711: tenants (each its own uid) may reach a
+//!   file whose name they know, never list or write one; names are the component's SHA-256
+//!   plus a hash of the engine's settings and version, so a changed file or a new wasmtime
+//!   compiles anew;
+//! - each artifact has a `.sha256` beside it, written after it; the first start that uses an
+//!   artifact in this server's life checks it against that digest. A damaged or unmatched
+//!   artifact is compiled again, never loaded.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// A compiled component, ready for `ten __wasm --module`.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub artifact: PathBuf,
+    /// Whether this call compiled it (rather than found it).
+    pub compiled: bool,
+}
+
+pub struct Cache {
+    dir: PathBuf,
+    engine: Engine,
+    /// Artifacts checked against their digest in this server's life: (device, inode, mtime).
+    checked: Mutex<HashMap<PathBuf, (u64, u64, i64)>>,
+}
+
+impl Cache {
+    pub fn new(dir: PathBuf) -> Result<Self, String> {
+        Ok(Self {
+            dir,
+            engine: crate::compiler()?,
+            checked: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The compiled form of the component at `path`: found in the cache, or checked and
+    /// compiled. Errors name the file and what is wrong with it.
+    pub fn prepare(&self, path: &Path) -> Result<Prepared, String> {
+        let bytes = read(path)?;
+        let name = format!("{}-{:016x}", hex(&Sha256::digest(&bytes)), self.engine_hash());
+        let artifact = self.dir.join(format!("{name}.cwasm"));
+        if self.intact(&artifact) {
+            return Ok(Prepared {
+                artifact,
+                compiled: false,
+            });
+        }
+        let component = compile(&self.engine, path, &bytes)?;
+        let code = component
+            .serialize()
+            .map_err(|e| format!("{}: serializing the compiled component: {e:#}", path.display()))?;
+        self.store(&artifact, &code)
+            .map_err(|e| format!("wasm cache {}: {e}", self.dir.display()))?;
+        Ok(Prepared {
+            artifact,
+            compiled: true,
+        })
+    }
+
+    fn engine_hash(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        h.finish()
+    }
+
+    /// Whether `artifact` exists and matches its digest (checked once per server life and
+    /// file).
+    fn intact(&self, artifact: &Path) -> bool {
+        let Ok(meta) = std::fs::symlink_metadata(artifact) else {
+            return false;
+        };
+        let id = (meta.dev(), meta.ino(), meta.mtime_nsec() ^ meta.mtime());
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        if checked.get(artifact) == Some(&id) {
+            return true;
+        }
+        let ours = meta.is_file() && meta.uid() == nix_euid() && meta.mode() & 0o022 == 0;
+        let good = ours
+            && match (std::fs::read(artifact), std::fs::read_to_string(digest_of(artifact))) {
+                (Ok(code), Ok(sum)) => hex(&Sha256::digest(&code)) == sum.trim(),
+                _ => false,
+            };
+        if good {
+            checked.insert(artifact.to_path_buf(), id);
+        }
+        good
+    }
+
+    /// Writes `code` and then its digest, each atomically (a crash leaves either no artifact
+    /// or one that fails its check).
+    fn store(&self, artifact: &Path, code: &[u8]) -> std::io::Result<()> {
+        self.ensure_dir()?;
+        write_atomic(artifact, code)?;
+        write_atomic(&digest_of(artifact), hex(&Sha256::digest(code)).as_bytes())?;
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(artifact);
+        Ok(())
+    }
+
+    /// The cache directory: ours, a real directory, 0711.
+    fn ensure_dir(&self) -> std::io::Result<()> {
+        match std::fs::DirBuilder::new().mode(0o711).create(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = std::fs::symlink_metadata(&self.dir)?;
+        if !meta.is_dir() || meta.uid() != nix_euid() {
+            return Err(std::io::Error::other(
+                "not a directory of the server's own user; remove it",
+            ));
+        }
+        if meta.mode() & 0o7777 != 0o711 {
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+        Ok(())
+    }
+}
+
+fn nix_euid() -> u32 {
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+fn digest_of(artifact: &Path) -> PathBuf {
+    artifact.with_extension("sha256")
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{}: no such file", path.display()),
+        _ => format!("{}: cannot read it: {e}", path.display()),
+    })
+}
+
+/// Checks the component at `path` (as `ten config --check` does) without caching it.
+pub fn check(path: &Path) -> Result<(), String> {
+    let bytes = read(path)?;
+    compile(&crate::compiler()?, path, &bytes).map(drop)
+}
+
+/// Compiles `bytes` (read from `path`) and checks that tenement can serve it.
+fn compile(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Component, String> {
+    let file = path.display();
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+            return Err(format!(
+                "{file} is a core WebAssembly module, not a component: build it for the \
+                 component model (cargo build --target wasm32-wasip2, or wasm-tools component new)"
+            ));
+        }
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+        _ => return Err(format!("{file} is not a WebAssembly component (bad magic number)")),
+    }
+    let component = Component::new(engine, bytes)
+        .map_err(|e| format!("{file} is not a valid component: {e:#}"))?;
+    let linker = crate::state::linker(engine).map_err(|e| format!("wasmtime: {e:#}"))?;
+    let pre = linker.instantiate_pre(&component).map_err(|e| {
+        format!(
+            "{file} imports what tenement does not provide ({e:#}); a wasm service gets \
+             wasi:http, wasi:cli, wasi:clocks, wasi:random, wasi:io, wasi:filesystem and \
+             wasi:sockets at version 0.2"
+        )
+    })?;
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let handler = exports
+        .iter()
+        .any(|n| n.starts_with("wasi:http/incoming-handler@0.2"));
+    if !handler {
+        let what = match exports.iter().any(|n| n.starts_with("wasi:cli/run@")) {
+            true => "a wasi:cli command (it exports wasi:cli/run)",
+            false => "not an HTTP handler",
+        };
+        return Err(format!(
+            "{file} is {what}: isolation = \"wasm\" serves components of the wasi:http/proxy \
+             world, which export wasi:http/incoming-handler@0.2 (exports found: {})",
+            match exports.is_empty() {
+                true => "none".to_owned(),
+                false => exports.join(", "),
+            }
+        ));
+    }
+    wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)
+        .map_err(|e| format!("{file}: its wasi:http/incoming-handler export is not usable: {e:#}"))?;
+    Ok(component)
+}

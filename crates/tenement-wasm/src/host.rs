@@ -1,0 +1,356 @@
+//! `ten __wasm`: one instance's host. Started by the shim in the instance's cgroup, walls and
+//! uid, like any app:
+//!
+//! `ten __wasm --module ARTIFACT --dir DIR [--memory-mb N] [--cpu-ms N] [--outbound]
+//! [--concurrency N] [-- ARGS...]`
+//!
+//! It loads the artifact [`crate::Cache`] compiled, listens on `SOCKET_PATH` and serves
+//! HTTP/1.1 there; each request gets a fresh instance of the component (pre-instantiated,
+//! from wasmtime's pooling allocator), in a store of its own:
+//! - its environment: this process's (the service's `env` and tenement's variables), but
+//!   `PATH`; its arguments: `ARGS`;
+//! - its files: `DIR` (the instance's data directory) preopened read-write at the same path
+//!   (so `$HOME` and `$DATA_DIR`-style settings work); nothing else;
+//! - its network: none, unless `--outbound` (then `wasi:http` requests and `wasi:sockets`
+//!   TCP/UDP to addresses not of this host: [`crate::state::public`]);
+//! - each linear memory at most `--memory-mb` (a failed `memory.grow` is the guest's to
+//!   handle; Rust aborts: 500);
+//! - at most `--cpu-ms` of CPU time: counted in epoch ticks ([`crate::TICK`]) that find the
+//!   request running, so time spent waiting (on a slow client, an outbound request) is not
+//!   charged. Each tick yields to the other requests; past the limit the request traps: 504.
+//!
+//! One thread runs the requests (a tenant's share of the cores is its cgroup's business);
+//! a second ticks the epoch, only while a request is in flight, so an idle instance costs no
+//! wake-ups. The component's stdout and stderr are this process's: tenement's logs.
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::state::{Outbound, State, public};
+
+/// The hidden `ten` subcommand that runs a wasm instance.
+pub const SUBCOMMAND: &str = "__wasm";
+
+/// Requests one instance runs at once (more wait for a place).
+const CONCURRENCY: u32 = 64;
+
+struct Options {
+    module: PathBuf,
+    dir: PathBuf,
+    memory_mb: u64,
+    cpu_ms: u64,
+    outbound: bool,
+    concurrency: u32,
+    args: Vec<String>,
+}
+
+fn parse(args: &[OsString]) -> Result<Options, String> {
+    let usage = || {
+        format!(
+            "usage: ten {SUBCOMMAND} --module ARTIFACT --dir DIR [--memory-mb N] [--cpu-ms N] [--outbound] [--concurrency N] [-- ARGS...]"
+        )
+    };
+    let mut o = Options {
+        module: PathBuf::new(),
+        dir: PathBuf::new(),
+        memory_mb: 128,
+        cpu_ms: 10_000,
+        outbound: false,
+        concurrency: CONCURRENCY,
+        args: Vec::new(),
+    };
+    let mut it = args.iter().map(|a| a.to_str().ok_or_else(usage));
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| Err(usage()));
+        let number = |v: &str| v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(usage);
+        match arg? {
+            "--module" => o.module = value()?.into(),
+            "--dir" => o.dir = value()?.into(),
+            "--memory-mb" => o.memory_mb = number(value()?)?,
+            "--cpu-ms" => o.cpu_ms = number(value()?)?,
+            "--concurrency" => o.concurrency = number(value()?)?.min(10_000) as u32,
+            "--outbound" => o.outbound = true,
+            "--" => {
+                o.args = it.map(|a| a.map(str::to_owned)).collect::<Result<_, _>>()?;
+                break;
+            }
+            _ => return Err(usage()),
+        }
+    }
+    if o.module.as_os_str().is_empty() || o.dir.as_os_str().is_empty() {
+        return Err(usage());
+    }
+    Ok(o)
+}
+
+/// Runs the host with the arguments after the subcommand. Never returns.
+pub fn run(args: &[OsString]) -> ! {
+    let code = match parse(args).and_then(serve) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("tenement wasm: {e}");
+            127
+        }
+    };
+    std::process::exit(code)
+}
+
+struct Host {
+    pre: ProxyPre<State>,
+    engine: Engine,
+    options: Options,
+    env: Vec<(String, String)>,
+    places: tokio::sync::Semaphore,
+    ticker: Ticker,
+}
+
+fn serve(options: Options) -> Result<Infallible, String> {
+    let socket = std::env::var_os("SOCKET_PATH").ok_or("SOCKET_PATH is not set")?;
+    let mut pool = PoolingAllocationConfig::new();
+    let n = options.concurrency;
+    pool.total_component_instances(n)
+        .total_core_instances(n * 16)
+        .total_memories(n * 4)
+        .total_tables(n * 16)
+        .total_stacks(n)
+        .max_memory_size((options.memory_mb << 20) as usize);
+    let mut config = crate::config();
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).map_err(|e| format!("wasmtime: {e:#}"))?;
+    // SAFETY: the artifact is one `ten serve` compiled with the same settings into its own
+    // cache (0711, files 0644 of the server's user: no tenant can write one) and checked
+    // against its digest before this start (crate::cache).
+    let component = unsafe { Component::deserialize_file(&engine, &options.module) }
+        .map_err(|e| format!("loading {}: {e:#}", options.module.display()))?;
+    let linker = crate::state::linker(&engine).map_err(|e| format!("wasmtime: {e:#}"))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .and_then(ProxyPre::new)
+        .map_err(|e| format!("{}: {e:#}", options.module.display()))?;
+    let env = std::env::vars().filter(|(k, _)| k != "PATH").collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+    let host = Arc::new(Host {
+        pre,
+        ticker: Ticker::start(engine.clone()),
+        engine,
+        places: tokio::sync::Semaphore::new(options.concurrency as usize),
+        options,
+        env,
+    });
+    runtime.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .map_err(|e| format!("listening on {}: {e}", PathBuf::from(&socket).display()))?;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let host = host.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let host = host.clone();
+                    async move { Ok::<_, Infallible>(host.handle(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    })
+}
+
+impl Host {
+    async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+        let Ok(_place) = self.places.acquire().await else {
+            return answer(503, "shutting down");
+        };
+        let what = format!("{} {}", req.method(), req.uri().path());
+        match self.run(req).await {
+            Ok(response) => response,
+            Err(Failed { status, why }) => {
+                eprintln!("tenement wasm: {what}: {why}");
+                // The client gets the first line; the backtrace is for the tenant's logs.
+                answer(status, why.lines().next().unwrap_or_default())
+            }
+        }
+    }
+
+    async fn run(&self, req: hyper::Request<Incoming>) -> Result<hyper::Response<HyperOutgoingBody>, Failed> {
+        let mut store = self.store().map_err(|e| Failed::internal(format!("{e:#}")))?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let http = store.data_mut();
+        let incoming = http
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| Failed::internal(format!("{e:#}")))?;
+        let out = http
+            .http()
+            .new_response_outparam(sender)
+            .map_err(|e| Failed::internal(format!("{e:#}")))?;
+        let pre = self.pre.clone();
+        let cpu_ms = self.options.cpu_ms;
+        let running = self.ticker.running();
+        // A task of its own: the guest may go on writing the body after it set the response.
+        let task = tokio::task::spawn(async move {
+            let _running = running;
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, incoming, out)
+                .await
+        });
+        match receiver.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(code)) => Err(Failed {
+                status: 500,
+                why: format!("the handler answered with an error: {code:?}"),
+            }),
+            Err(_) => Err(match task.await {
+                Ok(Ok(())) => Failed::internal("the handler returned without setting a response".into()),
+                Ok(Err(e)) if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) => Failed {
+                    status: 504,
+                    why: format!("the handler ran past its CPU time limit ({cpu_ms} ms) and was stopped"),
+                },
+                Ok(Err(e)) => match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => Failed::internal(format!("the handler trapped ({trap})\n{e:?}")),
+                    None => Failed::internal(format!("the handler failed: {e:#}")),
+                },
+                Err(e) => Failed::internal(format!("the handler's task failed: {e}")),
+            }),
+        }
+    }
+
+    /// A store for one request: its capabilities and limits.
+    fn store(&self) -> wasmtime::Result<Store<State>> {
+        let o = &self.options;
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stdout()
+            .inherit_stderr()
+            .envs(&self.env)
+            .args(&o.args)
+            .preopened_dir(&o.dir, o.dir.to_string_lossy(), FsPerms::ReadWrite)?;
+        if o.outbound {
+            wasi.allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true)
+                .socket_addr_check(|addr, _| Box::pin(async move { public(addr) }));
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((o.memory_mb << 20) as usize)
+            .trap_on_grow_failure(false)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            State {
+                wasi: wasi.build(),
+                http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                limits,
+                hooks: Outbound { allowed: o.outbound },
+                ticks: 0,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        let allowed = o.cpu_ms.div_ceil(crate::TICK.as_millis() as u64);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut cx| {
+            let state = cx.data_mut();
+            state.ticks += 1;
+            Ok(match state.ticks > allowed {
+                true => UpdateDeadline::Interrupt,
+                false => UpdateDeadline::Yield(1),
+            })
+        });
+        Ok(store)
+    }
+}
+
+struct Failed {
+    status: u16,
+    why: String,
+}
+
+impl Failed {
+    fn internal(why: String) -> Self {
+        Self { status: 500, why }
+    }
+}
+
+fn answer(status: u16, why: &str) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from(format!("{why}\n")))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(body)
+        .expect("a valid status and header")
+}
+
+/// Ticks the engine's epoch every [`crate::TICK`] while any request is in flight, and sleeps
+/// otherwise.
+struct Ticker {
+    inflight: Arc<AtomicUsize>,
+    thread: std::thread::Thread,
+}
+
+/// A request in flight, for the ticker.
+struct Running {
+    inflight: Arc<AtomicUsize>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Self {
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let seen = inflight.clone();
+        let thread = std::thread::Builder::new()
+            .name("epoch".into())
+            .spawn(move || {
+                loop {
+                    if seen.load(Ordering::Acquire) == 0 {
+                        std::thread::park();
+                        continue;
+                    }
+                    std::thread::sleep(crate::TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread")
+            .thread()
+            .clone();
+        Self { inflight, thread }
+    }
+
+    fn running(&self) -> Running {
+        if self.inflight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.thread.unpark();
+        }
+        Running {
+            inflight: self.inflight.clone(),
+        }
+    }
+}
