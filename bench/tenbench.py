@@ -73,7 +73,7 @@ class Server:
     `services` is the TOML after [settings]; `{tmp}` in it is replaced by the temp directory.
     """
 
-    def __init__(self, services, prefix="ten-bench-", env=None, args=()):
+    def __init__(self, services, prefix="ten-bench-", env=None, args=(), port=0):
         import subprocess
         import tempfile
         self.tmp = tempfile.mkdtemp(prefix=prefix)
@@ -82,7 +82,7 @@ class Server:
             f.write(services.replace("{tmp}", self.tmp))
         self.log = open(f"{self.tmp}/serve.log", "w")
         self.proc = subprocess.Popen(
-            [TEN, "serve", "--config", f"{self.tmp}/tenement.toml", "--port", "0", "--bind", "127.0.0.1", *args],
+            [TEN, "serve", "--config", f"{self.tmp}/tenement.toml", "--port", str(port), "--bind", "127.0.0.1", *args],
             stdout=self.log, stderr=self.log, env={**os.environ, "TENEMENT_LOG": "warn", **(env or {})})
         self.ctl = f"{self.tmp}/data/ten.sock"
         import time

@@ -78,3 +78,66 @@ fn namespace() {
 fn sandbox() {
     lifecycle("sandbox");
 }
+
+/// The same lifecycle at `wasm`: the handler guest instead of the fixture (a component cannot
+/// end its host, so the crash is a SIGKILL of the instance's processes).
+#[test]
+fn wasm() {
+    if !test_support::root_or_skip("wasm instances run inside namespace walls") {
+        return;
+    }
+    let Some(handler) = test_support::wasm::guest("handler") else {
+        return;
+    };
+    let mut b = Building::new(
+        TEN,
+        r#"
+[settings]
+backoff_base_ms = 100
+health_check_interval = 2
+
+[service.app]
+command = "handler.wasm"
+socket = "{dir}/s/{name}-{id}.sock"
+health = "/health"
+startup_timeout = 60
+isolation = "wasm"
+"#,
+    );
+    std::fs::copy(handler, b.path().join("handler.wasm")).unwrap();
+    b.start();
+    b.ten_ok(&["config", "--check"]);
+    let addr = b.http_addr();
+    b.ten_ok(&["spawn", "app:one"]);
+    let first = b.instance("app:one").unwrap();
+    assert_eq!(first["isolation"], "wasm");
+    let mut r = get(&addr, "one.app.tenement.test", "/").unwrap();
+    assert_eq!(
+        (r.status, r.text().unwrap()),
+        (200, "hello from wasm\n".into())
+    );
+
+    for pid in b.tenant_processes() {
+        // SAFETY: kill(2) of a process this test's server started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    b.wait_instance("app:one", "restarted", |i| {
+        i["restarts"] == 1 && i["state"] == "running" && i["pid"] != first["pid"]
+    });
+    wait_for("it to answer again", SOON, || {
+        get(&addr, "one.app.tenement.test", "/health")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+
+    b.ten_ok(&["stop", "app:one"]);
+    assert!(
+        b.tenant_processes().is_empty(),
+        "{:?}",
+        b.tenant_processes()
+    );
+    assert_eq!(
+        get(&addr, "one.app.tenement.test", "/").unwrap().status,
+        404
+    );
+}

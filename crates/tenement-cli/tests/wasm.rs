@@ -57,6 +57,12 @@ fn post(b: &Building, path: &str, body: &[u8]) -> (u16, String) {
 #[test]
 fn a_handler_is_served_with_its_env_and_nothing_leaks_between_requests() {
     let Some(mut b) = building("") else { return };
+    // A project directory only root may enter: the host needs nothing of it.
+    std::fs::set_permissions(
+        b.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let check = b.ten_ok(&["config", "--check"]);
     assert!(check.contains("ok"), "{check}");
     b.start();
@@ -117,7 +123,10 @@ fn a_component_sees_its_data_directory_and_nothing_else() {
     ] {
         let (status, body) = front(&b, &format!("/read?{path}"));
         assert_eq!(status, 403, "{path}: {body}");
-        assert!(!body.contains("theirs") && !body.contains("root:"), "{body}");
+        assert!(
+            !body.contains("theirs") && !body.contains("root:"),
+            "{body}"
+        );
     }
     // A write that escapes is refused too.
     let (status, body) = post(&b, "/write?../two/planted", b"planted");
@@ -152,11 +161,17 @@ fn memory_cpu_and_panics_fail_one_request_not_the_instance() {
     // Same process, healthy, nothing restarted.
     assert_eq!(front(&b, "/"), (200, "hello from wasm\n".into()));
     let after = b.instance("hello:one").unwrap();
-    assert_eq!((after["pid"].clone(), after["restarts"].clone()), (pid, 0.into()));
+    assert_eq!(
+        (after["pid"].clone(), after["restarts"].clone()),
+        (pid, 0.into())
+    );
     assert_eq!(after["health"], "healthy");
     let logs = b.ten_ok(&["logs", "hello:one"]);
     assert!(logs.contains("asked to panic"), "{logs}");
-    assert!(logs.contains("GET /spin: the handler ran past its CPU time limit"), "{logs}");
+    assert!(
+        logs.contains("GET /spin: the handler ran past its CPU time limit"),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -186,7 +201,13 @@ fn outbound_requests_are_refused_unless_allowed_and_never_reach_this_host() {
             false => "HttpRequestDenied",
         };
         assert!(body.contains(expected), "{extra}: {body}");
-        let (status, body) = front(&b, &format!("/fetch?http://localhost:{}/", b.http_addr().rsplit(':').next().unwrap()));
+        let (status, body) = front(
+            &b,
+            &format!(
+                "/fetch?http://localhost:{}/",
+                b.http_addr().rsplit(':').next().unwrap()
+            ),
+        );
         assert_eq!(status, 502, "{body}");
         let Some(ip) = host_ip else {
             eprintln!("SKIPPED the allowed case: this machine has no non-loopback IPv4 address");
@@ -195,7 +216,10 @@ fn outbound_requests_are_refused_unless_allowed_and_never_reach_this_host() {
         let (status, body) = front(&b, &format!("/fetch?http://{ip}:{port}/"));
         match allowed {
             true => assert_eq!((status, body.as_str()), (200, "fetched 200: outside")),
-            false => assert!(status == 502 && body.contains("HttpRequestDenied"), "{body}"),
+            false => assert!(
+                status == 502 && body.contains("HttpRequestDenied"),
+                "{body}"
+            ),
         }
     }
 }
@@ -212,16 +236,26 @@ fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
 
 #[test]
 fn an_idle_instance_sleeps_and_wakes_and_stop_leaves_nothing() {
-    let Some(mut b) = building("idle_timeout = 1") else { return };
+    let Some(mut b) = building("idle_timeout = 1") else {
+        return;
+    };
     b.start();
     b.ten_ok(&["spawn", "hello:one"]);
     assert_eq!(front(&b, "/").0, 200);
     b.wait_instance("hello:one", "asleep", |i| i["state"] == "sleeping");
-    assert!(b.tenant_processes().is_empty(), "{:?}", b.tenant_processes());
+    assert!(
+        b.tenant_processes().is_empty(),
+        "{:?}",
+        b.tenant_processes()
+    );
     assert_eq!(front(&b, "/"), (200, "hello from wasm\n".into()));
     assert_eq!(b.instance("hello:one").unwrap()["state"], "running");
     b.ten_ok(&["stop", "hello:one"]);
-    assert!(b.tenant_processes().is_empty(), "{:?}", b.tenant_processes());
+    assert!(
+        b.tenant_processes().is_empty(),
+        "{:?}",
+        b.tenant_processes()
+    );
 }
 
 #[test]
@@ -234,9 +268,14 @@ fn components_are_compiled_once_and_a_damaged_cache_entry_is_rebuilt() {
     assert_eq!(compiled(&b), 1, "{}", b.serve_log());
     let cache = b.data_dir().join(".wasm-cache");
     let meta = std::fs::metadata(&cache).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777, 0o711);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+        0o711
+    );
     let artifact = only_artifact(&cache);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&artifact).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&artifact).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o022, 0, "no tenant may write an artifact");
 
     // Damage it (as a disk error would): the next start must not run it.
@@ -294,10 +333,32 @@ fn what_is_not_a_servable_component_is_refused_by_name_at_check_and_spawn() {
     let _ = handler;
     let cases: [(&str, Vec<u8>, &[&str]); 5] = [
         ("absent.wasm", vec![], &["absent.wasm: no such file"]),
-        ("text.wasm", b"#!/bin/sh\necho hi\n".to_vec(), &["text.wasm is not a WebAssembly component"]),
-        ("core.wasm", b"\0asm\x01\0\0\0".to_vec(), &["core.wasm is a core WebAssembly module, not a component"]),
-        ("command.wasm", std::fs::read(command).unwrap(), &["command.wasm is a wasi:cli command", "wasi:http/incoming-handler"]),
-        ("missing.wasm", std::fs::read(missing).unwrap(), &["missing.wasm imports what tenement does not provide", "tenement:test/vault"]),
+        (
+            "text.wasm",
+            b"#!/bin/sh\necho hi\n".to_vec(),
+            &["text.wasm is not a WebAssembly component"],
+        ),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+            &["core.wasm is a core WebAssembly module, not a component"],
+        ),
+        (
+            "command.wasm",
+            std::fs::read(command).unwrap(),
+            &[
+                "command.wasm is a wasi:cli command",
+                "wasi:http/incoming-handler",
+            ],
+        ),
+        (
+            "missing.wasm",
+            std::fs::read(missing).unwrap(),
+            &[
+                "missing.wasm imports what tenement does not provide",
+                "tenement:test/vault",
+            ],
+        ),
     ];
     for (file, bytes, expected) in cases {
         let config = format!(
@@ -334,7 +395,13 @@ fn wasm_only_settings_are_refused_elsewhere() {
     let check = b.ten(&["config", "--check"]);
     let said = String::from_utf8_lossy(&check.stderr);
     assert!(!check.status.success());
-    assert!(said.contains("service.app.outbound") && said.contains("share the host's network"), "{said}");
+    assert!(
+        said.contains("service.app.outbound") && said.contains("share the host's network"),
+        "{said}"
+    );
     assert!(said.contains("service.app.request_cpu_ms"), "{said}");
-    assert!(said.contains("tenement.toml:7:12: service.app.outbound"), "names file, line and field: {said}");
+    assert!(
+        said.contains("tenement.toml:7:12: service.app.outbound"),
+        "names file, line and field: {said}"
+    );
 }

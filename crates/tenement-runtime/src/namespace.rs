@@ -49,32 +49,32 @@ impl Runtime for NamespaceRuntime {
 
 /// The shim's options that build `spec`'s namespace and walls (shared with `wasm`).
 pub(crate) fn shim_args(spec: &Spec) -> Vec<String> {
-        let hostname = format!("{}-{}", spec.key.id, spec.key.service);
-        let tmp_size = spec.tmp_size_mb.to_string();
-        let user = spec.user.map(|u| u.arg());
-        let mut args: Vec<String> = vec![
-            "--namespace".into(),
-            "--hostname".into(),
-            hostname,
-            "--hide".into(),
-            path(&spec.data_root),
-            "--keep".into(),
-            path(&spec.instance_dir),
-            "--reveal".into(),
-            path(&spec.workdir),
-            "--tmp-size".into(),
-            tmp_size,
-        ];
-        if let Some(dir) = spec.socket.parent() {
-            args.extend(["--keep".into(), path(dir)]);
-        }
-        if let Some(dir) = spec.program_dir() {
-            args.extend(["--reveal".into(), path(&dir)]);
-        }
-        if let Some(user) = user {
-            args.extend(["--user".into(), user]);
-        }
-        args
+    let hostname = format!("{}-{}", spec.key.id, spec.key.service);
+    let tmp_size = spec.tmp_size_mb.to_string();
+    let user = spec.user.map(|u| u.arg());
+    let mut args: Vec<String> = vec![
+        "--namespace".into(),
+        "--hostname".into(),
+        hostname,
+        "--hide".into(),
+        path(&spec.data_root),
+        "--keep".into(),
+        path(&spec.instance_dir),
+        "--reveal".into(),
+        path(&spec.workdir),
+        "--tmp-size".into(),
+        tmp_size,
+    ];
+    if let Some(dir) = spec.socket.parent() {
+        args.extend(["--keep".into(), path(dir)]);
+    }
+    if let Some(dir) = spec.program_dir() {
+        args.extend(["--reveal".into(), path(&dir)]);
+    }
+    if let Some(user) = user {
+        args.extend(["--user".into(), user]);
+    }
+    args
 }
 
 pub(crate) fn path(p: &std::path::Path) -> String {

@@ -3,6 +3,7 @@
 //! `ten __shim --control-fd FD --out-fd FD --err-fd FD --key KEY [--listen PATH]
 //! [--adopt-timeout SECS] [--meta TEXT] [--cgroup DIR]... [--user UID:GID] [--namespace]
 //! [--hostname H] [--hide DIR] [--keep DIR]... [--reveal DIR]... [--tmp-size MB] [--netns]
+//! [--builtin]
 //! -- ARGV...`
 //!
 //! First the shim joins the instance's cgroups (`--cgroup`), so the app and everything it
@@ -87,6 +88,9 @@ struct Options {
     user: Option<User>,
     /// The app's working directory (entered after the walls are up, as the app's user).
     workdir: Option<PathBuf>,
+    /// `argv` is `ten __wasm ...`: run it in this process, already `ten`, instead of
+    /// exec'ing the same binary again (a wake of a wasm instance is a process start).
+    builtin: bool,
     /// cgroup directories to join first.
     cgroups: Vec<PathBuf>,
     /// The first owner's end of the control connection.
@@ -117,6 +121,7 @@ fn parse(args: &[OsString]) -> Result<Options, String> {
             Some("--") => break,
             Some("--namespace") => o.namespace = true,
             Some("--netns") => o.netns = true,
+            Some("--builtin") => o.builtin = true,
             Some("--hostname") => o.hostname = Some(it.next().ok_or_else(usage)?.clone()),
             Some("--hide") => o.hide.push(it.next().ok_or_else(usage)?.into()),
             Some("--keep") => o.keep.push(it.next().ok_or_else(usage)?.into()),
@@ -406,6 +411,20 @@ fn exec_app(o: &Options, old_mask: &SigSet) -> ! {
             dir.display(),
             nix::unistd::getuid()
         ));
+    }
+    #[cfg(feature = "wasm")]
+    if o.builtin
+        && o.argv
+            .get(1)
+            .is_some_and(|a| a.as_bytes() == tenement_wasm::SUBCOMMAND.as_bytes())
+    {
+        // What an exec would have given it is here already: the app's user, environment,
+        // directory, signal mask, and no descriptors but stdio (`Owned` was dropped).
+        let args: Vec<OsString> = o.argv[2..]
+            .iter()
+            .map(|a| std::ffi::OsStr::from_bytes(a.as_bytes()).to_owned())
+            .collect();
+        tenement_wasm::host::run(&args);
     }
     let e = execvp(&o.argv[0], &o.argv).unwrap_err();
     fail(format!(

@@ -43,9 +43,7 @@ impl WasmRuntime {
 
 /// The component a service's argv names, and the arguments it gets.
 fn component<'a>(argv: &'a [String], workdir: &Path) -> Result<(PathBuf, &'a [String]), String> {
-    let (first, args) = argv
-        .split_first()
-        .ok_or("`command` names no component")?;
+    let (first, args) = argv.split_first().ok_or("`command` names no component")?;
     if argv.first().is_some_and(|a| a == "/bin/sh") {
         return Err("`command` must name a .wasm component, not a shell command line".into());
     }
@@ -112,12 +110,20 @@ impl Runtime for WasmRuntime {
         }
         argv.push("--".into());
         argv.extend(args.iter().cloned());
+        // The host needs nothing of the project directory (`ten serve` read the component):
+        // it runs in the instance's own, which its user may always enter.
         let host = Spec {
             argv,
+            workdir: spec.instance_dir.clone(),
             ..spec.clone()
         };
+        host.check_user(false)?;
         let mut shim = shim_args(&host);
-        shim.extend(["--reveal".into(), path(&prepared.artifact)]);
+        shim.extend([
+            "--reveal".into(),
+            path(&prepared.artifact),
+            "--builtin".into(),
+        ]);
         let shim: Vec<&str> = shim.iter().map(String::as_str).collect();
         spawn_shim(&self.shim, &host, &shim)
     }

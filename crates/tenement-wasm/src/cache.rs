@@ -52,7 +52,11 @@ impl Cache {
     /// compiled. Errors name the file and what is wrong with it.
     pub fn prepare(&self, path: &Path) -> Result<Prepared, String> {
         let bytes = read(path)?;
-        let name = format!("{}-{:016x}", hex(&Sha256::digest(&bytes)), self.engine_hash());
+        let name = format!(
+            "{}-{:016x}",
+            hex(&Sha256::digest(&bytes)),
+            self.engine_hash()
+        );
         let artifact = self.dir.join(format!("{name}.cwasm"));
         if self.intact(&artifact) {
             return Ok(Prepared {
@@ -61,9 +65,12 @@ impl Cache {
             });
         }
         let component = compile(&self.engine, path, &bytes)?;
-        let code = component
-            .serialize()
-            .map_err(|e| format!("{}: serializing the compiled component: {e:#}", path.display()))?;
+        let code = component.serialize().map_err(|e| {
+            format!(
+                "{}: serializing the compiled component: {e:#}",
+                path.display()
+            )
+        })?;
         self.store(&artifact, &code)
             .map_err(|e| format!("wasm cache {}: {e}", self.dir.display()))?;
         Ok(Prepared {
@@ -91,7 +98,10 @@ impl Cache {
         }
         let ours = meta.is_file() && meta.uid() == nix_euid() && meta.mode() & 0o022 == 0;
         let good = ours
-            && match (std::fs::read(artifact), std::fs::read_to_string(digest_of(artifact))) {
+            && match (
+                std::fs::read(artifact),
+                std::fs::read_to_string(digest_of(artifact)),
+            ) {
                 (Ok(code), Ok(sum)) => hex(&Sha256::digest(&code)) == sum.trim(),
                 _ => false,
             };
@@ -185,7 +195,11 @@ fn compile(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Component, Stri
             ));
         }
         Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
-        _ => return Err(format!("{file} is not a WebAssembly component (bad magic number)")),
+        _ => {
+            return Err(format!(
+                "{file} is not a WebAssembly component (bad magic number)"
+            ));
+        }
     }
     let component = Component::new(engine, bytes)
         .map_err(|e| format!("{file} is not a valid component: {e:#}"))?;
@@ -219,7 +233,8 @@ fn compile(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<Component, Stri
             }
         ));
     }
-    wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)
-        .map_err(|e| format!("{file}: its wasi:http/incoming-handler export is not usable: {e:#}"))?;
+    wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(|e| {
+        format!("{file}: its wasi:http/incoming-handler export is not usable: {e:#}")
+    })?;
     Ok(component)
 }

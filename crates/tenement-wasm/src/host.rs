@@ -34,7 +34,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    UpdateDeadline,
+};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -115,7 +118,9 @@ struct Host {
     engine: Engine,
     options: Options,
     env: Vec<(String, String)>,
-    places: tokio::sync::Semaphore,
+    /// Places for requests in flight: a request keeps its place until its handler returns
+    /// (which may be after its response began), as long as it holds a pooled instance.
+    places: Arc<tokio::sync::Semaphore>,
     ticker: Ticker,
 }
 
@@ -151,7 +156,7 @@ fn serve(options: Options) -> Result<Infallible, String> {
         pre,
         ticker: Ticker::start(engine.clone()),
         engine,
-        places: tokio::sync::Semaphore::new(options.concurrency as usize),
+        places: Arc::new(tokio::sync::Semaphore::new(options.concurrency as usize)),
         options,
         env,
     });
@@ -179,9 +184,6 @@ fn serve(options: Options) -> Result<Infallible, String> {
 
 impl Host {
     async fn handle(&self, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
-        let Ok(_place) = self.places.acquire().await else {
-            return answer(503, "shutting down");
-        };
         let what = format!("{} {}", req.method(), req.uri().path());
         match self.run(req).await {
             Ok(response) => response,
@@ -193,8 +195,19 @@ impl Host {
         }
     }
 
-    async fn run(&self, req: hyper::Request<Incoming>) -> Result<hyper::Response<HyperOutgoingBody>, Failed> {
-        let mut store = self.store().map_err(|e| Failed::internal(format!("{e:#}")))?;
+    async fn run(
+        &self,
+        req: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<HyperOutgoingBody>, Failed> {
+        let place = self
+            .places
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Failed::internal("shutting down".into()))?;
+        let mut store = self
+            .store()
+            .map_err(|e| Failed::internal(format!("{e:#}")))?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let http = store.data_mut();
         let incoming = http
@@ -210,7 +223,7 @@ impl Host {
         let running = self.ticker.running();
         // A task of its own: the guest may go on writing the body after it set the response.
         let task = tokio::task::spawn(async move {
-            let _running = running;
+            let _held = (running, place);
             let proxy = pre.instantiate_async(&mut store).await?;
             proxy
                 .wasi_http_incoming_handler()
@@ -224,11 +237,19 @@ impl Host {
                 why: format!("the handler answered with an error: {code:?}"),
             }),
             Err(_) => Err(match task.await {
-                Ok(Ok(())) => Failed::internal("the handler returned without setting a response".into()),
-                Ok(Err(e)) if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) => Failed {
-                    status: 504,
-                    why: format!("the handler ran past its CPU time limit ({cpu_ms} ms) and was stopped"),
-                },
+                Ok(Ok(())) => {
+                    Failed::internal("the handler returned without setting a response".into())
+                }
+                Ok(Err(e))
+                    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) =>
+                {
+                    Failed {
+                        status: 504,
+                        why: format!(
+                            "the handler ran past its CPU time limit ({cpu_ms} ms) and was stopped"
+                        ),
+                    }
+                }
                 Ok(Err(e)) => match e.downcast_ref::<wasmtime::Trap>() {
                     Some(trap) => Failed::internal(format!("the handler trapped ({trap})\n{e:?}")),
                     None => Failed::internal(format!("the handler failed: {e:#}")),
@@ -264,7 +285,9 @@ impl Host {
                 http: wasmtime_wasi_http::WasiHttpCtx::new(),
                 table: ResourceTable::new(),
                 limits,
-                hooks: Outbound { allowed: o.outbound },
+                hooks: Outbound {
+                    allowed: o.outbound,
+                },
                 ticks: 0,
             },
         );

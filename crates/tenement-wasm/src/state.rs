@@ -76,7 +76,10 @@ impl WasiHttpHooks for Outbound {
             if !allowed {
                 return Err(Error::HttpRequestDenied);
             }
-            let authority = request.uri().authority().ok_or(Error::HttpRequestUriInvalid)?;
+            let authority = request
+                .uri()
+                .authority()
+                .ok_or(Error::HttpRequestUriInvalid)?;
             let port = authority.port_u16().unwrap_or(
                 match request.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
                     true => 443,
@@ -104,12 +107,18 @@ impl WasiHttpHooks for Outbound {
 /// multicast (the host's own services and its neighbours' ports).
 pub fn public(addr: SocketAddr) -> bool {
     let ip = match addr.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     match ip {
         IpAddr::V4(v4) => {
-            !(v4.is_loopback() || v4.is_unspecified() || v4.is_link_local() || v4.is_multicast()
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_multicast()
                 || v4.is_broadcast())
         }
         IpAddr::V6(v6) => {
@@ -125,7 +134,13 @@ pub fn public(addr: SocketAddr) -> bool {
 mod tests {
     #[test]
     fn own_host_addresses_are_not_public() {
-        for a in ["127.0.0.1:80", "[::1]:80", "0.0.0.0:1", "[::ffff:127.0.0.1]:8080", "169.254.169.254:80"] {
+        for a in [
+            "127.0.0.1:80",
+            "[::1]:80",
+            "0.0.0.0:1",
+            "[::ffff:127.0.0.1]:8080",
+            "169.254.169.254:80",
+        ] {
             assert!(!super::public(a.parse().unwrap()), "{a}");
         }
         for a in ["93.184.216.34:443", "10.1.2.3:80", "[2606:4700::1]:443"] {

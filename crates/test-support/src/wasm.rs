@@ -25,7 +25,13 @@ fn build() -> Result<PathBuf, String> {
     let target_dir = root.join("target/wasm-guests");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .arg("--manifest-path")
         .arg(root.join("crates/tenement-wasm/guests/Cargo.toml"))
         .arg("--target-dir")

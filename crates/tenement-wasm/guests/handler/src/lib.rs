@@ -27,9 +27,22 @@ impl Guest for Handler {
         let (status, body): (u16, Vec<u8>) = match path {
             "/" => (200, b"hello from wasm\n".to_vec()),
             "/health" => (200, b"ok\n".to_vec()),
-            "/env" => (200, std::env::var(&query).unwrap_or_else(|_| "(unset)".into()).into_bytes()),
-            "/args" => (200, std::env::args().collect::<Vec<_>>().join(" ").into_bytes()),
-            "/count" => (200, (COUNT.fetch_add(1, Ordering::SeqCst) + 1).to_string().into_bytes()),
+            "/env" => (
+                200,
+                std::env::var(&query)
+                    .unwrap_or_else(|_| "(unset)".into())
+                    .into_bytes(),
+            ),
+            "/args" => (
+                200,
+                std::env::args().collect::<Vec<_>>().join(" ").into_bytes(),
+            ),
+            "/count" => (
+                200,
+                (COUNT.fetch_add(1, Ordering::SeqCst) + 1)
+                    .to_string()
+                    .into_bytes(),
+            ),
             "/echo" => (200, read_body(request)),
             "/write" => {
                 let home = std::env::var("HOME").unwrap_or_default();
@@ -48,7 +61,14 @@ impl Guest for Handler {
                 let mb: usize = query.parse().unwrap_or(1);
                 let mut v = vec![0u8; mb << 20];
                 v.iter_mut().step_by(4096).for_each(|b| *b = 1);
-                (200, format!("allocated {mb} MB ({})", v.iter().filter(|b| **b == 1).count()).into_bytes())
+                (
+                    200,
+                    format!(
+                        "allocated {mb} MB ({})",
+                        v.iter().filter(|b| **b == 1).count()
+                    )
+                    .into_bytes(),
+                )
             }
             "/spin" => {
                 let mut n = 0u64;
@@ -122,7 +142,14 @@ fn fetch(url: &str) -> (u16, Vec<u8>) {
                 let mut stream = body.stream().unwrap();
                 let _ = stream.read_to_end(&mut bytes);
             }
-            (200, format!("fetched {status}: ").into_bytes().into_iter().chain(bytes).collect())
+            (
+                200,
+                format!("fetched {status}: ")
+                    .into_bytes()
+                    .into_iter()
+                    .chain(bytes)
+                    .collect(),
+            )
         }
         Some(Ok(Err(e))) => (502, format!("refused: {e:?}").into_bytes()),
         other => (502, format!("failed: {other:?}").into_bytes()),
