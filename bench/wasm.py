@@ -130,6 +130,12 @@ isolation = "namespace"
 health = "/health"
 idle_timeout = 1
 
+[service.psleepy]
+command = "{FIXTURE}"
+isolation = "process"
+health = "/health"
+idle_timeout = 1
+
 [service.native]
 command = "{FIXTURE}"
 isolation = "process"
@@ -155,7 +161,8 @@ memory_limit_mb = 64
         print(f"\n## Cold wake ({a.wakes} wakes; medians)\n")
         print("| backend | sleeping → response (ms) | warm request, new connection (ms) | overhead beyond a warm request (ms, paired median) |")
         print("|---|---|---|---|")
-        for svc, label in [("sleepy", "wasm (hello handler)"), ("nsleepy", "namespace (fixture, native)")]:
+        for svc, label in [("sleepy", "wasm (hello handler)"), ("nsleepy", "namespace (fixture, native)"),
+                           ("psleepy", "process (fixture, native)")]:
             api(ctl, "POST", "/api/instances", {"service": svc, "id": "w"})
             wakes, warms = [], []
             for _ in range(a.wakes):
@@ -200,7 +207,9 @@ memory_limit_mb = 64
             time.sleep(5)  # let start-up pages settle
             pids = [p for i in ps for p in tree(i["pid"])]
             total = sum(pss_kb(p) for p in pids)
-            hosts = [p for i in ps for p in tree(i["pid"]) if open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[1:2] == [b"__wasm"]]
+            # The host is the leaf of each instance's tree (shim → init → host, one image: the
+            # host is a fork, not an exec).
+            hosts = [tree(i["pid"])[-1] for i in ps]
             host_total = sum(pss_kb(p) for p in hosts)
             serve_pss = pss_kb(s.proc.pid)
             print(f"\n## Memory with {a.idle} idle wasm instances running\n")

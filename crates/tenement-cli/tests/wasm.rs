@@ -297,6 +297,29 @@ fn components_are_compiled_once_and_a_damaged_cache_entry_is_rebuilt() {
     assert_eq!(compiled(&b), 3);
     let names = std::fs::read_dir(&cache).unwrap().count();
     assert_eq!(names, 4, "two artifacts, each with its digest");
+
+    // An artifact that is not the server's own (put there by someone else, digest and all)
+    // is not trusted either.
+    let theirs: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.path()).collect();
+    for path in &theirs {
+        std::os::unix::fs::chown(path, Some(4242), Some(4242)).unwrap();
+    }
+    b.ten_ok(&["restart", "hello:two"]);
+    b.wait_instance("hello:two", "running again", |i| i["state"] == "running");
+    assert_eq!(compiled(&b), 4, "{}", b.serve_log());
+    assert_eq!(b.front("hello:two", "GET", "/"), (200, "hello from wasm\n".into()));
+}
+
+#[test]
+fn the_storage_quota_bounds_what_a_component_writes() {
+    let Some(mut b) = building("storage_quota_mb = 2") else { return };
+    b.start();
+    b.ten_ok(&["spawn", "hello:one"]);
+    let (status, body) = post(&b, "/write?big", &vec![b'x'; 3 << 20]);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("big"), "{body}");
+    assert_eq!(post(&b, "/write?small", b"fits"), (200, "fits".into()));
+    assert_eq!(b.instance("hello:one").unwrap()["restarts"], 0);
 }
 
 fn only_artifact(cache: &Path) -> std::path::PathBuf {

@@ -31,8 +31,13 @@ pub struct Prepared {
 pub struct Cache {
     dir: PathBuf,
     engine: Engine,
-    /// Artifacts checked against their digest in this server's life: (device, inode, mtime).
-    checked: Mutex<HashMap<PathBuf, (u64, u64, i64)>>,
+    /// Artifacts checked against their digest in this server's life, by (device, inode,
+    /// ctime): any change to the file, its contents or its owner, changes its ctime.
+    checked: Mutex<HashMap<PathBuf, (u64, u64, i64, i64)>>,
+    /// One compile at a time: a thousand instances of a new component starting together
+    /// compile it once (the rest find it cached), and compiling never takes every core from
+    /// the server.
+    compiling: Mutex<()>,
 }
 
 impl Cache {
@@ -41,6 +46,7 @@ impl Cache {
             dir,
             engine: crate::compiler()?,
             checked: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(()),
         })
     }
 
@@ -58,11 +64,16 @@ impl Cache {
             self.engine_hash()
         );
         let artifact = self.dir.join(format!("{name}.cwasm"));
+        let found = Ok(Prepared {
+            artifact: artifact.clone(),
+            compiled: false,
+        });
         if self.intact(&artifact) {
-            return Ok(Prepared {
-                artifact,
-                compiled: false,
-            });
+            return found;
+        }
+        let _one = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        if self.intact(&artifact) {
+            return found; // compiled meanwhile
         }
         let component = compile(&self.engine, path, &bytes)?;
         let code = component.serialize().map_err(|e| {
@@ -85,13 +96,13 @@ impl Cache {
         h.finish()
     }
 
-    /// Whether `artifact` exists and matches its digest (checked once per server life and
-    /// file).
+    /// Whether `artifact` is the server's own, not writable by others, and matches its
+    /// digest (read and hashed once per server life and version of the file).
     fn intact(&self, artifact: &Path) -> bool {
         let Ok(meta) = std::fs::symlink_metadata(artifact) else {
             return false;
         };
-        let id = (meta.dev(), meta.ino(), meta.mtime_nsec() ^ meta.mtime());
+        let id = (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec());
         let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         if checked.get(artifact) == Some(&id) {
             return true;

@@ -28,6 +28,8 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(10);
 pub fn config() -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
+    // Built without wasmtime's `parallel-compilation`: a compile uses one thread (and one
+    // runs at a time: crate::Cache), so it never takes every core from the server.
     config
 }
 
