@@ -83,6 +83,10 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // rustls is built with two crypto providers (aws-lc-rs, ours; ring, wasmtime-wasi-http's),
+    // so it cannot pick one by itself: every TLS client and server of this process uses
+    // aws-lc-rs (a wasm host forked by the shim included). No thread is started.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // The shim must run before any thread exists: dispatch before clap and tokio.
     let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if raw

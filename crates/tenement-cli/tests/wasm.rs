@@ -221,6 +221,19 @@ fn outbound_requests_are_refused_unless_allowed_and_never_reach_this_host() {
                 "{body}"
             ),
         }
+        // HTTPS from inside the component (to a server that does not speak it): a TLS error
+        // for the component, not a failure of its host.
+        let pid = b.instance("hello:one").unwrap()["pid"].clone();
+        let (status, body) = front(&b, &format!("/fetch?https://{ip}:{port}/"));
+        assert_eq!(status, 502, "{body}");
+        if allowed {
+            assert!(
+                body.contains("Tls") || body.contains("Connection"),
+                "{body}"
+            );
+        }
+        assert_eq!(front(&b, "/").0, 200);
+        assert_eq!(b.instance("hello:one").unwrap()["pid"], pid);
     }
 }
 
@@ -300,25 +313,37 @@ fn components_are_compiled_once_and_a_damaged_cache_entry_is_rebuilt() {
 
     // An artifact that is not the server's own (put there by someone else, digest and all)
     // is not trusted either.
-    let theirs: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().map(|e| e.path()).collect();
+    let theirs: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     for path in &theirs {
         std::os::unix::fs::chown(path, Some(4242), Some(4242)).unwrap();
     }
     b.ten_ok(&["restart", "hello:two"]);
     b.wait_instance("hello:two", "running again", |i| i["state"] == "running");
     assert_eq!(compiled(&b), 4, "{}", b.serve_log());
-    assert_eq!(b.front("hello:two", "GET", "/"), (200, "hello from wasm\n".into()));
+    assert_eq!(
+        b.front("hello:two", "GET", "/"),
+        (200, "hello from wasm\n".into())
+    );
 }
 
 #[test]
 fn the_storage_quota_bounds_what_a_component_writes() {
-    let Some(mut b) = building("storage_quota_mb = 2") else { return };
+    let Some(mut b) = building("storage_quota_mb = 2") else {
+        return;
+    };
     b.start();
     b.ten_ok(&["spawn", "hello:one"]);
+    assert_eq!(post(&b, "/write?small", b"fits"), (200, "fits".into()));
     let (status, body) = post(&b, "/write?big", &vec![b'x'; 3 << 20]);
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("big"), "{body}");
-    assert_eq!(post(&b, "/write?small", b"fits"), (200, "fits".into()));
+    let on_disk = b.data_dir().join("hello/one/big");
+    assert!(std::fs::metadata(on_disk).map_or(0, |m| m.len()) < 2 << 20);
+    assert_eq!(front(&b, "/"), (200, "hello from wasm\n".into()));
     assert_eq!(b.instance("hello:one").unwrap()["restarts"], 0);
 }
 
