@@ -140,8 +140,17 @@ fn serve(options: Options) -> Result<Infallible, String> {
     // SAFETY: the artifact is one `ten serve` compiled with the same settings into its own
     // cache (0711, files 0644 of the server's user: no tenant can write one) and checked
     // against its digest before this start (crate::cache).
-    let component = unsafe { Component::deserialize_file(&engine, &options.module) }
-        .map_err(|e| format!("loading {}: {e:#}", options.module.display()))?;
+    let component =
+        unsafe { Component::deserialize_file(&engine, &options.module) }.map_err(|e| {
+            let hint = match format!("{e:#}").contains("exceeds the limit") {
+                true => format!(
+                    " (memory_limit_mb = {} is below what it needs)",
+                    options.memory_mb
+                ),
+                false => String::new(),
+            };
+            format!("loading {}: {e:#}{hint}", options.module.display())
+        })?;
     let linker = crate::state::linker(&engine).map_err(|e| format!("wasmtime: {e:#}"))?;
     let pre = linker
         .instantiate_pre(&component)

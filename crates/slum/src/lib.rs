@@ -1,0 +1,66 @@
+//! slum, "the neighborhood": spreads tenants over a fleet of tenement servers.
+//!
+//! This first part is the state: which servers there are ([`Server`]) and which tenant
+//! (a custom domain) lives on which server as which instance ([`Tenant`]), behind the
+//! [`Store`] seam. [`SlumDb`] is the embedded store (SQLite, WAL, foreign keys on): what
+//! `slum serve` uses by default. A highly available store on an existing distributed engine
+//! (etcd: leases, watches, election) implements the same trait in a later step; slum never
+//! implements consensus itself.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), slum::Error> {
+//! use slum::{SlumDb, Server, Tenant};
+//! let db = SlumDb::init("slum.db").await?;
+//! db.add_server(&Server { id: "east".into(), url: "http://east.example.com".into(), ..Default::default() }).await?;
+//! db.add_tenant(&Tenant { domain: "customer.example.com".into(), server_id: "east".into(),
+//!                         process: "api".into(), instance_id: "prod".into(), ..Default::default() }).await?;
+//! # Ok(()) }
+//! ```
+
+mod sqlite;
+mod types;
+
+pub use sqlite::SlumDb;
+pub use types::{Capacity, Server, ServerState, Tenant};
+
+use std::future::Future;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no server {0:?}")]
+    UnknownServer(String),
+    #[error("server {0:?} exists already")]
+    ServerExists(String),
+    #[error("no tenant {0:?}")]
+    UnknownTenant(String),
+    #[error("the domain {0:?} is taken (tenant of server {1:?})")]
+    DomainTaken(String, String),
+    #[error("server {0:?} still has {1} tenant(s): move or remove them first")]
+    ServerInUse(String, usize),
+    #[error("invalid {field}: {why}")]
+    Invalid { field: &'static str, why: String },
+    #[error("slum store {path}: {source}")]
+    Store {
+        path: String,
+        source: rusqlite::Error,
+    },
+}
+
+/// slum's state, wherever it is kept. Every method is one atomic change or read.
+pub trait Store: Send + Sync {
+    fn add_server(&self, server: &Server) -> impl Future<Output = Result<(), Error>> + Send;
+    fn server(&self, id: &str) -> impl Future<Output = Result<Server, Error>> + Send;
+    fn servers(&self) -> impl Future<Output = Result<Vec<Server>, Error>> + Send;
+    /// Removes a server that has no tenants.
+    fn remove_server(&self, id: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    fn add_tenant(&self, tenant: &Tenant) -> impl Future<Output = Result<(), Error>> + Send;
+    fn tenant(&self, domain: &str) -> impl Future<Output = Result<Tenant, Error>> + Send;
+    fn tenants(&self) -> impl Future<Output = Result<Vec<Tenant>, Error>> + Send;
+    /// Points the tenant at another server (and instance).
+    fn move_tenant(
+        &self,
+        domain: &str,
+        server_id: &str,
+    ) -> impl Future<Output = Result<Tenant, Error>> + Send;
+    fn remove_tenant(&self, domain: &str) -> impl Future<Output = Result<Tenant, Error>> + Send;
+}

@@ -1,0 +1,403 @@
+//! [`SlumDb`]: slum's state in one SQLite file (WAL, `synchronous = FULL`, foreign keys on).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Capacity, Error, Server, ServerState, Store, Tenant};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS servers (
+    id              TEXT PRIMARY KEY,
+    url             TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'new',
+    memory_mb       INTEGER NOT NULL DEFAULT 0,
+    free_memory_mb  INTEGER NOT NULL DEFAULT 0,
+    cpus            INTEGER NOT NULL DEFAULT 0,
+    instances       INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tenants (
+    domain          TEXT PRIMARY KEY,
+    server_id       TEXT NOT NULL REFERENCES servers(id),
+    process         TEXT NOT NULL,
+    instance_id     TEXT NOT NULL,
+    created_ms      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tenants_by_server ON tenants(server_id);
+";
+
+/// The embedded store. Cheap to clone; every call runs on tokio's blocking pool.
+#[derive(Clone)]
+pub struct SlumDb {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SlumDb {
+    /// Opens (creating if needed) the store at `path`.
+    pub async fn init(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let opened = path.clone();
+        let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(&opened)?;
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                 PRAGMA busy_timeout = 5000;",
+            )?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        })
+        .await
+        .expect("the store's open task")
+        .map_err(|source| Error::Store {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .expect("a store task")
+    }
+
+    fn fail(&self) -> impl Fn(rusqlite::Error) -> Error + Send + 'static {
+        let path = self.path.display().to_string();
+        move |source| Error::Store {
+            path: path.clone(),
+            source,
+        }
+    }
+}
+
+fn server_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
+    Ok(Server {
+        id: r.get(0)?,
+        url: r.get(1)?,
+        state: ServerState::parse(&r.get::<_, String>(2)?).unwrap_or_default(),
+        capacity: Capacity {
+            memory_mb: r.get(3)?,
+            free_memory_mb: r.get(4)?,
+            cpus: r.get(5)?,
+            instances: r.get(6)?,
+        },
+        last_seen_ms: r.get(7)?,
+    })
+}
+
+const SERVER_COLUMNS: &str =
+    "id, url, state, memory_mb, free_memory_mb, cpus, instances, last_seen_ms";
+
+fn tenant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
+    Ok(Tenant {
+        domain: r.get(0)?,
+        server_id: r.get(1)?,
+        process: r.get(2)?,
+        instance_id: r.get(3)?,
+        created_ms: r.get(4)?,
+    })
+}
+
+const TENANT_COLUMNS: &str = "domain, server_id, process, instance_id, created_ms";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A name slum and tenement accept: `[a-z0-9]` first, then `[a-z0-9_-]`, at most 63.
+fn check_name(field: &'static str, value: &str) -> Result<(), Error> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    match ok {
+        true => Ok(()),
+        false => Err(Error::Invalid {
+            field,
+            why: format!("{value:?} is not a name (lowercase letters, digits, `-`, `_`)"),
+        }),
+    }
+}
+
+/// A host name: dot-separated labels of letters, digits and `-`, lowercase.
+fn check_domain(domain: &str) -> Result<(), Error> {
+    let ok = domain.len() <= 253
+        && domain.contains('.')
+        && domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+    match ok {
+        true => Ok(()),
+        false => Err(Error::Invalid {
+            field: "domain",
+            why: format!("{domain:?} is not a lowercase host name with a dot"),
+        }),
+    }
+}
+
+impl SlumDb {
+    pub async fn add_server(&self, server: &Server) -> Result<(), Error> {
+        check_name("server id", &server.id)?;
+        if !(server.url.starts_with("http://") || server.url.starts_with("https://")) {
+            return Err(Error::Invalid {
+                field: "url",
+                why: format!("{:?} is not an http:// or https:// URL", server.url),
+            });
+        }
+        let (s, fail) = (server.clone(), self.fail());
+        self.with(move |c| {
+            let added = c
+                .execute(
+                    "INSERT INTO servers (id, url, state, memory_mb, free_memory_mb, cpus, instances, last_seen_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
+                    params![
+                        s.id,
+                        s.url,
+                        s.state.name(),
+                        s.capacity.memory_mb,
+                        s.capacity.free_memory_mb,
+                        s.capacity.cpus,
+                        s.capacity.instances,
+                        s.last_seen_ms
+                    ],
+                )
+                .map_err(&fail)?;
+            match added {
+                0 => Err(Error::ServerExists(s.id)),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    pub async fn server(&self, id: &str) -> Result<Server, Error> {
+        let (id, fail) = (id.to_owned(), self.fail());
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {SERVER_COLUMNS} FROM servers WHERE id = ?1"),
+                [&id],
+                server_row,
+            )
+            .optional()
+            .map_err(fail)?
+            .ok_or(Error::UnknownServer(id))
+        })
+        .await
+    }
+
+    pub async fn servers(&self) -> Result<Vec<Server>, Error> {
+        let fail = self.fail();
+        self.with(move |c| {
+            let mut st = c
+                .prepare(&format!("SELECT {SERVER_COLUMNS} FROM servers ORDER BY id"))
+                .map_err(&fail)?;
+            let rows = st.query_map([], server_row).map_err(&fail)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(&fail)
+        })
+        .await
+    }
+
+    pub async fn remove_server(&self, id: &str) -> Result<(), Error> {
+        let (id, fail) = (id.to_owned(), self.fail());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(&fail)?;
+            let tenants: usize = tx
+                .query_row(
+                    "SELECT count(*) FROM tenants WHERE server_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .map_err(&fail)?;
+            if tenants > 0 {
+                return Err(Error::ServerInUse(id, tenants));
+            }
+            if tx
+                .execute("DELETE FROM servers WHERE id = ?1", [&id])
+                .map_err(&fail)?
+                == 0
+            {
+                return Err(Error::UnknownServer(id));
+            }
+            tx.commit().map_err(&fail)
+        })
+        .await
+    }
+
+    pub async fn add_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
+        check_domain(&tenant.domain)?;
+        check_name("process", &tenant.process)?;
+        check_name("instance id", &tenant.instance_id)?;
+        let (t, fail) = (tenant.clone(), self.fail());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(&fail)?;
+            let server: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM servers WHERE id = ?1",
+                    [&t.server_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&fail)?;
+            if server.is_none() {
+                return Err(Error::UnknownServer(t.server_id));
+            }
+            let owner: Option<String> = tx
+                .query_row(
+                    "SELECT server_id FROM tenants WHERE domain = ?1",
+                    [&t.domain],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&fail)?;
+            if let Some(owner) = owner {
+                return Err(Error::DomainTaken(t.domain, owner));
+            }
+            tx.execute(
+                &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                params![t.domain, t.server_id, t.process, t.instance_id, now_ms()],
+            )
+            .map_err(&fail)?;
+            tx.commit().map_err(&fail)
+        })
+        .await
+    }
+
+    pub async fn tenant(&self, domain: &str) -> Result<Tenant, Error> {
+        let (domain, fail) = (domain.to_owned(), self.fail());
+        self.with(move |c| {
+            c.query_row(
+                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
+                [&domain],
+                tenant_row,
+            )
+            .optional()
+            .map_err(fail)?
+            .ok_or(Error::UnknownTenant(domain))
+        })
+        .await
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<Tenant>, Error> {
+        let fail = self.fail();
+        self.with(move |c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY domain"
+                ))
+                .map_err(&fail)?;
+            let rows = st.query_map([], tenant_row).map_err(&fail)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(&fail)
+        })
+        .await
+    }
+
+    pub async fn move_tenant(&self, domain: &str, server_id: &str) -> Result<Tenant, Error> {
+        let (domain, to, fail) = (domain.to_owned(), server_id.to_owned(), self.fail());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(&fail)?;
+            let exists: Option<String> = tx
+                .query_row("SELECT id FROM servers WHERE id = ?1", [&to], |r| r.get(0))
+                .optional()
+                .map_err(&fail)?;
+            if exists.is_none() {
+                return Err(Error::UnknownServer(to));
+            }
+            if tx
+                .execute(
+                    "UPDATE tenants SET server_id = ?2 WHERE domain = ?1",
+                    params![domain, to],
+                )
+                .map_err(&fail)?
+                == 0
+            {
+                return Err(Error::UnknownTenant(domain));
+            }
+            let t = tx
+                .query_row(
+                    &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
+                    [&domain],
+                    tenant_row,
+                )
+                .map_err(&fail)?;
+            tx.commit().map_err(&fail)?;
+            Ok(t)
+        })
+        .await
+    }
+
+    pub async fn remove_tenant(&self, domain: &str) -> Result<Tenant, Error> {
+        let (domain, fail) = (domain.to_owned(), self.fail());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(&fail)?;
+            let t = tx
+                .query_row(
+                    &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
+                    [&domain],
+                    tenant_row,
+                )
+                .optional()
+                .map_err(&fail)?
+                .ok_or_else(|| Error::UnknownTenant(domain.clone()))?;
+            tx.execute("DELETE FROM tenants WHERE domain = ?1", [&domain])
+                .map_err(&fail)?;
+            tx.commit().map_err(&fail)?;
+            Ok(t)
+        })
+        .await
+    }
+}
+
+/// The trait's methods are the inherent ones (so `use slum::{SlumDb, Server, Tenant}` is all
+/// the documented calls need).
+impl Store for SlumDb {
+    async fn add_server(&self, server: &Server) -> Result<(), Error> {
+        SlumDb::add_server(self, server).await
+    }
+    async fn server(&self, id: &str) -> Result<Server, Error> {
+        SlumDb::server(self, id).await
+    }
+    async fn servers(&self) -> Result<Vec<Server>, Error> {
+        SlumDb::servers(self).await
+    }
+    async fn remove_server(&self, id: &str) -> Result<(), Error> {
+        SlumDb::remove_server(self, id).await
+    }
+    async fn add_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
+        SlumDb::add_tenant(self, tenant).await
+    }
+    async fn tenant(&self, domain: &str) -> Result<Tenant, Error> {
+        SlumDb::tenant(self, domain).await
+    }
+    async fn tenants(&self) -> Result<Vec<Tenant>, Error> {
+        SlumDb::tenants(self).await
+    }
+    async fn move_tenant(&self, domain: &str, server_id: &str) -> Result<Tenant, Error> {
+        SlumDb::move_tenant(self, domain, server_id).await
+    }
+    async fn remove_tenant(&self, domain: &str) -> Result<Tenant, Error> {
+        SlumDb::remove_tenant(self, domain).await
+    }
+}
