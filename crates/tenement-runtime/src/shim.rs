@@ -390,6 +390,15 @@ fn exec_app(o: &Options, old_mask: &SigSet) -> ! {
         eprintln!("tenement: {e}");
         std::process::exit(127)
     };
+    // `ten __wasm`, run in this process (already `ten`: no second exec): its component is
+    // loaded now, as root, since the compiled artifact is readable by root alone. What an
+    // exec would have given it is here already: the app's environment, signal mask, and no
+    // descriptors but stdio (`Owned` was dropped).
+    #[cfg(feature = "wasm")]
+    let wasm_host = match builtin_args(o) {
+        Some(args) => Some(tenement_wasm::host::load(&args).unwrap_or_else(|e| fail(e))),
+        None => None,
+    };
     if let Some(user) = o.user {
         become_user(user).unwrap_or_else(|e| fail(e));
     }
@@ -413,18 +422,8 @@ fn exec_app(o: &Options, old_mask: &SigSet) -> ! {
         ));
     }
     #[cfg(feature = "wasm")]
-    if o.builtin
-        && o.argv
-            .get(1)
-            .is_some_and(|a| a.as_bytes() == tenement_wasm::SUBCOMMAND.as_bytes())
-    {
-        // What an exec would have given it is here already: the app's user, environment,
-        // directory, signal mask, and no descriptors but stdio (`Owned` was dropped).
-        let args: Vec<OsString> = o.argv[2..]
-            .iter()
-            .map(|a| std::ffi::OsStr::from_bytes(a.as_bytes()).to_owned())
-            .collect();
-        tenement_wasm::host::run(&args);
+    if let Some(host) = wasm_host {
+        host.serve();
     }
     let e = execvp(&o.argv[0], &o.argv).unwrap_err();
     fail(format!(
@@ -433,6 +432,18 @@ fn exec_app(o: &Options, old_mask: &SigSet) -> ! {
         nix::unistd::getuid(),
         e.desc()
     ))
+}
+
+/// The arguments of `ten __wasm` when the app is that builtin (`--builtin`).
+#[cfg(feature = "wasm")]
+fn builtin_args(o: &Options) -> Option<Vec<OsString>> {
+    let ours = o.argv.get(1)?.as_bytes() == tenement_wasm::SUBCOMMAND.as_bytes();
+    (o.builtin && ours).then(|| {
+        o.argv[2..]
+            .iter()
+            .map(|a| std::ffi::OsStr::from_bytes(a.as_bytes()).to_owned())
+            .collect()
+    })
 }
 
 /// Drops to `user`: no supplementary groups, then gid, then uid (after which every capability

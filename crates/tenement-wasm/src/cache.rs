@@ -1,11 +1,12 @@
 //! Checking and compiling components, once per content: `ten serve`'s half.
 //!
-//! An artifact is native code that the host maps and runs, so it is only as trustworthy as
-//! the directory it lives in and the bytes it holds:
-//! - the cache directory is the server's, mode 0711: tenants (each its own uid) may reach a
-//!   file whose name they know, never list or write one; names are the component's SHA-256
-//!   plus a hash of the engine's settings and version, so a changed file or a new wasmtime
-//!   compiles anew;
+//! An artifact is native code that the host maps and runs, and holds the component's data (its
+//! string constants, any secret built in), so it is only as trustworthy and as private as the
+//! directory it lives in:
+//! - the cache directory is the server's, mode 0700 (checked at every start), artifacts 0600:
+//!   the host opens its artifact while still root, before it becomes the instance's user
+//!   (`tenement_runtime`'s shim); names are the component's SHA-256 plus a hash of the
+//!   engine's settings and version, so a changed file or a new wasmtime compiles anew;
 //! - each artifact has a `.sha256` beside it, written after it; the first start that uses an
 //!   artifact in this server's life checks it against that digest. A damaged or unmatched
 //!   artifact is compiled again, never loaded.
@@ -58,6 +59,8 @@ impl Cache {
     /// compiled. Errors name the file and what is wrong with it.
     pub fn prepare(&self, path: &Path) -> Result<Prepared, String> {
         let bytes = read(path)?;
+        self.ensure_dir()
+            .map_err(|e| format!("wasm cache {}: {e}", self.dir.display()))?;
         let name = format!(
             "{}-{:016x}",
             hex(&Sha256::digest(&bytes)),
@@ -107,7 +110,7 @@ impl Cache {
         if checked.get(artifact) == Some(&id) {
             return true;
         }
-        let ours = meta.is_file() && meta.uid() == nix_euid() && meta.mode() & 0o022 == 0;
+        let ours = meta.is_file() && meta.uid() == nix_euid() && meta.mode() & 0o077 == 0;
         let good = ours
             && match (
                 std::fs::read(artifact),
@@ -125,7 +128,6 @@ impl Cache {
     /// Writes `code` and then its digest, each atomically (a crash leaves either no artifact
     /// or one that fails its check).
     fn store(&self, artifact: &Path, code: &[u8]) -> std::io::Result<()> {
-        self.ensure_dir()?;
         write_atomic(artifact, code)?;
         write_atomic(&digest_of(artifact), hex(&Sha256::digest(code)).as_bytes())?;
         self.checked
@@ -135,9 +137,9 @@ impl Cache {
         Ok(())
     }
 
-    /// The cache directory: ours, a real directory, 0711.
+    /// The cache directory: ours, a real directory, 0700 (made so if it is not).
     fn ensure_dir(&self) -> std::io::Result<()> {
-        match std::fs::DirBuilder::new().mode(0o711).create(&self.dir) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -148,8 +150,8 @@ impl Cache {
                 "not a directory of the server's own user; remove it",
             ));
         }
-        if meta.mode() & 0o7777 != 0o711 {
-            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o711))?;
+        if meta.mode() & 0o7777 != 0o700 {
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
         }
         Ok(())
     }
@@ -170,7 +172,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o644)
+        .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     std::io::Write::write_all(&mut file, bytes)?;
@@ -182,11 +184,41 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The largest component tenement compiles (a component is code: tens of MB at most).
+pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
+/// The component's bytes: a regular file (a link to one is fine; a FIFO, a device or a
+/// directory is not, and opening one never blocks) of at most [`MAX_COMPONENT_BYTES`].
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("{}: no such file", path.display()),
-        _ => format!("{}: cannot read it: {e}", path.display()),
-    })
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{}: no such file", path.display()),
+            _ => format!("{}: cannot read it: {e}", path.display()),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    if meta.len() > MAX_COMPONENT_BYTES {
+        return Err(format!(
+            "{}: {} MB, more than the {} MB a component may be",
+            path.display(),
+            meta.len() >> 20,
+            MAX_COMPONENT_BYTES >> 20
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(&file, MAX_COMPONENT_BYTES + 1),
+        &mut bytes,
+    )
+    .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    Ok(bytes)
 }
 
 /// Checks the component at `path` (as `ten config --check` does) without caching it.

@@ -103,29 +103,26 @@ fn parse(args: &[OsString]) -> Result<Options, String> {
 
 /// Runs the host with the arguments after the subcommand. Never returns.
 pub fn run(args: &[OsString]) -> ! {
-    let code = match parse(args).and_then(serve) {
-        Ok(never) => match never {},
+    match load(args) {
+        Ok(loaded) => loaded.serve(),
         Err(e) => {
             eprintln!("tenement wasm: {e}");
-            127
+            std::process::exit(127)
         }
-    };
-    std::process::exit(code)
+    }
 }
 
-struct Host {
+/// A compiled component, loaded and ready to serve: what the shim's child does as root,
+/// before it becomes the instance's user (the artifact is readable by root alone).
+pub struct Loaded {
     pre: ProxyPre<State>,
     engine: Engine,
     options: Options,
-    env: Vec<(String, String)>,
-    /// Places for requests in flight: a request keeps its place until its handler returns
-    /// (which may be after its response began), as long as it holds a pooled instance.
-    places: Arc<tokio::sync::Semaphore>,
-    ticker: Ticker,
 }
 
-fn serve(options: Options) -> Result<Infallible, String> {
-    let socket = std::env::var_os("SOCKET_PATH").ok_or("SOCKET_PATH is not set")?;
+/// Parses `args` (after the subcommand) and loads the artifact they name.
+pub fn load(args: &[OsString]) -> Result<Loaded, String> {
+    let options = parse(args)?;
     let mut pool = PoolingAllocationConfig::new();
     let n = options.concurrency;
     pool.total_component_instances(n)
@@ -138,8 +135,8 @@ fn serve(options: Options) -> Result<Infallible, String> {
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).map_err(|e| format!("wasmtime: {e:#}"))?;
     // SAFETY: the artifact is one `ten serve` compiled with the same settings into its own
-    // cache (0711, files 0644 of the server's user: no tenant can write one) and checked
-    // against its digest before this start (crate::cache).
+    // cache (0700, files 0600: no tenant can write or read one) and checked against its
+    // digest before this start (crate::cache).
     let component =
         unsafe { Component::deserialize_file(&engine, &options.module) }.map_err(|e| {
             let hint = match format!("{e:#}").contains("exceeds the limit") {
@@ -156,39 +153,79 @@ fn serve(options: Options) -> Result<Infallible, String> {
         .instantiate_pre(&component)
         .and_then(ProxyPre::new)
         .map_err(|e| format!("{}: {e:#}", options.module.display()))?;
-    let env = std::env::vars().filter(|(k, _)| k != "PATH").collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("tokio: {e}"))?;
-    let host = Arc::new(Host {
+    Ok(Loaded {
         pre,
-        ticker: Ticker::start(engine.clone()),
         engine,
-        places: Arc::new(tokio::sync::Semaphore::new(options.concurrency as usize)),
         options,
-        env,
-    });
-    runtime.block_on(async move {
-        let listener = tokio::net::UnixListener::bind(&socket)
-            .map_err(|e| format!("listening on {}: {e}", PathBuf::from(&socket).display()))?;
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let host = host.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let host = host.clone();
-                    async move { Ok::<_, Infallible>(host.handle(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
     })
+}
+
+impl Loaded {
+    /// Listens on `SOCKET_PATH` and serves until the process is killed.
+    pub fn serve(self) -> ! {
+        let err = match self.try_serve() {
+            Ok(never) => match never {},
+            Err(e) => e,
+        };
+        eprintln!("tenement wasm: {err}");
+        std::process::exit(127)
+    }
+
+    fn try_serve(self) -> Result<Infallible, String> {
+        let socket = std::env::var_os("SOCKET_PATH").ok_or("SOCKET_PATH is not set")?;
+        let env = std::env::vars().filter(|(k, _)| k != "PATH").collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio: {e}"))?;
+        let Loaded {
+            pre,
+            engine,
+            options,
+        } = self;
+        let host = Arc::new(Host {
+            pre,
+            ticker: Ticker::start(engine.clone()),
+            budget: Budget::new(options.memory_mb),
+            engine,
+            places: Arc::new(tokio::sync::Semaphore::new(options.concurrency as usize)),
+            options,
+            env,
+        });
+        runtime.block_on(async move {
+            let listener = tokio::net::UnixListener::bind(&socket)
+                .map_err(|e| format!("listening on {}: {e}", PathBuf::from(&socket).display()))?;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let host = host.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let host = host.clone();
+                        async move { Ok::<_, Infallible>(host.handle(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        })
+    }
+}
+
+struct Host {
+    pre: ProxyPre<State>,
+    engine: Engine,
+    options: Options,
+    env: Vec<(String, String)>,
+    /// Places for requests in flight: a request keeps its place until its handler returns
+    /// (which may be after its response began), as long as it holds a pooled instance.
+    places: Arc<tokio::sync::Semaphore>,
+    ticker: Ticker,
+    /// Linear memory all requests in flight may hold together.
+    budget: Arc<Budget>,
 }
 
 impl Host {
@@ -239,8 +276,14 @@ impl Host {
                 .call_handle(&mut store, incoming, out)
                 .await
         });
+        // A client that leaves before the response takes its request with it (the front
+        // door's upstream timeout included): the guest stops at its next yield.
+        let mut abort = AbortUnlessAnswered(Some(task.abort_handle()));
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                abort.0 = None; // the guest goes on writing the body
+                Ok(response)
+            }
             Ok(Err(code)) => Err(Failed {
                 status: 500,
                 why: format!("the handler answered with an error: {code:?}"),
@@ -260,10 +303,10 @@ impl Host {
                     }
                 }
                 Ok(Err(e)) => match e.downcast_ref::<wasmtime::Trap>() {
-                    Some(trap) => Failed::internal(format!("the handler trapped ({trap})\n{e:?}")),
-                    None => Failed::internal(format!("the handler failed: {e:#}")),
+                    Some(trap) => Failed::internal(format!("the handler failed\n({trap}) {e:?}")),
+                    None => Failed::internal(format!("the handler failed\n{e:#}")),
                 },
-                Err(e) => Failed::internal(format!("the handler's task failed: {e}")),
+                Err(e) => Failed::internal(format!("the handler failed\n(its task: {e})")),
             }),
         }
     }
@@ -283,10 +326,14 @@ impl Host {
                 .allow_ip_name_lookup(true)
                 .socket_addr_check(|addr, _| Box::pin(async move { public(addr) }));
         }
-        let limits = StoreLimitsBuilder::new()
-            .memory_size((o.memory_mb << 20) as usize)
-            .trap_on_grow_failure(false)
-            .build();
+        let limits = Limits {
+            store: StoreLimitsBuilder::new()
+                .memory_size((o.memory_mb << 20) as usize)
+                .trap_on_grow_failure(false)
+                .build(),
+            budget: self.budget.clone(),
+            held: 0,
+        };
         let mut store = Store::new(
             &self.engine,
             State {
@@ -312,6 +359,16 @@ impl Host {
             })
         });
         Ok(store)
+    }
+}
+
+struct AbortUnlessAnswered(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
@@ -384,5 +441,89 @@ impl Ticker {
         Running {
             inflight: self.inflight.clone(),
         }
+    }
+}
+
+/// The linear memory of every request in flight, together: at most `memory_limit_mb` less a
+/// reserve for the host itself, so that requests that each stay within the limit cannot add
+/// up past the instance's cgroup (an out-of-memory kill of every request at once). A grow
+/// past it fails for that request alone.
+pub struct Budget {
+    left: std::sync::atomic::AtomicUsize,
+}
+
+impl Budget {
+    fn new(memory_mb: u64) -> Arc<Self> {
+        let total = (memory_mb as usize) << 20;
+        let reserve = (total / 8).max(4 << 20);
+        Arc::new(Self {
+            left: AtomicUsize::new(total.saturating_sub(reserve)),
+        })
+    }
+
+    fn take(&self, bytes: usize) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: usize) {
+        self.left.fetch_add(bytes, Ordering::AcqRel);
+    }
+}
+
+/// One store's limits: wasmtime's own (each memory at most `memory_limit_mb`), and its
+/// share of the [`Budget`], given back when the store goes.
+pub struct Limits {
+    store: wasmtime::StoreLimits,
+    budget: Arc<Budget>,
+    held: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if !self.store.memory_growing(current, desired, maximum)? {
+            return Ok(false);
+        }
+        let more = desired.saturating_sub(current);
+        if !self.budget.take(more) {
+            return Ok(false);
+        }
+        self.held += more;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.store.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.store.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.store.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.store.memories()
+    }
+}
+
+impl Drop for Limits {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
     }
 }

@@ -2,8 +2,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use wasmtime::Engine;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -11,7 +11,7 @@ pub struct State {
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: crate::host::Limits,
     pub hooks: Outbound,
     /// Epoch ticks this request has been seen running ([`crate::host`]).
     pub ticks: u64,
@@ -86,7 +86,11 @@ impl WasiHttpHooks for Outbound {
                     false => 80,
                 },
             );
-            let addrs = tokio::net::lookup_host((authority.host(), port))
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let addrs = tokio::net::lookup_host((host, port))
                 .await
                 .map_err(|_| Error::DestinationNotFound)?;
             for addr in addrs {
@@ -103,16 +107,41 @@ impl WasiHttpHooks for Outbound {
     }
 }
 
-/// Whether a component may reach `addr`: not loopback, unspecified, link-local or
-/// multicast (the host's own services and its neighbours' ports).
+/// Whether a component may reach `addr`: not one of this host's own addresses (whatever the
+/// interface: its services listen there too, and traffic to them never leaves the host), nor
+/// loopback, unspecified, link-local (cloud metadata) or multicast.
 pub fn public(addr: SocketAddr) -> bool {
-    let ip = match addr.ip() {
+    let ip = unmapped(addr.ip());
+    kind_is_public(ip) && !own_addresses().contains(&ip)
+}
+
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
+    }
+}
+
+/// This host's addresses, read now (interfaces come and go).
+fn own_addresses() -> Vec<IpAddr> {
+    let Ok(found) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
     };
+    found
+        .filter_map(|i| {
+            let a = i.address?;
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .map(unmapped)
+        .collect()
+}
+
+fn kind_is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             !(v4.is_loopback()
@@ -145,6 +174,10 @@ mod tests {
         }
         for a in ["93.184.216.34:443", "10.1.2.3:80", "[2606:4700::1]:443"] {
             assert!(super::public(a.parse().unwrap()), "{a}");
+        }
+        // Every address of this host's own interfaces, whatever its kind.
+        for ip in super::own_addresses() {
+            assert!(!super::public(std::net::SocketAddr::new(ip, 80)), "{ip}");
         }
     }
 }

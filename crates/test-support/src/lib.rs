@@ -7,6 +7,7 @@
 pub mod acme;
 pub mod dns;
 pub mod http;
+pub mod netns;
 pub mod wasm;
 
 use std::io::{Read, Write};

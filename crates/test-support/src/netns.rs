@@ -1,0 +1,102 @@
+//! Network namespaces joined to this one by a veth pair: another "host" on this machine,
+//! with an address of its own that is not one of this host's.
+
+use std::process::{Child, Command, Stdio};
+
+/// A network namespace `name` whose end of a veth pair has `10.{subnet}.0.2/24`; this host's
+/// end has `10.{subnet}.0.1`. Removed on drop (with every process still in it killed).
+pub struct Netns {
+    pub name: String,
+    pub host_ip: String,
+    pub ip: String,
+    children: Vec<Child>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+impl Netns {
+    /// `None` (after printing SKIPPED and why) where namespaces cannot be made here.
+    pub fn new(name: &str, subnet: u8) -> Option<Self> {
+        let ns = Self {
+            name: name.to_owned(),
+            host_ip: format!("10.{subnet}.0.1"),
+            ip: format!("10.{subnet}.0.2"),
+            children: Vec::new(),
+        };
+        let host_end = format!("vh-{name}");
+        let _ = ip(&["netns", "del", name]);
+        let _ = ip(&["link", "del", &host_end]);
+        let made = ip(&["netns", "add", name])
+            .and_then(|()| {
+                ip(&[
+                    "link", "add", &host_end, "type", "veth", "peer", "name", "vn0", "netns", name,
+                ])
+            })
+            .and_then(|()| {
+                ip(&[
+                    "addr",
+                    "add",
+                    &format!("{}/24", ns.host_ip),
+                    "dev",
+                    &host_end,
+                ])
+            })
+            .and_then(|()| ip(&["link", "set", &host_end, "up"]))
+            .and_then(|()| {
+                ip(&[
+                    "-n",
+                    name,
+                    "addr",
+                    "add",
+                    &format!("{}/24", ns.ip),
+                    "dev",
+                    "vn0",
+                ])
+            })
+            .and_then(|()| ip(&["-n", name, "link", "set", "vn0", "up"]))
+            .and_then(|()| ip(&["-n", name, "link", "set", "lo", "up"]));
+        match made {
+            Ok(()) => Some(ns),
+            Err(e) => {
+                eprintln!("SKIPPED: cannot make a network namespace: {e}");
+                None
+            }
+        }
+    }
+
+    /// Starts `program args` inside the namespace; killed when the namespace goes.
+    pub fn spawn(&mut self, program: &str, args: &[&str]) -> &mut Child {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ip netns exec");
+        self.children.push(child);
+        self.children.last_mut().expect("just pushed")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = ip(&["link", "del", &format!("vh-{}", self.name)]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
