@@ -123,6 +123,13 @@ isolation = "wasm"
 health = "/health"
 idle_timeout = 1
 
+[service.osleepy]
+command = "{wasm}"
+isolation = "wasm"
+health = "/health"
+idle_timeout = 1
+outbound = true
+
 [service.nsleepy]
 command = "{FIXTURE}"
 workdir = "{ROOT}"
@@ -161,7 +168,9 @@ memory_limit_mb = 64
         print(f"\n## Cold wake ({a.wakes} wakes; medians)\n")
         print("| backend | sleeping → response (ms) | warm request, new connection (ms) | overhead beyond a warm request (ms, paired median) |")
         print("|---|---|---|---|")
-        for svc, label in [("sleepy", "wasm (hello handler)"), ("nsleepy", "namespace (fixture, native)"),
+        for svc, label in [("sleepy", "wasm (hello handler)"),
+                           ("osleepy", "wasm, outbound = true (no network namespace of its own)"),
+                           ("nsleepy", "namespace (fixture, native)"),
                            ("psleepy", "process (fixture, native)")]:
             api(ctl, "POST", "/api/instances", {"service": svc, "id": "w"})
             wakes, warms = [], []

@@ -4,9 +4,11 @@
 //! The host runs exactly as a `namespace` app does (the same shim options: its own uid,
 //! cgroup, PID and mount namespaces, walls, Landlock scope), so a bug in wasmtime is still
 //! walled off from the host and from other tenants, and memory, CPU and pids are the
-//! instance's cgroup's. What it may see inside those walls: its data directory (kept
-//! writable, as at `namespace`), the `ten` binary, and the one compiled artifact it runs
-//! (revealed read-only). The component itself sees less still: only what the host grants it.
+//! instance's cgroup's; without `outbound` it also gets an empty network namespace. What it
+//! may see inside those walls: its data directory (kept writable, as at `namespace`) and the
+//! one compiled artifact it runs (revealed, but 0600: the shim's child loads it as root,
+//! before it becomes the instance's user, and then serves in the same process: `--builtin`,
+//! no second exec). The component itself sees less still: only what the host grants it.
 //!
 //! The component is checked and compiled at start by `ten serve` ([`tenement_wasm::Cache`]);
 //! a start that finds it cached costs a stat and a lookup.
