@@ -395,10 +395,8 @@ fn exec_app(o: &Options, old_mask: &SigSet) -> ! {
     // exec would have given it is here already: the app's environment, signal mask, and no
     // descriptors but stdio (`Owned` was dropped).
     #[cfg(feature = "wasm")]
-    let wasm_host = match builtin_args(o) {
-        Some(args) => Some(tenement_wasm::host::load(&args).unwrap_or_else(|e| fail(e))),
-        None => None,
-    };
+    let wasm_host =
+        builtin_args(o).map(|args| tenement_wasm::host::load(&args).unwrap_or_else(|e| fail(e)));
     if let Some(user) = o.user {
         become_user(user).unwrap_or_else(|e| fail(e));
     }
