@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 mod sqlite;
 mod types;
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// A tenement server of the fleet.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Server {
     /// A short name (`east`): letters, digits, `-` and `_`.
     pub id: String,
@@ -46,6 +47,7 @@ impl ServerState {
 
 /// A server's resources, as it reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Capacity {
     pub memory_mb: u64,
     pub free_memory_mb: u64,
@@ -55,6 +57,7 @@ pub struct Capacity {
 
 /// A customer's domain, served by one instance on one server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Tenant {
     /// `customer.example.com`: the key.
     pub domain: String,

@@ -1,0 +1,319 @@
+//! `slum`: the fleet's control plane (`slum serve`) and its command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::{Value, json};
+use slum::SlumDb;
+
+#[derive(Parser)]
+#[command(
+    name = "slum",
+    version,
+    about = "One control plane for a fleet of tenement servers"
+)]
+struct Cli {
+    /// slum's API (`slum serve --listen`).
+    #[arg(
+        long,
+        env = "SLUM_URL",
+        default_value = "http://127.0.0.1:7400",
+        global = true
+    )]
+    url: String,
+    /// The admin token; default: the file `slum serve` wrote beside its database.
+    #[arg(long, env = "SLUM_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Where the token is kept when `--token` is not given.
+    #[arg(long, default_value = "slum.db.token", global = true)]
+    token_file: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane.
+    Serve {
+        /// The state (SQLite).
+        #[arg(long, default_value = "slum.db")]
+        db: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        listen: String,
+    },
+    /// List the servers of the fleet.
+    Servers,
+    /// Add or remove a server.
+    Server {
+        #[command(subcommand)]
+        command: ServerCommand,
+    },
+    /// List the tenants.
+    Tenants,
+    /// Add, move or remove a tenant.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerCommand {
+    /// `slum server add east http://east.example.com:8080`
+    Add {
+        id: String,
+        /// Where its API and front door are.
+        #[arg(value_name = "URL")]
+        address: String,
+    },
+    /// Remove a server that has no tenants.
+    Rm { id: String },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// `slum tenant add customer.example.com api:prod --server east`
+    Add {
+        domain: String,
+        /// `SERVICE:ID` on the server.
+        instance: String,
+        #[arg(long)]
+        server: String,
+    },
+    /// Point a tenant at another server.
+    Move {
+        domain: String,
+        #[arg(long)]
+        to: String,
+    },
+    Rm {
+        domain: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    if let Command::Serve { db, listen } = &cli.command {
+        return serve(db, listen).await;
+    }
+    let token = match &cli.token {
+        Some(t) => t.clone(),
+        None => std::fs::read_to_string(&cli.token_file)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| {
+                format!(
+                    "no token: give --token (or SLUM_TOKEN), or --token-file ({}: {e})",
+                    cli.token_file.display()
+                )
+            })?,
+    };
+    let client = Client {
+        url: cli.url.trim_end_matches('/').to_owned(),
+        token,
+    };
+    match cli.command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Servers => {
+            let servers = client.call("GET", "/api/servers", None).await?;
+            println!(
+                "{:<16} {:<8} {:>10} {:>6} {:>9}  URL",
+                "SERVER", "STATE", "FREE MEM", "CPUS", "INSTANCES"
+            );
+            for s in servers.as_array().into_iter().flatten() {
+                let c = |k: &str| s["capacity"][k].as_u64().unwrap_or(0);
+                println!(
+                    "{:<16} {:<8} {:>8}MB {:>6} {:>9}  {}",
+                    s["id"].as_str().unwrap_or_default(),
+                    s["state"].as_str().unwrap_or_default(),
+                    c("free_memory_mb"),
+                    c("cpus"),
+                    c("instances"),
+                    s["url"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        Command::Server { command } => match command {
+            ServerCommand::Add { id, address } => {
+                client
+                    .call(
+                        "POST",
+                        "/api/servers",
+                        Some(json!({ "id": id, "url": address })),
+                    )
+                    .await?;
+                println!("server {id} added");
+            }
+            ServerCommand::Rm { id } => {
+                client
+                    .call("DELETE", &format!("/api/servers/{id}"), None)
+                    .await?;
+                println!("server {id} removed");
+            }
+        },
+        Command::Tenants => {
+            let tenants = client.call("GET", "/api/tenants", None).await?;
+            println!("{:<32} {:<16} INSTANCE", "DOMAIN", "SERVER");
+            for t in tenants.as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:<16} {}:{}",
+                    t["domain"].as_str().unwrap_or_default(),
+                    t["server_id"].as_str().unwrap_or_default(),
+                    t["process"].as_str().unwrap_or_default(),
+                    t["instance_id"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        Command::Tenant { command } => match command {
+            TenantCommand::Add {
+                domain,
+                instance,
+                server,
+            } => {
+                let (process, id) = instance
+                    .split_once(':')
+                    .ok_or_else(|| format!("{instance:?}: expected SERVICE:ID"))?;
+                let body = json!({ "domain": domain, "server_id": server, "process": process, "instance_id": id });
+                client.call("POST", "/api/tenants", Some(body)).await?;
+                println!("tenant {domain} → {instance} on {server}");
+            }
+            TenantCommand::Move { domain, to } => {
+                let path = format!("/api/tenants/{domain}/move");
+                client
+                    .call("POST", &path, Some(json!({ "server_id": to })))
+                    .await?;
+                println!("tenant {domain} → {to}");
+            }
+            TenantCommand::Rm { domain } => {
+                client
+                    .call("DELETE", &format!("/api/tenants/{domain}"), None)
+                    .await?;
+                println!("tenant {domain} removed");
+            }
+        },
+    }
+    Ok(())
+}
+
+/// The admin token: `SLUM_TOKEN`, else `{db}.token` (made, 0600, on first start).
+fn server_token(db: &std::path::Path) -> Result<(String, Option<PathBuf>), String> {
+    if let Ok(t) = std::env::var("SLUM_TOKEN") {
+        if t.len() < 16 {
+            return Err("SLUM_TOKEN must be at least 16 characters".into());
+        }
+        return Ok((t, None));
+    }
+    let path = PathBuf::from(format!("{}.token", db.display()));
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok((t.trim().to_owned(), Some(path)));
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| format!("random token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((token, Some(path)))
+}
+
+async fn serve(db_path: &std::path::Path, listen: &str) -> Result<(), String> {
+    let db = SlumDb::init(db_path).await.map_err(|e| e.to_string())?;
+    let (token, file) = server_token(db_path)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listening on {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    match file {
+        Some(f) => println!(
+            "slum serve on http://{addr}, state in {}, admin token in {}",
+            db_path.display(),
+            f.display()
+        ),
+        None => println!(
+            "slum serve on http://{addr}, state in {}, admin token from SLUM_TOKEN",
+            db_path.display()
+        ),
+    }
+    let app = slum::api::router(slum::api::Api {
+        db,
+        token: Arc::from(token),
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+struct Client {
+    url: String,
+    token: String,
+}
+
+impl Client {
+    /// One API call; an error answer becomes its message.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let authority = self
+            .url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{}: only http:// URLs", self.url))?;
+        let stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("cannot reach slum at {}: {e}", self.url))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", authority)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .map_err(|e| e.to_string())?;
+        let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = res.status();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(value["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{method} {path}: {status}")));
+        }
+        Ok(value)
+    }
+}

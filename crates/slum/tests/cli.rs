@@ -1,0 +1,237 @@
+//! `slum serve` and the `slum` command line, as an operator uses them.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const SLUM: &str = env!("CARGO_BIN_EXE_slum");
+
+struct Serving {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `slum serve` on a free port, its state in `dir`.
+fn serve(dir: &Path) -> Serving {
+    let mut child = Command::new(SLUM)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.join("slum.db"))
+        .env_remove("SLUM_TOKEN")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches(',')
+        .to_owned();
+    Serving { child, url }
+}
+
+fn slum(s: &Serving, dir: &Path, args: &[&str]) -> Output {
+    Command::new(SLUM)
+        .args(["--url", &s.url, "--token-file"])
+        .arg(dir.join("slum.db.token"))
+        .args(args)
+        .env_remove("SLUM_TOKEN")
+        .output()
+        .unwrap()
+}
+
+fn ok(s: &Serving, dir: &Path, args: &[&str]) -> String {
+    let out = slum(s, dir, args);
+    assert!(
+        out.status.success(),
+        "slum {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(s: &Serving, dir: &Path, args: &[&str]) -> String {
+    let out = slum(s, dir, args);
+    assert!(!out.status.success(), "slum {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn servers_and_tenants_are_managed_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = serve(dir.path());
+        let token = dir.path().join("slum.db.token");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&token).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        ok(
+            &s,
+            dir.path(),
+            &["server", "add", "east", "http://10.0.0.1:8080"],
+        );
+        ok(
+            &s,
+            dir.path(),
+            &["server", "add", "west", "http://10.0.0.2:8080"],
+        );
+        ok(
+            &s,
+            dir.path(),
+            &[
+                "tenant",
+                "add",
+                "customer.example.com",
+                "api:prod",
+                "--server",
+                "east",
+            ],
+        );
+        let servers = ok(&s, dir.path(), &["servers"]);
+        assert!(
+            servers.contains("east")
+                && servers.contains("new")
+                && servers.contains("http://10.0.0.2:8080"),
+            "{servers}"
+        );
+        ok(
+            &s,
+            dir.path(),
+            &["tenant", "move", "customer.example.com", "--to", "west"],
+        );
+        let tenants = ok(&s, dir.path(), &["tenants"]);
+        assert!(
+            tenants.contains("customer.example.com")
+                && tenants.contains("west")
+                && tenants.contains("api:prod"),
+            "{tenants}"
+        );
+    }
+    // A new slum serve on the same state finds it all, with the same token.
+    let s = serve(dir.path());
+    let tenants = ok(&s, dir.path(), &["tenants"]);
+    assert!(tenants.contains("west"), "{tenants}");
+    ok(&s, dir.path(), &["tenant", "rm", "customer.example.com"]);
+    ok(&s, dir.path(), &["server", "rm", "east"]);
+    assert!(!ok(&s, dir.path(), &["servers"]).contains("east"));
+}
+
+#[test]
+fn bad_input_and_bad_tokens_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    ok(
+        &s,
+        dir.path(),
+        &["server", "add", "east", "http://10.0.0.1:8080"],
+    );
+    let said = refused(
+        &s,
+        dir.path(),
+        &[
+            "tenant",
+            "add",
+            "a.example.com",
+            "api:prod",
+            "--server",
+            "nowhere",
+        ],
+    );
+    assert!(said.contains("no server \"nowhere\""), "{said}");
+    ok(
+        &s,
+        dir.path(),
+        &[
+            "tenant",
+            "add",
+            "a.example.com",
+            "api:prod",
+            "--server",
+            "east",
+        ],
+    );
+    let said = refused(
+        &s,
+        dir.path(),
+        &[
+            "tenant",
+            "add",
+            "a.example.com",
+            "api:other",
+            "--server",
+            "east",
+        ],
+    );
+    assert!(said.contains("taken"), "{said}");
+    let said = refused(
+        &s,
+        dir.path(),
+        &["server", "add", "east", "http://10.0.0.9"],
+    );
+    assert!(said.contains("exists"), "{said}");
+    let said = refused(&s, dir.path(), &["server", "rm", "east"]);
+    assert!(said.contains("still has 1 tenant"), "{said}");
+    let said = refused(
+        &s,
+        dir.path(),
+        &[
+            "tenant",
+            "add",
+            "Not A Domain",
+            "api:prod",
+            "--server",
+            "east",
+        ],
+    );
+    assert!(said.contains("not a lowercase host name"), "{said}");
+    let said = refused(
+        &s,
+        dir.path(),
+        &[
+            "tenant",
+            "add",
+            "b.example.com",
+            "api-prod",
+            "--server",
+            "east",
+        ],
+    );
+    assert!(said.contains("SERVICE:ID"), "{said}");
+    // Nothing half-done: one server, one tenant.
+    assert_eq!(ok(&s, dir.path(), &["tenants"]).lines().count(), 2);
+
+    // Without the token, or with another: 401, nothing changes.
+    for token in ["", "0123456789abcdef0123456789abcdef0123456789abcdef"] {
+        let out = Command::new(SLUM)
+            .args([
+                "--url",
+                &s.url,
+                "--token",
+                token,
+                "server",
+                "add",
+                "evil",
+                "http://10.6.6.6",
+            ])
+            .env_remove("SLUM_TOKEN")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("bearer token"),
+            "{token:?}"
+        );
+    }
+    assert!(!ok(&s, dir.path(), &["servers"]).contains("evil"));
+}
