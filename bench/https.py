@@ -27,18 +27,12 @@ import sys
 import tempfile
 import time
 
-from tenbench import FIXTURE, NGINX_AS_TEN, RELEASE, ROOT, TEN, api
+from tenbench import FIXTURE, NGINX_AS_TEN, RELEASE, ROOT, TEN, api, free_port
 
 LOADGEN = os.path.join(RELEASE, "tenement-loadgen")
 DOMAIN = "bench.test"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port, what, limit=30):

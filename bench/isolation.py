@@ -19,21 +19,12 @@ import sys
 import tempfile
 import time
 
-from tenbench import FIXTURE, ROOT, Server, request
+from tenbench import FIXTURE, ROOT, Server, pss_kb, request
 
 
 
 
 
-def pss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def processes_mentioning(needle, exclude):

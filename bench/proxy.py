@@ -37,18 +37,12 @@ import sys
 import tempfile
 import time
 
-from tenbench import FIXTURE, NGINX_AS_TEN, RELEASE, ROOT, TEN, api
+from tenbench import FIXTURE, NGINX_AS_TEN, RELEASE, ROOT, TEN, api, free_port
 
 LOADGEN = os.path.join(RELEASE, "tenement-loadgen")
 HELLO = os.path.join(ROOT, "examples/hello/app.py")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 

@@ -22,6 +22,27 @@ NGINX_AS_TEN = """    location / {
     }"""
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def pss_kb(pid):
+    """Proportional set size of process `pid` in KB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 class UnixConn(http.client.HTTPConnection):
     """HTTP over a Unix socket."""
 

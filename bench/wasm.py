@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tenbench import FIXTURE, RELEASE, ROOT, Server, api
+from tenbench import FIXTURE, RELEASE, ROOT, Server, api, free_port, pss_kb
 
 LOADGEN = os.path.join(RELEASE, "tenement-loadgen")
 GUESTS = os.path.join(ROOT, "crates/tenement-wasm/guests")
@@ -74,15 +74,6 @@ def tree(pid):
     return out
 
 
-def pss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def loadgen(port, host, seconds, conns):
@@ -91,13 +82,6 @@ def loadgen(port, host, seconds, conns):
     return dict(kv.split("=") for kv in out.split())
 
 
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def main():
