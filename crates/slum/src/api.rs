@@ -30,38 +30,90 @@ pub struct Api {
     pub db: SlumDb,
     /// The admin token (compared in constant time).
     pub token: Arc<str>,
+    /// What a tenement server joins the fleet with (`ten serve --slum-token`).
+    pub join_token: Arc<str>,
+    /// A server not heard from for this long is `down`.
+    pub lease_ms: u64,
 }
 
 pub fn router(api: Api) -> Router {
-    Router::new()
+    let admin = Router::new()
         .route("/api/servers", get(servers).post(add_server))
         .route("/api/servers/{id}", delete(remove_server))
         .route("/api/tenants", get(tenants).post(add_tenant))
         .route("/api/tenants/{domain}", delete(remove_tenant))
         .route("/api/tenants/{domain}/move", post(move_tenant))
-        .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
-        .with_state(api)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), auth));
+    // The fleet's own calls: the join token, then each server's secret.
+    let fleet = Router::new()
+        .route("/api/join", post(join))
+        .route("/api/heartbeat", post(heartbeat));
+    admin.merge(fleet).with_state(api)
 }
 
-/// Constant-time equality (a token's bytes never decide how long a comparison takes).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn bearer(req: &axum::http::HeaderMap) -> Option<&str> {
+    req.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn unauthorized(why: &str) -> Response {
+    failure(StatusCode::UNAUTHORIZED, "unauthorized", why.into())
 }
 
 async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t) if same(t.as_bytes(), api.token.as_bytes()) => next.run(req).await,
-        _ => failure(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a bearer token is required (slum serve printed where it keeps it)".into(),
-        ),
+    match bearer(req.headers()) {
+        Some(t) if crate::same(t.as_bytes(), api.token.as_bytes()) => next.run(req).await,
+        _ => unauthorized("a bearer token is required (slum serve printed where it keeps it)"),
     }
+}
+
+/// `POST /api/join` (join token): `{id, url, capacity}` → `{secret, heartbeat_ms, lease_ms}`.
+#[derive(Deserialize)]
+struct Join {
+    id: String,
+    url: String,
+    #[serde(default)]
+    capacity: crate::Capacity,
+}
+
+async fn join(
+    State(api): State<Api>,
+    headers: axum::http::HeaderMap,
+    Json(j): Json<Join>,
+) -> Response {
+    if !bearer(&headers).is_some_and(|t| crate::same(t.as_bytes(), api.join_token.as_bytes())) {
+        return unauthorized(
+            "joining needs the fleet's join token (slum serve printed where it keeps it)",
+        );
+    }
+    match api.db.join(&j.id, &j.url, j.capacity).await {
+        Ok(secret) => Json(serde_json::json!({
+            "secret": secret,
+            "lease_ms": api.lease_ms,
+            "heartbeat_ms": (api.lease_ms / 3).max(100),
+        }))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /api/heartbeat` (the server's secret): `{id, capacity}` → 204.
+#[derive(Deserialize)]
+struct Heartbeat {
+    id: String,
+    #[serde(default)]
+    capacity: crate::Capacity,
+}
+
+async fn heartbeat(
+    State(api): State<Api>,
+    headers: axum::http::HeaderMap,
+    Json(h): Json<Heartbeat>,
+) -> Result<StatusCode, Error> {
+    let secret = bearer(&headers).unwrap_or_default();
+    api.db.heartbeat(&h.id, secret, h.capacity).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn failure(status: StatusCode, code: &str, error: String) -> Response {
@@ -82,6 +134,7 @@ impl IntoResponse for Error {
             Error::DomainTaken(..) => (StatusCode::CONFLICT, "taken"),
             Error::ServerInUse(..) => (StatusCode::CONFLICT, "in_use"),
             Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
         };
         failure(status, code, self.to_string())

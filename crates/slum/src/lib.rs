@@ -38,6 +38,8 @@ pub enum Error {
     DomainTaken(String, String),
     #[error("server {0:?} still has {1} tenant(s): move or remove them first")]
     ServerInUse(String, usize),
+    #[error("unauthorized: join again")]
+    Unauthorized,
     #[error("invalid {field}: {why}")]
     Invalid { field: &'static str, why: String },
     #[error("slum store {path}: {source}")]
@@ -64,4 +66,9 @@ pub trait Store: Send + Sync {
         server_id: &str,
     ) -> impl Future<Output = Result<Tenant, Error>> + Send;
     fn remove_tenant(&self, domain: &str) -> impl Future<Output = Result<Tenant, Error>> + Send;
+}
+
+/// Constant-time equality (a secret's bytes never decide how long a comparison takes).
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

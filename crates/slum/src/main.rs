@@ -44,6 +44,9 @@ enum Command {
         db: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
+        /// A server not heard from for this long is down (milliseconds).
+        #[arg(long, default_value_t = 3000)]
+        lease_ms: u64,
     },
     /// List the servers of the fleet.
     Servers,
@@ -111,8 +114,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    if let Command::Serve { db, listen } = &cli.command {
-        return serve(db, listen).await;
+    if let Command::Serve {
+        db,
+        listen,
+        lease_ms,
+    } = &cli.command
+    {
+        return serve(db, listen, *lease_ms).await;
     }
     let token = match &cli.token {
         Some(t) => t.clone(),
@@ -212,15 +220,20 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// The admin token: `SLUM_TOKEN`, else `{db}.token` (made, 0600, on first start).
-fn server_token(db: &std::path::Path) -> Result<(String, Option<PathBuf>), String> {
-    if let Ok(t) = std::env::var("SLUM_TOKEN") {
+/// A token: the environment variable `var`, else `{db}.{suffix}` (made, 0600, on first
+/// start).
+fn server_token(
+    db: &std::path::Path,
+    var: &str,
+    suffix: &str,
+) -> Result<(String, Option<PathBuf>), String> {
+    if let Ok(t) = std::env::var(var) {
         if t.len() < 16 {
-            return Err("SLUM_TOKEN must be at least 16 characters".into());
+            return Err(format!("{var} must be at least 16 characters"));
         }
         return Ok((t, None));
     }
-    let path = PathBuf::from(format!("{}.token", db.display()));
+    let path = PathBuf::from(format!("{}.{suffix}", db.display()));
     if let Ok(t) = std::fs::read_to_string(&path) {
         return Ok((t.trim().to_owned(), Some(path)));
     }
@@ -239,27 +252,44 @@ fn server_token(db: &std::path::Path) -> Result<(String, Option<PathBuf>), Strin
     Ok((token, Some(path)))
 }
 
-async fn serve(db_path: &std::path::Path, listen: &str) -> Result<(), String> {
+async fn serve(db_path: &std::path::Path, listen: &str, lease_ms: u64) -> Result<(), String> {
     let db = SlumDb::init(db_path).await.map_err(|e| e.to_string())?;
-    let (token, file) = server_token(db_path)?;
+    let (token, file) = server_token(db_path, "SLUM_TOKEN", "token")?;
+    let (join_token, join_file) = server_token(db_path, "SLUM_JOIN_TOKEN", "join-token")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listening on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    match file {
-        Some(f) => println!(
-            "slum serve on http://{addr}, state in {}, admin token in {}",
-            db_path.display(),
-            f.display()
-        ),
-        None => println!(
-            "slum serve on http://{addr}, state in {}, admin token from SLUM_TOKEN",
-            db_path.display()
-        ),
-    }
+    // One line (a reader that stops after it must not break a later write).
+    let admin = match file {
+        Some(f) => format!("admin token in {}", f.display()),
+        None => "admin token from SLUM_TOKEN".into(),
+    };
+    let joining = match join_file {
+        Some(f) => format!("join token in {}", f.display()),
+        None => "join token from SLUM_JOIN_TOKEN".into(),
+    };
+    println!(
+        "slum serve on http://{addr}, state in {}, {admin}, {joining}",
+        db_path.display()
+    );
+    // Leases: a server silent for `lease_ms` is down.
+    let watched = db.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if let Ok(down) = watched.expire(lease_ms).await {
+                for id in down {
+                    eprintln!("slum: server {id} missed its lease ({lease_ms} ms): down");
+                }
+            }
+        }
+    });
     let app = slum::api::router(slum::api::Api {
         db,
         token: Arc::from(token),
+        join_token: Arc::from(join_token),
+        lease_ms,
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -16,7 +16,9 @@ CREATE TABLE IF NOT EXISTS servers (
     free_memory_mb  INTEGER NOT NULL DEFAULT 0,
     cpus            INTEGER NOT NULL DEFAULT 0,
     instances       INTEGER NOT NULL DEFAULT 0,
-    last_seen_ms    INTEGER NOT NULL DEFAULT 0
+    last_seen_ms    INTEGER NOT NULL DEFAULT 0,
+    -- What a joined server proves itself with on each heartbeat (given at join).
+    secret          TEXT
 );
 CREATE TABLE IF NOT EXISTS tenants (
     domain          TEXT PRIMARY KEY,
@@ -161,12 +163,7 @@ fn check_domain(domain: &str) -> Result<(), Error> {
 impl SlumDb {
     pub async fn add_server(&self, server: &Server) -> Result<(), Error> {
         check_name("server id", &server.id)?;
-        if !(server.url.starts_with("http://") || server.url.starts_with("https://")) {
-            return Err(Error::Invalid {
-                field: "url",
-                why: format!("{:?} is not an http:// or https:// URL", server.url),
-            });
-        }
+        check_url(&server.url)?;
         let (s, fail) = (server.clone(), self.fail());
         self.with(move |c| {
             let added = c
@@ -367,6 +364,97 @@ impl SlumDb {
             Ok(t)
         })
         .await
+    }
+}
+
+impl SlumDb {
+    /// A server joins (or joins again after a restart): it is added if new, its URL and
+    /// capacity are taken, it is `up`, and it gets a new secret for its heartbeats.
+    pub async fn join(&self, id: &str, url: &str, capacity: Capacity) -> Result<String, Error> {
+        check_name("server id", id)?;
+        check_url(url)?;
+        let secret = random_hex()?;
+        let (id, url, given, fail) = (id.to_owned(), url.to_owned(), secret.clone(), self.fail());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO servers (id, url, state, memory_mb, free_memory_mb, cpus, instances, last_seen_ms, secret)
+                 VALUES (?1, ?2, 'up', ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET url = ?2, state = 'up', memory_mb = ?3, free_memory_mb = ?4,
+                   cpus = ?5, instances = ?6, last_seen_ms = ?7, secret = ?8",
+                params![id, url, capacity.memory_mb, capacity.free_memory_mb, capacity.cpus,
+                        capacity.instances, now_ms(), given],
+            )
+            .map_err(fail)?;
+            Ok(())
+        })
+        .await?;
+        Ok(secret)
+    }
+
+    /// A joined server says it is alive: its capacity is taken and its lease renewed.
+    /// `Unauthorized` unless `secret` is the one its last join got.
+    pub async fn heartbeat(&self, id: &str, secret: &str, capacity: Capacity) -> Result<(), Error> {
+        let (id, secret, fail) = (id.to_owned(), secret.to_owned(), self.fail());
+        self.with(move |c| {
+            let known: Option<Option<String>> = c
+                .query_row("SELECT secret FROM servers WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(&fail)?;
+            match known {
+                Some(Some(s)) if crate::same(s.as_bytes(), secret.as_bytes()) => {}
+                _ => return Err(Error::Unauthorized),
+            }
+            c.execute(
+                "UPDATE servers SET state = 'up', memory_mb = ?2, free_memory_mb = ?3, cpus = ?4,
+                   instances = ?5, last_seen_ms = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    capacity.memory_mb,
+                    capacity.free_memory_mb,
+                    capacity.cpus,
+                    capacity.instances,
+                    now_ms()
+                ],
+            )
+            .map_err(&fail)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks `down` every `up` server not heard from for `lease_ms`; returns their ids.
+    pub async fn expire(&self, lease_ms: u64) -> Result<Vec<String>, Error> {
+        let fail = self.fail();
+        self.with(move |c| {
+            let cutoff = now_ms().saturating_sub(lease_ms);
+            let mut st = c
+                .prepare("UPDATE servers SET state = 'down' WHERE state = 'up' AND last_seen_ms < ?1 RETURNING id")
+                .map_err(&fail)?;
+            let rows = st.query_map([cutoff], |r| r.get(0)).map_err(&fail)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(&fail)
+        })
+        .await
+    }
+}
+
+fn random_hex() -> Result<String, Error> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Invalid {
+        field: "secret",
+        why: format!("no randomness: {e}"),
+    })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn check_url(url: &str) -> Result<(), Error> {
+    match url.starts_with("http://") || url.starts_with("https://") {
+        true => Ok(()),
+        false => Err(Error::Invalid {
+            field: "url",
+            why: format!("{url:?} is not an http:// or https:// URL"),
+        }),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod caddyfile;
 pub mod config;
 pub mod domain;
+pub mod fleet;
 pub mod https;
 pub mod init;
 pub mod install;

@@ -49,6 +49,8 @@ pub struct Args {
     /// damaged file as tenement.db.corrupt-SECONDS.
     #[arg(long)]
     restore_state: bool,
+    #[command(flatten)]
+    slum: crate::cmd::fleet::SlumArgs,
 }
 
 pub async fn run(
@@ -292,6 +294,11 @@ pub async fn run(
         // Held for this process's life (and handed on at the next upgrade).
         std::mem::forget(i.lock);
     }
+    crate::cmd::fleet::start(
+        &args.slum,
+        supervisor.clone(),
+        format!("http://{http_addr}"),
+    );
     crate::notify::notify(&format!("READY=1\nSTATUS=serving on {http_addr}"));
     if let Some(every) = crate::notify::watchdog_interval() {
         // Pings from this runtime: if it stops making progress, systemd notices.
