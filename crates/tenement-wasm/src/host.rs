@@ -1,5 +1,6 @@
-//! `ten __wasm`: one instance's host. Started by the shim in the instance's cgroup, walls and
-//! uid, like any app:
+//! `ten __wasm`: one instance's host. Run by the shim's child in the instance's cgroup and
+//! walls (in that process, no exec: [`load`] as root, then [`Loaded::serve`] as the
+//! instance's uid), or as a command of its own:
 //!
 //! `ten __wasm --module ARTIFACT --dir DIR [--memory-mb N] [--cpu-ms N] [--outbound]
 //! [--concurrency N] [-- ARGS...]`
@@ -13,8 +14,8 @@
 //!   (so `$HOME` and `$DATA_DIR`-style settings work); nothing else;
 //! - its network: none, unless `--outbound` (then `wasi:http` requests and `wasi:sockets`
 //!   TCP/UDP to addresses not of this host: [`crate::state::public`]);
-//! - each linear memory at most `--memory-mb` (a failed `memory.grow` is the guest's to
-//!   handle; Rust aborts: 500);
+//! - linear memory: each at most `--memory-mb`, and all requests' together within a
+//!   [`Budget`] under it (a failed `memory.grow` is the guest's to handle; Rust aborts: 500);
 //! - at most `--cpu-ms` of CPU time: counted in epoch ticks ([`crate::TICK`]) that find the
 //!   request running, so time spent waiting (on a slow client, an outbound request) is not
 //!   charged. Each tick yields to the other requests; past the limit the request traps: 504.
