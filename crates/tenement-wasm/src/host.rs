@@ -13,7 +13,7 @@
 //! - its files: `DIR` (the instance's data directory) preopened read-write at the same path
 //!   (so `$HOME` and `$DATA_DIR`-style settings work); nothing else;
 //! - its network: none, unless `--outbound` (then `wasi:http` requests and `wasi:sockets`
-//!   TCP/UDP to addresses not of this host: [`crate::state::public`]);
+//!   TCP/UDP to addresses not of this host: `state::public`);
 //! - linear memory: each at most `--memory-mb`, and all requests' together within a
 //!   [`Budget`] under it (a failed `memory.grow` is the guest's to handle; Rust aborts: 500);
 //! - at most `--cpu-ms` of CPU time: counted in epoch ticks ([`crate::TICK`]) that find the
