@@ -153,7 +153,7 @@ memory_limit_mb = 64
         print("| backend | sleeping → response (ms) | warm request, new connection (ms) | overhead beyond a warm request (ms, paired median) |")
         print("|---|---|---|---|")
         for svc, label in [("sleepy", "wasm (hello handler)"),
-                           ("osleepy", "wasm, outbound = true (no network namespace of its own)"),
+                           ("osleepy", "wasm, outbound = true (the host's network)"),
                            ("nsleepy", "namespace (fixture, native)"),
                            ("psleepy", "process (fixture, native)")]:
             api(ctl, "POST", "/api/instances", {"service": svc, "id": "w"})

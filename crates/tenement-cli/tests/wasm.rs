@@ -259,6 +259,20 @@ fn outbound_requests_are_refused_unless_allowed_and_never_reach_this_host() {
         let host_pid = b.tenant_processes().into_iter().max().unwrap();
         let theirs = std::fs::read_link(format!("/proc/{host_pid}/ns/net")).unwrap();
         assert_eq!(mine == theirs, allowed, "{extra}");
+        if !allowed {
+            // ...empty: not even its loopback is up.
+            let lo = std::process::Command::new("nsenter")
+                .arg(format!("--net=/proc/{host_pid}/ns/net"))
+                .args(["ip", "-o", "link"])
+                .output()
+                .unwrap();
+            let links = String::from_utf8_lossy(&lo.stdout);
+            assert_eq!(links.lines().count(), 1, "{links}");
+            assert!(
+                links.contains("lo:") && links.contains("state DOWN"),
+                "{links}"
+            );
+        }
     }
 }
 

@@ -52,6 +52,16 @@ pub(crate) fn spawn_shim(
     spec: &Spec,
     shim_args: &[&str],
 ) -> Result<Started, Error> {
+    spawn_shim_keeping(shim, spec, shim_args, None)
+}
+
+/// [`spawn_shim`], the shim also inheriting `keep` (a descriptor its options name).
+pub(crate) fn spawn_shim_keeping(
+    shim: &PathBuf,
+    spec: &Spec,
+    shim_args: &[&str],
+    keep: Option<std::os::fd::RawFd>,
+) -> Result<Started, Error> {
     let fail = |source| Error::Spawn {
         key: spec.key.clone(),
         program: spec.argv.first().cloned().unwrap_or_default(),
@@ -78,6 +88,7 @@ pub(crate) fn spawn_shim(
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| fail(e.into()))?;
     let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| fail(e.into()))?;
     let passed = [theirs.as_raw_fd(), out_r.as_raw_fd(), err_r.as_raw_fd()];
+    let inherited = keep;
     let h = &spec.handover;
     // std's Command, not tokio's: tokio's keeps a pidfd per child, a fifth descriptor per
     // instance in `ten serve` (the shim is reaped once its connection closes: `wait`).
@@ -116,7 +127,7 @@ pub(crate) fn spawn_shim(
     // another thread meanwhile does not inherit them).
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            for fd in passed {
+            for fd in passed.into_iter().chain(inherited) {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -3,7 +3,7 @@
 //! `ten __shim --control-fd FD --out-fd FD --err-fd FD --key KEY [--listen PATH]
 //! [--adopt-timeout SECS] [--meta TEXT] [--cgroup DIR]... [--user UID:GID] [--namespace]
 //! [--hostname H] [--hide DIR] [--keep DIR]... [--reveal DIR]... [--tmp-size MB] [--netns]
-//! [--builtin]
+//! [--netns-fd FD] [--builtin]
 //! -- ARGV...`
 //!
 //! First the shim joins the instance's cgroups (`--cgroup`), so the app and everything it
@@ -75,6 +75,8 @@ struct Options {
     namespace: bool,
     /// A network namespace of its own (for `runsc run`, whose control socket is abstract).
     netns: bool,
+    /// An existing network namespace to join instead (`ten serve`'s empty one).
+    netns_fd: Option<RawFd>,
     hostname: Option<OsString>,
     /// Directories covered by an empty tmpfs inside the namespace...
     hide: Vec<PathBuf>,
@@ -121,6 +123,7 @@ fn parse(args: &[OsString]) -> Result<Options, String> {
             Some("--") => break,
             Some("--namespace") => o.namespace = true,
             Some("--netns") => o.netns = true,
+            Some("--netns-fd") => o.netns_fd = Some(fd(it.next())?),
             Some("--builtin") => o.builtin = true,
             Some("--hostname") => o.hostname = Some(it.next().ok_or_else(usage)?.clone()),
             Some("--hide") => o.hide.push(it.next().ok_or_else(usage)?.into()),
@@ -215,6 +218,12 @@ fn shim(args: &[OsString]) -> Result<Infallible, String> {
         .map_err(|e| format!("sigprocmask: {e}"))?;
     let signals = SignalFd::with_flags(&watched, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {e}"))?;
+    if let Some(fd) = o.netns_fd {
+        // SAFETY: `ten serve` passed this descriptor to us alone, for this.
+        let ns = unsafe { OwnedFd::from_raw_fd(fd) };
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("joining the network namespace: {e}"))?;
+    }
     if o.netns {
         unshare(CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("unshare(network namespace): {e}"))?;
