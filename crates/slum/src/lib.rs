@@ -18,6 +18,7 @@
 //! ```
 
 pub mod api;
+pub mod client;
 mod sqlite;
 mod types;
 

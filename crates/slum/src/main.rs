@@ -5,10 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use serde_json::{Value, json};
+use serde_json::json;
 use slum::SlumDb;
+use slum::client::Client;
 
 #[derive(Parser)]
 #[command(
@@ -133,10 +132,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 )
             })?,
     };
-    let client = Client {
-        url: cli.url.trim_end_matches('/').to_owned(),
-        token,
-    };
+    let client = Client::new(&cli.url, &token);
     match cli.command {
         Command::Serve { .. } => unreachable!("handled above"),
         Command::Servers => {
@@ -297,53 +293,4 @@ async fn serve(db_path: &std::path::Path, listen: &str, lease_ms: u64) -> Result
         })
         .await
         .map_err(|e| e.to_string())
-}
-
-struct Client {
-    url: String,
-    token: String,
-}
-
-impl Client {
-    /// One API call; an error answer becomes its message.
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let authority = self
-            .url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{}: only http:// URLs", self.url))?;
-        let stream = tokio::net::TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("cannot reach slum at {}: {e}", self.url))?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", authority)
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))
-            .map_err(|e| e.to_string())?;
-        let res = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = res.status();
-        let bytes = res
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(value["error"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("{method} {path}: {status}")));
-        }
-        Ok(value)
-    }
 }

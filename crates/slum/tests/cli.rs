@@ -1,43 +1,14 @@
 //! `slum serve` and the `slum` command line, as an operator uses them.
 
-use std::io::BufRead;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
-const SLUM: &str = env!("CARGO_BIN_EXE_slum");
+use common::{SLUM, Serving};
 
-struct Serving {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `slum serve` on a free port, its state in `dir`.
 fn serve(dir: &Path) -> Serving {
-    let mut child = Command::new(SLUM)
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
-        .arg(dir.join("slum.db"))
-        .env_remove("SLUM_TOKEN")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .trim_end_matches(',')
-        .to_owned();
-    Serving { child, url }
+    common::serve(&dir.join("slum.db"), &[])
 }
 
 fn slum(s: &Serving, dir: &Path, args: &[&str]) -> Output {

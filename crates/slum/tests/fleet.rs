@@ -1,12 +1,12 @@
 //! Real tenement servers joining a real `slum serve`: leases, heartbeats, bad tokens.
 
-use std::io::{BufRead, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
+use common::SLUM;
 use test_support::{Building, SOON, wait_for};
-
-const SLUM: &str = env!("CARGO_BIN_EXE_slum");
 
 /// `ten`, built next to `slum` (`cargo build --workspace --bins`; scripts/test does).
 fn ten() -> String {
@@ -20,46 +20,23 @@ fn ten() -> String {
 }
 
 struct Slum {
-    child: Child,
+    /// Held for its drop (which stops slum).
+    _serving: common::Serving,
     url: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Slum {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Slum {
     fn start(lease_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(SLUM)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--lease-ms",
-                &lease_ms.to_string(),
-                "--db",
-            ])
-            .arg(dir.path().join("slum.db"))
-            .env_remove("SLUM_TOKEN")
-            .env_remove("SLUM_JOIN_TOKEN")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap();
-        let url = url.trim_end_matches(',').to_owned();
-        Slum { child, url, dir }
+        let lease = lease_ms.to_string();
+        let serving = common::serve(&dir.path().join("slum.db"), &["--lease-ms", &lease]);
+        let url = serving.url.clone();
+        Slum {
+            _serving: serving,
+            url,
+            dir,
+        }
     }
 
     fn token(&self, name: &str) -> String {

@@ -8,9 +8,8 @@
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use serde_json::{Value, json};
+use slum::client::Client;
 use tenement::Supervisor;
 use tracing::{info, warn};
 
@@ -55,7 +54,10 @@ pub fn start(args: &SlumArgs, supervisor: Supervisor, default_url: String) {
             match &joined {
                 None => {
                     let body = json!({ "id": id, "url": url, "capacity": capacity });
-                    match post(&slum, "/api/join", &token, body).await {
+                    match Client::new(&slum, &token)
+                        .send("POST", "/api/join", Some(&body))
+                        .await
+                    {
                         Ok((200, v)) => {
                             let every =
                                 Duration::from_millis(v["heartbeat_ms"].as_u64().unwrap_or(1000));
@@ -74,7 +76,8 @@ pub fn start(args: &SlumArgs, supervisor: Supervisor, default_url: String) {
                 Some((secret, every)) => {
                     let every = *every;
                     let body = json!({ "id": id, "capacity": capacity });
-                    match post(&slum, "/api/heartbeat", secret, body).await {
+                    let client = Client::new(&slum, secret);
+                    match client.send("POST", "/api/heartbeat", Some(&body)).await {
                         Ok((204, _)) => {}
                         Ok((status, v)) => {
                             warn!(%slum, status, error = %v["error"], "slum refused a heartbeat: joining again");
@@ -107,44 +110,4 @@ fn capacity(supervisor: &Supervisor) -> Value {
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "instances": supervisor.count(),
     })
-}
-
-/// `POST base+path` with a bearer token and a JSON body: (status, JSON answer).
-async fn post(base: &str, path: &str, token: &str, body: Value) -> Result<(u16, Value), String> {
-    let authority = base
-        .trim_end_matches('/')
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{base}: only http:// slum URLs for now"))?
-        .to_owned();
-    let connect = tokio::net::TcpStream::connect(&authority);
-    let stream = tokio::time::timeout(Duration::from_secs(2), connect)
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = hyper::Request::post(path)
-        .header("host", &authority)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
-    let res = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-        .await
-        .map_err(|_| "no answer within 5 s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let bytes = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
 }
