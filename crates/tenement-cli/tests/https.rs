@@ -309,7 +309,10 @@ fn caddy_in_front_orders_certificates_only_for_names_ten_routes() {
         .spawn()
         .expect("caddy");
     let caddy_log = || std::fs::read_to_string(b.path().join("caddy.log")).unwrap_or_default();
-    wait_for("caddy to listen", Duration::from_secs(30), || {
+    wait_for("caddy to listen", Duration::from_secs(60), || {
+        if let Ok(Some(status)) = caddy.try_wait() {
+            panic!("caddy exited ({status}):\n{}", caddy_log());
+        }
         std::net::TcpStream::connect(("127.0.0.1", pebble.https_port)).ok()
     });
     let root = pebble.issuer_root();
