@@ -35,6 +35,11 @@ pub struct Cache {
     /// Artifacts checked against their digest in this server's life, by (device, inode,
     /// ctime): any change to the file, its contents or its owner, changes its ctime.
     checked: Mutex<HashMap<PathBuf, (u64, u64, i64, i64)>>,
+    /// Each component file's artifact name, by the file's identity (device, inode, size,
+    /// mtime, ctime): a start that finds the file unchanged neither reads nor hashes it.
+    names: Mutex<HashMap<PathBuf, (FileId, String)>>,
+    /// [`Engine::precompile_compatibility_hash`], hashed once.
+    engine_hash: u64,
     /// One compile at a time: a thousand instances of a new component starting together
     /// compile it once (the rest find it cached), and compiling never takes every core from
     /// the server.
@@ -43,10 +48,15 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(dir: PathBuf) -> Result<Self, String> {
+        let engine = crate::compiler()?;
+        let mut h = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
         Ok(Self {
             dir,
-            engine: crate::compiler()?,
+            engine,
             checked: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            engine_hash: h.finish(),
             compiling: Mutex::new(()),
         })
     }
@@ -58,25 +68,34 @@ impl Cache {
     /// The compiled form of the component at `path`: found in the cache, or checked and
     /// compiled. Errors name the file and what is wrong with it.
     pub fn prepare(&self, path: &Path) -> Result<Prepared, String> {
-        let bytes = read(path)?;
         self.ensure_dir()
             .map_err(|e| format!("wasm cache {}: {e}", self.dir.display()))?;
-        let name = format!(
-            "{}-{:016x}",
-            hex(&Sha256::digest(&bytes)),
-            self.engine_hash()
-        );
-        let artifact = self.dir.join(format!("{name}.cwasm"));
+        if let Some(name) = self.known_name(path) {
+            let artifact = self.artifact(&name);
+            if self.intact(&artifact) {
+                return Ok(Prepared {
+                    artifact,
+                    compiled: false,
+                });
+            }
+        }
+        let id = file_id(path);
+        let bytes = read(path)?;
+        let name = self.name_of(&bytes);
+        if let Some(id) = id {
+            self.names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_path_buf(), (id, name.clone()));
+        }
+        let artifact = self.artifact(&name);
         let found = Ok(Prepared {
             artifact: artifact.clone(),
             compiled: false,
         });
-        if self.intact(&artifact) {
-            return found;
-        }
         let _one = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
         if self.intact(&artifact) {
-            return found; // compiled meanwhile
+            return found; // found, or compiled meanwhile
         }
         let component = compile(&self.engine, path, &bytes)?;
         let code = component.serialize().map_err(|e| {
@@ -93,10 +112,23 @@ impl Cache {
         })
     }
 
-    fn engine_hash(&self) -> u64 {
-        let mut h = std::hash::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut h);
-        h.finish()
+    /// The artifact name of `bytes`: their SHA-256 and the engine's settings.
+    fn name_of(&self, bytes: &[u8]) -> String {
+        format!("{}-{:016x}", hex(&Sha256::digest(bytes)), self.engine_hash)
+    }
+
+    fn artifact(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.cwasm"))
+    }
+
+    /// The name found for `path` earlier, if the file is still the same one.
+    fn known_name(&self, path: &Path) -> Option<String> {
+        let id = file_id(path)?;
+        let names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .get(path)
+            .filter(|(was, _)| *was == id)
+            .map(|(_, name)| name.clone())
     }
 
     /// Whether `artifact` is the server's own, not writable by others, and matches its
@@ -155,6 +187,22 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+/// A regular file's identity: any change to it (contents, replacement, owner) changes this.
+type FileId = (u64, u64, u64, i64, i64, i64, i64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    Some((
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 fn nix_euid() -> u32 {
