@@ -107,6 +107,11 @@ fn signal(pid: u32, sig: i32) {
 #[test]
 fn a_server_joins_heartbeats_and_loses_its_lease_when_silent() {
     let slum = Slum::start(1500);
+    // The join token is slum's alone to read.
+    let file = slum.dir.path().join("slum.db.join-token");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
     let b = tenement(&slum, "east", &slum.token("slum.db.join-token"));
     let east = wait_for("east to join", SOON, || {
         slum.state_of("east").filter(|s| s["state"] == "up")

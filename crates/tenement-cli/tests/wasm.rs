@@ -339,6 +339,26 @@ fn components_are_compiled_once_and_a_damaged_cache_entry_is_rebuilt() {
         .output()
         .unwrap();
     assert!(!as_nobody.status.success());
+    // Nor can it have `ten __wasm` load it for it.
+    let host = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            TEN,
+            "__wasm",
+            "--module",
+        ])
+        .arg(&artifact)
+        .args(["--dir", "/tmp"])
+        .env("SOCKET_PATH", b.path().join("nobody.sock"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&host.stderr);
+    assert!(
+        !host.status.success() && said.contains("Permission denied"),
+        "{said}"
+    );
     // A cache directory opened up by mistake is closed again at the next start.
     std::fs::set_permissions(&cache, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
 
