@@ -6,14 +6,20 @@
 //! | POST | /api/servers | `Server` (id, url) → 201 |
 //! | DELETE | /api/servers/{id} | 204; 409 while it has tenants |
 //! | GET | /api/tenants | `[Tenant]` |
-//! | POST | /api/tenants | `Tenant` (domain, server_id, process, instance_id) → 201 |
-//! | POST | /api/tenants/{domain}/move | `{"server_id": ...}` → `Tenant` |
+//! | POST | /api/tenants | `Tenant` (domain, process, instance_id, server_id or none) → 201 once running |
+//! | POST | /api/tenants/{domain}/move | `{"server_id": ...}` → `Tenant` once running there |
 //! | DELETE | /api/tenants/{domain} | 204 |
 //!
+//! The fleet's servers: `POST /api/join` (join token) and `POST /api/heartbeat` (the server's
+//! secret), whose answer is held until the table changes or `heartbeat_ms` passes (a long
+//! poll: a placement reaches its server at once, and the server's next heartbeat follows).
+//!
 //! Errors are `{"error": "...", "code": "..."}` with 400 (invalid), 401 (no or wrong token),
-//! 404 (unknown), 409 (exists, taken, in use) or 500.
+//! 404 (unknown), 409 (exists, taken, in use, not up), 502 (the server refused), 503 (no room),
+//! 504 (not started in time) or 500.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
@@ -23,7 +29,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::{Error, Server, SlumDb, Tenant};
+use crate::{Error, Report, Server, SlumDb, Tenant};
 
 #[derive(Clone)]
 pub struct Api {
@@ -34,6 +40,96 @@ pub struct Api {
     pub join_token: Arc<str>,
     /// A server not heard from for this long is `down`.
     pub lease_ms: u64,
+    /// How long a placement waits for its server to report the instance running.
+    pub placement_timeout: Duration,
+    /// Bumped at every change a waiter may care for (the table, a tenant's status).
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Api {
+    pub fn new(db: SlumDb, token: &str, join_token: &str, lease_ms: u64) -> Self {
+        Api {
+            db,
+            token: Arc::from(token),
+            join_token: Arc::from(join_token),
+            lease_ms,
+            placement_timeout: Duration::from_secs(60),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Watches the leases for ever: a server silent for `lease_ms` is `down`, and the tenants
+    /// of down servers are placed on others (each tick, until some server can take them).
+    pub async fn watch_leases(self) {
+        let _ = self.db.grace().await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Ok(down) = self.db.expire(self.lease_ms).await {
+                for id in &down {
+                    tracing::warn!(server = %id, lease_ms = self.lease_ms, "missed its lease: down");
+                }
+                if !down.is_empty() {
+                    self.changed();
+                }
+            }
+            match self.db.fail_over(self.lease_ms).await {
+                Ok(moves) if !moves.is_empty() => {
+                    for (domain, from, to) in &moves {
+                        tracing::warn!(%domain, %from, %to, "failed over");
+                    }
+                    self.changed();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "failover"),
+            }
+        }
+    }
+
+    /// Waits until `domain`'s placement `epoch` is reported running (its record) or failed
+    /// (removed, or moved back to `back_to`, and the error).
+    async fn settle(&self, placed: Tenant, back_to: Option<Tenant>) -> Result<Tenant, Error> {
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + self.placement_timeout;
+        loop {
+            let now = self.db.tenant(&placed.domain).await?;
+            if now.epoch != placed.epoch {
+                return Ok(now); // moved or failed over meanwhile: that one is current
+            }
+            let failure = match now.status.as_str() {
+                "running" => return Ok(now),
+                "failed" => Error::Refused {
+                    server: now.server_id.clone(),
+                    domain: now.domain.clone(),
+                    why: now.error.clone(),
+                },
+                _ if tokio::time::Instant::now() >= deadline => Error::NotStarted {
+                    server: now.server_id.clone(),
+                    domain: now.domain.clone(),
+                    secs: self.placement_timeout.as_secs(),
+                },
+                _ => {
+                    let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+                    continue;
+                }
+            };
+            // Nothing half-done: the record goes (its server then stops whatever it began),
+            // or a move goes back where it came from.
+            match back_to {
+                Some(old) => {
+                    let _ = self.db.move_tenant(&old.domain, &old.server_id).await;
+                }
+                None => {
+                    let _ = self.db.unplace(&now.domain, now.epoch).await;
+                }
+            }
+            self.changed();
+            return Err(failure);
+        }
+    }
 }
 
 pub fn router(api: Api) -> Router {
@@ -73,6 +169,9 @@ async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
 struct Join {
     id: String,
     url: String,
+    /// Its routing domain (`[settings] domain`).
+    #[serde(default)]
+    domain: String,
     #[serde(default)]
     capacity: crate::Capacity,
 }
@@ -87,33 +186,73 @@ async fn join(
             "joining needs the fleet's join token (slum serve printed where it keeps it)",
         );
     }
-    match api.db.join(&j.id, &j.url, j.capacity).await {
-        Ok(secret) => Json(serde_json::json!({
-            "secret": secret,
-            "lease_ms": api.lease_ms,
-            "heartbeat_ms": (api.lease_ms / 3).max(100),
-        }))
-        .into_response(),
+    match api.db.join(&j.id, &j.url, &j.domain, j.capacity).await {
+        Ok(secret) => {
+            api.changed(); // its URL or domain may be new to the others
+            Json(serde_json::json!({
+                "secret": secret,
+                "lease_ms": api.lease_ms,
+                "heartbeat_ms": heartbeat_ms(api.lease_ms),
+            }))
+            .into_response()
+        }
         Err(e) => e.into_response(),
     }
 }
 
-/// `POST /api/heartbeat` (the server's secret): `{id, capacity}` → 204.
+fn heartbeat_ms(lease_ms: u64) -> u64 {
+    (lease_ms / 3).max(100)
+}
+
+/// `POST /api/heartbeat` (the server's secret): `{id, capacity, version, reports}` →
+/// `{version, lease_ms, heartbeat_ms, table}`; `table` only when `version` is not the
+/// current one. Held until the table changes or `heartbeat_ms` passes.
 #[derive(Deserialize)]
 struct Heartbeat {
     id: String,
     #[serde(default)]
     capacity: crate::Capacity,
+    /// The version of the table the server has.
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    reports: Vec<Report>,
 }
 
 async fn heartbeat(
     State(api): State<Api>,
     headers: axum::http::HeaderMap,
     Json(h): Json<Heartbeat>,
-) -> Result<StatusCode, Error> {
+) -> Result<Json<serde_json::Value>, Error> {
     let secret = bearer(&headers).unwrap_or_default();
-    api.db.heartbeat(&h.id, secret, h.capacity).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let mut changes = api.changes.subscribe();
+    if api
+        .db
+        .heartbeat(&h.id, secret, h.capacity, h.reports)
+        .await?
+    {
+        api.changed();
+    }
+    let every = heartbeat_ms(api.lease_ms);
+    let until = tokio::time::Instant::now() + Duration::from_millis(every);
+    let mut version = api.db.version().await?;
+    while version == h.version
+        && matches!(
+            tokio::time::timeout_at(until, changes.changed()).await,
+            Ok(Ok(()))
+        )
+    {
+        version = api.db.version().await?;
+    }
+    let mut answer = serde_json::json!({
+        "version": version, "lease_ms": api.lease_ms, "heartbeat_ms": every,
+    });
+    if version != h.version {
+        let mut table = api.db.table(&h.id).await?;
+        table["lease_ms"] = api.lease_ms.into();
+        answer["table"] = table;
+    }
+    Ok(Json(answer))
 }
 
 fn failure(status: StatusCode, code: &str, error: String) -> Response {
@@ -135,6 +274,10 @@ impl IntoResponse for Error {
             Error::ServerInUse(..) => (StatusCode::CONFLICT, "in_use"),
             Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::NotUp(..) => (StatusCode::CONFLICT, "not_up"),
+            Error::NoRoom(..) => (StatusCode::SERVICE_UNAVAILABLE, "no_room"),
+            Error::Refused { .. } => (StatusCode::BAD_GATEWAY, "refused"),
+            Error::NotStarted { .. } => (StatusCode::GATEWAY_TIMEOUT, "not_started"),
             Error::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
         };
         failure(status, code, self.to_string())
@@ -165,15 +308,15 @@ async fn tenants(State(api): State<Api>) -> Result<Json<Vec<Tenant>>, Error> {
     Ok(Json(api.db.tenants().await?))
 }
 
+/// Places the tenant (on its `server_id`, or by free capacity) and answers once its server
+/// runs it; a refused or late start leaves no record.
 async fn add_tenant(
     State(api): State<Api>,
     Json(tenant): Json<Tenant>,
 ) -> Result<(StatusCode, Json<Tenant>), Error> {
-    api.db.add_tenant(&tenant).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(api.db.tenant(&tenant.domain).await?),
-    ))
+    let placed = api.db.place(&tenant).await?;
+    api.changed();
+    Ok((StatusCode::CREATED, Json(api.settle(placed, None).await?)))
 }
 
 #[derive(Deserialize)]
@@ -186,7 +329,18 @@ async fn move_tenant(
     Path(domain): Path<String>,
     Json(to): Json<MoveTo>,
 ) -> Result<Json<Tenant>, Error> {
-    Ok(Json(api.db.move_tenant(&domain, &to.server_id).await?))
+    let before = api.db.tenant(&domain).await?;
+    if before.server_id == to.server_id {
+        return Ok(Json(before));
+    }
+    match api.db.server(&to.server_id).await?.state {
+        crate::ServerState::Up => {}
+        crate::ServerState::New => return Err(Error::NotUp(to.server_id, "new (never joined)")),
+        crate::ServerState::Down => return Err(Error::NotUp(to.server_id, "down")),
+    }
+    let moved = api.db.move_tenant(&domain, &to.server_id).await?;
+    api.changed();
+    Ok(Json(api.settle(moved, Some(before)).await?))
 }
 
 async fn remove_tenant(
@@ -194,5 +348,6 @@ async fn remove_tenant(
     Path(domain): Path<String>,
 ) -> Result<StatusCode, Error> {
     api.db.remove_tenant(&domain).await?;
+    api.changed();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,6 +10,8 @@ use serde_json::Value;
 pub struct Client {
     pub url: String,
     pub token: String,
+    /// How long an answer may take (a placement waits for its server).
+    pub patience: Duration,
 }
 
 impl Client {
@@ -17,11 +19,12 @@ impl Client {
         Self {
             url: url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
+            patience: Duration::from_secs(90),
         }
     }
 
-    /// One call: (status, the JSON answer or `null`). Gives up after 2 s to connect and 5 s
-    /// to answer.
+    /// One call: (status, the JSON answer or `null`). Gives up after 2 s to connect and
+    /// [`Client::patience`] to answer.
     pub async fn send(
         &self,
         method: &str,
@@ -55,9 +58,9 @@ impl Client {
                 body.map(Value::to_string).unwrap_or_default(),
             )))
             .map_err(|e| e.to_string())?;
-        let res = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        let res = tokio::time::timeout(self.patience, send.send_request(req))
             .await
-            .map_err(|_| unreachable("no answer within 5 s".into()))?
+            .map_err(|_| unreachable(format!("no answer within {:?}", self.patience)))?
             .map_err(|e| e.to_string())?;
         let status = res.status().as_u16();
         let bytes = res

@@ -23,7 +23,7 @@ mod sqlite;
 mod types;
 
 pub use sqlite::SlumDb;
-pub use types::{Capacity, Server, ServerState, Tenant};
+pub use types::{Capacity, Report, Server, ServerState, Tenant};
 
 use std::future::Future;
 
@@ -41,6 +41,22 @@ pub enum Error {
     ServerInUse(String, usize),
     #[error("unauthorized: join again")]
     Unauthorized,
+    #[error("no server can take {0}: {1}")]
+    NoRoom(String, String),
+    #[error("server {0:?} is {1}: only a server that is up (heartbeating) takes tenants")]
+    NotUp(String, &'static str),
+    #[error("server {server:?} could not start {domain}: {why}")]
+    Refused {
+        server: String,
+        domain: String,
+        why: String,
+    },
+    #[error("server {server:?} did not start {domain} within {secs} s")]
+    NotStarted {
+        server: String,
+        domain: String,
+        secs: u64,
+    },
     #[error("invalid {field}: {why}")]
     Invalid { field: &'static str, why: String },
     #[error("slum store {path}: {source}")]

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -78,15 +77,17 @@ enum ServerCommand {
 
 #[derive(Subcommand)]
 enum TenantCommand {
-    /// `slum tenant add customer.example.com api:prod --server east`
+    /// `slum tenant add customer.example.com api:prod [--server east]`: placed on the named
+    /// server, or on the up server with the most free memory; returns once it runs there.
     Add {
         domain: String,
         /// `SERVICE:ID` on the server.
         instance: String,
         #[arg(long)]
-        server: String,
+        server: Option<String>,
     },
-    /// Point a tenant at another server.
+    /// Move a tenant to another server (started there, stopped where it was; its data is
+    /// not moved).
     Move {
         domain: String,
         #[arg(long)]
@@ -99,6 +100,13 @@ enum TenantCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,14 +182,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         },
         Command::Tenants => {
             let tenants = client.call("GET", "/api/tenants", None).await?;
-            println!("{:<32} {:<16} INSTANCE", "DOMAIN", "SERVER");
+            println!(
+                "{:<32} {:<16} {:<24} {:<8} ERROR",
+                "DOMAIN", "SERVER", "INSTANCE", "STATUS"
+            );
             for t in tenants.as_array().into_iter().flatten() {
+                let s = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
                 println!(
-                    "{:<32} {:<16} {}:{}",
-                    t["domain"].as_str().unwrap_or_default(),
-                    t["server_id"].as_str().unwrap_or_default(),
-                    t["process"].as_str().unwrap_or_default(),
-                    t["instance_id"].as_str().unwrap_or_default()
+                    "{:<32} {:<16} {:<24} {:<8} {}",
+                    s("domain"),
+                    s("server_id"),
+                    format!("{}:{}", s("process"), s("instance_id")),
+                    s("status"),
+                    s("error")
                 );
             }
         }
@@ -194,9 +207,11 @@ async fn run(cli: Cli) -> Result<(), String> {
                 let (process, id) = instance
                     .split_once(':')
                     .ok_or_else(|| format!("{instance:?}: expected SERVICE:ID"))?;
-                let body = json!({ "domain": domain, "server_id": server, "process": process, "instance_id": id });
-                client.call("POST", "/api/tenants", Some(body)).await?;
-                println!("tenant {domain} → {instance} on {server}");
+                let body = json!({ "domain": domain, "server_id": server.unwrap_or_default(),
+                                   "process": process, "instance_id": id });
+                let placed = client.call("POST", "/api/tenants", Some(body)).await?;
+                let on = placed["server_id"].as_str().unwrap_or_default();
+                println!("tenant {domain} → {instance} on {on} (running)");
             }
             TenantCommand::Move { domain, to } => {
                 let path = format!("/api/tenants/{domain}/move");
@@ -269,24 +284,9 @@ async fn serve(db_path: &std::path::Path, listen: &str, lease_ms: u64) -> Result
         "slum serve on http://{addr}, state in {}, {admin}, {joining}",
         db_path.display()
     );
-    // Leases: a server silent for `lease_ms` is down.
-    let watched = db.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            if let Ok(down) = watched.expire(lease_ms).await {
-                for id in down {
-                    eprintln!("slum: server {id} missed its lease ({lease_ms} ms): down");
-                }
-            }
-        }
-    });
-    let app = slum::api::router(slum::api::Api {
-        db,
-        token: Arc::from(token),
-        join_token: Arc::from(join_token),
-        lease_ms,
-    });
+    let api = slum::api::Api::new(db, &token, &join_token, lease_ms);
+    tokio::spawn(api.clone().watch_leases());
+    let app = slum::api::router(api);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -7,6 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{Capacity, Error, Server, ServerState, Store, Tenant};
 
+mod fleet;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS servers (
     id              TEXT PRIMARY KEY,
@@ -18,17 +20,54 @@ CREATE TABLE IF NOT EXISTS servers (
     instances       INTEGER NOT NULL DEFAULT 0,
     last_seen_ms    INTEGER NOT NULL DEFAULT 0,
     -- What a joined server proves itself with on each heartbeat (given at join).
-    secret          TEXT
+    secret          TEXT,
+    domain          TEXT NOT NULL DEFAULT '',
+    up_since_ms     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tenants (
     domain          TEXT PRIMARY KEY,
     server_id       TEXT NOT NULL REFERENCES servers(id),
     process         TEXT NOT NULL,
     instance_id     TEXT NOT NULL,
-    created_ms      INTEGER NOT NULL
+    created_ms      INTEGER NOT NULL,
+    epoch           INTEGER NOT NULL DEFAULT 1,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    error           TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tenants_by_server ON tenants(server_id);
+-- One server runs one instance of a name: two tenants cannot share it.
+CREATE UNIQUE INDEX IF NOT EXISTS tenants_instance ON tenants(server_id, process, instance_id);
+-- `version`: bumped by every change of where tenants are (servers follow it).
+CREATE TABLE IF NOT EXISTS meta (
+    k               TEXT PRIMARY KEY,
+    v               INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (k, v) VALUES ('version', 1);
 ";
+
+/// Columns added since a store was first made: (table, column, declaration).
+const ADDED: [(&str, &str, &str); 5] = [
+    ("servers", "domain", "TEXT NOT NULL DEFAULT ''"),
+    ("servers", "up_since_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("tenants", "epoch", "INTEGER NOT NULL DEFAULT 1"),
+    ("tenants", "status", "TEXT NOT NULL DEFAULT 'pending'"),
+    ("tenants", "error", "TEXT NOT NULL DEFAULT ''"),
+];
+
+/// Brings a store made by an earlier slum up to date (columns are only ever added).
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    for (table, column, decl) in ADDED {
+        let has: bool = c.query_row(
+            &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has {
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// The embedded store. Cheap to clone; every call runs on tokio's blocking pool.
 #[derive(Clone)]
@@ -48,7 +87,11 @@ impl SlumDb {
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
                  PRAGMA busy_timeout = 5000;",
             )?;
-            conn.execute_batch(SCHEMA)?;
+            // The tables first (an old store lacks columns the indexes want).
+            let (tables, rest) = SCHEMA.split_at(SCHEMA.find("CREATE INDEX").expect("schema"));
+            conn.execute_batch(tables)?;
+            migrate(&conn)?;
+            conn.execute_batch(rest)?;
             Ok(conn)
         })
         .await
@@ -98,11 +141,13 @@ fn server_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Server> {
             instances: r.get(6)?,
         },
         last_seen_ms: r.get(7)?,
+        domain: r.get(8)?,
+        up_since_ms: r.get(9)?,
     })
 }
 
 const SERVER_COLUMNS: &str =
-    "id, url, state, memory_mb, free_memory_mb, cpus, instances, last_seen_ms";
+    "id, url, state, memory_mb, free_memory_mb, cpus, instances, last_seen_ms, domain, up_since_ms";
 
 fn tenant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
     Ok(Tenant {
@@ -111,12 +156,16 @@ fn tenant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
         process: r.get(2)?,
         instance_id: r.get(3)?,
         created_ms: r.get(4)?,
+        epoch: r.get(5)?,
+        status: r.get(6)?,
+        error: r.get(7)?,
     })
 }
 
-const TENANT_COLUMNS: &str = "domain, server_id, process, instance_id, created_ms";
+const TENANT_COLUMNS: &str =
+    "domain, server_id, process, instance_id, created_ms, epoch, status, error";
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -272,11 +321,14 @@ impl SlumDb {
             if let Some(owner) = owner {
                 return Err(Error::DomainTaken(t.domain, owner));
             }
+            taken_instance(&tx, &t.server_id, &t.process, &t.instance_id).map_err(&fail)??;
             tx.execute(
-                &format!("INSERT INTO tenants ({TENANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
+                "INSERT INTO tenants (domain, server_id, process, instance_id, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![t.domain, t.server_id, t.process, t.instance_id, now_ms()],
             )
             .map_err(&fail)?;
+            bump(&tx).map_err(&fail)?;
             tx.commit().map_err(&fail)
         })
         .await
@@ -322,16 +374,33 @@ impl SlumDb {
             if exists.is_none() {
                 return Err(Error::UnknownServer(to));
             }
-            if tx
-                .execute(
-                    "UPDATE tenants SET server_id = ?2 WHERE domain = ?1",
-                    params![domain, to],
+            let (process, instance): (String, String) = tx
+                .query_row(
+                    "SELECT process, instance_id FROM tenants WHERE domain = ?1",
+                    [&domain],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
+                .optional()
                 .map_err(&fail)?
-                == 0
-            {
-                return Err(Error::UnknownTenant(domain));
+                .ok_or_else(|| Error::UnknownTenant(domain.clone()))?;
+            let others = tx
+                .query_row(
+                    "SELECT count(*) FROM tenants WHERE server_id = ?1 AND process = ?2
+                       AND instance_id = ?3 AND domain != ?4",
+                    params![to, process, instance, domain],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(&fail)?;
+            if others > 0 {
+                return Err(instance_taken(&to, &process, &instance));
             }
+            tx.execute(
+                "UPDATE tenants SET server_id = ?2, epoch = epoch + 1, status = 'pending', error = ''
+                 WHERE domain = ?1",
+                params![domain, to],
+            )
+            .map_err(&fail)?;
+            bump(&tx).map_err(&fail)?;
             let t = tx
                 .query_row(
                     &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
@@ -360,6 +429,7 @@ impl SlumDb {
                 .ok_or_else(|| Error::UnknownTenant(domain.clone()))?;
             tx.execute("DELETE FROM tenants WHERE domain = ?1", [&domain])
                 .map_err(&fail)?;
+            bump(&tx).map_err(&fail)?;
             tx.commit().map_err(&fail)?;
             Ok(t)
         })
@@ -367,85 +437,44 @@ impl SlumDb {
     }
 }
 
-impl SlumDb {
-    /// A server joins (or joins again after a restart): it is added if new, its URL and
-    /// capacity are taken, it is `up`, and it gets a new secret for its heartbeats.
-    pub async fn join(&self, id: &str, url: &str, capacity: Capacity) -> Result<String, Error> {
-        check_name("server id", id)?;
-        check_url(url)?;
-        let secret = random_hex()?;
-        let (id, url, given, fail) = (id.to_owned(), url.to_owned(), secret.clone(), self.fail());
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO servers (id, url, state, memory_mb, free_memory_mb, cpus, instances, last_seen_ms, secret)
-                 VALUES (?1, ?2, 'up', ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(id) DO UPDATE SET url = ?2, state = 'up', memory_mb = ?3, free_memory_mb = ?4,
-                   cpus = ?5, instances = ?6, last_seen_ms = ?7, secret = ?8",
-                params![id, url, capacity.memory_mb, capacity.free_memory_mb, capacity.cpus,
-                        capacity.instances, now_ms(), given],
-            )
-            .map_err(fail)?;
-            Ok(())
-        })
-        .await?;
-        Ok(secret)
-    }
-
-    /// A joined server says it is alive: its capacity is taken and its lease renewed.
-    /// `Unauthorized` unless `secret` is the one its last join got.
-    pub async fn heartbeat(&self, id: &str, secret: &str, capacity: Capacity) -> Result<(), Error> {
-        let (id, secret, fail) = (id.to_owned(), secret.to_owned(), self.fail());
-        self.with(move |c| {
-            let known: Option<Option<String>> = c
-                .query_row("SELECT secret FROM servers WHERE id = ?1", [&id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(&fail)?;
-            match known {
-                Some(Some(s)) if crate::same(s.as_bytes(), secret.as_bytes()) => {}
-                _ => return Err(Error::Unauthorized),
-            }
-            c.execute(
-                "UPDATE servers SET state = 'up', memory_mb = ?2, free_memory_mb = ?3, cpus = ?4,
-                   instances = ?5, last_seen_ms = ?6 WHERE id = ?1",
-                params![
-                    id,
-                    capacity.memory_mb,
-                    capacity.free_memory_mb,
-                    capacity.cpus,
-                    capacity.instances,
-                    now_ms()
-                ],
-            )
-            .map_err(&fail)?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Marks `down` every `up` server not heard from for `lease_ms`; returns their ids.
-    pub async fn expire(&self, lease_ms: u64) -> Result<Vec<String>, Error> {
-        let fail = self.fail();
-        self.with(move |c| {
-            let cutoff = now_ms().saturating_sub(lease_ms);
-            let mut st = c
-                .prepare("UPDATE servers SET state = 'down' WHERE state = 'up' AND last_seen_ms < ?1 RETURNING id")
-                .map_err(&fail)?;
-            let rows = st.query_map([cutoff], |r| r.get(0)).map_err(&fail)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(&fail)
-        })
-        .await
-    }
-}
-
-fn random_hex() -> Result<String, Error> {
+pub(crate) fn random_hex() -> Result<String, Error> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes).map_err(|e| Error::Invalid {
         field: "secret",
         why: format!("no randomness: {e}"),
     })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Bumps the version servers follow (in the caller's transaction).
+fn bump(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute("UPDATE meta SET v = v + 1 WHERE k = 'version'", [])
+        .map(drop)
+}
+
+fn instance_taken(server: &str, process: &str, instance: &str) -> Error {
+    Error::Invalid {
+        field: "instance",
+        why: format!("server {server:?} has a tenant on {process}:{instance} already"),
+    }
+}
+
+/// `Err` if `server` has a tenant on `process:instance` already.
+fn taken_instance(
+    tx: &rusqlite::Transaction<'_>,
+    server: &str,
+    process: &str,
+    instance: &str,
+) -> rusqlite::Result<Result<(), Error>> {
+    let n: i64 = tx.query_row(
+        "SELECT count(*) FROM tenants WHERE server_id = ?1 AND process = ?2 AND instance_id = ?3",
+        params![server, process, instance],
+        |r| r.get(0),
+    )?;
+    Ok(match n {
+        0 => Ok(()),
+        _ => Err(instance_taken(server, process, instance)),
+    })
 }
 
 fn check_url(url: &str) -> Result<(), Error> {

@@ -10,11 +10,17 @@ pub struct Server {
     pub id: String,
     /// Where its API and front door are (`http://east.example.com`).
     pub url: String,
+    /// Its routing domain (`[settings] domain`): its instance `api:prod` is
+    /// `prod.api.{domain}` there. Reported when it joins.
+    pub domain: String,
     pub state: ServerState,
     /// What it last reported.
     pub capacity: Capacity,
     /// Milliseconds since the Unix epoch of its last heartbeat (0: never).
     pub last_seen_ms: u64,
+    /// Since when it has been `up` (a server takes over another's tenants only after one
+    /// full lease up).
+    pub up_since_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,4 +73,22 @@ pub struct Tenant {
     pub instance_id: String,
     /// Milliseconds since the Unix epoch when it was added (set by the store).
     pub created_ms: u64,
+    /// Bumped at every placement (add, move, failover): a server's report names the placement
+    /// it is about.
+    pub epoch: u64,
+    /// `pending` (placed, not reported running yet), `running` or `failed`.
+    pub status: String,
+    /// Why the server could not start it (`failed`).
+    pub error: String,
+}
+
+/// What a server says of one of its placements in a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Report {
+    pub domain: String,
+    pub epoch: u64,
+    /// `running`, `starting` or `failed`.
+    pub state: String,
+    pub error: String,
 }

@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
+use tenement::fleet::{Dest, Hop};
 use tenement::{Error, Lease, Supervisor};
 use tenement_core::route::{RouteError, Router, Target};
 use tenement_proxy::{Body, Engine, Resolve, Route, Transport, Unavailable};
@@ -307,23 +308,96 @@ impl FrontDoor {
     }
 }
 
-/// The service a target counts under in the metrics.
-fn service_of(target: &Target) -> &str {
-    match target {
-        Target::Instance(key) => key.service.as_str(),
-        Target::Service(service) => service.as_str(),
-        Target::Building => "",
+impl FrontDoor {
+    /// `GET /api/fleet/lease`, for the fleet's other servers (with its join token): whether
+    /// this server still hears from slum. A server that lost slum asks every peer before it
+    /// goes on serving its tenants (see `tenement::fleet`).
+    fn lease_answer(&self, req: &Request<Incoming>) -> axum::response::Response {
+        let fleet = self.supervisor.fleet();
+        match crate::auth::bearer(req.headers()) {
+            Some(t) if fleet.is_peer_token(&t) => axum::Json(serde_json::json!({
+                "lease_held": fleet.lease_held(),
+                "version": fleet.table().version,
+            }))
+            .into_response(),
+            _ => crate::auth::unauthorized("the fleet's join token is required"),
+        }
     }
 }
 
-impl Resolve for FrontDoor {
-    type Target = Target;
-    type Lease = Lease;
+/// The service a target counts under in the metrics.
+fn service_of(target: &Door) -> &str {
+    match target {
+        Door::Here(Target::Instance(key)) => key.service.as_str(),
+        Door::Here(Target::Service(service)) => service.as_str(),
+        Door::Here(Target::Building) => "",
+        Door::Hop(hop) => hop.service.as_str(),
+    }
+}
 
-    fn route(&self, host: Option<&str>, path: &str) -> Route<Target> {
-        // A customer's own domain names its instance, whatever the path.
-        if let Some(key) = host.and_then(|h| self.supervisor.domains().get(h)) {
-            return Route::Upstream(Target::Instance(key));
+/// What a proxied request is for: something of this server's, or a slum fleet's tenant that
+/// lives on another server (one hop there, under the owner's own name for it).
+pub(crate) enum Door {
+    Here(Target),
+    Hop(Arc<Hop>),
+}
+
+/// An upstream for a [`Door`]: an instance of this server's, or the owner's front door.
+pub(crate) enum DoorLease {
+    Here(Lease),
+    Hop(tenement_proxy::Endpoint, Arc<Hop>),
+}
+
+impl tenement_proxy::Lease for DoorLease {
+    fn endpoint(&self) -> &tenement_proxy::Endpoint {
+        match self {
+            DoorLease::Here(l) => l.endpoint(),
+            DoorLease::Hop(e, _) => e,
+        }
+    }
+
+    fn host(&self) -> Option<&str> {
+        match self {
+            DoorLease::Here(_) => None,
+            DoorLease::Hop(_, hop) => Some(&hop.host),
+        }
+    }
+}
+
+impl std::fmt::Display for DoorLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DoorLease::Here(l) => l.fmt(f),
+            DoorLease::Hop(_, hop) => write!(f, "{} on fleet server {}", hop.host, hop.server),
+        }
+    }
+}
+
+fn fenced(key: &tenement_core::InstanceKey) -> Route<Door> {
+    Route::Refused(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{key} is not served here now: this server has lost its lease from the fleet's control plane"
+        ),
+    )
+}
+
+impl Resolve for FrontDoor {
+    type Target = Door;
+    type Lease = DoorLease;
+
+    fn route(&self, host: Option<&str>, path: &str) -> Route<Door> {
+        if let Some(host) = host {
+            // A customer's own domain names its instance, whatever the path.
+            if let Some(key) = self.supervisor.domains().get(host) {
+                return Route::Upstream(Door::Here(Target::Instance(key)));
+            }
+            match self.supervisor.fleet().route(host) {
+                Some(Dest::Here(key)) => return Route::Upstream(Door::Here(Target::Instance(key))),
+                Some(Dest::Fenced(key)) => return fenced(&key),
+                Some(Dest::There(hop)) => return Route::Upstream(Door::Hop(hop)),
+                None => {}
+            }
         }
         let routes = self.routes();
         let routed = match host {
@@ -333,7 +407,8 @@ impl Resolve for FrontDoor {
         };
         match routed {
             Ok(Target::Building) => Route::Local,
-            Ok(target) => Route::Upstream(target),
+            Ok(Target::Instance(key)) if self.supervisor.fleet().fenced(&key) => fenced(&key),
+            Ok(target) => Route::Upstream(Door::Here(target)),
             Err(e @ RouteError::BadHost(_)) => {
                 Route::Refused(StatusCode::BAD_REQUEST, e.to_string())
             }
@@ -342,12 +417,18 @@ impl Resolve for FrontDoor {
     }
 
     /// The instance `target` names, awake and ready (the wait is timed when it had to wake).
-    async fn lease(&self, target: &Target) -> Result<Lease, Unavailable> {
+    async fn lease(&self, target: &Door) -> Result<DoorLease, Unavailable> {
         let started = Instant::now();
         let lease = match target {
-            Target::Instance(key) => self.supervisor.lease(key).await,
-            Target::Service(service) => self.supervisor.lease_service(service).await,
-            Target::Building => unreachable!("tenement's own requests are not proxied"),
+            Door::Here(Target::Instance(key)) => self.supervisor.lease(key).await,
+            Door::Here(Target::Service(service)) => self.supervisor.lease_service(service).await,
+            Door::Here(Target::Building) => {
+                unreachable!("tenement's own requests are not proxied")
+            }
+            Door::Hop(hop) => {
+                let to = tenement_proxy::Endpoint::Tcp(hop.addr);
+                return Ok(DoorLease::Hop(to, hop.clone()));
+            }
         };
         match lease {
             Ok(l) => {
@@ -358,7 +439,7 @@ impl Resolve for FrontDoor {
                         .get_or_create(&ServiceLabel { service })
                         .observe(started.elapsed().as_secs_f64());
                 }
-                Ok(l)
+                Ok(DoorLease::Here(l))
             }
             Err(e) => Err(Unavailable {
                 status: unavailable_status(&e),
@@ -370,6 +451,8 @@ impl Resolve for FrontDoor {
     async fn local(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let res = if req.uri().path() == "/metrics" {
             self.metrics(&req).await
+        } else if req.uri().path() == "/api/fleet/lease" {
+            self.lease_answer(&req)
         } else if req.uri().path() == "/api/tls/ask" {
             crate::https::ask(&self.supervisor, &self.domain, &req, peer)
         } else {
@@ -391,7 +474,7 @@ impl Resolve for FrontDoor {
     }
 
     /// Counts a proxied request, answered with `status`, in the metrics.
-    fn record(&self, target: &Target, status: StatusCode, started: Instant) {
+    fn record(&self, target: &Door, status: StatusCode, started: Instant) {
         let kind = match status {
             StatusCode::BAD_GATEWAY => Some("upstream"),
             StatusCode::GATEWAY_TIMEOUT => Some("timeout"),

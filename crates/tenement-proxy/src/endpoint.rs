@@ -44,7 +44,12 @@ impl Endpoint {
     pub async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
         match self {
             Endpoint::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr).await?;
+                // A host that is gone answers nothing: give up rather than wait for the
+                // kernel's SYN retries (minutes).
+                let connect = tokio::net::TcpStream::connect(addr);
+                let s = tokio::time::timeout(TCP_CONNECT, connect)
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
                 s.set_nodelay(true)?;
                 Ok(Box::new(s))
             }
@@ -94,6 +99,9 @@ impl std::hash::Hash for Endpoint {
 /// A connected byte stream to an upstream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How long a TCP upstream may take to accept a connection.
+const TCP_CONNECT: Duration = Duration::from_secs(2);
 
 /// How long a connect keeps retrying while the listener's backlog is full (EAGAIN).
 const BACKLOG_RETRY: Duration = Duration::from_secs(2);

@@ -273,6 +273,7 @@ async fn proxy<R: Resolve>(
                 || req.headers.iter().map(|h| (h.name, h.value)),
                 &client.forwarding,
                 false,
+                lease.host(),
                 plan.length,
                 false,
             );

@@ -31,6 +31,7 @@ pub fn request(data: &[u8]) {
         || req.headers.iter().map(|h| (h.name, h.value)),
         &forwarding,
         false,
+        None,
         plan.length,
         false,
     );

@@ -68,8 +68,15 @@ impl Forwarding {
     /// `X-Forwarded-For` (appended to the client's chain), `X-Forwarded-Proto`,
     /// `X-Forwarded-Host` (the raw `Host`) and `Forwarded` (appended to any prior elements).
     /// `headers` gives the (name, value) pairs, in any case: a `HeaderMap`'s or a raw head's.
-    pub fn write_headers<'a, I>(&self, headers: impl Fn() -> I, upgrade: bool, out: &mut Vec<u8>)
-    where
+    /// `host`, when given, replaces the client's `Host` (the forwarding headers keep the
+    /// client's): a fleet's hop to the server that owns a name.
+    pub fn write_headers<'a, I>(
+        &self,
+        headers: impl Fn() -> I,
+        upgrade: bool,
+        host: Option<&[u8]>,
+        out: &mut Vec<u8>,
+    ) where
         I: Iterator<Item = (&'a str, &'a [u8])>,
     {
         let named = |want: &'static str| {
@@ -79,10 +86,14 @@ impl Forwarding {
         };
         let connection: Vec<&[u8]> = named("connection").collect();
         for (name, value) in headers() {
-            let replaced = REPLACED.iter().any(|r| r.eq_ignore_ascii_case(name));
+            let replaced = REPLACED.iter().any(|r| r.eq_ignore_ascii_case(name))
+                || (host.is_some() && name.eq_ignore_ascii_case("host"));
             if !replaced && !hop_by_hop(name, &connection, upgrade) {
                 line(out, name, value);
             }
+        }
+        if let Some(host) = host {
+            line(out, "host", host);
         }
         out.extend_from_slice(b"x-forwarded-for: ");
         for prior in named("x-forwarded-for") {
@@ -176,7 +187,7 @@ mod tests {
     /// The header lines `write_headers` produces, as (name, value) pairs in order.
     fn written(f: &Forwarding, h: &HeaderMap, upgrade: bool) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        f.write_headers(|| pairs(h), upgrade, &mut out);
+        f.write_headers(|| pairs(h), upgrade, None, &mut out);
         String::from_utf8(out)
             .unwrap()
             .split_terminator("\r\n")
@@ -263,6 +274,25 @@ mod tests {
                 "for=192.0.2.7;proto=http, for=\"[2001:db8::1]\";host=\"a.api.example.com\";proto=https"
             ]
         );
+    }
+
+    #[test]
+    fn a_host_of_the_lease_replaces_the_clients_but_not_in_the_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("shop.customer.org"));
+        let f = Forwarding::new("192.0.2.7:1".parse().unwrap(), "http");
+        let mut out = Vec::new();
+        f.write_headers(
+            || pairs(&h),
+            false,
+            Some(b"prod.api.east.example.com"),
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let hosts: Vec<_> = text.lines().filter(|l| l.starts_with("host:")).collect();
+        assert_eq!(hosts, ["host: prod.api.east.example.com"]);
+        assert!(text.contains("x-forwarded-host: shop.customer.org\r\n"));
+        assert!(text.contains("for=192.0.2.7;host=\"shop.customer.org\";proto=http"));
     }
 
     #[test]

@@ -92,6 +92,12 @@ pub enum Route<T> {
 /// An upstream leased for a request; shown in the log when it fails.
 pub trait Lease: std::fmt::Display + Send + Unpin + 'static {
     fn endpoint(&self) -> &Endpoint;
+
+    /// The `Host` the upstream gets instead of the client's (which stays in the forwarding
+    /// headers): `None` keeps the client's.
+    fn host(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Why no upstream could be leased: the status and message the client gets.

@@ -59,6 +59,7 @@ pub async fn forward<L: crate::Lease>(
         || pairs(&parts.headers),
         forwarding,
         upgrade,
+        lease.host(),
         length,
         chunked,
     );

@@ -111,13 +111,15 @@ impl Answer {
 /// The request head for the instance: `method` and `target` (origin form), the `headers`
 /// rewritten by `forwarding`; `length`: the body's declared length (the client's
 /// `Content-Length` is written from it, never copied); `chunked`: a body of unknown length
-/// follows.
+/// follows; `host`: the Host the upstream gets instead of the client's ([`crate::Lease::host`]).
+#[allow(clippy::too_many_arguments)]
 pub fn request_head<'a, I: Iterator<Item = (&'a str, &'a [u8])>>(
     method: &str,
     target: &str,
     headers: impl Fn() -> I,
     forwarding: &Forwarding,
     upgrade: bool,
+    host: Option<&str>,
     length: Option<u64>,
     chunked: bool,
 ) -> Vec<u8> {
@@ -126,7 +128,7 @@ pub fn request_head<'a, I: Iterator<Item = (&'a str, &'a [u8])>>(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    forwarding.write_headers(headers, upgrade, &mut out);
+    forwarding.write_headers(headers, upgrade, host.map(str::as_bytes), &mut out);
     if let Some(n) = length {
         out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
     } else if chunked {

@@ -17,6 +17,7 @@
 mod activity;
 pub mod domains;
 mod error;
+pub mod fleet;
 mod instance;
 mod logs;
 mod logstore;

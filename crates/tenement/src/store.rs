@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at INTEGER NOT NULL DEFAULT (unixepoch()),
     tenant     TEXT
 );
+CREATE TABLE IF NOT EXISTS fleet (
+    k          TEXT PRIMARY KEY,
+    v          TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS domains (
     name       TEXT PRIMARY KEY,
     instance   TEXT NOT NULL,
@@ -331,6 +335,25 @@ impl Store {
         self.with(|c| {
             c.execute("DELETE FROM domains WHERE name = ?1", params![name])
                 .map(|n| n > 0)
+        })
+    }
+
+    /// A value of the fleet's (`ten serve --slum`): its table, its lease.
+    pub fn fleet_value(&self, k: &str) -> Result<Option<String>, Error> {
+        use rusqlite::OptionalExtension;
+        self.with(|c| {
+            c.query_row("SELECT v FROM fleet WHERE k = ?1", [k], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    pub fn set_fleet_value(&self, k: &str, v: &str) -> Result<(), Error> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO fleet (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = ?2",
+                params![k, v],
+            )
+            .map(drop)
         })
     }
 

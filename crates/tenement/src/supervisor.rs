@@ -63,6 +63,7 @@ struct Inner {
     store: Store,
     tokens: crate::Tokens,
     domains: crate::domains::Domains,
+    fleet: crate::fleet::Fleet,
     /// The domain requests are routed under (`ten serve --domain`).
     routing_domain: std::sync::OnceLock<String>,
     registry: Mutex<HashMap<InstanceKey, InstanceHandle, Fnv>>,
@@ -114,8 +115,19 @@ impl Supervisor {
             warn!(error = %e, "cannot read the custom domains from the state store");
             Vec::new()
         });
+        let fleet = crate::fleet::Fleet::new(match store.fleet_value("table") {
+            Ok(table) => table.and_then(|t| serde_json::from_str(&t).ok()),
+            Err(e) => {
+                warn!(error = %e, "cannot read the fleet's table from the state store");
+                None
+            }
+        });
+        if let Ok(Some(until)) = store.fleet_value("held_until") {
+            fleet.hold_until(until.parse().unwrap_or(0));
+        }
         Self {
             inner: Arc::new(Inner {
+                fleet,
                 replacing: Mutex::default(),
                 generation: Default::default(),
                 reloading: Default::default(),
@@ -182,6 +194,35 @@ impl Supervisor {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// This server's view of its slum fleet (empty outside one).
+    pub fn fleet(&self) -> &crate::fleet::Fleet {
+        &self.inner.fleet
+    }
+
+    /// Keeps the fleet's table and lease in the state store (a restart routes on with them).
+    pub async fn keep_fleet(&self) -> Result<(), Error> {
+        let table = serde_json::to_string(&*self.fleet().table()).expect("a table serializes");
+        let until = self.fleet().held_until().to_string();
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.set_fleet_value("table", &table)?;
+            store.set_fleet_value("held_until", &until)
+        })
+        .await
+        .expect("store task")
+    }
+
+    /// Puts `key` to sleep now, as if it had been idle (a fenced fleet tenant): its process
+    /// stops, its data stays, and a request wakes it again.
+    pub async fn put_to_sleep(&self, key: &InstanceKey) -> Result<(), Error> {
+        let handle = self.handle(key)?;
+        let _ = handle
+            .inputs
+            .send(tenement_core::lifecycle::Input::Idle)
+            .await;
+        Ok(())
     }
 
     /// Changes whenever the configuration in force does.

@@ -90,6 +90,20 @@ pub fn request(
     send(TcpStream::connect(addr)?, host, method, path, headers, body)
 }
 
+/// Like [`request`] (without a body), giving up after `within` to connect and to read.
+pub fn request_within(
+    addr: &str,
+    host: &str,
+    method: &str,
+    path: &str,
+    within: std::time::Duration,
+) -> io::Result<Response> {
+    let to: std::net::SocketAddr = addr.parse().map_err(io::Error::other)?;
+    let stream = TcpStream::connect_timeout(&to, within)?;
+    stream.set_read_timeout(Some(within))?;
+    send(stream, host, method, path, &[], None)
+}
+
 /// Like [`request`], from a chosen local address (e.g. 127.0.0.2), to look like another client.
 pub fn request_from(
     from: std::net::Ipv4Addr,

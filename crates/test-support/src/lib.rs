@@ -78,6 +78,10 @@ pub struct Building {
     pub fd_limit: Option<u64>,
     /// `--port` (0: any free port).
     pub http_port: u16,
+    /// `--bind` (default 127.0.0.1).
+    pub bind: String,
+    /// A network namespace `ten serve` runs in (`ip netns exec`), if any.
+    pub netns: Option<String>,
 }
 
 impl Building {
@@ -97,6 +101,8 @@ impl Building {
             successor: None,
             fd_limit: None,
             http_port: 0,
+            bind: "127.0.0.1".into(),
+            netns: None,
         };
         b.write_config(config);
         b
@@ -116,6 +122,8 @@ impl Building {
             successor: None,
             fd_limit: None,
             http_port: 0,
+            bind: "127.0.0.1".into(),
+            netns: None,
         }
     }
 
@@ -204,14 +212,25 @@ impl Building {
             .expect("serve.log");
         let port = self.http_port.to_string();
         let mut cmd = self.cmd(&[
-            "serve",
-            "--port",
-            &port,
-            "--bind",
-            "127.0.0.1",
-            "--domain",
-            DOMAIN,
+            "serve", "--port", &port, "--bind", &self.bind, "--domain", DOMAIN,
         ]);
+        if let Some(ns) = &self.netns {
+            let mut inside = Command::new("ip");
+            inside
+                .args(["netns", "exec", ns])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            if let Some(dir) = cmd.get_current_dir() {
+                inside.current_dir(dir);
+            }
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => inside.env(k, v),
+                    None => inside.env_remove(k),
+                };
+            }
+            cmd = inside;
+        }
         if let Some(n) = self.fd_limit {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {

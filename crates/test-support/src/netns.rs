@@ -90,6 +90,93 @@ impl Netns {
     }
 }
 
+/// A LAN on this machine: a bridge (`10.{subnet}.0.1/24` on this host) that network
+/// namespaces join as hosts `10.{subnet}.0.{n}`, all reaching each other and this host.
+/// Removed on drop (after its hosts).
+pub struct Lan {
+    pub bridge: String,
+    pub subnet: u8,
+    pub ip: String,
+}
+
+impl Lan {
+    /// `None` (after printing SKIPPED and why) where bridges cannot be made here.
+    pub fn new(bridge: &str, subnet: u8) -> Option<Self> {
+        let lan = Lan {
+            bridge: bridge.to_owned(),
+            subnet,
+            ip: format!("10.{subnet}.0.1"),
+        };
+        let _ = ip(&["link", "del", bridge]);
+        let made = ip(&["link", "add", bridge, "type", "bridge"])
+            .and_then(|()| ip(&["addr", "add", &format!("{}/24", lan.ip), "dev", bridge]))
+            .and_then(|()| ip(&["link", "set", bridge, "up"]));
+        match made {
+            Ok(()) => Some(lan),
+            Err(e) => {
+                eprintln!("SKIPPED: cannot make a bridge: {e}");
+                None
+            }
+        }
+    }
+
+    /// Host `n` (2..=254): a namespace `name` at `10.{subnet}.0.{n}` on this LAN.
+    pub fn host(&self, name: &str, n: u8) -> Option<Netns> {
+        let ns = Netns {
+            name: name.to_owned(),
+            host_ip: self.ip.clone(),
+            ip: format!("10.{}.0.{n}", self.subnet),
+            children: Vec::new(),
+        };
+        let host_end = format!("vh-{name}");
+        let _ = ip(&["netns", "del", name]);
+        let _ = ip(&["link", "del", &host_end]);
+        let made = ip(&["netns", "add", name])
+            .and_then(|()| {
+                ip(&[
+                    "link", "add", &host_end, "type", "veth", "peer", "name", "vn0", "netns", name,
+                ])
+            })
+            .and_then(|()| ip(&["link", "set", &host_end, "master", &self.bridge]))
+            .and_then(|()| ip(&["link", "set", &host_end, "up"]))
+            .and_then(|()| {
+                ip(&[
+                    "-n",
+                    name,
+                    "addr",
+                    "add",
+                    &format!("{}/24", ns.ip),
+                    "dev",
+                    "vn0",
+                ])
+            })
+            .and_then(|()| ip(&["-n", name, "link", "set", "vn0", "up"]))
+            .and_then(|()| ip(&["-n", name, "link", "set", "lo", "up"]));
+        match made {
+            Ok(()) => Some(ns),
+            Err(e) => {
+                eprintln!("SKIPPED: cannot put a namespace on the bridge: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+impl Netns {
+    /// Cuts (`false`) or restores (`true`) this namespace's link: nothing reaches it or
+    /// leaves it while cut.
+    pub fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["link", "set", &format!("vh-{}", self.name), state]).expect("ip link set");
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for child in &mut self.children {

@@ -18,15 +18,23 @@ impl Drop for Serving {
     }
 }
 
-/// `slum serve --db DB ARGS` on a free port (its URL read from the line it prints).
+/// `slum serve --db DB ARGS` on a free port of 127.0.0.1 (its URL read from the line it
+/// prints).
+#[allow(dead_code)] // not every test binary uses it
 pub fn serve(db: &Path, args: &[&str]) -> Serving {
+    serve_on("127.0.0.1", db, args)
+}
+
+/// `slum serve --db DB ARGS` on a free port of `ip`.
+pub fn serve_on(ip: &str, db: &Path, args: &[&str]) -> Serving {
     let mut child = Command::new(SLUM)
-        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .args(["serve", "--listen", &format!("{ip}:0"), "--db"])
         .arg(db)
         .args(args)
         .env_remove("SLUM_TOKEN")
         .env_remove("SLUM_JOIN_TOKEN")
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(format!("{}.log", db.display())).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();

@@ -294,11 +294,8 @@ pub async fn run(
         // Held for this process's life (and handed on at the next upgrade).
         std::mem::forget(i.lock);
     }
-    crate::cmd::fleet::start(
-        &args.slum,
-        supervisor.clone(),
-        format!("http://{http_addr}"),
-    );
+    crate::cmd::fleet::start(&args.slum, supervisor.clone(), http_addr)
+        .map_err(anyhow::Error::msg)?;
     crate::notify::notify(&format!("READY=1\nSTATUS=serving on {http_addr}"));
     if let Some(every) = crate::notify::watchdog_interval() {
         // Pings from this runtime: if it stops making progress, systemd notices.

@@ -60,6 +60,9 @@ pub struct Settings {
     pub upstream_timeout: u64,
     pub tls: Tls,
     pub sandbox: Sandbox,
+    /// `[settings.slum]`: this server joins a slum fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slum: Option<Slum>,
     /// Run instances whose limits cannot be applied (no cgroups here) instead of failing.
     pub allow_unlimited: bool,
     /// Whether `/metrics` needs a bearer token.
@@ -124,6 +127,26 @@ pub struct Tls {
     /// `[settings.tls.rfc2136]`: DNS-01 by dynamic update (`dns_provider = "rfc2136"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rfc2136: Option<Rfc2136>,
+}
+
+/// `[settings.slum]`: the fleet this server joins (`ten serve --slum` overrides each field).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Slum {
+    /// slum's API (`http://slum.example.com:7400`); none: given by `ten serve --slum`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The fleet's join token. Never shown by `GET /api/config`.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// This server's id in the fleet (default: the host name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Where slum and the other servers reach this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// The memory this server offers the fleet, in MB (default: all of the machine's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
 }
 
 /// A DNS server taking signed (TSIG, hmac-sha256) dynamic updates for the zone.

@@ -11,7 +11,7 @@ use super::service::service;
 use super::socket;
 use super::template::Template;
 use super::walk::{Ctx, Fields};
-use super::{Config, Routing, Sandbox, Settings, Tls};
+use super::{Config, Routing, Sandbox, Settings, Slum, Tls};
 use crate::{InstanceKey, ServiceName};
 
 pub(super) type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -38,7 +38,9 @@ const SETTINGS: &[&str] = &[
     "max_connections_per_ip",
     "adopt_timeout",
     "fast_path",
+    "slum",
 ];
+const SLUM: &[&str] = &["url", "token", "id", "advertise", "memory_mb"];
 const SANDBOX: &[&str] = &["runsc", "platform", "network"];
 const TLS: &[&str] = &[
     "enabled",
@@ -212,6 +214,7 @@ impl Settings {
             adopt_timeout: 60,
             upstream_timeout: 60,
             sandbox: Sandbox::default(),
+            slum: None,
             allow_unlimited: false,
             log_retention_days: 7,
             log_max_mb: 1024,
@@ -336,8 +339,48 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
     if let Some(t) = f.table(ctx, "tls") {
         s.tls = tls(ctx, t, base, &s.data_dir);
     }
+    if let Some(t) = f.table(ctx, "slum") {
+        s.slum = slum(ctx, t);
+    }
     f.finish(ctx, SETTINGS);
     s
+}
+
+fn slum(ctx: &mut Ctx<'_>, mut f: Fields<'_>) -> Option<Slum> {
+    let url = match f.string(ctx, "url") {
+        Some((url, span)) if !url.starts_with("http://") => {
+            let msg = format!("{url:?}: slum's URL must be http://HOST:PORT");
+            ctx.error(span, "settings.slum.url", msg);
+            None
+        }
+        other => other.map(|(url, _)| url),
+    };
+    let token = f.string(ctx, "token").map(|(t, _)| t);
+    let id = match f.string(ctx, "id") {
+        Some((id, span)) if id.parse::<ServiceName>().is_err() => {
+            let msg = format!("{id:?} is not a name (lowercase letters, digits, `-`, `_`)");
+            ctx.error(span, "settings.slum.id", msg);
+            None
+        }
+        other => other.map(|(id, _)| id),
+    };
+    let advertise = match f.string(ctx, "advertise") {
+        Some((a, span)) if !a.starts_with("http://") => {
+            let msg = format!("{a:?}: must be http://HOST:PORT (this server's front door)");
+            ctx.error(span, "settings.slum.advertise", msg);
+            None
+        }
+        other => other.map(|(a, _)| a),
+    };
+    let memory_mb = f.int(ctx, "memory_mb", 1, 1 << 40).map(|(n, _)| n as u64);
+    f.finish(ctx, SLUM);
+    Some(Slum {
+        url,
+        token,
+        id,
+        advertise,
+        memory_mb,
+    })
 }
 
 fn tls(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, data_dir: &Path) -> Tls {
