@@ -174,6 +174,10 @@ struct Join {
     domain: String,
     #[serde(default)]
     capacity: crate::Capacity,
+    /// The secret of its last join, if it has one: a server that is up can only join again
+    /// with it (no one holding the join token can take a live server's place).
+    #[serde(default)]
+    secret: String,
 }
 
 async fn join(
@@ -186,7 +190,18 @@ async fn join(
             "joining needs the fleet's join token (slum serve printed where it keeps it)",
         );
     }
-    match api.db.join(&j.id, &j.url, &j.domain, j.capacity).await {
+    match api
+        .db
+        .join(
+            &j.id,
+            &j.url,
+            &j.domain,
+            j.capacity,
+            &j.secret,
+            api.lease_ms,
+        )
+        .await
+    {
         Ok(secret) => {
             api.changed(); // its URL or domain may be new to the others
             Json(serde_json::json!({
@@ -270,6 +285,7 @@ impl IntoResponse for Error {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             Error::ServerExists(_) => (StatusCode::CONFLICT, "exists"),
+            Error::ServerLive(_) => (StatusCode::CONFLICT, "live"),
             Error::DomainTaken(..) => (StatusCode::CONFLICT, "taken"),
             Error::ServerInUse(..) => (StatusCode::CONFLICT, "in_use"),
             Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),

@@ -41,6 +41,10 @@ pub enum Error {
     ServerInUse(String, usize),
     #[error("unauthorized: join again")]
     Unauthorized,
+    #[error(
+        "server {0:?} is up (heartbeating within its lease): only it can join under that id until its lease runs out"
+    )]
+    ServerLive(String),
     #[error("no server can take {0}: {1}")]
     NoRoom(String, String),
     #[error("server {0:?} is {1}: only a server that is up (heartbeating) takes tenants")]

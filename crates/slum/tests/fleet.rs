@@ -169,6 +169,22 @@ fn a_wrong_join_token_or_a_forged_heartbeat_changes_nothing() {
         assert_eq!(status, 401);
     }
     assert_ne!(slum.state_of("west").unwrap()["capacity"]["cpus"], 64);
+    // Nor can it take a live server's place by joining under its id (its tenants' traffic
+    // would follow the URL).
+    let hijack = r#"{"id":"west","url":"http://10.6.6.6:80","capacity":{}}"#;
+    let (status, said) = http(
+        &slum.url,
+        "POST",
+        "/api/join",
+        &slum.token("slum.db.join-token"),
+        hijack,
+    );
+    assert_eq!(status, 409, "{said}");
+    assert!(said.contains("is up"), "{said}");
+    assert_eq!(
+        slum.state_of("west").unwrap()["url"],
+        format!("http://{}", _real.http_addr())
+    );
     // The join token is not the admin token.
     let (status, _) = http(
         &slum.url,

@@ -214,6 +214,22 @@ impl Supervisor {
         .expect("store task")
     }
 
+    /// The secret this server's last fleet join got (kept in the state store: a restart
+    /// joins again with it, which is how slum knows it is the same server).
+    pub async fn fleet_secret(&self) -> Option<String> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.fleet_value("secret").ok().flatten())
+            .await
+            .expect("store task")
+    }
+
+    pub async fn keep_fleet_secret(&self, secret: &str) -> Result<(), Error> {
+        let (store, secret) = (self.inner.store.clone(), secret.to_owned());
+        tokio::task::spawn_blocking(move || store.set_fleet_value("secret", &secret))
+            .await
+            .expect("store task")
+    }
+
     /// Puts `key` to sleep now, as if it had been idle (a fenced fleet tenant): its process
     /// stops, its data stays, and a request wakes it again.
     pub async fn put_to_sleep(&self, key: &InstanceKey) -> Result<(), Error> {

@@ -157,7 +157,9 @@ fn send(
     headers: &[(&str, &str)],
     body: Option<(u64, &mut dyn Read)>,
 ) -> io::Result<Response> {
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    if s.read_timeout()?.is_none() {
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    }
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));

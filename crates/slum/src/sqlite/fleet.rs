@@ -13,12 +13,16 @@ use crate::{Capacity, Error, Report, Tenant};
 impl SlumDb {
     /// A server joins (or joins again after a restart): it is added if new, its URL, routing
     /// domain and capacity are taken, it is `up`, and it gets a new secret for its heartbeats.
+    /// A server that is up within its lease (`lease_ms`) joins again only with the secret it
+    /// has (`ServerLive` otherwise): the join token does not let anyone take its place.
     pub async fn join(
         &self,
         id: &str,
         url: &str,
         domain: &str,
         capacity: Capacity,
+        secret: &str,
+        lease_ms: u64,
     ) -> Result<String, Error> {
         check_name("server id", id)?;
         check_url(url)?;
@@ -29,7 +33,7 @@ impl SlumDb {
                 _ => Err(e),
             })?;
         }
-        let secret = random_hex()?;
+        let (shown, secret) = (secret.to_owned(), random_hex()?);
         let (id, url, domain, given, fail) = (
             id.to_owned(),
             url.to_owned(),
@@ -40,6 +44,20 @@ impl SlumDb {
         self.with(move |c| {
             let now = now_ms();
             let tx = c.transaction().map_err(&fail)?;
+            let live: Option<(Option<String>, u64)> = tx
+                .query_row(
+                    "SELECT secret, last_seen_ms FROM servers WHERE id = ?1 AND state = 'up'",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(&fail)?;
+            if let Some((Some(current), seen)) = live
+                && seen + lease_ms > now
+                && !crate::same(current.as_bytes(), shown.as_bytes())
+            {
+                return Err(Error::ServerLive(id));
+            }
             tx.execute(
                 "INSERT INTO servers (id, url, state, memory_mb, free_memory_mb, cpus, instances,
                    last_seen_ms, secret, domain, up_since_ms)

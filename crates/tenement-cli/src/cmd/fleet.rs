@@ -218,12 +218,17 @@ impl Member {
             "id": self.id, "url": self.url,
             "domain": self.supervisor.routing_domain(),
             "capacity": self.capacity(),
+            "secret": self.supervisor.fleet_secret().await.unwrap_or_default(),
         });
         let v = Client::new(&self.slum, &self.token)
             .call("POST", "/api/join", Some(body))
             .await?;
+        let secret = v["secret"].as_str().unwrap_or_default().to_owned();
+        if let Err(e) = self.supervisor.keep_fleet_secret(&secret).await {
+            warn!(error = %e, "cannot keep the fleet secret: a restart will wait out its lease to join again");
+        }
         info!(slum = %self.slum, id = %self.id, url = %self.url, "joined the slum fleet");
-        Ok(v["secret"].as_str().unwrap_or_default().to_owned())
+        Ok(secret)
     }
 
     async fn heartbeat(&self, secret: &str) -> Result<Value, Refusal> {
