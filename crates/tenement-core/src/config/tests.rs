@@ -292,3 +292,50 @@ fn syntax_error_has_a_line() {
     assert_eq!(e.0.len(), 1);
     assert_eq!(e.0[0].line, 2, "{}", e);
 }
+
+#[test]
+fn settings_slum() {
+    let c = parse(
+        "[settings.slum]\nurl = \"http://10.0.0.1:7400\"\ntoken = \"${SECRET_KEY}\"\nid = \"east\"\n\
+         advertise = \"http://10.0.0.2:8080\"\nmemory_mb = 2048\n",
+    )
+    .unwrap();
+    let slum = c.settings.slum.unwrap();
+    assert_eq!(slum.url.as_deref(), Some("http://10.0.0.1:7400"));
+    assert_eq!(slum.token.as_deref(), Some("hunter2"));
+    assert_eq!(
+        (slum.id.as_deref(), slum.memory_mb),
+        (Some("east"), Some(2048))
+    );
+    assert!(parse("").unwrap().settings.slum.is_none());
+    // The token never shows in the configuration the API serves.
+    let shown = serde_json::to_string(
+        &parse("[settings.slum]\ntoken = \"t0ps3cret\"\n")
+            .unwrap()
+            .settings,
+    )
+    .unwrap();
+    assert!(!shown.contains("t0ps3cret"), "{shown}");
+    for (src, want) in [
+        (
+            "[settings.slum]\nurl = \"https://s:1\"\n",
+            "settings.slum.url",
+        ),
+        ("[settings.slum]\nid = \"East Coast\"\n", "settings.slum.id"),
+        (
+            "[settings.slum]\nadvertise = \"10.0.0.2:8080\"\n",
+            "settings.slum.advertise",
+        ),
+        (
+            "[settings.slum]\nmemory_mb = 0\n",
+            "settings.slum.memory_mb",
+        ),
+        (
+            "[settings.slum]\nurl = \"http://s:1\"\nlease = 3\n",
+            "settings.slum.lease",
+        ),
+    ] {
+        let said = errors(src).join("\n");
+        assert!(said.contains(want) && said.contains(":2:"), "{src}: {said}");
+    }
+}
