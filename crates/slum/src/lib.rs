@@ -19,6 +19,8 @@
 
 pub mod api;
 pub mod client;
+pub mod config;
+pub mod operators;
 mod sqlite;
 mod types;
 
@@ -87,6 +89,17 @@ pub trait Store: Send + Sync {
         server_id: &str,
     ) -> impl Future<Output = Result<Tenant, Error>> + Send;
     fn remove_tenant(&self, domain: &str) -> impl Future<Output = Result<Tenant, Error>> + Send;
+}
+
+/// A name slum accepts (server ids, services, instance ids): `[a-z0-9]` first, then
+/// `[a-z0-9_-]`, at most 63.
+pub fn valid_name(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 63
+        && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// Constant-time equality (a secret's bytes never decide how long a comparison takes).

@@ -45,6 +45,9 @@ enum Command {
         /// A server not heard from for this long is down (milliseconds).
         #[arg(long, default_value_t = 3000)]
         lease_ms: u64,
+        /// slum.toml: operators, and the tenement servers they start and keep running.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
     /// List the servers of the fleet.
     Servers,
@@ -125,9 +128,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         db,
         listen,
         lease_ms,
+        config,
     } = &cli.command
     {
-        return serve(db, listen, *lease_ms).await;
+        return serve(db, listen, *lease_ms, config.as_deref()).await;
     }
     let token = match &cli.token {
         Some(t) => t.clone(),
@@ -263,7 +267,17 @@ fn server_token(
     Ok((token, Some(path)))
 }
 
-async fn serve(db_path: &std::path::Path, listen: &str, lease_ms: u64) -> Result<(), String> {
+async fn serve(
+    db_path: &std::path::Path,
+    listen: &str,
+    lease_ms: u64,
+    config: Option<&std::path::Path>,
+) -> Result<(), String> {
+    // A bad slum.toml is refused before anything starts.
+    let members = match config {
+        Some(path) => slum::config::load(path)?.servers,
+        None => Vec::new(),
+    };
     let db = SlumDb::init(db_path).await.map_err(|e| e.to_string())?;
     let (token, file) = server_token(db_path, "SLUM_TOKEN", "token")?;
     let (join_token, join_file) = server_token(db_path, "SLUM_JOIN_TOKEN", "join-token")?;
@@ -284,6 +298,21 @@ async fn serve(db_path: &std::path::Path, listen: &str, lease_ms: u64) -> Result
         "slum serve on http://{addr}, state in {}, {admin}, {joining}",
         db_path.display()
     );
+    let state_dir = db_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    let reach = match addr.ip().is_unspecified() {
+        true => std::net::SocketAddr::new([127, 0, 0, 1].into(), addr.port()),
+        false => addr,
+    };
+    let fleet = slum::operators::Fleet {
+        url: format!("http://{reach}"),
+        join_token: join_token.clone(),
+        state_dir,
+    };
+    tokio::spawn(keep_members(db.clone(), members, fleet));
     let api = slum::api::Api::new(db, &token, &join_token, lease_ms);
     tokio::spawn(api.clone().watch_leases());
     let app = slum::api::router(api);
@@ -293,4 +322,30 @@ async fn serve(db_path: &std::path::Path, listen: &str, lease_ms: u64) -> Result
         })
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The servers of slum.toml: each one its operator starts (again) while slum does not see it
+/// up, checked every 2 s.
+async fn keep_members(
+    db: SlumDb,
+    members: Vec<(slum::config::Server, slum::config::OperatorSpec)>,
+    fleet: slum::operators::Fleet,
+) {
+    let members: Vec<_> = members
+        .into_iter()
+        .map(|(server, spec)| (server, slum::operators::from_spec(&spec)))
+        .collect();
+    if members.is_empty() {
+        return;
+    }
+    loop {
+        for (server, operator) in &members {
+            let up =
+                matches!(db.server(&server.id).await, Ok(s) if s.state == slum::ServerState::Up);
+            if !up && let Err(e) = operator.ensure(server, &fleet) {
+                tracing::error!(server = %server.id, error = %e, "cannot start a server of slum.toml");
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }

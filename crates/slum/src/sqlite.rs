@@ -173,13 +173,7 @@ pub(crate) fn now_ms() -> u64 {
 
 /// A name slum and tenement accept: `[a-z0-9]` first, then `[a-z0-9_-]`, at most 63.
 fn check_name(field: &'static str, value: &str) -> Result<(), Error> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    match ok {
+    match crate::valid_name(value) {
         true => Ok(()),
         false => Err(Error::Invalid {
             field,
