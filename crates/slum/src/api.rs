@@ -44,6 +44,8 @@ pub struct Api {
     pub placement_timeout: Duration,
     /// Bumped at every change a waiter may care for (the table, a tenant's status).
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The servers of slum.toml and their operators.
+    pub members: Arc<crate::operators::Members>,
 }
 
 impl Api {
@@ -55,6 +57,7 @@ impl Api {
             lease_ms,
             placement_timeout: Duration::from_secs(60),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
+            members: Arc::default(),
         }
     }
 
@@ -136,6 +139,7 @@ pub fn router(api: Api) -> Router {
     let admin = Router::new()
         .route("/api/servers", get(servers).post(add_server))
         .route("/api/servers/{id}", delete(remove_server))
+        .route("/api/servers/{id}/upgrade", post(upgrade_server))
         .route("/api/tenants", get(tenants).post(add_tenant))
         .route("/api/tenants/{domain}", delete(remove_tenant))
         .route("/api/tenants/{domain}/move", post(move_tenant))
@@ -310,6 +314,36 @@ async fn add_server(
 ) -> Result<(StatusCode, Json<Server>), Error> {
     api.db.add_server(&server).await?;
     Ok((StatusCode::CREATED, Json(api.db.server(&server.id).await?)))
+}
+
+/// `POST /api/servers/{id}/upgrade`: the server's operator installs this `ten` there and
+/// replaces its `ten serve` (`ten upgrade`).
+async fn upgrade_server(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, Error> {
+    if api.members.get(&id).is_none() {
+        return Err(Error::Invalid {
+            field: "server",
+            why: format!(
+                "{id:?} is not a server of slum.toml (slum serve --config): no operator upgrades it"
+            ),
+        });
+    }
+    let members = api.members.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let (server, operator) = members.get(&id).expect("checked above");
+        operator
+            .upgrade(server, &members.fleet)
+            .map_err(|why| Error::Refused {
+                server: id.clone(),
+                domain: "its upgrade".into(),
+                why,
+            })
+    })
+    .await
+    .expect("an operator task")?;
+    Ok(Json(serde_json::json!({ "result": done })))
 }
 
 async fn remove_server(

@@ -10,7 +10,7 @@
 //! args = ["--bind", "10.0.0.2", "--port", "8080"]   # more `ten serve` arguments
 //! ```
 //!
-//! `fly` and `hetzner` (and `ssh`, for now) are parsed and refused: not built yet. Every
+//! `fly` and `hetzner` are parsed and refused: not built yet. Every
 //! error names the file, line and column, and the field.
 
 use std::collections::BTreeMap;
@@ -33,7 +33,7 @@ pub struct SlumToml {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum OperatorSpec {
     Local(crate::operators::local::Settings),
-    Ssh(toml::Table),
+    Ssh(crate::operators::ssh::Settings),
     Fly(toml::Table),
     Hetzner(toml::Table),
 }
@@ -89,9 +89,9 @@ pub fn load(path: &Path) -> Result<Loaded, String> {
         None => format!("{}: {}", path.display(), e.message().trim()),
     })?;
     for (name, spec) in &parsed.operators {
-        if !matches!(spec.get_ref(), OperatorSpec::Local(_)) {
+        if let OperatorSpec::Fly(_) | OperatorSpec::Hetzner(_) = spec.get_ref() {
             return Err(format!(
-                "{}: operators.{name}.type: {:?} is not built yet (only \"local\" is)",
+                "{}: operators.{name}.type: {:?} is not built yet (\"local\" and \"ssh\" are)",
                 at(spec.span()),
                 spec.get_ref().kind()
             ));

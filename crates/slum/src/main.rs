@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -76,6 +77,9 @@ enum ServerCommand {
     },
     /// Remove a server that has no tenants.
     Rm { id: String },
+    /// Install this `ten` on a server of slum.toml and replace its `ten serve` without
+    /// restarting its tenants.
+    Upgrade { id: String },
 }
 
 #[derive(Subcommand)]
@@ -176,6 +180,12 @@ async fn run(cli: Cli) -> Result<(), String> {
                     )
                     .await?;
                 println!("server {id} added");
+            }
+            ServerCommand::Upgrade { id } => {
+                let v = client
+                    .call("POST", &format!("/api/servers/{id}/upgrade"), None)
+                    .await?;
+                println!("{}", v["result"].as_str().unwrap_or_default());
             }
             ServerCommand::Rm { id } => {
                 client
@@ -312,8 +322,10 @@ async fn serve(
         join_token: join_token.clone(),
         state_dir,
     };
-    tokio::spawn(keep_members(db.clone(), members, fleet));
-    let api = slum::api::Api::new(db, &token, &join_token, lease_ms);
+    let members = Arc::new(slum::operators::Members::new(fleet, members));
+    tokio::spawn(keep_members(db.clone(), members.clone()));
+    let mut api = slum::api::Api::new(db, &token, &join_token, lease_ms);
+    api.members = members;
     tokio::spawn(api.clone().watch_leases());
     let app = slum::api::router(api);
     axum::serve(listener, app)
@@ -326,23 +338,25 @@ async fn serve(
 
 /// The servers of slum.toml: each one its operator starts (again) while slum does not see it
 /// up, checked every 2 s.
-async fn keep_members(
-    db: SlumDb,
-    members: Vec<(slum::config::Server, slum::config::OperatorSpec)>,
-    fleet: slum::operators::Fleet,
-) {
-    let members: Vec<_> = members
-        .into_iter()
-        .map(|(server, spec)| (server, slum::operators::from_spec(&spec)))
-        .collect();
-    if members.is_empty() {
+async fn keep_members(db: SlumDb, members: Arc<slum::operators::Members>) {
+    if members.list.is_empty() {
         return;
     }
     loop {
-        for (server, operator) in &members {
+        for (server, _) in &members.list {
             let up =
                 matches!(db.server(&server.id).await, Ok(s) if s.state == slum::ServerState::Up);
-            if !up && let Err(e) = operator.ensure(server, &fleet) {
+            if up {
+                continue;
+            }
+            let (m, id) = (members.clone(), server.id.clone());
+            let ensured = tokio::task::spawn_blocking(move || {
+                let (server, operator) = m.get(&id).expect("a member");
+                operator.ensure(server, &m.fleet)
+            })
+            .await
+            .expect("an operator task");
+            if let Err(e) = ensured {
                 tracing::error!(server = %server.id, error = %e, "cannot start a server of slum.toml");
             }
         }

@@ -147,6 +147,7 @@ fn a_bad_slum_toml_is_refused_with_file_line_and_field() {
             ":6:10: tenement.east.config:",
         ),
         ("[operators.local]\ntype = \"docker\"\n".to_owned(), ":2:8: unknown variant `docker`"),
+        ("[operators.box]\ntype = \"ssh\"\nuser = \"root\"\n".to_owned(), "missing field `host`"),
         (
             format!("[operators.local]\ntype = \"local\"\n\n[tenement.east]\noperator = \"local\"\nconfig = \"{east}\"\nport = 1\n"),
             "unknown field `port`",
@@ -177,4 +178,177 @@ fn a_bad_slum_toml_is_refused_with_file_line_and_field() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_ssh_operator_installs_starts_and_upgrades_a_server_over_a_real_sshd() {
+    if !test_support::root_or_skip("the ssh host is a network namespace") {
+        return;
+    }
+    if !Path::new("/usr/sbin/sshd").exists() {
+        eprintln!("SKIPPED: no /usr/sbin/sshd (apt install openssh-server; scripts/test does)");
+        return;
+    }
+    let dir = test_support::project_dir();
+    let d = dir.path();
+    let Some(lan) = test_support::netns::Lan::new("brs64", 64) else {
+        return;
+    };
+    let Some(mut far) = lan.host("s64far", 2) else {
+        return;
+    };
+    // A real sshd on the far host, with a key of its own and ours authorized.
+    for key in ["host_key", "client_key"] {
+        run(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &d.join(key).to_string_lossy(),
+            ],
+        );
+    }
+    std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+    std::fs::write(
+        d.join("sshd_config"),
+        format!(
+            "ListenAddress {}\nPort 22\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}\nUsePAM no\n\
+             StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n",
+            far.ip,
+            d.join("host_key").display(),
+            d.join("authorized_keys").display(),
+            d.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let (config, log) = (d.join("sshd_config"), d.join("sshd.log"));
+    far.spawn(
+        "/usr/sbin/sshd",
+        &[
+            "-D",
+            "-E",
+            &log.to_string_lossy(),
+            "-f",
+            &config.to_string_lossy(),
+        ],
+    );
+    let ssh_at = format!("{}:22", far.ip);
+    wait_for("sshd to listen", SOON, || {
+        std::net::TcpStream::connect(&ssh_at).ok()
+    });
+
+    // The ten to install: this build's, without its debug sections (a smaller copy).
+    let ten = PathBuf::from(SLUM).with_file_name("ten");
+    let to_install = d.join("ten-to-install");
+    run(
+        "strip",
+        &["-o", &to_install.to_string_lossy(), &ten.to_string_lossy()],
+    );
+    let remote = d.join("remote");
+    let far_toml = tenement_toml(d, "far");
+    std::fs::write(
+        d.join("slum.toml"),
+        format!(
+            "[operators.box]\ntype = \"ssh\"\nhost = \"{ip}\"\nidentity = \"{key}\"\nknown_hosts = \"{known}\"\n\
+             ten = \"{ten}\"\nroot = \"{root}\"\n\n[tenement.far]\noperator = \"box\"\nconfig = \"{far_toml}\"\n\
+             args = [\"--bind\", \"{ip}\", \"--port\", \"8080\", \"--domain\", \"tenement.test\"]\n",
+            ip = far.ip,
+            key = d.join("client_key").display(),
+            known = d.join("known_hosts").display(),
+            ten = to_install.display(),
+            root = remote.display(),
+        ),
+    )
+    .unwrap();
+    let db = d.join("slum.db");
+    let slum = common::serve_on(
+        &lan.ip,
+        &db,
+        &["--config", &d.join("slum.toml").to_string_lossy()],
+    );
+    let admin = std::fs::read_to_string(d.join("slum.db.token")).unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(SLUM)
+            .args(["--url", &slum.url, "--token", admin.trim()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let slow = std::time::Duration::from_secs(90); // copying ~80 MB and starting it
+    wait_for("the far server to join", slow, || {
+        cli(&["servers"])
+            .1
+            .lines()
+            .any(|l| l.starts_with("far ") && l.contains(" up "))
+            .then_some(())
+    });
+    // Installed as sent; the join token only in a 0600 file, never on a command line.
+    assert_eq!(
+        std::fs::read(remote.join("usr/local/bin/ten")).unwrap(),
+        std::fs::read(&to_install).unwrap()
+    );
+    let env = remote.join("etc/tenement/far.env");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&env).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let join = std::fs::read_to_string(d.join("slum.db.join-token")).unwrap();
+    assert!(std::fs::read_to_string(&env).unwrap().contains(join.trim()));
+    let serving: i32 = std::fs::read_to_string(remote.join("run/tenement-far.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{serving}/cmdline")).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(join.trim()));
+
+    let (ok, said) = cli(&["tenant", "add", "shop.customer.org", "app:prod"]);
+    assert!(ok && said.contains("on far"), "{said}");
+    let front = format!("{}:8080", far.ip);
+    let (status, tenant_pid) = get(&front, "shop.customer.org", "/pid").unwrap();
+    assert_eq!(status, 200);
+
+    // Upgrade: a changed ten is installed and replaces ten serve; the tenant is not bounced.
+    let mut changed = std::fs::read(&to_install).unwrap();
+    changed.extend_from_slice(b"\n# a newer build\n");
+    std::fs::write(&to_install, &changed).unwrap();
+    let (ok, said) = cli(&["server", "upgrade", "far"]);
+    assert!(ok, "{said}");
+    assert_eq!(
+        std::fs::read(remote.join("usr/local/bin/ten")).unwrap(),
+        changed
+    );
+    let after: i32 = std::fs::read_to_string(remote.join("run/tenement-far.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(after, serving, "{said}");
+    wait_for("the upgraded server to serve", SOON, || {
+        let (status, pid) = get(&front, "shop.customer.org", "/pid")?;
+        (status == 200)
+            .then_some(())
+            .map(|()| assert_eq!(pid, tenant_pid, "the tenant was restarted"))
+    });
+    let (ok, said) = cli(&["server", "upgrade", "far"]);
+    assert!(ok && said.contains("already"), "{said}");
+    drop(far); // its processes (sshd, ten serve, the tenant) go with it
 }

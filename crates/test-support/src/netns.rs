@@ -177,11 +177,33 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// The processes inside the namespace (`ip netns pids`).
+    pub fn pids(&self) -> Vec<i32> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Whatever else runs inside (started there by a test's server, or over its sshd) is
+        // this test's too: the namespace's own pids, never a name.
+        for pid in self.pids() {
+            // SAFETY: kill(2) of a process inside the namespace this test made.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         let _ = ip(&["link", "del", &format!("vh-{}", self.name)]);
         let _ = ip(&["netns", "del", &self.name]);

@@ -97,4 +97,12 @@ impl Operator for Local {
         );
         Ok(())
     }
+
+    fn upgrade(&self, server: &Server, _fleet: &Fleet) -> Result<String, String> {
+        Err(format!(
+            "{} is a local server: it runs this machine's ten; `ten upgrade --config {}` replaces it",
+            server.id,
+            server.config.display()
+        ))
+    }
 }

@@ -23,6 +23,10 @@ pub struct Args {
     /// The unit's name (NAME.service).
     #[arg(long, default_value = "tenement")]
     name: String,
+    /// A file of `VAR=value` lines for `ten serve`'s environment (`EnvironmentFile=`), for
+    /// secrets kept out of the unit and the command line (`TEN_SLUM_TOKEN`).
+    #[arg(long, value_name = "FILE")]
+    environment_file: Option<PathBuf>,
     /// Arguments for `ten serve` (after `--`): `ten install -- --port 80 --domain example.com`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -37,11 +41,14 @@ pub struct UninstallArgs {
 }
 
 /// The unit's text for `ten` at `exe` serving `config`.
-pub fn unit(exe: &Path, config: &Path, serve_args: &[String]) -> String {
+pub fn unit(exe: &Path, config: &Path, env: Option<&Path>, serve_args: &[String]) -> String {
     let args: String = serve_args
         .iter()
         .map(|a| format!(" {}", quote(a)))
         .collect();
+    let env = env
+        .map(|e| format!("EnvironmentFile={}\n", quote(&e.display().to_string())))
+        .unwrap_or_default();
     format!(
         "# Written by `ten install`; `ten uninstall` removes it.
 [Unit]
@@ -52,7 +59,7 @@ Wants=network-online.target
 [Service]
 Type=notify
 NotifyAccess=all
-ExecStart={exe} serve --config {config}{args}
+{env}ExecStart={exe} serve --config {config}{args}
 ExecReload=/bin/kill -HUP $MAINPID
 # Signals to ten serve alone. `systemctl stop`: it stops accepting, lets requests finish,
 # then stops every instance in order. A crash leaves the instances running, and the ten serve
@@ -110,7 +117,8 @@ pub fn install(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> 
     let path = args.unit_dir.join(format!("{}.service", args.name));
     std::fs::create_dir_all(&args.unit_dir)
         .with_context(|| format!("cannot create {}", args.unit_dir.display()))?;
-    std::fs::write(&path, unit(&exe, &config, &args.serve_args))
+    let env = args.environment_file.as_deref();
+    std::fs::write(&path, unit(&exe, &config, env, &args.serve_args))
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
     println!(
