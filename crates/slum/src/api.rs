@@ -14,6 +14,8 @@
 //! secret), whose answer is held until the table changes or `heartbeat_ms` passes (a long
 //! poll: a placement reaches its server at once, and the server's next heartbeat follows).
 //!
+//! After 10 failed tokens in a minute, an address gets 429 for the rest of that minute.
+//!
 //! Errors are `{"error": "...", "code": "..."}` with 400 (invalid), 401 (no or wrong token),
 //! 404 (unknown), 409 (exists, taken, in use, not up), 502 (the server refused), 503 (no room),
 //! 504 (not started in time) or 500.
@@ -46,6 +48,60 @@ pub struct Api {
     pub changes: Arc<tokio::sync::watch::Sender<u64>>,
     /// The servers of slum.toml and their operators.
     pub members: Arc<crate::operators::Members>,
+    /// Failed token attempts per client address.
+    pub failures: Failures,
+}
+
+/// Failed token attempts per client address: after [`MAX_FAILURES`] in a minute, every call
+/// from that address gets 429 until the minute is over (no more guesses, whichever token).
+#[derive(Clone, Default)]
+pub struct Failures(
+    Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>>,
+);
+
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+impl Failures {
+    fn blocked(&self, ip: std::net::IpAddr) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip)
+            .is_some_and(|(since, n)| since.elapsed() < FAILURE_WINDOW && *n >= MAX_FAILURES)
+    }
+
+    fn failed(&self, ip: std::net::IpAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            // Bounded under a spray of addresses: forget the windows that are over.
+            map.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = map.entry(ip).or_insert((std::time::Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (std::time::Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+}
+
+/// Every call: refused (429) from an address that failed too often; a 401 counts as a failure.
+async fn limit(
+    State(api): State<Api>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if api.failures.blocked(peer.ip()) {
+        return failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed tokens from this address: wait a minute".into(),
+        );
+    }
+    let res = next.run(req).await;
+    if res.status() == StatusCode::UNAUTHORIZED {
+        api.failures.failed(peer.ip());
+    }
+    res
 }
 
 impl Api {
@@ -58,6 +114,7 @@ impl Api {
             placement_timeout: Duration::from_secs(60),
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             members: Arc::default(),
+            failures: Failures::default(),
         }
     }
 
@@ -148,7 +205,10 @@ pub fn router(api: Api) -> Router {
     let fleet = Router::new()
         .route("/api/join", post(join))
         .route("/api/heartbeat", post(heartbeat));
-    admin.merge(fleet).with_state(api)
+    admin
+        .merge(fleet)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), limit))
+        .with_state(api)
 }
 
 fn bearer(req: &axum::http::HeaderMap) -> Option<&str> {

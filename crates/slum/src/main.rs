@@ -328,12 +328,15 @@ async fn serve(
     api.members = members;
     tokio::spawn(api.clone().watch_leases());
     let app = slum::api::router(api);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| e.to_string())
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// The servers of slum.toml: each one its operator starts (again) while slum does not see it

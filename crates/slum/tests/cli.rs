@@ -173,3 +173,32 @@ fn bad_input_and_bad_tokens_are_refused_with_a_reason() {
     }
     assert!(!ok(&s, dir.path(), &["servers"]).contains("evil"));
 }
+
+#[test]
+fn an_address_that_keeps_guessing_tokens_is_turned_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    let addr = s.url.strip_prefix("http://").unwrap().to_owned();
+    let admin = std::fs::read_to_string(dir.path().join("slum.db.token")).unwrap();
+    let call = |from: [u8; 4], token: &str| {
+        let auth = format!("Bearer {token}");
+        let r = test_support::http::request_from(
+            from.into(),
+            &addr,
+            &addr,
+            "GET",
+            "/api/servers",
+            &[("Authorization", &auth)],
+        )
+        .unwrap();
+        r.status
+    };
+    for i in 0..10 {
+        assert_eq!(call([127, 0, 0, 1], &format!("guess-{i:032}")), 401);
+    }
+    // The eleventh try, and then even the right token, from that address: 429.
+    assert_eq!(call([127, 0, 0, 1], "guess-again-0123456789abcdef"), 429);
+    assert_eq!(call([127, 0, 0, 1], admin.trim()), 429);
+    // Another address is not held back.
+    assert_eq!(call([127, 0, 0, 2], admin.trim()), 200);
+}

@@ -185,6 +185,20 @@ fn a_wrong_join_token_or_a_forged_heartbeat_changes_nothing() {
         slum.state_of("west").unwrap()["url"],
         format!("http://{}", _real.http_addr())
     );
+    // What a server tells its peers about its lease needs the join token too.
+    let west = format!("http://{}", _real.http_addr());
+    for token in [String::new(), slum.token("slum.db.token"), "x".repeat(48)] {
+        assert_eq!(http(&west, "GET", "/api/fleet/lease", &token, "").0, 401);
+    }
+    let (status, said) = http(
+        &west,
+        "GET",
+        "/api/fleet/lease",
+        &slum.token("slum.db.join-token"),
+        "",
+    );
+    assert_eq!(status, 200, "{said}");
+    assert!(said.contains("\"lease_held\":true"), "{said}");
     // The join token is not the admin token.
     let (status, _) = http(
         &slum.url,

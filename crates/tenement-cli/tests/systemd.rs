@@ -23,6 +23,8 @@ fn install_writes_a_unit_systemd_analyze_verifies_and_uninstall_removes_it() {
         "install",
         "--unit-dir",
         &units_arg,
+        "--environment-file",
+        "/etc/tenement/slum.env",
         "--",
         "--port",
         "8099",
@@ -41,6 +43,7 @@ fn install_writes_a_unit_systemd_analyze_verifies_and_uninstall_removes_it() {
         "WatchdogSec=",
         "serve --config",
         "--port 8099 --domain example.com",
+        "EnvironmentFile=/etc/tenement/slum.env",
     ] {
         assert!(text.contains(want), "missing {want:?} in\n{text}");
     }

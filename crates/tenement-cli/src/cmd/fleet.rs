@@ -109,6 +109,11 @@ pub fn start(
         .clone()
         .or_else(|| file.and_then(|s| s.advertise.clone()))
         .unwrap_or_else(|| format!("http://{}", advertised(front, &slum)));
+    if args.slum_token.is_some() && std::env::var_os("TEN_SLUM_TOKEN").is_none() {
+        warn!(
+            "--slum-token on the command line can be read by every local user (tenants too) in /proc: give TEN_SLUM_TOKEN or [settings.slum] token = \"${{VAR}}\" instead"
+        );
+    }
     supervisor.fleet().set_peer_token(&token);
     let member = Arc::new(Member {
         slum,

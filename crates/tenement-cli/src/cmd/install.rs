@@ -47,7 +47,12 @@ pub fn unit(exe: &Path, config: &Path, env: Option<&Path>, serve_args: &[String]
         .map(|a| format!(" {}", quote(a)))
         .collect();
     let env = env
-        .map(|e| format!("EnvironmentFile={}\n", quote(&e.display().to_string())))
+        .map(|e| {
+            format!(
+                "EnvironmentFile={}\n",
+                e.display().to_string().replace('%', "%%")
+            )
+        })
         .unwrap_or_default();
     format!(
         "# Written by `ten install`; `ten uninstall` removes it.
@@ -118,6 +123,13 @@ pub fn install(explicit: Option<&Path>, args: Args) -> anyhow::Result<ExitCode> 
     std::fs::create_dir_all(&args.unit_dir)
         .with_context(|| format!("cannot create {}", args.unit_dir.display()))?;
     let env = args.environment_file.as_deref();
+    if let Some(e) = env {
+        let text = e.display().to_string();
+        anyhow::ensure!(
+            e.is_absolute() && !text.contains(['\n', '\r']),
+            "--environment-file {text:?}: an absolute path on one line"
+        );
+    }
     std::fs::write(&path, unit(&exe, &config, env, &args.serve_args))
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
