@@ -38,6 +38,10 @@ impl Names for Routable {
         if let Some(key) = self.supervisor.domains().get(&name) {
             return self.supervisor.get(&key).is_ok();
         }
+        // A slum fleet's tenant is answered by every server (here, or one hop away).
+        if self.supervisor.fleet().route(&name).is_some() {
+            return true;
+        }
         if !name.ends_with(&format!(".{}", self.domain)) {
             return false;
         }

@@ -83,7 +83,7 @@ pub(super) fn parse(src: &str, file: &Path, env: Env<'_>) -> Result<Config, Conf
     let mut top = Fields::open(&mut ctx, "", root).expect("a TOML document is a table");
 
     let settings = match top.table(&mut ctx, "settings") {
-        Some(f) => settings(&mut ctx, f, &base),
+        Some(f) => settings(&mut ctx, f, &base, env),
         None => Settings::defaults(),
     };
     let mut services = BTreeMap::new();
@@ -246,7 +246,7 @@ impl Tls {
     }
 }
 
-fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
+fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path, env: Env<'_>) -> Settings {
     let mut s = Settings::defaults();
     if let Some((dir, span)) = f.string(ctx, "data_dir") {
         if dir.is_empty() {
@@ -340,13 +340,13 @@ fn settings(ctx: &mut Ctx<'_>, mut f: Fields<'_>, base: &Path) -> Settings {
         s.tls = tls(ctx, t, base, &s.data_dir);
     }
     if let Some(t) = f.table(ctx, "slum") {
-        s.slum = slum(ctx, t);
+        s.slum = slum(ctx, t, env);
     }
     f.finish(ctx, SETTINGS);
     s
 }
 
-fn slum(ctx: &mut Ctx<'_>, mut f: Fields<'_>) -> Option<Slum> {
+fn slum(ctx: &mut Ctx<'_>, mut f: Fields<'_>, env: Env<'_>) -> Option<Slum> {
     let url = match f.string(ctx, "url") {
         Some((url, span)) if !url.starts_with("http://") => {
             let msg = format!("{url:?}: slum's URL must be http://HOST:PORT");
@@ -355,7 +355,17 @@ fn slum(ctx: &mut Ctx<'_>, mut f: Fields<'_>) -> Option<Slum> {
         }
         other => other.map(|(url, _)| url),
     };
-    let token = f.string(ctx, "token").map(|(t, _)| t);
+    // `${VAR}`: the token need not be written in the file.
+    let token = match f.string(ctx, "token") {
+        Some((raw, span)) => match Template::parse(&raw, &[], env) {
+            Ok(t) => Some(t.as_str().to_owned()),
+            Err(e) => {
+                ctx.error(span, "settings.slum.token", e);
+                None
+            }
+        },
+        None => None,
+    };
     let id = match f.string(ctx, "id") {
         Some((id, span)) if id.parse::<ServiceName>().is_err() => {
             let msg = format!("{id:?} is not a name (lowercase letters, digits, `-`, `_`)");
