@@ -220,7 +220,10 @@ struct Fleet {
     _lan: test_support::netns::Lan,
 }
 
-const APP: &str = "[service.app]\ncommand = \"{fixture}\"\nisolation = \"process\"\n";
+// spawn_on_request: a request for an instance name that does not run would start it (what a
+// stale table at a peer must not do to a tenant placed elsewhere).
+const APP: &str =
+    "[service.app]\ncommand = \"{fixture}\"\nisolation = \"process\"\nspawn_on_request = true\n";
 
 /// A failed test shows the ends of the servers' and slum's logs.
 impl Drop for Fleet {
@@ -395,6 +398,12 @@ fn tenants_are_placed_by_capacity_and_answer_through_every_server() {
         headers.contains(&format!("x-forwarded-for: {client}, {}", fleet.hosts[0].ip)),
         "{headers}"
     );
+
+    // A request for the tenant's instance by its own name at a server it is not placed on
+    // (what a peer with a stale table would send) starts no second copy there.
+    let (status, said) = fleet.get("small", "prod.app.tenement.test", "/").unwrap();
+    assert_eq!(status, 421, "{said}");
+    assert!(!fleet.runs("small", "app:prod"));
 
     // Named placement; then a move: started there, stopped here, routed there everywhere.
     let (ok, said) = fleet.slum(&[

@@ -408,6 +408,17 @@ impl Resolve for FrontDoor {
         match routed {
             Ok(Target::Building) => Route::Local,
             Ok(Target::Instance(key)) if self.supervisor.fleet().fenced(&key) => fenced(&key),
+            // A fleet tenant that lives on another server, asked for here by its own name (a
+            // peer forwarding by a stale table): never started here as a second copy.
+            Ok(Target::Instance(key))
+                if self.supervisor.fleet().placed_elsewhere(&key)
+                    && self.supervisor.get(&key).is_err() =>
+            {
+                Route::Refused(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!("{key} is a fleet tenant of another server, not of this one"),
+                )
+            }
             Ok(target) => Route::Upstream(Door::Here(target)),
             Err(e @ RouteError::BadHost(_)) => {
                 Route::Refused(StatusCode::BAD_REQUEST, e.to_string())

@@ -95,6 +95,8 @@ struct Routes {
     here: HashSet<InstanceKey>,
     /// Instances that were placed here and are being stopped (moved or removed): refused.
     leaving: HashSet<InstanceKey>,
+    /// Instance names of tenants placed on other servers.
+    elsewhere: HashSet<InstanceKey>,
 }
 
 #[derive(Default)]
@@ -140,6 +142,7 @@ impl Fleet {
                 routes.here.insert(key.clone());
                 Dest::Here(key)
             } else {
+                routes.elsewhere.insert(key);
                 let Some(peer) = peers.get(t.server_id.as_str()) else {
                     continue;
                 };
@@ -192,6 +195,16 @@ impl Fleet {
         }
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
         routes.leaving.contains(key) || (routes.here.contains(key) && !self.serving())
+    }
+
+    /// Whether `key` names a tenant slum placed on another server and not here: a request
+    /// for it here (a peer's stale table) must not start a copy of it (`spawn_on_request`).
+    pub fn placed_elsewhere(&self, key: &InstanceKey) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes.elsewhere.contains(key) && !routes.here.contains(key)
     }
 
     /// `key`, no longer placed here, has been stopped: its name is this server's again.
@@ -323,10 +336,19 @@ mod tests {
         assert_eq!(hop.addr, "10.0.0.2:80".parse().unwrap());
         assert_eq!(hop.host, "prod.api.west.example.com");
         assert_eq!(fleet.route("c.customer.org"), None);
+        // west's tenant is app:prod too: here it is ours, so it is not "elsewhere".
+        assert!(!fleet.placed_elsewhere(&key));
         fleet.hold_until(1);
         assert!(fleet.fenced(&key));
         fleet.set_slum_down(true);
         assert!(!fleet.fenced(&key), "slum is down: nothing can move it");
+        // a.customer.org moves away: its instance is refused here until it has stopped.
+        let mut only_west = table();
+        only_west.tenants.remove(0);
+        fleet.set(only_west);
+        assert!(fleet.placed_elsewhere(&key) && fleet.fenced(&key));
+        fleet.left(&key);
+        assert!(!fleet.fenced(&key));
     }
 
     #[test]
