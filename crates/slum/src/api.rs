@@ -31,11 +31,12 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::{Error, Report, Server, SlumDb, Tenant};
+use crate::{Error, Report, Server, SlumDb, Store, Tenant};
 
+/// The API over a store `S` (SQLite by default; any [`Store`]).
 #[derive(Clone)]
-pub struct Api {
-    pub db: SlumDb,
+pub struct Api<S = SlumDb> {
+    pub db: S,
     /// The admin token (compared in constant time).
     pub token: Arc<str>,
     /// What a tenement server joins the fleet with (`ten serve --slum-token`).
@@ -84,8 +85,8 @@ impl Failures {
 }
 
 /// Every call: refused (429) from an address that failed too often; a 401 counts as a failure.
-async fn limit(
-    State(api): State<Api>,
+async fn limit<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     req: Request,
     next: Next,
@@ -104,8 +105,8 @@ async fn limit(
     res
 }
 
-impl Api {
-    pub fn new(db: SlumDb, token: &str, join_token: &str, lease_ms: u64) -> Self {
+impl<S: Store + Clone + 'static> Api<S> {
+    pub fn new(db: S, token: &str, join_token: &str, lease_ms: u64) -> Self {
         Api {
             db,
             token: Arc::from(token),
@@ -192,22 +193,25 @@ impl Api {
     }
 }
 
-pub fn router(api: Api) -> Router {
+pub fn router<S: Store + Clone + 'static>(api: Api<S>) -> Router {
     let admin = Router::new()
-        .route("/api/servers", get(servers).post(add_server))
-        .route("/api/servers/{id}", delete(remove_server))
-        .route("/api/servers/{id}/upgrade", post(upgrade_server))
-        .route("/api/tenants", get(tenants).post(add_tenant))
-        .route("/api/tenants/{domain}", delete(remove_tenant))
-        .route("/api/tenants/{domain}/move", post(move_tenant))
-        .layer(axum::middleware::from_fn_with_state(api.clone(), auth));
+        .route("/api/servers", get(servers::<S>).post(add_server::<S>))
+        .route("/api/servers/{id}", delete(remove_server::<S>))
+        .route("/api/servers/{id}/upgrade", post(upgrade_server::<S>))
+        .route("/api/tenants", get(tenants::<S>).post(add_tenant::<S>))
+        .route("/api/tenants/{domain}", delete(remove_tenant::<S>))
+        .route("/api/tenants/{domain}/move", post(move_tenant::<S>))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), auth::<S>));
     // The fleet's own calls: the join token, then each server's secret.
     let fleet = Router::new()
-        .route("/api/join", post(join))
-        .route("/api/heartbeat", post(heartbeat));
+        .route("/api/join", post(join::<S>))
+        .route("/api/heartbeat", post(heartbeat::<S>));
     admin
         .merge(fleet)
-        .layer(axum::middleware::from_fn_with_state(api.clone(), limit))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            limit::<S>,
+        ))
         .with_state(api)
 }
 
@@ -221,7 +225,11 @@ fn unauthorized(why: &str) -> Response {
     failure(StatusCode::UNAUTHORIZED, "unauthorized", why.into())
 }
 
-async fn auth(State(api): State<Api>, req: Request, next: Next) -> Response {
+async fn auth<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
+    req: Request,
+    next: Next,
+) -> Response {
     match bearer(req.headers()) {
         Some(t) if crate::same(t.as_bytes(), api.token.as_bytes()) => next.run(req).await,
         _ => unauthorized("a bearer token is required (slum serve printed where it keeps it)"),
@@ -244,8 +252,8 @@ struct Join {
     secret: String,
 }
 
-async fn join(
-    State(api): State<Api>,
+async fn join<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     headers: axum::http::HeaderMap,
     Json(j): Json<Join>,
 ) -> Response {
@@ -298,8 +306,8 @@ struct Heartbeat {
     reports: Vec<Report>,
 }
 
-async fn heartbeat(
-    State(api): State<Api>,
+async fn heartbeat<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     headers: axum::http::HeaderMap,
     Json(h): Json<Heartbeat>,
 ) -> Result<Json<serde_json::Value>, Error> {
@@ -364,12 +372,14 @@ impl IntoResponse for Error {
     }
 }
 
-async fn servers(State(api): State<Api>) -> Result<Json<Vec<Server>>, Error> {
+async fn servers<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
+) -> Result<Json<Vec<Server>>, Error> {
     Ok(Json(api.db.servers().await?))
 }
 
-async fn add_server(
-    State(api): State<Api>,
+async fn add_server<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     Json(server): Json<Server>,
 ) -> Result<(StatusCode, Json<Server>), Error> {
     api.db.add_server(&server).await?;
@@ -378,8 +388,8 @@ async fn add_server(
 
 /// `POST /api/servers/{id}/upgrade`: the server's operator installs this `ten` there and
 /// replaces its `ten serve` (`ten upgrade`).
-async fn upgrade_server(
-    State(api): State<Api>,
+async fn upgrade_server<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, Error> {
     if api.members.get(&id).is_none() {
@@ -406,22 +416,24 @@ async fn upgrade_server(
     Ok(Json(serde_json::json!({ "result": done })))
 }
 
-async fn remove_server(
-    State(api): State<Api>,
+async fn remove_server<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     api.db.remove_server(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn tenants(State(api): State<Api>) -> Result<Json<Vec<Tenant>>, Error> {
+async fn tenants<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
+) -> Result<Json<Vec<Tenant>>, Error> {
     Ok(Json(api.db.tenants().await?))
 }
 
 /// Places the tenant (on its `server_id`, or by free capacity) and answers once its server
 /// runs it; a refused or late start leaves no record.
-async fn add_tenant(
-    State(api): State<Api>,
+async fn add_tenant<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     Json(tenant): Json<Tenant>,
 ) -> Result<(StatusCode, Json<Tenant>), Error> {
     let placed = api.db.place(&tenant).await?;
@@ -434,8 +446,8 @@ struct MoveTo {
     server_id: String,
 }
 
-async fn move_tenant(
-    State(api): State<Api>,
+async fn move_tenant<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     Path(domain): Path<String>,
     Json(to): Json<MoveTo>,
 ) -> Result<Json<Tenant>, Error> {
@@ -453,8 +465,8 @@ async fn move_tenant(
     Ok(Json(api.settle(moved, Some(before)).await?))
 }
 
-async fn remove_tenant(
-    State(api): State<Api>,
+async fn remove_tenant<S: Store + Clone + 'static>(
+    State(api): State<Api<S>>,
     Path(domain): Path<String>,
 ) -> Result<StatusCode, Error> {
     api.db.remove_tenant(&domain).await?;

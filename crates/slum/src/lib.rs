@@ -72,8 +72,11 @@ pub enum Error {
     },
 }
 
-/// slum's state, wherever it is kept. Every method is one atomic change or read.
-pub trait Store: Send + Sync {
+/// slum's state, wherever it is kept: [`SlumDb`] (SQLite) now; a highly available store on an
+/// existing distributed engine (etcd: leases, watches, transactions) is a file that implements
+/// this. Every method is one atomic change or read; `slum serve`'s API ([`api::Api`]) works
+/// over any of them.
+pub trait Store: Clone + Send + Sync + 'static {
     fn add_server(&self, server: &Server) -> impl Future<Output = Result<(), Error>> + Send;
     fn server(&self, id: &str) -> impl Future<Output = Result<Server, Error>> + Send;
     fn servers(&self) -> impl Future<Output = Result<Vec<Server>, Error>> + Send;
@@ -89,6 +92,46 @@ pub trait Store: Send + Sync {
         server_id: &str,
     ) -> impl Future<Output = Result<Tenant, Error>> + Send;
     fn remove_tenant(&self, domain: &str) -> impl Future<Output = Result<Tenant, Error>> + Send;
+
+    // The fleet's moving parts (see `SlumDb`'s methods of the same names).
+
+    /// A server joins: added or updated, `up`, a new secret (a live one only with its own).
+    fn join(
+        &self,
+        id: &str,
+        url: &str,
+        domain: &str,
+        capacity: Capacity,
+        secret: &str,
+        lease_ms: u64,
+    ) -> impl Future<Output = Result<String, Error>> + Send;
+    /// A heartbeat with the server's secret: its lease renewed, its reports taken; whether a
+    /// tenant's status changed.
+    fn heartbeat(
+        &self,
+        id: &str,
+        secret: &str,
+        capacity: Capacity,
+        reports: Vec<Report>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Marks down the servers silent for `lease_ms`; their ids.
+    fn expire(&self, lease_ms: u64) -> impl Future<Output = Result<Vec<String>, Error>> + Send;
+    /// A full lease for every up server from now (a control plane that starts again).
+    fn grace(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The table's version.
+    fn version(&self) -> impl Future<Output = Result<u64, Error>> + Send;
+    /// Places a tenant (named server, or by free capacity), `pending`, with a new epoch.
+    fn place(&self, tenant: &Tenant) -> impl Future<Output = Result<Tenant, Error>> + Send;
+    /// Removes a tenant still at placement `epoch`; whether it did.
+    fn unplace(&self, domain: &str, epoch: u64)
+    -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Moves the tenants of down servers to settled up ones: (domain, from, to) for each.
+    fn fail_over(
+        &self,
+        lease_ms: u64,
+    ) -> impl Future<Output = Result<Vec<(String, String, String)>, Error>> + Send;
+    /// The table server `me` follows (JSON: version, me, tenants, servers).
+    fn table(&self, me: &str) -> impl Future<Output = Result<serde_json::Value, Error>> + Send;
 }
 
 /// A name slum accepts (server ids, services, instance ids): `[a-z0-9]` first, then

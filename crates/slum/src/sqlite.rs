@@ -511,4 +511,45 @@ impl Store for SlumDb {
     async fn remove_tenant(&self, domain: &str) -> Result<Tenant, Error> {
         SlumDb::remove_tenant(self, domain).await
     }
+    async fn join(
+        &self,
+        id: &str,
+        url: &str,
+        domain: &str,
+        capacity: Capacity,
+        secret: &str,
+        lease_ms: u64,
+    ) -> Result<String, Error> {
+        SlumDb::join(self, id, url, domain, capacity, secret, lease_ms).await
+    }
+    async fn heartbeat(
+        &self,
+        id: &str,
+        secret: &str,
+        capacity: Capacity,
+        reports: Vec<crate::Report>,
+    ) -> Result<bool, Error> {
+        SlumDb::heartbeat(self, id, secret, capacity, reports).await
+    }
+    async fn expire(&self, lease_ms: u64) -> Result<Vec<String>, Error> {
+        SlumDb::expire(self, lease_ms).await
+    }
+    async fn grace(&self) -> Result<(), Error> {
+        SlumDb::grace(self).await
+    }
+    async fn version(&self) -> Result<u64, Error> {
+        SlumDb::version(self).await
+    }
+    async fn place(&self, tenant: &Tenant) -> Result<Tenant, Error> {
+        SlumDb::place(self, tenant).await
+    }
+    async fn unplace(&self, domain: &str, epoch: u64) -> Result<bool, Error> {
+        SlumDb::unplace(self, domain, epoch).await
+    }
+    async fn fail_over(&self, lease_ms: u64) -> Result<Vec<(String, String, String)>, Error> {
+        SlumDb::fail_over(self, lease_ms).await
+    }
+    async fn table(&self, me: &str) -> Result<serde_json::Value, Error> {
+        SlumDb::table(self, me).await
+    }
 }
