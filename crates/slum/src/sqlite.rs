@@ -287,9 +287,7 @@ impl SlumDb {
     }
 
     pub async fn add_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
-        check_domain(&tenant.domain)?;
-        check_name("process", &tenant.process)?;
-        check_name("instance id", &tenant.instance_id)?;
+        check_tenant(tenant)?;
         let (t, fail) = (tenant.clone(), self.fail());
         self.with(move |c| {
             let tx = c.transaction().map_err(&fail)?;
@@ -304,17 +302,7 @@ impl SlumDb {
             if server.is_none() {
                 return Err(Error::UnknownServer(t.server_id));
             }
-            let owner: Option<String> = tx
-                .query_row(
-                    "SELECT server_id FROM tenants WHERE domain = ?1",
-                    [&t.domain],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(&fail)?;
-            if let Some(owner) = owner {
-                return Err(Error::DomainTaken(t.domain, owner));
-            }
+            free_domain(&tx, &t.domain).map_err(&fail)??;
             taken_instance(&tx, &t.server_id, &t.process, &t.instance_id).map_err(&fail)??;
             tx.execute(
                 "INSERT INTO tenants (domain, server_id, process, instance_id, created_ms)
@@ -438,6 +426,31 @@ pub(crate) fn random_hex() -> Result<String, Error> {
         why: format!("no randomness: {e}"),
     })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A tenant's names, checked.
+fn check_tenant(t: &Tenant) -> Result<(), Error> {
+    check_domain(&t.domain)?;
+    check_name("process", &t.process)?;
+    check_name("instance id", &t.instance_id)
+}
+
+/// `Err(DomainTaken)` if some tenant has `domain` already.
+fn free_domain(
+    tx: &rusqlite::Transaction<'_>,
+    domain: &str,
+) -> rusqlite::Result<Result<(), Error>> {
+    let owner: Option<String> = tx
+        .query_row(
+            "SELECT server_id FROM tenants WHERE domain = ?1",
+            [domain],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match owner {
+        Some(owner) => Err(Error::DomainTaken(domain.to_owned(), owner)),
+        None => Ok(()),
+    })
 }
 
 /// Bumps the version servers follow (in the caller's transaction).

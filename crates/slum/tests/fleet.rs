@@ -319,6 +319,12 @@ impl Fleet {
         (out.status.success(), said)
     }
 
+    /// `slum tenant add DOMAIN INSTANCE --server SERVER`, which must succeed.
+    fn place(&self, domain: &str, instance: &str, server: &str) {
+        let (ok, said) = self.slum(&["tenant", "add", domain, instance, "--server", server]);
+        assert!(ok, "{said}");
+    }
+
     fn tenant(&self, domain: &str) -> Option<serde_json::Value> {
         let (_, body) = http(
             &self.slum.url,
@@ -476,15 +482,7 @@ fn a_cut_off_server_is_replaced_and_fenced_and_never_runs_a_second_copy() {
     };
     // A server takes over another's tenants only once it has been up a full lease.
     std::thread::sleep(std::time::Duration::from_millis(3500));
-    let (ok, said) = fleet.slum(&[
-        "tenant",
-        "add",
-        "shop.customer.org",
-        "app:prod",
-        "--server",
-        "east",
-    ]);
-    assert!(ok, "{said}");
+    fleet.place("shop.customer.org", "app:prod", "east");
     assert_eq!(
         fleet.answered_by("west", "shop.customer.org").as_deref(),
         Some("east")
@@ -541,15 +539,7 @@ fn traffic_flows_with_slum_stopped_and_a_restart_within_the_lease_changes_nothin
     let Some(mut fleet) = Fleet::start(63, &[("east", 4096), ("west", 4096)]) else {
         return;
     };
-    let (ok, said) = fleet.slum(&[
-        "tenant",
-        "add",
-        "shop.customer.org",
-        "app:prod",
-        "--server",
-        "east",
-    ]);
-    assert!(ok, "{said}");
+    fleet.place("shop.customer.org", "app:prod", "east");
     let epoch = fleet.tenant("shop.customer.org").unwrap()["epoch"].clone();
 
     // east crashes and comes back within its lease: the tenant stays, same placement.

@@ -34,6 +34,20 @@ fn get(addr: &str, host: &str, path: &str) -> Option<(u16, String)> {
     Some((r.status, r.text().unwrap_or_default()))
 }
 
+/// `slum ARGS` as the admin: (success, stdout + stderr).
+fn cli(url: &str, admin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(SLUM)
+        .args(["--url", url, "--token", admin.trim()])
+        .args(args)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.success(),
+        said + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 fn kill(pid: i32) {
     // SAFETY: kill(2) of a server this test had slum start (its pid from slum's pid file).
     unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -75,18 +89,7 @@ fn the_local_operator_starts_the_servers_of_slum_toml_and_they_outlive_slum() {
     let config = toml.to_string_lossy().into_owned();
     let slum = common::serve(&db, &["--config", &config]);
     let admin = std::fs::read_to_string(dir.path().join("slum.db.token")).unwrap();
-    let cli = |args: &[&str]| {
-        let out = Command::new(SLUM)
-            .args(["--url", &slum.url, "--token", admin.trim()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let cli = |args: &[&str]| cli(&slum.url, &admin, args);
     let servers = wait_for("both servers to join", SOON, || {
         let (_, said) = cli(&["servers"]);
         (said.lines().filter(|l| l.contains(" up ")).count() == 2).then_some(said)
@@ -281,18 +284,7 @@ fn the_ssh_operator_installs_starts_and_upgrades_a_server_over_a_real_sshd() {
         &["--config", &d.join("slum.toml").to_string_lossy()],
     );
     let admin = std::fs::read_to_string(d.join("slum.db.token")).unwrap();
-    let cli = |args: &[&str]| {
-        let out = Command::new(SLUM)
-            .args(["--url", &slum.url, "--token", admin.trim()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let cli = |args: &[&str]| cli(&slum.url, &admin, args);
     let slow = std::time::Duration::from_secs(90); // copying ~80 MB and starting it
     wait_for("the far server to join", slow, || {
         cli(&["servers"])

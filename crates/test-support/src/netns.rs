@@ -30,46 +30,42 @@ fn ip(args: &[&str]) -> Result<(), String> {
 impl Netns {
     /// `None` (after printing SKIPPED and why) where namespaces cannot be made here.
     pub fn new(name: &str, subnet: u8) -> Option<Self> {
-        let ns = Self {
-            name: name.to_owned(),
-            host_ip: format!("10.{subnet}.0.1"),
-            ip: format!("10.{subnet}.0.2"),
-            children: Vec::new(),
-        };
+        let host_ip = format!("10.{subnet}.0.1");
+        let host_end = format!("vh-{name}");
+        let attach = || ip(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_end]);
+        Self::make(name, host_ip.clone(), format!("10.{subnet}.0.2"), attach)
+    }
+
+    /// The namespace `name`, its end of a veth pair (`vn0`) at `ip`/24; `attach` puts this
+    /// host's end (`vh-NAME`) somewhere (an address, a bridge) before it is set up.
+    fn make(
+        name: &str,
+        host_ip: String,
+        ip_addr: String,
+        attach: impl FnOnce() -> Result<(), String>,
+    ) -> Option<Self> {
         let host_end = format!("vh-{name}");
         let _ = ip(&["netns", "del", name]);
         let _ = ip(&["link", "del", &host_end]);
+        let inside = format!("{ip_addr}/24");
         let made = ip(&["netns", "add", name])
             .and_then(|()| {
                 ip(&[
                     "link", "add", &host_end, "type", "veth", "peer", "name", "vn0", "netns", name,
                 ])
             })
-            .and_then(|()| {
-                ip(&[
-                    "addr",
-                    "add",
-                    &format!("{}/24", ns.host_ip),
-                    "dev",
-                    &host_end,
-                ])
-            })
+            .and_then(|()| attach())
             .and_then(|()| ip(&["link", "set", &host_end, "up"]))
-            .and_then(|()| {
-                ip(&[
-                    "-n",
-                    name,
-                    "addr",
-                    "add",
-                    &format!("{}/24", ns.ip),
-                    "dev",
-                    "vn0",
-                ])
-            })
+            .and_then(|()| ip(&["-n", name, "addr", "add", &inside, "dev", "vn0"]))
             .and_then(|()| ip(&["-n", name, "link", "set", "vn0", "up"]))
             .and_then(|()| ip(&["-n", name, "link", "set", "lo", "up"]));
         match made {
-            Ok(()) => Some(ns),
+            Ok(()) => Some(Self {
+                name: name.to_owned(),
+                host_ip,
+                ip: ip_addr,
+                children: Vec::new(),
+            }),
             Err(e) => {
                 eprintln!("SKIPPED: cannot make a network namespace: {e}");
                 None
@@ -122,43 +118,14 @@ impl Lan {
 
     /// Host `n` (2..=254): a namespace `name` at `10.{subnet}.0.{n}` on this LAN.
     pub fn host(&self, name: &str, n: u8) -> Option<Netns> {
-        let ns = Netns {
-            name: name.to_owned(),
-            host_ip: self.ip.clone(),
-            ip: format!("10.{}.0.{n}", self.subnet),
-            children: Vec::new(),
-        };
         let host_end = format!("vh-{name}");
-        let _ = ip(&["netns", "del", name]);
-        let _ = ip(&["link", "del", &host_end]);
-        let made = ip(&["netns", "add", name])
-            .and_then(|()| {
-                ip(&[
-                    "link", "add", &host_end, "type", "veth", "peer", "name", "vn0", "netns", name,
-                ])
-            })
-            .and_then(|()| ip(&["link", "set", &host_end, "master", &self.bridge]))
-            .and_then(|()| ip(&["link", "set", &host_end, "up"]))
-            .and_then(|()| {
-                ip(&[
-                    "-n",
-                    name,
-                    "addr",
-                    "add",
-                    &format!("{}/24", ns.ip),
-                    "dev",
-                    "vn0",
-                ])
-            })
-            .and_then(|()| ip(&["-n", name, "link", "set", "vn0", "up"]))
-            .and_then(|()| ip(&["-n", name, "link", "set", "lo", "up"]));
-        match made {
-            Ok(()) => Some(ns),
-            Err(e) => {
-                eprintln!("SKIPPED: cannot put a namespace on the bridge: {e}");
-                None
-            }
-        }
+        let attach = || ip(&["link", "set", &host_end, "master", &self.bridge]);
+        Netns::make(
+            name,
+            self.ip.clone(),
+            format!("10.{}.0.{n}", self.subnet),
+            attach,
+        )
     }
 }
 

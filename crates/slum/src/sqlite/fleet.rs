@@ -5,8 +5,8 @@ use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::{
-    SERVER_COLUMNS, SlumDb, TENANT_COLUMNS, bump, check_domain, check_name, check_url, now_ms,
-    random_hex, server_row, taken_instance, tenant_row,
+    SERVER_COLUMNS, SlumDb, TENANT_COLUMNS, bump, check_domain, check_name, check_tenant,
+    check_url, free_domain, now_ms, random_hex, server_row, taken_instance, tenant_row,
 };
 use crate::{Capacity, Error, Report, Tenant};
 
@@ -191,23 +191,11 @@ impl SlumDb {
     /// with the most free memory per tenant ([`pick`]). Recorded `pending` with a new epoch;
     /// the server starts it when its heartbeat brings the new table.
     pub async fn place(&self, tenant: &Tenant) -> Result<Tenant, Error> {
-        check_domain(&tenant.domain)?;
-        check_name("process", &tenant.process)?;
-        check_name("instance id", &tenant.instance_id)?;
+        check_tenant(tenant)?;
         let (t, fail) = (tenant.clone(), self.fail());
         self.with(move |c| {
             let tx = c.transaction().map_err(&fail)?;
-            let owner: Option<String> = tx
-                .query_row(
-                    "SELECT server_id FROM tenants WHERE domain = ?1",
-                    [&t.domain],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(&fail)?;
-            if let Some(owner) = owner {
-                return Err(Error::DomainTaken(t.domain, owner));
-            }
+            free_domain(&tx, &t.domain).map_err(&fail)??;
             let server = match t.server_id.as_str() {
                 "" => pick(&tx, &t.process, &t.instance_id, "", now_ms())
                     .map_err(&fail)?
