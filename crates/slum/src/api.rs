@@ -51,6 +51,8 @@ pub struct Api<S = SlumDb> {
     pub members: Arc<crate::operators::Members>,
     /// Failed token attempts per client address.
     pub failures: Failures,
+    /// The most servers that may join (`--max-servers`).
+    pub max_servers: usize,
 }
 
 /// Failed token attempts per client address: after [`MAX_FAILURES`] in a minute, every call
@@ -91,6 +93,14 @@ async fn limit<S: Store + Clone + 'static>(
     req: Request,
     next: Next,
 ) -> Response {
+    // Heartbeats carry a server's secret (192 random bits, not guessable): never held back,
+    // or a tenant on a server could lock its own server out of the fleet by guessing from
+    // the server's address. A call without any token is not a guess.
+    let exempt =
+        req.uri().path() == "/api/heartbeat" || !req.headers().contains_key(header::AUTHORIZATION);
+    if exempt {
+        return next.run(req).await;
+    }
     if api.failures.blocked(peer.ip()) {
         return failure(
             StatusCode::TOO_MANY_REQUESTS,
@@ -116,6 +126,7 @@ impl<S: Store + Clone + 'static> Api<S> {
             changes: Arc::new(tokio::sync::watch::Sender::new(0)),
             members: Arc::default(),
             failures: Failures::default(),
+            max_servers: 1000,
         }
     }
 
@@ -215,10 +226,13 @@ pub fn router<S: Store + Clone + 'static>(api: Api<S>) -> Router {
         .with_state(api)
 }
 
+/// The bearer token (the scheme in any case, RFC 9110 §11.1).
 fn bearer(req: &axum::http::HeaderMap) -> Option<&str> {
-    req.get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let v = req.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn unauthorized(why: &str) -> Response {
@@ -246,14 +260,40 @@ struct Join {
     domain: String,
     #[serde(default)]
     capacity: crate::Capacity,
-    /// The secret of its last join, if it has one: a server that is up can only join again
-    /// with it (no one holding the join token can take a live server's place).
+    /// The secret of its last join, if it has one: a server that joined before can only join
+    /// again with it (no one holding the join token can take a server's place).
     #[serde(default)]
     secret: String,
 }
 
+/// Addresses a server may not send the fleet's traffic to, unless slum itself is asked from
+/// this machine (servers on one host, for development): this host's own services, cloud
+/// metadata, nothing.
+fn internal(ip: std::net::IpAddr) -> bool {
+    let mapped = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match mapped {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 async fn join<S: Store + Clone + 'static>(
     State(api): State<Api<S>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: axum::http::HeaderMap,
     Json(j): Json<Join>,
 ) -> Response {
@@ -262,16 +302,26 @@ async fn join<S: Store + Clone + 'static>(
             "joining needs the fleet's join token (slum serve printed where it keeps it)",
         );
     }
+    if let Some(ip) = crate::sqlite::url_ip(&j.url)
+        && internal(ip)
+        && !peer.ip().is_loopback()
+    {
+        let why = format!(
+            "{:?}: a loopback, link-local or unspecified address (only a server on slum's own machine may advertise one)",
+            j.url
+        );
+        return Error::Invalid { field: "url", why }.into_response();
+    }
+    match api.db.servers().await {
+        Ok(all) if all.len() >= api.max_servers && !all.iter().any(|s| s.id == j.id) => {
+            return Error::Full(all.len()).into_response();
+        }
+        Ok(_) => {}
+        Err(e) => return e.into_response(),
+    }
     match api
         .db
-        .join(
-            &j.id,
-            &j.url,
-            &j.domain,
-            j.capacity,
-            &j.secret,
-            api.lease_ms,
-        )
+        .join(&j.id, &j.url, &j.domain, j.capacity.clamped(), &j.secret)
         .await
     {
         Ok(secret) => {
@@ -304,18 +354,32 @@ struct Heartbeat {
     version: u64,
     #[serde(default)]
     reports: Vec<Report>,
+    /// Where it is now (after a restart on another address); empty: unchanged.
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    domain: String,
 }
 
 async fn heartbeat<S: Store + Clone + 'static>(
     State(api): State<Api<S>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: axum::http::HeaderMap,
     Json(h): Json<Heartbeat>,
 ) -> Result<Json<serde_json::Value>, Error> {
     let secret = bearer(&headers).unwrap_or_default();
     let mut changes = api.changes.subscribe();
+    if let Some(ip) = crate::sqlite::url_ip(&h.url)
+        && internal(ip)
+        && !peer.ip().is_loopback()
+    {
+        let why = format!("{:?}: a loopback, link-local or unspecified address", h.url);
+        return Err(Error::Invalid { field: "url", why });
+    }
+    let at = (h.url.as_str(), h.domain.as_str());
     if api
         .db
-        .heartbeat(&h.id, secret, h.capacity, h.reports)
+        .heartbeat(&h.id, secret, at, h.capacity.clamped(), h.reports)
         .await?
     {
         api.changed();
@@ -358,6 +422,8 @@ impl IntoResponse for Error {
             }
             Error::ServerExists(_) => (StatusCode::CONFLICT, "exists"),
             Error::ServerLive(_) => (StatusCode::CONFLICT, "live"),
+            Error::InstanceTaken(..) => (StatusCode::CONFLICT, "instance_taken"),
+            Error::Full(_) => (StatusCode::CONFLICT, "full"),
             Error::DomainTaken(..) => (StatusCode::CONFLICT, "taken"),
             Error::ServerInUse(..) => (StatusCode::CONFLICT, "in_use"),
             Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),

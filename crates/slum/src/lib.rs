@@ -21,7 +21,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod operators;
-mod sqlite;
+pub(crate) mod sqlite;
 mod types;
 
 pub use sqlite::SlumDb;
@@ -39,14 +39,18 @@ pub enum Error {
     UnknownTenant(String),
     #[error("the domain {0:?} is taken (tenant of server {1:?})")]
     DomainTaken(String, String),
+    #[error("server {0:?} has a tenant on {1} already")]
+    InstanceTaken(String, String),
     #[error("server {0:?} still has {1} tenant(s): move or remove them first")]
     ServerInUse(String, usize),
     #[error("unauthorized: join again")]
     Unauthorized,
     #[error(
-        "server {0:?} is up (heartbeating within its lease): only it can join under that id until its lease runs out"
+        "server {0:?} has joined before: only it (with its secret) can join under that id; `slum server rm {0}` lets another machine take it"
     )]
     ServerLive(String),
+    #[error("the fleet has {0} servers, its most (slum serve --max-servers)")]
+    Full(usize),
     #[error("no server can take {0}: {1}")]
     NoRoom(String, String),
     #[error("server {0:?} is {1}: only a server that is up (heartbeating) takes tenants")]
@@ -95,7 +99,8 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     // The fleet's moving parts (see `SlumDb`'s methods of the same names).
 
-    /// A server joins: added or updated, `up`, a new secret (a live one only with its own).
+    /// A server joins: added or updated, `up`, a new secret (one that joined before only with
+    /// its own).
     fn join(
         &self,
         id: &str,
@@ -103,7 +108,6 @@ pub trait Store: Clone + Send + Sync + 'static {
         domain: &str,
         capacity: Capacity,
         secret: &str,
-        lease_ms: u64,
     ) -> impl Future<Output = Result<String, Error>> + Send;
     /// A heartbeat with the server's secret: its lease renewed, its reports taken; whether a
     /// tenant's status changed.
@@ -111,6 +115,7 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         id: &str,
         secret: &str,
+        at: (&str, &str),
         capacity: Capacity,
         reports: Vec<Report>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;

@@ -46,6 +46,9 @@ enum Command {
         /// A server not heard from for this long is down (milliseconds).
         #[arg(long, default_value_t = 3000)]
         lease_ms: u64,
+        /// The most servers that may join.
+        #[arg(long, default_value_t = 1000)]
+        max_servers: usize,
         /// slum.toml: operators, and the tenement servers they start and keep running.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -132,10 +135,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         db,
         listen,
         lease_ms,
+        max_servers,
         config,
     } = &cli.command
     {
-        return serve(db, listen, *lease_ms, config.as_deref()).await;
+        return serve(db, listen, *lease_ms, *max_servers, config.as_deref()).await;
     }
     let token = match &cli.token {
         Some(t) => t.clone(),
@@ -281,6 +285,7 @@ async fn serve(
     db_path: &std::path::Path,
     listen: &str,
     lease_ms: u64,
+    max_servers: usize,
     config: Option<&std::path::Path>,
 ) -> Result<(), String> {
     // A bad slum.toml is refused before anything starts.
@@ -326,6 +331,7 @@ async fn serve(
     tokio::spawn(keep_members(db.clone(), members.clone()));
     let mut api = slum::api::Api::new(db, &token, &join_token, lease_ms);
     api.members = members;
+    api.max_servers = max_servers;
     tokio::spawn(api.clone().watch_leases());
     let app = slum::api::router(api);
     axum::serve(

@@ -82,6 +82,20 @@ impl SlumDb {
         let path = path.as_ref().to_path_buf();
         let opened = path.clone();
         let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
+            // Root's alone: it holds what servers prove themselves with. SQLite makes the
+            // -wal and -shm files with the database's mode.
+            {
+                use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o600)
+                    .open(&opened);
+                for suffix in ["", "-wal", "-shm"] {
+                    let f = format!("{}{suffix}", opened.display());
+                    let _ = std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600));
+                }
+            }
             let conn = Connection::open(&opened)?;
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
@@ -184,8 +198,12 @@ fn check_name(field: &'static str, value: &str) -> Result<(), Error> {
 
 /// A host name: dot-separated labels of letters, digits and `-`, lowercase.
 fn check_domain(domain: &str) -> Result<(), Error> {
+    // The last label is not all digits: an address is not a domain (and a tenant named
+    // `10.0.0.2` would be answered where that server's own API is).
+    let tld = domain.rsplit('.').next().unwrap_or_default();
     let ok = domain.len() <= 253
         && domain.contains('.')
+        && !tld.bytes().all(|b| b.is_ascii_digit())
         && domain.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
@@ -435,11 +453,28 @@ fn check_tenant(t: &Tenant) -> Result<(), Error> {
     check_name("instance id", &t.instance_id)
 }
 
-/// `Err(DomainTaken)` if some tenant has `domain` already.
+/// `Err(DomainTaken)` if some tenant has `domain` already, `Err(Invalid)` if it is (or is
+/// under) a server's routing domain: that name is the server's own (its instances' names:
+/// a tenant there would take another tenant's traffic, or make a hop hop again).
 fn free_domain(
     tx: &rusqlite::Transaction<'_>,
     domain: &str,
 ) -> rusqlite::Result<Result<(), Error>> {
+    let covering: Option<String> = tx
+        .query_row(
+            "SELECT id FROM servers WHERE domain != '' AND (?1 = domain OR ?1 LIKE '%.' || domain)",
+            [domain],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(server) = covering {
+        return Ok(Err(Error::Invalid {
+            field: "domain",
+            why: format!(
+                "{domain:?} is under the routing domain of server {server:?} (its instances' own names)"
+            ),
+        }));
+    }
     let owner: Option<String> = tx
         .query_row(
             "SELECT server_id FROM tenants WHERE domain = ?1",
@@ -460,10 +495,7 @@ fn bump(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
 }
 
 fn instance_taken(server: &str, process: &str, instance: &str) -> Error {
-    Error::Invalid {
-        field: "instance",
-        why: format!("server {server:?} has a tenant on {process}:{instance} already"),
-    }
+    Error::InstanceTaken(server.to_owned(), format!("{process}:{instance}"))
 }
 
 /// `Err` if `server` has a tenant on `process:instance` already.
@@ -484,14 +516,29 @@ fn taken_instance(
     })
 }
 
+/// `http://HOST[:PORT]` (or https): a server's front door, nothing else (no user, no path).
 fn check_url(url: &str) -> Result<(), Error> {
-    match url.starts_with("http://") || url.starts_with("https://") {
-        true => Ok(()),
-        false => Err(Error::Invalid {
+    let authority = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .map(|a| a.strip_suffix('/').unwrap_or(a));
+    match authority {
+        Some(a) if !a.is_empty() && !a.contains(['/', '@', '?', '#', ' ']) => Ok(()),
+        _ => Err(Error::Invalid {
             field: "url",
-            why: format!("{url:?} is not an http:// or https:// URL"),
+            why: format!("{url:?} is not http://HOST[:PORT] (or https://)"),
         }),
     }
+}
+
+/// The address a server URL names, if it names one (`http://10.0.0.2:8080`).
+pub(crate) fn url_ip(url: &str) -> Option<std::net::IpAddr> {
+    let a = url.split("://").nth(1)?.trim_end_matches('/');
+    let host = match a.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => a.rsplit_once(':').map_or(a, |(h, _)| h),
+    };
+    host.parse().ok()
 }
 
 /// The trait's methods are the inherent ones (so `use slum::{SlumDb, Server, Tenant}` is all
@@ -531,18 +578,18 @@ impl Store for SlumDb {
         domain: &str,
         capacity: Capacity,
         secret: &str,
-        lease_ms: u64,
     ) -> Result<String, Error> {
-        SlumDb::join(self, id, url, domain, capacity, secret, lease_ms).await
+        SlumDb::join(self, id, url, domain, capacity, secret).await
     }
     async fn heartbeat(
         &self,
         id: &str,
         secret: &str,
+        at: (&str, &str),
         capacity: Capacity,
         reports: Vec<crate::Report>,
     ) -> Result<bool, Error> {
-        SlumDb::heartbeat(self, id, secret, capacity, reports).await
+        SlumDb::heartbeat(self, id, secret, at, capacity, reports).await
     }
     async fn expire(&self, lease_ms: u64) -> Result<Vec<String>, Error> {
         SlumDb::expire(self, lease_ms).await

@@ -61,6 +61,19 @@ pub struct Capacity {
     pub instances: u32,
 }
 
+impl Capacity {
+    /// Within what SQLite keeps (a server reporting u64::MAX gets the most, not an error).
+    pub fn clamped(self) -> Self {
+        const MOST: u64 = i64::MAX as u64;
+        Capacity {
+            memory_mb: self.memory_mb.min(MOST),
+            free_memory_mb: self.free_memory_mb.min(MOST),
+            cpus: self.cpus,
+            instances: self.instances,
+        }
+    }
+}
+
 /// A customer's domain, served by one instance on one server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -201,4 +201,45 @@ fn an_address_that_keeps_guessing_tokens_is_turned_away() {
     assert_eq!(call([127, 0, 0, 1], admin.trim()), 429);
     // Another address is not held back.
     assert_eq!(call([127, 0, 0, 2], admin.trim()), 200);
+    // Calls without a token are not guesses (a tenant on a server could otherwise lock the
+    // server's own address out).
+    for _ in 0..20 {
+        let r = test_support::http::request_from(
+            [127, 0, 0, 3].into(),
+            &addr,
+            &addr,
+            "GET",
+            "/api/servers",
+            &[],
+        );
+        assert_eq!(r.unwrap().status, 401);
+    }
+    assert_eq!(call([127, 0, 0, 3], admin.trim()), 200);
+}
+
+#[test]
+fn a_fleet_has_at_most_max_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::serve(&dir.path().join("slum.db"), &["--max-servers", "2"]);
+    let join = std::fs::read_to_string(dir.path().join("slum.db.join-token")).unwrap();
+    let addr = s.url.strip_prefix("http://").unwrap().to_owned();
+    let auth = format!("Bearer {}", join.trim());
+    let post = |id: &str| {
+        let body = format!(
+            r#"{{"id":"{id}","url":"http://10.0.0.9:80","domain":"{id}.test","capacity":{{}}}}"#
+        );
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        use std::io::{Read, Write};
+        write!(c, "POST /api/join HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(post("a").starts_with("HTTP/1.1 200"));
+    assert!(post("b").starts_with("HTTP/1.1 200"));
+    let third = post("c");
+    assert!(
+        third.starts_with("HTTP/1.1 409") && third.contains("its most"),
+        "{third}"
+    );
 }

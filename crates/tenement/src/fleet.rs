@@ -109,6 +109,8 @@ pub struct Fleet {
     valid_until: AtomicU64,
     /// Every peer has lost slum too: slum is down and moves nothing.
     slum_down: AtomicBool,
+    /// Unix milliseconds when the last answered heartbeat was sent (0: never).
+    heard: AtomicU64,
     /// What peers prove themselves with when they ask about this server's lease (the fleet's
     /// join token).
     peer_token: std::sync::OnceLock<String>,
@@ -136,8 +138,24 @@ impl Fleet {
         let peers: HashMap<&str, &Peer> =
             table.servers.iter().map(|p| (p.id.as_str(), p)).collect();
         let mut routes = Routes::default();
+        // A tenant's name may not be an address or a server's own name (its instances' names):
+        // slum refuses those, and a server does not take them from a table either.
+        let servers_own = |d: &str| {
+            table.servers.iter().any(|p| {
+                !p.domain.is_empty() && (d == p.domain || d.ends_with(&format!(".{}", p.domain)))
+            })
+        };
         for t in &table.tenants {
             let Some(key) = t.key() else { continue };
+            let literal = t.domain.parse::<std::net::IpAddr>().is_ok()
+                || t.domain
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+            if literal || servers_own(&t.domain) {
+                tracing::warn!(domain = %t.domain, "a fleet tenant's domain is an address or a server's own name: not routed");
+                continue;
+            }
             let dest = if t.server_id == table.me {
                 routes.here.insert(key.clone());
                 Dest::Here(key)
@@ -235,6 +253,19 @@ impl Fleet {
     pub fn hold_until(&self, unix_ms: u64) {
         self.valid_until.store(unix_ms, Ordering::Relaxed);
         self.slum_down.store(false, Ordering::Relaxed);
+    }
+
+    /// A heartbeat sent at `unix_ms` was answered.
+    pub fn heard(&self, unix_ms: u64) {
+        self.heard.store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// How long since the last answered heartbeat was sent (ms; `u64::MAX`: never).
+    pub fn silent_ms(&self) -> u64 {
+        match self.heard.load(Ordering::Relaxed) {
+            0 => u64::MAX,
+            t => crate::now_ms().saturating_sub(t),
+        }
     }
 
     /// Until when the lease holds (Unix milliseconds).

@@ -13,8 +13,9 @@ use crate::{Capacity, Error, Report, Tenant};
 impl SlumDb {
     /// A server joins (or joins again after a restart): it is added if new, its URL, routing
     /// domain and capacity are taken, it is `up`, and it gets a new secret for its heartbeats.
-    /// A server that is up within its lease (`lease_ms`) joins again only with the secret it
-    /// has (`ServerLive` otherwise): the join token does not let anyone take its place.
+    /// A server that has joined before joins again only with the secret it has (`ServerLive`
+    /// otherwise, whether it is up or down): the join token does not let anyone take its
+    /// place. Secrets are kept as their SHA-256.
     pub async fn join(
         &self,
         id: &str,
@@ -22,41 +23,48 @@ impl SlumDb {
         domain: &str,
         capacity: Capacity,
         secret: &str,
-        lease_ms: u64,
     ) -> Result<String, Error> {
         check_name("server id", id)?;
         check_url(url)?;
-        if !domain.is_empty() {
-            check_domain(domain).or_else(|e| match domain.contains('.') {
-                // `localhost` and other single-label routing domains are fine for a server.
-                false if check_name("domain", domain).is_ok() => Ok(()),
-                _ => Err(e),
-            })?;
-        }
-        let (shown, secret) = (secret.to_owned(), random_hex()?);
+        check_routing_domain(domain)?;
+        let (shown, secret) = (digest(secret), random_hex()?);
         let (id, url, domain, given, fail) = (
             id.to_owned(),
             url.to_owned(),
             domain.to_owned(),
-            secret.clone(),
+            digest(&secret),
             self.fail(),
         );
         self.with(move |c| {
             let now = now_ms();
             let tx = c.transaction().map_err(&fail)?;
-            let live: Option<(Option<String>, u64)> = tx
-                .query_row(
-                    "SELECT secret, last_seen_ms FROM servers WHERE id = ?1 AND state = 'up'",
-                    [&id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+            let known: Option<Option<String>> = tx
+                .query_row("SELECT secret FROM servers WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(&fail)?;
-            if let Some((Some(current), seen)) = live
-                && seen + lease_ms > now
+            if let Some(Some(current)) = known
                 && !crate::same(current.as_bytes(), shown.as_bytes())
             {
                 return Err(Error::ServerLive(id));
+            }
+            // Its routing domain must not take a tenant's name (LIKE: `_` and `%` cannot be in
+            // a checked domain).
+            let covered: Option<String> = tx
+                .query_row(
+                    "SELECT domain FROM tenants WHERE domain = ?1 OR domain LIKE '%.' || ?1",
+                    [&domain],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&fail)?;
+            if let Some(tenant) = covered {
+                let why = format!("{domain:?} would cover the tenant {tenant:?}");
+                return Err(Error::Invalid {
+                    field: "domain",
+                    why,
+                });
             }
             tx.execute(
                 "INSERT INTO servers (id, url, state, memory_mb, free_memory_mb, cpus, instances,
@@ -91,14 +99,25 @@ impl SlumDb {
     /// reports on its placements recorded (only those about the current placement count).
     /// `Unauthorized` unless `secret` is the one its last join got. Whether a tenant's status
     /// changed.
+    /// `url` and `domain`, when not empty, are where it is now (a restart on another address
+    /// heartbeats with its secret rather than joining again).
     pub async fn heartbeat(
         &self,
         id: &str,
         secret: &str,
+        at: (&str, &str),
         capacity: Capacity,
         reports: Vec<Report>,
     ) -> Result<bool, Error> {
-        let (id, secret, fail) = (id.to_owned(), secret.to_owned(), self.fail());
+        let (url, domain) = at;
+        if !url.is_empty() {
+            check_url(url)?;
+        }
+        if !domain.is_empty() {
+            check_routing_domain(domain)?;
+        }
+        let (url, domain) = (url.to_owned(), domain.to_owned());
+        let (id, secret, fail) = (id.to_owned(), digest(secret), self.fail());
         self.with(move |c| {
             let tx = c.transaction().map_err(&fail)?;
             let known: Option<Option<String>> = tx
@@ -112,6 +131,24 @@ impl SlumDb {
                 _ => return Err(Error::Unauthorized),
             }
             let now = now_ms();
+            // A server coming back, or moving: the others' tables follow.
+            let moved: bool = tx
+                .query_row(
+                    "SELECT state != 'up' OR (?2 != '' AND url != ?2) OR (?3 != '' AND domain != ?3)
+                     FROM servers WHERE id = ?1",
+                    params![id, url, domain],
+                    |r| r.get(0),
+                )
+                .map_err(&fail)?;
+            if moved {
+                tx.execute(
+                    "UPDATE servers SET url = CASE WHEN ?2 = '' THEN url ELSE ?2 END,
+                       domain = CASE WHEN ?3 = '' THEN domain ELSE ?3 END WHERE id = ?1",
+                    params![id, url, domain],
+                )
+                .map_err(&fail)?;
+                bump(&tx).map_err(&fail)?;
+            }
             tx.execute(
                 "UPDATE servers SET memory_mb = ?2, free_memory_mb = ?3, cpus = ?4,
                    instances = ?5, last_seen_ms = ?6,
@@ -157,7 +194,14 @@ impl SlumDb {
                 .prepare("UPDATE servers SET state = 'down' WHERE state = 'up' AND last_seen_ms < ?1 RETURNING id")
                 .map_err(&fail)?;
             let rows = st.query_map([cutoff], |r| r.get(0)).map_err(&fail)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(&fail)
+            let down: Vec<String> = rows.collect::<rusqlite::Result<_>>().map_err(&fail)?;
+            drop(st);
+            if !down.is_empty() {
+                // The servers' tables say who is up: a server that lost slum asks only those.
+                c.execute("UPDATE meta SET v = v + 1 WHERE k = 'version'", [])
+                    .map_err(&fail)?;
+            }
+            Ok(down)
         })
         .await
     }
@@ -374,4 +418,23 @@ fn pick(
         |r| r.get(0),
     )
     .optional()
+}
+
+/// A secret as slum keeps it: its SHA-256 (hex). Secrets are random: no salt or stretching
+/// needed; a copy of the database does not let anyone heartbeat for a server.
+fn digest(secret: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A server's routing domain: a host name (`example.com`) or one label (`localhost`).
+fn check_routing_domain(domain: &str) -> Result<(), Error> {
+    match check_domain(domain) {
+        Ok(()) => Ok(()),
+        Err(_) if !domain.contains('.') && check_name("domain", domain).is_ok() => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -161,7 +161,8 @@ fn advertised(front: std::net::SocketAddr, slum: &str) -> std::net::SocketAddr {
 
 impl Member {
     async fn run(self: Arc<Self>) {
-        let mut secret: Option<String> = None;
+        // A server that joined before (a restart) heartbeats with its secret: no join.
+        let mut secret: Option<String> = self.supervisor.fleet_secret().await;
         let mut fenced = false;
         loop {
             let Some(key) = secret.clone() else {
@@ -170,7 +171,7 @@ impl Member {
                     Err(e) => {
                         warn!(slum = %self.slum, error = %e, "cannot join the slum fleet");
                         fenced = self.lost(fenced).await;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(RETRY).await;
                     }
                 }
                 continue;
@@ -197,6 +198,7 @@ impl Member {
                     self.every.store(every, Ordering::Relaxed);
                     let fleet = self.supervisor.fleet();
                     fleet.hold_until(sent + lease);
+                    fleet.heard(sent);
                     if fenced {
                         info!("slum answers again: serving the fleet's tenants placed here");
                         fenced = false;
@@ -212,7 +214,7 @@ impl Member {
                 Some(Err(Refusal::Other(e))) => {
                     warn!(slum = %self.slum, error = %e, "cannot reach slum");
                     fenced = self.lost(fenced).await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(RETRY).await;
                 }
             }
         }
@@ -239,6 +241,8 @@ impl Member {
     async fn heartbeat(&self, secret: &str) -> Result<Value, Refusal> {
         let body = json!({
             "id": self.id,
+            "url": self.url,
+            "domain": self.supervisor.routing_domain(),
             "capacity": self.capacity(),
             "version": self.supervisor.fleet().table().version,
             "reports": self.reports(),
@@ -326,14 +330,18 @@ impl Member {
         }
     }
 
-    /// slum could not be reached. Once the lease is out, asks the peers whether they lost
-    /// slum too; fences (puts this server's fleet tenants to sleep) unless they all did.
-    /// Whether it is fenced now.
+    /// slum could not be reached: asks the peers that were up whether they still hold their
+    /// leases. If none does, slum is down (or has lost every server, and marks them all down:
+    /// it moves tenants only to a server up for a full lease, long after this server asks
+    /// again), so it can move nothing, and this server serves on, even past its lease. Asked at
+    /// every failed attempt (every 500 ms), so the answer comes soon after the last peer's lease
+    /// ends. Once its own lease is out and slum is not known to be down, it fences (puts its
+    /// fleet tenants to sleep). Whether it is fenced now.
+    ///
+    /// (Not "have the peers been silent a while": a peer whose answer is merely slow would make
+    /// a cut-off server serve its old copy. A lease that a peer no longer holds is a fact.)
     async fn lost(&self, fenced: bool) -> bool {
         let fleet = self.supervisor.fleet();
-        if fleet.lease_held() {
-            return false;
-        }
         let table = fleet.table();
         let peers: Vec<_> = table
             .servers
@@ -351,6 +359,9 @@ impl Member {
         let answers = futures_util::future::join_all(asked).await;
         let slum_down = answers.iter().all(|a| *a == Some(false));
         fleet.set_slum_down(slum_down);
+        if fleet.lease_held() {
+            return false;
+        }
         if slum_down {
             if fenced {
                 info!("every peer has lost slum too: slum is down, serving on");
@@ -403,6 +414,9 @@ impl Member {
         })
     }
 }
+
+/// How soon a server that cannot reach slum tries again (and asks its peers).
+const RETRY: Duration = Duration::from_millis(500);
 
 enum Refusal {
     /// The secret is not (or no longer) good: join again.
