@@ -223,7 +223,39 @@ pub fn router<S: Store + Clone + 'static>(api: Api<S>) -> Router {
             api.clone(),
             limit::<S>,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(api)
+}
+
+/// Every error is `{"error", "code"}`, axum's own too (a body that is not JSON, too large,
+/// a wrong method...).
+async fn json_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "invalid",
+    };
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    let text = match text.is_empty() {
+        true => status.canonical_reason().unwrap_or("error").to_owned(),
+        false => text,
+    };
+    failure(status, code, text)
 }
 
 /// The bearer token (the scheme in any case, RFC 9110 §11.1).

@@ -218,6 +218,38 @@ fn an_address_that_keeps_guessing_tokens_is_turned_away() {
 }
 
 #[test]
+fn every_error_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    let addr = s.url.strip_prefix("http://").unwrap().to_owned();
+    let admin = std::fs::read_to_string(dir.path().join("slum.db.token")).unwrap();
+    let auth = format!("Bearer {}", admin.trim());
+    for (method, path, kind, body) in [
+        ("POST", "/api/tenants", "application/json", "{not json"),
+        ("POST", "/api/tenants", "text/plain", "{}"),
+        ("PUT", "/api/servers", "application/json", "{}"),
+        ("GET", "/api/nothing", "application/json", ""),
+    ] {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        write!(c, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        let (head, json) = out.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{method} {path}: {out}"
+        );
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert!(
+            v["error"].is_string() && v["code"].is_string(),
+            "{method} {path}: {json}"
+        );
+    }
+}
+
+#[test]
 fn a_fleet_has_at_most_max_servers() {
     let dir = tempfile::tempdir().unwrap();
     let s = common::serve(&dir.path().join("slum.db"), &["--max-servers", "2"]);
