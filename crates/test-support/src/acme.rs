@@ -22,7 +22,17 @@ pub struct Pebble {
 }
 
 /// A free loopback port (bound, read, released).
+/// A port that is free now, below the kernel's ephemeral range (32768 and up by default), so
+/// that no outbound connection of a test running alongside takes it before it is used.
 pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = 20_000 + fastrand::u16(..12_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
