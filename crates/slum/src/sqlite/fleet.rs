@@ -38,13 +38,7 @@ impl SlumDb {
         self.with(move |c| {
             let now = now_ms();
             let tx = c.transaction().map_err(&fail)?;
-            let known: Option<Option<String>> = tx
-                .query_row("SELECT secret FROM servers WHERE id = ?1", [&id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(&fail)?;
-            if let Some(Some(current)) = known
+            if let Some(current) = secret_of(&tx, &id).map_err(&fail)?
                 && !crate::same(current.as_bytes(), shown.as_bytes())
             {
                 return Err(Error::ServerLive(id));
@@ -120,14 +114,8 @@ impl SlumDb {
         let (id, secret, fail) = (id.to_owned(), digest(secret), self.fail());
         self.with(move |c| {
             let tx = c.transaction().map_err(&fail)?;
-            let known: Option<Option<String>> = tx
-                .query_row("SELECT secret FROM servers WHERE id = ?1", [&id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(&fail)?;
-            match known {
-                Some(Some(s)) if crate::same(s.as_bytes(), secret.as_bytes()) => {}
+            match secret_of(&tx, &id).map_err(&fail)? {
+                Some(s) if crate::same(s.as_bytes(), secret.as_bytes()) => {}
                 _ => return Err(Error::Unauthorized),
             }
             let now = now_ms();
@@ -418,6 +406,16 @@ fn pick(
         |r| r.get(0),
     )
     .optional()
+}
+
+/// The digest of server `id`'s secret, if it has joined.
+fn secret_of(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<Option<String>> {
+    let known: Option<Option<String>> = tx
+        .query_row("SELECT secret FROM servers WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(known.flatten())
 }
 
 /// A secret as slum keeps it: its SHA-256 (hex). Secrets are random: no salt or stretching
