@@ -317,7 +317,6 @@ impl FrontDoor {
         match crate::auth::bearer(req.headers()) {
             Some(t) if fleet.is_peer_token(&t) => axum::Json(serde_json::json!({
                 "lease_held": fleet.lease_held(),
-                "silent_ms": fleet.silent_ms(),
                 "version": fleet.table().version,
             }))
             .into_response(),

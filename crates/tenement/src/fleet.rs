@@ -109,8 +109,6 @@ pub struct Fleet {
     valid_until: AtomicU64,
     /// Every peer has lost slum too: slum is down and moves nothing.
     slum_down: AtomicBool,
-    /// Unix milliseconds when the last answered heartbeat was sent (0: never).
-    heard: AtomicU64,
     /// What peers prove themselves with when they ask about this server's lease (the fleet's
     /// join token).
     peer_token: std::sync::OnceLock<String>,
@@ -253,19 +251,6 @@ impl Fleet {
     pub fn hold_until(&self, unix_ms: u64) {
         self.valid_until.store(unix_ms, Ordering::Relaxed);
         self.slum_down.store(false, Ordering::Relaxed);
-    }
-
-    /// A heartbeat sent at `unix_ms` was answered.
-    pub fn heard(&self, unix_ms: u64) {
-        self.heard.store(unix_ms, Ordering::Relaxed);
-    }
-
-    /// How long since the last answered heartbeat was sent (ms; `u64::MAX`: never).
-    pub fn silent_ms(&self) -> u64 {
-        match self.heard.load(Ordering::Relaxed) {
-            0 => u64::MAX,
-            t => crate::now_ms().saturating_sub(t),
-        }
     }
 
     /// Until when the lease holds (Unix milliseconds).

@@ -198,7 +198,6 @@ impl Member {
                     self.every.store(every, Ordering::Relaxed);
                     let fleet = self.supervisor.fleet();
                     fleet.hold_until(sent + lease);
-                    fleet.heard(sent);
                     if fenced {
                         info!("slum answers again: serving the fleet's tenants placed here");
                         fenced = false;
