@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{Capacity, Error, Server, ServerState, Store, Tenant};
+use crate::{Capacity, Error, Server, ServerState, Tenant};
 
 mod fleet;
+mod store;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS servers (
@@ -176,6 +177,32 @@ fn tenant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
     })
 }
 
+/// The tenant `domain`, if there is one.
+fn tenant_of(c: &Connection, domain: &str) -> rusqlite::Result<Option<Tenant>> {
+    c.query_row(
+        &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
+        [domain],
+        tenant_row,
+    )
+    .optional()
+}
+
+/// Every tenant, by domain.
+fn all_tenants(c: &Connection) -> rusqlite::Result<Vec<Tenant>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY domain"
+    ))?;
+    let rows = st.query_map([], tenant_row)?;
+    rows.collect()
+}
+
+/// Every server, by id.
+fn all_servers(c: &Connection) -> rusqlite::Result<Vec<Server>> {
+    let mut st = c.prepare(&format!("SELECT {SERVER_COLUMNS} FROM servers ORDER BY id"))?;
+    let rows = st.query_map([], server_row)?;
+    rows.collect()
+}
+
 const TENANT_COLUMNS: &str =
     "domain, server_id, process, instance_id, created_ms, epoch, status, error";
 
@@ -268,14 +295,7 @@ impl SlumDb {
 
     pub async fn servers(&self) -> Result<Vec<Server>, Error> {
         let fail = self.fail();
-        self.with(move |c| {
-            let mut st = c
-                .prepare(&format!("SELECT {SERVER_COLUMNS} FROM servers ORDER BY id"))
-                .map_err(&fail)?;
-            let rows = st.query_map([], server_row).map_err(&fail)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(&fail)
-        })
-        .await
+        self.with(move |c| all_servers(c).map_err(&fail)).await
     }
 
     pub async fn remove_server(&self, id: &str) -> Result<(), Error> {
@@ -337,30 +357,16 @@ impl SlumDb {
     pub async fn tenant(&self, domain: &str) -> Result<Tenant, Error> {
         let (domain, fail) = (domain.to_owned(), self.fail());
         self.with(move |c| {
-            c.query_row(
-                &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
-                [&domain],
-                tenant_row,
-            )
-            .optional()
-            .map_err(fail)?
-            .ok_or(Error::UnknownTenant(domain))
+            tenant_of(c, &domain)
+                .map_err(fail)?
+                .ok_or(Error::UnknownTenant(domain))
         })
         .await
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>, Error> {
         let fail = self.fail();
-        self.with(move |c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY domain"
-                ))
-                .map_err(&fail)?;
-            let rows = st.query_map([], tenant_row).map_err(&fail)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(&fail)
-        })
-        .await
+        self.with(move |c| all_tenants(c).map_err(&fail)).await
     }
 
     pub async fn move_tenant(&self, domain: &str, server_id: &str) -> Result<Tenant, Error> {
@@ -401,13 +407,7 @@ impl SlumDb {
             )
             .map_err(&fail)?;
             bump(&tx).map_err(&fail)?;
-            let t = tx
-                .query_row(
-                    &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
-                    [&domain],
-                    tenant_row,
-                )
-                .map_err(&fail)?;
+            let t = tenant_of(&tx, &domain).map_err(&fail)?.expect("just moved");
             tx.commit().map_err(&fail)?;
             Ok(t)
         })
@@ -418,13 +418,7 @@ impl SlumDb {
         let (domain, fail) = (domain.to_owned(), self.fail());
         self.with(move |c| {
             let tx = c.transaction().map_err(&fail)?;
-            let t = tx
-                .query_row(
-                    &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
-                    [&domain],
-                    tenant_row,
-                )
-                .optional()
+            let t = tenant_of(&tx, &domain)
                 .map_err(&fail)?
                 .ok_or_else(|| Error::UnknownTenant(domain.clone()))?;
             tx.execute("DELETE FROM tenants WHERE domain = ?1", [&domain])
@@ -539,77 +533,4 @@ pub(crate) fn url_ip(url: &str) -> Option<std::net::IpAddr> {
         None => a.rsplit_once(':').map_or(a, |(h, _)| h),
     };
     host.parse().ok()
-}
-
-/// The trait's methods are the inherent ones (so `use slum::{SlumDb, Server, Tenant}` is all
-/// the documented calls need).
-impl Store for SlumDb {
-    async fn add_server(&self, server: &Server) -> Result<(), Error> {
-        SlumDb::add_server(self, server).await
-    }
-    async fn server(&self, id: &str) -> Result<Server, Error> {
-        SlumDb::server(self, id).await
-    }
-    async fn servers(&self) -> Result<Vec<Server>, Error> {
-        SlumDb::servers(self).await
-    }
-    async fn remove_server(&self, id: &str) -> Result<(), Error> {
-        SlumDb::remove_server(self, id).await
-    }
-    async fn add_tenant(&self, tenant: &Tenant) -> Result<(), Error> {
-        SlumDb::add_tenant(self, tenant).await
-    }
-    async fn tenant(&self, domain: &str) -> Result<Tenant, Error> {
-        SlumDb::tenant(self, domain).await
-    }
-    async fn tenants(&self) -> Result<Vec<Tenant>, Error> {
-        SlumDb::tenants(self).await
-    }
-    async fn move_tenant(&self, domain: &str, server_id: &str) -> Result<Tenant, Error> {
-        SlumDb::move_tenant(self, domain, server_id).await
-    }
-    async fn remove_tenant(&self, domain: &str) -> Result<Tenant, Error> {
-        SlumDb::remove_tenant(self, domain).await
-    }
-    async fn join(
-        &self,
-        id: &str,
-        url: &str,
-        domain: &str,
-        capacity: Capacity,
-        secret: &str,
-    ) -> Result<String, Error> {
-        SlumDb::join(self, id, url, domain, capacity, secret).await
-    }
-    async fn heartbeat(
-        &self,
-        id: &str,
-        secret: &str,
-        at: (&str, &str),
-        capacity: Capacity,
-        reports: Vec<crate::Report>,
-    ) -> Result<bool, Error> {
-        SlumDb::heartbeat(self, id, secret, at, capacity, reports).await
-    }
-    async fn expire(&self, lease_ms: u64) -> Result<Vec<String>, Error> {
-        SlumDb::expire(self, lease_ms).await
-    }
-    async fn grace(&self) -> Result<(), Error> {
-        SlumDb::grace(self).await
-    }
-    async fn version(&self) -> Result<u64, Error> {
-        SlumDb::version(self).await
-    }
-    async fn place(&self, tenant: &Tenant) -> Result<Tenant, Error> {
-        SlumDb::place(self, tenant).await
-    }
-    async fn unplace(&self, domain: &str, epoch: u64) -> Result<bool, Error> {
-        SlumDb::unplace(self, domain, epoch).await
-    }
-    async fn fail_over(&self, lease_ms: u64) -> Result<Vec<(String, String, String)>, Error> {
-        SlumDb::fail_over(self, lease_ms).await
-    }
-    async fn table(&self, me: &str) -> Result<serde_json::Value, Error> {
-        SlumDb::table(self, me).await
-    }
 }

@@ -5,8 +5,8 @@ use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::{
-    SERVER_COLUMNS, SlumDb, TENANT_COLUMNS, bump, check_domain, check_name, check_tenant,
-    check_url, free_domain, now_ms, random_hex, server_row, taken_instance, tenant_row,
+    SlumDb, all_servers, all_tenants, bump, check_domain, check_name, check_tenant, check_url,
+    free_domain, now_ms, random_hex, taken_instance, tenant_of,
 };
 use crate::{Capacity, Error, Report, Tenant};
 
@@ -263,13 +263,9 @@ impl SlumDb {
             )
             .map_err(&fail)?;
             bump(&tx).map_err(&fail)?;
-            let placed = tx
-                .query_row(
-                    &format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE domain = ?1"),
-                    [&t.domain],
-                    tenant_row,
-                )
-                .map_err(&fail)?;
+            let placed = tenant_of(&tx, &t.domain)
+                .map_err(&fail)?
+                .expect("just placed");
             tx.commit().map_err(&fail)?;
             Ok(placed)
         })
@@ -352,22 +348,8 @@ impl SlumDb {
             let version: u64 = tx
                 .query_row("SELECT v FROM meta WHERE k = 'version'", [], |r| r.get(0))
                 .map_err(&fail)?;
-            let tenants: Vec<Tenant> = {
-                let mut st = tx
-                    .prepare(&format!(
-                        "SELECT {TENANT_COLUMNS} FROM tenants ORDER BY domain"
-                    ))
-                    .map_err(&fail)?;
-                let rows = st.query_map([], tenant_row).map_err(&fail)?;
-                rows.collect::<rusqlite::Result<_>>().map_err(&fail)?
-            };
-            let servers: Vec<crate::Server> = {
-                let mut st = tx
-                    .prepare(&format!("SELECT {SERVER_COLUMNS} FROM servers ORDER BY id"))
-                    .map_err(&fail)?;
-                let rows = st.query_map([], server_row).map_err(&fail)?;
-                rows.collect::<rusqlite::Result<_>>().map_err(&fail)?
-            };
+            let tenants = all_tenants(&tx).map_err(&fail)?;
+            let servers = all_servers(&tx).map_err(&fail)?;
             Ok(json!({
                 "version": version,
                 "me": me,
