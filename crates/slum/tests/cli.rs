@@ -221,20 +221,14 @@ fn an_address_that_keeps_guessing_tokens_is_turned_away() {
 fn every_error_is_json() {
     let dir = tempfile::tempdir().unwrap();
     let s = serve(dir.path());
-    let addr = s.url.strip_prefix("http://").unwrap().to_owned();
     let admin = std::fs::read_to_string(dir.path().join("slum.db.token")).unwrap();
-    let auth = format!("Bearer {}", admin.trim());
     for (method, path, kind, body) in [
         ("POST", "/api/tenants", "application/json", "{not json"),
         ("POST", "/api/tenants", "text/plain", "{}"),
         ("PUT", "/api/servers", "application/json", "{}"),
         ("GET", "/api/nothing", "application/json", ""),
     ] {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        write!(c, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
+        let out = common::raw(&s.url, method, path, admin.trim(), kind, body);
         let (head, json) = out.split_once("\r\n\r\n").unwrap();
         assert!(
             head.to_ascii_lowercase()
@@ -254,24 +248,14 @@ fn a_fleet_has_at_most_max_servers() {
     let dir = tempfile::tempdir().unwrap();
     let s = common::serve(&dir.path().join("slum.db"), &["--max-servers", "2"]);
     let join = std::fs::read_to_string(dir.path().join("slum.db.join-token")).unwrap();
-    let addr = s.url.strip_prefix("http://").unwrap().to_owned();
-    let auth = format!("Bearer {}", join.trim());
     let post = |id: &str| {
         let body = format!(
             r#"{{"id":"{id}","url":"http://10.0.0.9:80","domain":"{id}.test","capacity":{{}}}}"#
         );
-        let mut c = std::net::TcpStream::connect(&addr).unwrap();
-        use std::io::{Read, Write};
-        write!(c, "POST /api/join HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        out
+        common::http(&s.url, "POST", "/api/join", join.trim(), &body)
     };
-    assert!(post("a").starts_with("HTTP/1.1 200"));
-    assert!(post("b").starts_with("HTTP/1.1 200"));
-    let third = post("c");
-    assert!(
-        third.starts_with("HTTP/1.1 409") && third.contains("its most"),
-        "{third}"
-    );
+    assert_eq!(post("a").0, 200);
+    assert_eq!(post("b").0, 200);
+    let (status, said) = post("c");
+    assert!(status == 409 && said.contains("its most"), "{said}");
 }
