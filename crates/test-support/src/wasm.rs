@@ -49,3 +49,30 @@ fn build() -> Result<PathBuf, String> {
     }
     Ok(target_dir.join("wasm32-wasip2/release"))
 }
+
+/// A building whose `hello` service runs the handler guest (copied into the building), with
+/// `extra` lines added to the service; `None` when the machine cannot build guests.
+pub fn building(ten: &str, extra: &str) -> Option<crate::Building> {
+    if !crate::root_or_skip("wasm instances run inside namespace walls") {
+        return None;
+    }
+    let handler = guest("handler")?;
+    let config = format!(
+        r#"
+[settings]
+backoff_base_ms = 100
+
+[service.hello]
+command = "handler.wasm"
+isolation = "wasm"
+health = "/health"
+startup_timeout = 60
+{extra}
+[service.hello.env]
+GREETING = "hi there"
+"#
+    );
+    let b = crate::Building::new(ten, &config);
+    std::fs::copy(handler, b.path().join("handler.wasm")).unwrap();
+    Some(b)
+}
