@@ -195,9 +195,16 @@ impl Fleet {
             return None;
         }
         let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(host);
         let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-        match routes.domains.get(&host)? {
+        // No allocation on the request path unless the client wrote capitals.
+        let dest = match routes.domains.get(host) {
+            None if host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                routes.domains.get(&host.to_ascii_lowercase())
+            }
+            found => found,
+        };
+        match dest? {
             Dest::Here(key) if !self.serving() => Some(Dest::Fenced(key.clone())),
             dest => Some(dest.clone()),
         }

@@ -185,9 +185,13 @@ impl Member {
             match answer {
                 None => continue,
                 Some(Ok(v)) => {
+                    let mut new_table = false;
                     if let Some(table) = v.get("table") {
                         match serde_json::from_value::<Table>(table.clone()) {
-                            Ok(t) => self.apply(t).await,
+                            Ok(t) => {
+                                self.apply(t).await;
+                                new_table = true;
+                            }
                             Err(e) => {
                                 warn!(error = %e, "slum sent a table this server cannot read")
                             }
@@ -202,7 +206,7 @@ impl Member {
                         info!("slum answers again: serving the fleet's tenants placed here");
                         fenced = false;
                     }
-                    if let Err(e) = self.supervisor.keep_fleet().await {
+                    if let Err(e) = self.supervisor.keep_fleet(new_table).await {
                         warn!(error = %e, "cannot keep the fleet's table in the state store");
                     }
                 }
@@ -231,7 +235,7 @@ impl Member {
             .await?;
         let secret = v["secret"].as_str().unwrap_or_default().to_owned();
         if let Err(e) = self.supervisor.keep_fleet_secret(&secret).await {
-            warn!(error = %e, "cannot keep the fleet secret: a restart will wait out its lease to join again");
+            warn!(error = %e, "cannot keep the fleet secret: after a restart this server cannot join under its id until `slum server rm` frees it");
         }
         info!(slum = %self.slum, id = %self.id, url = %self.url, "joined the slum fleet");
         Ok(secret)

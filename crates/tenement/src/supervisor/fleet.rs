@@ -29,13 +29,17 @@ impl Supervisor {
         &self.inner.fleet
     }
 
-    /// Keeps the fleet's table and lease in the state store (a restart routes on with them).
-    pub async fn keep_fleet(&self) -> Result<(), Error> {
-        let table = serde_json::to_string(&*self.fleet().table()).expect("a table serializes");
+    /// Keeps the fleet's lease in the state store, and its table too when `table_changed`
+    /// (a restart routes on with them; the table is not rewritten at every heartbeat).
+    pub async fn keep_fleet(&self, table_changed: bool) -> Result<(), Error> {
+        let table = table_changed
+            .then(|| serde_json::to_string(&*self.fleet().table()).expect("a table serializes"));
         let until = self.fleet().held_until().to_string();
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || {
-            store.set_fleet_value("table", &table)?;
+            if let Some(table) = table {
+                store.set_fleet_value("table", &table)?;
+            }
             store.set_fleet_value("held_until", &until)
         })
         .await
